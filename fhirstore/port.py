@@ -1,0 +1,89 @@
+"""The `FhirStore` port: the only way the core reads and writes FHIR data.
+
+Resources are plain R4 JSON dicts on this interface (hot paths stay dicts; validation with
+`fhir.resources.R4B` happens at boundaries and in tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+Resource = dict[str, Any]
+SearchParams = Mapping[str, str | Sequence[str]]
+WriteOutcome = Literal["created", "updated", "unchanged", "exists", "deleted", "gone"]
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What a write did.
+
+    outcome: created | updated | unchanged (update with content equal to the current version:
+    no new version, no event) | exists (conditional create found a match: nothing written) |
+    deleted | gone (delete of something already deleted or never there).
+    """
+
+    outcome: WriteOutcome
+    resource: Resource | None
+    resource_type: str
+    id: str
+    version_id: str | None
+
+    @property
+    def wrote(self) -> bool:
+        return self.outcome in ("created", "updated", "deleted")
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    resources: list[Resource]
+    total: int | None = None  # set when the server counted (always for the embedded store)
+    next_params: dict[str, str] | None = field(default=None)  # params for the next page, if any
+
+
+class FhirStore(Protocol):
+    """FHIR R4 read/write/search, as the core needs it.
+
+    Errors are the typed exceptions of `fhirstore.errors`.
+    """
+
+    def read(self, resource_type: str, id: str) -> Resource:
+        """Current version. ResourceNotFound if never existed, ResourceGone if deleted."""
+        ...
+
+    def vread(self, resource_type: str, id: str, version_id: str) -> Resource:
+        """A specific version (also of a deleted resource's earlier versions)."""
+        ...
+
+    def create(self, resource: Resource, *, if_none_exist: str | None = None) -> WriteResult:
+        """Create with a server-assigned id. `if_none_exist` is a search query string
+        (e.g. "identifier=urn:vigil:alert|abc"): 0 matches -> create, 1 -> outcome "exists" with
+        that resource, >1 -> PreconditionFailed."""
+        ...
+
+    def update(self, resource: Resource, *, if_match: str | None = None) -> WriteResult:
+        """PUT to resource["id"] (create-on-update allowed). `if_match` is a version id (the
+        HTTP adapter sends W/"<vid>"); a mismatch raises PreconditionFailed. Content equal to the
+        current version (ignoring meta) is a no-op with outcome "unchanged"."""
+        ...
+
+    def delete(self, resource_type: str, id: str) -> WriteResult:
+        ...
+
+    def search(self, resource_type: str, params: SearchParams | None = None) -> SearchResult:
+        """FHIR search. Supported at least: _id, identifier, subject/patient, code, component-code,
+        combo-code, date (effective time), status, _lastUpdated, _count, _sort, _summary=count,
+        plus per-type params documented by each adapter."""
+        ...
+
+    def transaction(self, bundle: Resource) -> Resource:
+        """Process a Bundle of type transaction (all-or-nothing) or batch (each entry on its own).
+        Returns the transaction-response / batch-response Bundle."""
+        ...
+
+    def history(self, resource_type: str, id: str) -> Resource:
+        """A Bundle of type "history": every version, newest first. Each entry has
+        request.method (POST/PUT/DELETE) and response.etag W/"<vid>"; a delete entry has no
+        resource."""
+        ...

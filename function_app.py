@@ -1,0 +1,11 @@
+"""The Azure Functions app: registers one blueprint per trigger family. Nothing else lives here."""
+
+import azure.functions as func
+
+from triggers import device_messages, fhir_events, http_api, timers
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_functions(device_messages.bp)
+app.register_functions(fhir_events.bp)
+app.register_functions(timers.bp)
+app.register_functions(http_api.bp)

@@ -1,0 +1,168 @@
+"""The dead-letter store: every input Vigil could not process is kept here with its reason.
+
+Nothing is dropped silently (DESIGN §9). A dead letter keeps the raw payload (bytes), the topic
+it came from (so `replay` can publish it there again), a machine-readable reason code, and a
+human-readable detail that names the field, template or expression involved. Details never quote
+reading values or names: they name *where* the problem is, the payload holds *what*.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    id: int
+    topic: str
+    reason: str
+    detail: str
+    payload: bytes
+    properties: dict[str, Any]
+    created_at: float
+    source: str  # which stage parked it: "ingest", "bus", "fhir-events", ...
+    replayed_at: float | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "topic": self.topic,
+            "source": self.source,
+            "reason": self.reason,
+            "detail": self.detail,
+            "bytes": len(self.payload),
+            "created_at": self.created_at,
+            "replayed_at": self.replayed_at,
+        }
+
+
+class DeadLetterSink(Protocol):
+    def add(
+        self,
+        *,
+        topic: str,
+        reason: str,
+        detail: str,
+        payload: bytes,
+        source: str,
+        properties: dict[str, Any] | None = None,
+    ) -> int:
+        ...
+
+
+class SqliteDeadLetterStore:
+    """Dead letters in a SQLite file (the embedded default)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._local = threading.local()
+        with self._tx() as conn:
+            conn.execute(
+                """CREATE TABLE IF NOT EXISTS dead_letters (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    topic TEXT NOT NULL, source TEXT NOT NULL,
+                    reason TEXT NOT NULL, detail TEXT NOT NULL,
+                    payload BLOB NOT NULL, properties TEXT NOT NULL,
+                    created_at REAL NOT NULL, replayed_at REAL, payload_sha TEXT)"""
+            )
+            # The same input failing the same way again (a re-delivery, a second demo run) is one
+            # dead letter, not two; once replayed, a new failure is recorded afresh.
+            conn.execute(
+                "CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_once ON dead_letters (topic, reason, payload_sha)"
+                " WHERE replayed_at IS NULL"
+            )
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def add(
+        self,
+        *,
+        topic: str,
+        reason: str,
+        detail: str,
+        payload: bytes,
+        source: str,
+        properties: dict[str, Any] | None = None,
+    ) -> int:
+        sha = hashlib.sha256(payload).hexdigest()
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO dead_letters (topic, source, reason, detail, payload, properties,"
+                " created_at, payload_sha) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (topic, source, reason, detail, payload, json.dumps(properties or {}, default=str), time.time(), sha),
+            )
+            if cur.rowcount:
+                return int(cur.lastrowid or 0)
+            row = conn.execute(
+                "SELECT id FROM dead_letters WHERE topic = ? AND reason = ? AND payload_sha = ?"
+                " AND replayed_at IS NULL",
+                (topic, reason, sha),
+            ).fetchone()
+            return int(row[0])
+
+    def list(self, *, include_replayed: bool = False, limit: int = 1000) -> list[DeadLetter]:
+        sql = "SELECT * FROM dead_letters"
+        if not include_replayed:
+            sql += " WHERE replayed_at IS NULL"
+        sql += " ORDER BY id LIMIT ?"
+        return [self._row(r) for r in self._conn().execute(sql, (limit,))]
+
+    def get(self, id: int) -> DeadLetter | None:
+        row = self._conn().execute("SELECT * FROM dead_letters WHERE id = ?", (id,)).fetchone()
+        return self._row(row) if row else None
+
+    def mark_replayed(self, id: int) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE dead_letters SET replayed_at = ? WHERE id = ?", (time.time(), id))
+
+    def count(self, *, include_replayed: bool = False) -> int:
+        sql = "SELECT count(*) FROM dead_letters"
+        if not include_replayed:
+            sql += " WHERE replayed_at IS NULL"
+        return int(self._conn().execute(sql).fetchone()[0])
+
+    def counts_by_reason(self) -> dict[str, int]:
+        rows = self._conn().execute(
+            "SELECT reason, count(*) FROM dead_letters WHERE replayed_at IS NULL GROUP BY reason ORDER BY 2 DESC"
+        )
+        return {r[0]: int(r[1]) for r in rows}
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    @staticmethod
+    def _row(r: tuple) -> DeadLetter:
+        return DeadLetter(
+            id=r[0], topic=r[1], source=r[2], reason=r[3], detail=r[4], payload=bytes(r[5]),
+            properties=json.loads(r[6]), created_at=r[7], replayed_at=r[8],
+        )

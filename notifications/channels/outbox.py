@@ -1,0 +1,49 @@
+"""The embedded default channel: each message becomes one JSON file under the data directory.
+
+A file is created with O_EXCL under the message id, so a second send of the same message is a
+no-op that reports "duplicate" — the file system is the idempotency record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+from notifications.channels.base import OutgoingMessage, SendResult
+
+
+class OutboxChannel:
+    name = "outbox"
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    def send(self, message: OutgoingMessage) -> SendResult:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in message.message_id)
+        path = self.directory / f"{safe_id}.json"
+        record = {
+            "message_id": message.message_id,
+            "channel": message.channel,
+            "to": message.to,
+            "subject": message.subject,
+            "body": message.body,
+            "tags": message.tags,
+        }
+        tmp = path.with_name(f".{safe_id}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+        try:
+            # link() fails if the target exists: atomic "create if absent" with complete content.
+            os.link(tmp, path)
+        except FileExistsError:
+            return SendResult("duplicate", provider_id=path.name)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return SendResult("sent", provider_id=path.name)
+
+    def messages(self) -> list[dict]:
+        if not self.directory.exists():
+            return []
+        return [json.loads(p.read_text()) for p in sorted(self.directory.glob("*.json"))]

@@ -1,0 +1,213 @@
+"""The durable local bus: at-least-once queues in one SQLite file.
+
+It stands in for Event Hubs and Event Grid on one machine. A receiver leases messages for a
+visibility timeout; a message not acknowledged in time becomes visible again (the receiver
+crashed). A failed message is retried with exponential backoff; after `max_attempts` it moves to
+the dead-letter store with the last error. Leases carry a token so a late acknowledgement from a
+receiver whose lease expired cannot delete a message someone else now holds.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ingest.deadletter import DeadLetterSink
+
+
+@dataclass(frozen=True)
+class Lease:
+    seq: int  # monotonically increasing per bus: the "sequence number"
+    topic: str
+    msg_id: str
+    body: bytes
+    properties: dict[str, Any]
+    partition_key: str | None
+    enqueued_at: float
+    attempts: int  # including this delivery
+    token: str
+
+
+class LocalBus:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        dead_letters: DeadLetterSink | None = None,
+        max_attempts: int = 5,
+        base_backoff_s: float = 1.0,
+        max_backoff_s: float = 300.0,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = str(path)
+        self.dead_letters = dead_letters
+        self.max_attempts = max_attempts
+        self.base_backoff_s = base_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._now = now
+        self._local = threading.local()
+        with self._tx() as conn:
+            conn.execute(
+                """CREATE TABLE IF NOT EXISTS messages (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    topic TEXT NOT NULL, msg_id TEXT NOT NULL,
+                    body BLOB NOT NULL, properties TEXT NOT NULL, partition_key TEXT,
+                    enqueued_at REAL NOT NULL, visible_at REAL NOT NULL,
+                    attempts INTEGER NOT NULL DEFAULT 0, lease_token TEXT, last_error TEXT,
+                    UNIQUE (topic, msg_id))"""
+            )
+            conn.execute("CREATE INDEX IF NOT EXISTS messages_due ON messages (topic, visible_at, seq)")
+
+    # -- connections -------------------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # -- sending -----------------------------------------------------------------------------
+    def publish(
+        self,
+        topic: str,
+        body: bytes,
+        *,
+        msg_id: str | None = None,
+        partition_key: str | None = None,
+        properties: dict[str, Any] | None = None,
+    ) -> bool:
+        """Enqueue one message. A msg_id already pending on the topic is not enqueued again."""
+        return self.publish_many(topic, [(body, msg_id, partition_key, properties)]) == 1
+
+    def publish_many(
+        self,
+        topic: str,
+        items: Iterable[tuple[bytes, str | None, str | None, dict[str, Any] | None]],
+    ) -> int:
+        now = self._now()
+        rows = [
+            (topic, msg_id or uuid.uuid4().hex, body, json.dumps(props or {}), key, now, now)
+            for body, msg_id, key, props in items
+        ]
+        with self._tx() as conn:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO messages (topic, msg_id, body, properties, partition_key,"
+                " enqueued_at, visible_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            return conn.total_changes - before
+
+    # -- receiving ---------------------------------------------------------------------------
+    def receive(self, topic: str, *, max_messages: int = 100, visibility_timeout_s: float = 60.0) -> list[Lease]:
+        """Lease up to max_messages visible messages, oldest first."""
+        now = self._now()
+        token = uuid.uuid4().hex
+        with self._tx() as conn:
+            rows = conn.execute(
+                "UPDATE messages SET visible_at = ?, attempts = attempts + 1, lease_token = ?"
+                " WHERE seq IN (SELECT seq FROM messages WHERE topic = ? AND visible_at <= ?"
+                " ORDER BY seq LIMIT ?)"
+                " RETURNING seq, topic, msg_id, body, properties, partition_key, enqueued_at, attempts",
+                (now + visibility_timeout_s, token, topic, now, max_messages),
+            ).fetchall()
+        rows.sort(key=lambda r: r[0])
+        return [
+            Lease(r[0], r[1], r[2], bytes(r[3]), json.loads(r[4]), r[5], r[6], r[7], token) for r in rows
+        ]
+
+    def ack(self, leases: Iterable[Lease]) -> int:
+        pairs = [(lease.seq, lease.token) for lease in leases]
+        if not pairs:
+            return 0
+        with self._tx() as conn:
+            before = conn.total_changes
+            conn.executemany("DELETE FROM messages WHERE seq = ? AND lease_token = ?", pairs)
+            return conn.total_changes - before
+
+    def fail(self, lease: Lease, error: str) -> str:
+        """Record a failed delivery: retry later, or dead-letter after max_attempts.
+
+        Returns "retry", "dead-lettered" or "stale" (the lease had expired and moved on)."""
+        error = error[:2000]
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT attempts FROM messages WHERE seq = ? AND lease_token = ?", (lease.seq, lease.token)
+            ).fetchone()
+            if row is None:
+                return "stale"
+            attempts = int(row[0])
+            if attempts < self.max_attempts or self.dead_letters is None:
+                delay = min(self.max_backoff_s, self.base_backoff_s * 2 ** (attempts - 1))
+                conn.execute(
+                    "UPDATE messages SET visible_at = ?, last_error = ?, lease_token = NULL WHERE seq = ?",
+                    (self._now() + delay, error, lease.seq),
+                )
+                return "retry"
+            # Park the message first, then remove it: a crash in between leaves a duplicate
+            # dead letter at worst, never a lost message.
+            self.dead_letters.add(
+                topic=lease.topic,
+                reason="delivery_failed",
+                detail=f"failed {attempts} times; last error: {error}",
+                payload=lease.body,
+                source="bus",
+                properties={"msg_id": lease.msg_id, "partition_key": lease.partition_key, **lease.properties},
+            )
+            conn.execute("DELETE FROM messages WHERE seq = ?", (lease.seq,))
+            return "dead-lettered"
+
+    def release_all_leases(self) -> int:
+        """Make every leased message visible now. Only for a host that owns the bus alone
+        (it holds the data-dir lock), after a predecessor died holding leases."""
+        with self._tx() as conn:
+            before = conn.total_changes
+            conn.execute(
+                "UPDATE messages SET visible_at = ?, lease_token = NULL WHERE lease_token IS NOT NULL",
+                (self._now(),),
+            )
+            return conn.total_changes - before
+
+    # -- inspection --------------------------------------------------------------------------
+    def pending(self, topic: str | None = None) -> int:
+        if topic is None:
+            return int(self._conn().execute("SELECT count(*) FROM messages").fetchone()[0])
+        return int(self._conn().execute("SELECT count(*) FROM messages WHERE topic = ?", (topic,)).fetchone()[0])
+
+    def next_visible_in(self, topic: str) -> float | None:
+        """Seconds until the next message of topic becomes visible (0 if one is visible now)."""
+        row = self._conn().execute("SELECT min(visible_at) FROM messages WHERE topic = ?", (topic,)).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return max(0.0, row[0] - self._now())
+
+    def topics(self) -> dict[str, int]:
+        rows = self._conn().execute("SELECT topic, count(*) FROM messages GROUP BY topic")
+        return {r[0]: int(r[1]) for r in rows}

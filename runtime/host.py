@@ -1,0 +1,335 @@
+"""The local Functions host: runs function_app.py's own functions from local sources.
+
+It reads the functions registered on the app and their trigger bindings, and feeds each one the
+way the Azure Functions host would, building the same `azure.functions` binding objects:
+  eventHubTrigger  <- the local bus queue "eh:<event hub name>" (batches for cardinality many)
+  eventGridTrigger <- the embedded FHIR store's event outbox, relayed to "eg:<function name>"
+  timerTrigger     <- a scheduler honouring the 6-field NCRONTAB schedule (seconds first)
+  httpTrigger      <- runtime.http_server (routes /api/<route>)
+A failed invocation is retried by the bus with backoff and dead-lettered after the last attempt.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+from azure.functions.timer import TimerRequest
+from croniter import croniter
+
+from runtime.bootstrap import Services, install
+from runtime.bus import Lease
+
+log = logging.getLogger(__name__)
+
+FHIR_EVENTS = "fhir-events"
+
+
+@dataclass
+class FunctionSpec:
+    name: str
+    trigger: str  # eventHubTrigger | eventGridTrigger | timerTrigger | httpTrigger
+    binding: dict[str, Any]
+    arg_name: str
+    call: Callable[..., Any]
+    source: str = ""  # the bus queue that feeds it (event hub / event grid)
+    # timers
+    cron: croniter | None = None
+    next_run: float = 0.0
+    # http
+    route_regex: re.Pattern[str] | None = None
+    methods: tuple[str, ...] = ()
+    auth_level: str = "function"
+
+
+@dataclass
+class HostStats:
+    invocations: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
+    relayed_events: int = 0
+
+    def count(self, name: str, ok: bool) -> None:
+        target = self.invocations if ok else self.failures
+        target[name] = target.get(name, 0) + 1
+
+
+_functions_cache: dict[int, list[Any]] = {}
+
+
+def registered_functions(app: func.FunctionApp) -> list[Any]:
+    """app.get_functions() raises on a second call (platform-notes §0.2): call it once per app."""
+    key = id(app)
+    if key not in _functions_cache:
+        _functions_cache[key] = app.get_functions()
+    return _functions_cache[key]
+
+
+class HostAlreadyRunning(RuntimeError):
+    pass
+
+
+class LocalHost:
+    def __init__(self, services: Services, app: func.FunctionApp | None = None, *, batch_size: int = 100) -> None:
+        if services.bus is None:
+            raise ValueError("the local host needs the local bus (embedded settings)")
+        self.services = services
+        self.bus = services.bus
+        self.batch_size = batch_size
+        self.stats = HostStats()
+        self._lock_file: Any = None
+        if app is None:
+            import function_app
+
+            app = function_app.app
+        self.functions = [self._spec(f) for f in registered_functions(app)]
+        install(services)
+
+    # -- discovery ---------------------------------------------------------------------------
+    def _spec(self, fn: Any) -> FunctionSpec:
+        bindings = fn.get_bindings_dict()["bindings"]
+        trigger = next(b for b in bindings if str(b["type"]).endswith("Trigger"))
+        kind = str(trigger["type"])
+        spec = FunctionSpec(
+            name=fn.get_function_name(),
+            trigger=kind,
+            binding=trigger,
+            arg_name=trigger["name"],
+            call=fn.get_user_function(),
+        )
+        if kind == "eventHubTrigger":
+            spec.source = "eh:" + self._resolve(str(trigger["eventHubName"]))
+        elif kind == "eventGridTrigger":
+            spec.source = "eg:" + spec.name
+        elif kind == "timerTrigger":
+            spec.cron = croniter(ncrontab_to_croniter(str(trigger["schedule"])), datetime.now(UTC))
+            spec.next_run = 0.0 if trigger.get("runOnStartup") else spec.cron.get_next(float)
+        elif kind == "httpTrigger":
+            spec.route_regex = route_regex(str(trigger.get("route") or spec.name))
+            spec.methods = tuple(str(getattr(m, "value", m)).upper() for m in trigger.get("methods") or ["GET", "POST"])
+            spec.auth_level = str(getattr(trigger.get("authLevel"), "value", trigger.get("authLevel") or "function")).lower()
+        return spec
+
+    def _resolve(self, value: str) -> str:
+        """Binding expressions like %VIGIL_EVENT_HUB_NAME% come from app settings."""
+        def lookup(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name == "VIGIL_EVENT_HUB_NAME":
+                return self.services.settings.event_hub_name
+            return os.environ.get(name, name)
+
+        return re.sub(r"%([^%]+)%", lookup, value)
+
+    def of_kind(self, kind: str) -> list[FunctionSpec]:
+        return [f for f in self.functions if f.trigger == kind]
+
+    @property
+    def device_queue(self) -> str:
+        hubs = self.of_kind("eventHubTrigger")
+        return hubs[0].source if hubs else "eh:" + self.services.settings.event_hub_name
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def acquire(self) -> None:
+        """Claim the data directory: one host per data dir. Leases of a host that died are
+        released at once instead of waiting out their visibility timeout."""
+        path = Path(self.services.settings.data_dir) / "host.lock"
+        self._lock_file = open(path, "w")  # noqa: SIM115 - held for the host's lifetime
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            self._lock_file = None
+            raise HostAlreadyRunning(f"another Vigil host is running on {path.parent}") from None
+        self._lock_file.write(str(os.getpid()))
+        self._lock_file.flush()
+        released = self.bus.release_all_leases()
+        if released:
+            log.info("released %d message leases left by a previous host", released)
+
+    def release(self) -> None:
+        if self._lock_file is not None:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+    # -- input -------------------------------------------------------------------------------
+    def publish_device_messages(self, bodies: Iterable[bytes], *, partition_key: str | None = None) -> int:
+        return self.bus.publish_many(self.device_queue, ((b, None, partition_key, None) for b in bodies))
+
+    # -- the pump ----------------------------------------------------------------------------
+    def run_once(self) -> int:
+        """One round over every source. Returns how many items were handled."""
+        done = self.relay_fhir_events()
+        for spec in self.of_kind("eventHubTrigger"):
+            done += self._run_event_hub(spec)
+        for spec in self.of_kind("eventGridTrigger"):
+            done += self._run_event_grid(spec)
+        done += self.run_due_timers()
+        return done
+
+    def run_until_idle(self, *, timeout_s: float = 600.0, on_progress: Callable[[], None] | None = None) -> bool:
+        """Pump until no source has visible work. False if the timeout came first."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            handled = self.run_once()
+            if on_progress is not None:
+                on_progress()
+            if handled == 0:
+                if self._pending_store_events() or any(
+                    self.bus.next_visible_in(s.source) == 0 for s in self.functions if s.source
+                ):
+                    continue
+                waits = [w for s in self.functions if s.source and (w := self.bus.next_visible_in(s.source)) is not None]
+                if not waits:
+                    return True
+                time.sleep(min(min(waits), 0.5))
+        return False
+
+    def serve_forever(self, stop: threading.Event, *, idle_sleep_s: float = 0.05) -> None:
+        while not stop.is_set():
+            try:
+                handled = self.run_once()
+            except Exception:  # keep the host alive; the failure is logged
+                log.exception("local host round failed")
+                handled = 0
+            if handled == 0:
+                stop.wait(idle_sleep_s)
+
+    def _pending_store_events(self) -> int:
+        size = getattr(self.services.store, "outbox_size", None)
+        return int(size()) if size else 0
+
+    # -- event grid: relay the store's outbox to each subscribed function -----------------------
+    def relay_fhir_events(self, limit: int = 500) -> int:
+        pending = getattr(self.services.store, "outbox_pending", None)
+        if pending is None:
+            return 0
+        rows = pending(limit)
+        if not rows:
+            return 0
+        subscribers = [s.source for s in self.of_kind("eventGridTrigger")]
+        for queue in subscribers:
+            self.bus.publish_many(
+                queue, ((json.dumps(event).encode(), event["id"], event.get("subject"), None) for _, event in rows)
+            )
+        self.services.store.outbox_done([seq for seq, _ in rows])  # type: ignore[attr-defined]
+        self.stats.relayed_events += len(rows)
+        return len(rows)
+
+    def _run_event_grid(self, spec: FunctionSpec) -> int:
+        leases = self.bus.receive(spec.source, max_messages=self.batch_size,
+                                  visibility_timeout_s=self.services.settings.bus_visibility_timeout_s)
+        for lease in leases:
+            self._invoke(spec, lease_list=[lease], arg=event_grid_event(json.loads(lease.body)))
+        return len(leases)
+
+    # -- event hubs --------------------------------------------------------------------------
+    def _run_event_hub(self, spec: FunctionSpec) -> int:
+        leases = self.bus.receive(spec.source, max_messages=self.batch_size,
+                                  visibility_timeout_s=self.services.settings.bus_visibility_timeout_s)
+        if not leases:
+            return 0
+        many = str(getattr(spec.binding.get("cardinality"), "value", spec.binding.get("cardinality"))) == "many"
+        if many and len(leases) == 1:
+            self._invoke(spec, lease_list=leases, arg=[event_hub_event(leases[0])])
+        elif many:
+            if not self._invoke(spec, lease_list=leases, arg=[event_hub_event(x) for x in leases], settle=False):
+                # Find the poison message: retry one by one so good messages are not held back.
+                for lease in leases:
+                    self._invoke(spec, lease_list=[lease], arg=[event_hub_event(lease)])
+            else:
+                self.bus.ack(leases)
+        else:
+            for lease in leases:
+                self._invoke(spec, lease_list=[lease], arg=event_hub_event(lease))
+        return len(leases)
+
+    # -- timers ------------------------------------------------------------------------------
+    def run_due_timers(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        ran = 0
+        for spec in self.of_kind("timerTrigger"):
+            assert spec.cron is not None
+            if now < spec.next_run:
+                continue
+            past_due = spec.next_run > 0 and now - spec.next_run > 60
+            self._invoke(spec, lease_list=[], arg=TimerRequest(past_due=past_due))
+            while spec.next_run <= now:
+                spec.next_run = spec.cron.get_next(float)
+            ran += 1
+        return ran
+
+    # -- invocation --------------------------------------------------------------------------
+    def _invoke(self, spec: FunctionSpec, *, lease_list: list[Lease], arg: Any, settle: bool = True) -> bool:
+        try:
+            spec.call(**{spec.arg_name: arg})
+        except Exception as exc:
+            self.stats.count(spec.name, ok=False)
+            # Type and message only: handlers keep values out of exception messages.
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("function %s failed: %s", spec.name, error)
+            if settle:
+                for lease in lease_list:
+                    self.bus.fail(lease, error)
+            return False
+        self.stats.count(spec.name, ok=True)
+        if settle and lease_list:
+            self.bus.ack(lease_list)
+        return True
+
+    def http_functions(self) -> list[FunctionSpec]:
+        return self.of_kind("httpTrigger")
+
+
+def event_hub_event(lease: Lease) -> func.EventHubEvent:
+    return func.EventHubEvent(
+        body=lease.body,
+        enqueued_time=datetime.fromtimestamp(lease.enqueued_at, UTC),
+        partition_key=lease.partition_key,
+        sequence_number=lease.seq,
+        offset=str(lease.seq),
+    )
+
+
+def event_grid_event(payload: dict[str, Any]) -> func.EventGridEvent:
+    when = payload.get("eventTime") or payload.get("time")
+    return func.EventGridEvent(
+        id=payload["id"],
+        data=payload.get("data") or {},
+        topic=payload.get("topic") or payload.get("source") or "",
+        subject=payload.get("subject") or "",
+        event_type=payload.get("eventType") or payload.get("type") or "",
+        event_time=datetime.fromisoformat(when.replace("Z", "+00:00")) if when else None,
+        data_version=str(payload.get("dataVersion") or payload.get("dataschema") or ""),
+    )
+
+
+def ncrontab_to_croniter(schedule: str) -> str:
+    """NCRONTAB puts seconds first ("s m h dom mon dow"); croniter takes seconds last."""
+    parts = schedule.split()
+    if len(parts) != 6:
+        raise ValueError(f"timer schedule {schedule!r} must have 6 fields (seconds first)")
+    return " ".join(parts[1:] + parts[:1])
+
+
+def route_regex(route: str) -> re.Pattern[str]:
+    """Functions route templates: {name}, {name?} and {name:constraint} segments."""
+    pattern = ""
+    for segment in route.strip("/").split("/"):
+        m = re.fullmatch(r"\{(\w+)(?::[^}?]+)?(\?)?\}", segment)
+        if m:
+            name, optional = m.group(1), m.group(2)
+            pattern += f"(?:/(?P<{name}>[^/]+))?" if optional else f"/(?P<{name}>[^/]+)"
+        else:
+            pattern += "/" + re.escape(segment)
+    return re.compile("^" + pattern + "/?$")

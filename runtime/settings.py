@@ -1,0 +1,81 @@
+"""One typed settings object, read from the environment (Functions app settings or a shell).
+
+Every setting is documented in local.settings.example.json. Secrets are read here and nowhere
+else, and `Settings.__repr__` never shows them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules" / "defaults" / "foundation.yaml"
+
+
+class SettingsError(ValueError):
+    """A setting with a value Vigil cannot use; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path(".vigil")
+    # FHIR: embedded SQLite store unless a server URL is given.
+    fhir_url: str | None = None
+    fhir_scope: str | None = None  # Entra ID scope; default "<fhir_url origin>/.default"
+    fhir_auth: str = "none"  # none | azure (DefaultAzureCredential from azure-identity)
+    fhir_account: str = "localhost"  # resourceFhirAccount in events of the embedded store
+    rules_path: Path = DEFAULT_RULES
+    max_message_bytes: int = 256 * 1024
+    event_hub_name: str = "device-messages"
+    http_host: str = "127.0.0.1"
+    http_port: int = 7071
+    local_token: str | None = field(default=None, repr=False)
+    bus_max_attempts: int = 5
+    bus_visibility_timeout_s: float = 60.0
+    program_contact: str = "your care team"
+    staff_address: str = "care-team"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get("VIGIL_" + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _coerce(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.fhir_auth not in ("none", "azure"):
+            raise SettingsError(f"VIGIL_FHIR_AUTH must be 'none' or 'azure', not {self.fhir_auth!r}")
+        if self.fhir_url and not self.fhir_url.startswith(("http://", "https://")):
+            raise SettingsError("VIGIL_FHIR_URL must start with http:// or https://")
+        if self.max_message_bytes < 1024:
+            raise SettingsError("VIGIL_MAX_MESSAGE_BYTES must be at least 1024")
+
+    @property
+    def embedded(self) -> bool:
+        return self.fhir_url is None
+
+    def path(self, name: str) -> Path:
+        return Path(self.data_dir) / name
+
+
+def _coerce(name: str, type_: object, raw: str) -> object:
+    text = str(type_)
+    try:
+        if "Path" in text:
+            return Path(raw)
+        if text in ("int", "<class 'int'>"):
+            return int(raw)
+        if text in ("float", "<class 'float'>"):
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"VIGIL_{name.upper()} must be a number, got {raw!r}") from None
+    return raw

@@ -1,0 +1,38 @@
+"""Shared fixtures: real embedded adapters on temporary files (no mocks of our own code)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from common.clock import FixedClock
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(datetime(2026, 11, 20, 12, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "vigil-data"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture(autouse=True)
+def _reset_installed_services() -> Iterator[None]:
+    yield
+    from runtime.bootstrap import install
+
+    install(None)
+
+
+@pytest.fixture
+def captured_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG)
+    return caplog

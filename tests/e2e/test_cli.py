@@ -1,0 +1,76 @@
+"""The `vigil` command end to end on a temporary data directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from runtime.cli import main
+
+
+def test_demo_summarizes_alerts_and_messages_and_a_rerun_adds_nothing(data_dir: Path, capsys) -> None:
+    args = ["--data-dir", str(data_dir), "demo", "--patients", "12", "--days", "6"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "Alerts (DetectedIssue)" in first and "Messages (Communication)" in first
+    alerts = int(first.split("Alerts (DetectedIssue)")[1].split()[0])
+    messages = int(first.split("Messages (Communication)")[1].split()[0])
+    assert alerts > 0 and messages >= alerts
+    assert "Dead letters             6" in first
+    assert len(list((data_dir / "outbox").glob("*.json"))) == messages
+
+    assert main(args) == 0
+    second = capsys.readouterr().out
+    for line in ("Observations in FHIR", "Alerts (DetectedIssue)", "Messages (Communication)", "Dead letters"):
+        assert "(new this run: 0)" in next(x for x in second.splitlines() if x.startswith(line)), line
+    assert len(list((data_dir / "outbox").glob("*.json"))) == messages
+
+
+def _patient(data_dir: Path, pid: str) -> None:
+    from fhirstore.sqlite_store import SqliteFhirStore
+
+    SqliteFhirStore(data_dir / "fhir.db").update({"resourceType": "Patient", "id": pid, "active": True})
+
+
+def test_ingest_then_dead_letters_list_show_and_replay_after_the_fix(data_dir: Path, tmp_path: Path, capsys) -> None:
+    _patient(data_dir, "p1")
+    f = tmp_path / "in.jsonl"
+    f.write_text("\n".join([
+        json.dumps({"deviceId": "d", "patientId": "p1", "type": "heart_rate", "time": "2026-11-20T07:00:00Z",
+                    "values": {"bpm": 64}}),
+        json.dumps({"deviceId": "d", "patientId": "p2", "type": "heart_rate", "time": "2026-11-20T07:00:00Z",
+                    "values": {"bpm": 65}}),
+    ]))
+    base = ["--data-dir", str(data_dir)]
+    assert main([*base, "ingest", str(f)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["new_observations"], report["dead_lettered"]) == (1, 1)
+
+    assert main([*base, "dead-letters", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "unknown_patient" in listing
+    dl_id = int(listing.split()[0])
+    assert main([*base, "dead-letters", "show", str(dl_id)]) == 0
+    shown = capsys.readouterr().out
+    assert '"reason": "unknown_patient"' in shown and '"patientId": "p2"' in shown
+
+    _patient(data_dir, "p2")  # the fix: the patient is enrolled
+    assert main([*base, "dead-letters", "replay", str(dl_id)]) == 0
+    assert "0 dead letters remain" in capsys.readouterr().out
+    from fhirstore.sqlite_store import SqliteFhirStore
+
+    assert SqliteFhirStore(data_dir / "fhir.db").search("Observation", {"_summary": "count"}).total == 2
+
+
+def test_dead_letters_show_of_unknown_id_is_an_error(data_dir: Path, capsys) -> None:
+    assert main(["--data-dir", str(data_dir), "dead-letters", "show", "999"]) == 1
+    assert "no dead letter 999" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [["--data-dir", "x", "nope"], ["demo", "--patients", "many"]])
+def test_bad_arguments_exit_with_usage(bad: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(bad)
+    assert exc.value.code == 2

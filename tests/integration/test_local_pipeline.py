@@ -1,0 +1,143 @@
+"""The vertical slice through the local host: device message → Observation → FHIR event →
+threshold rule → DetectedIssue → Communication + outbox file. Real SQLite files throughout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fhir.resources.R4B.communication import Communication
+from fhir.resources.R4B.detectedissue import DetectedIssue
+from fhir.resources.R4B.observation import Observation
+
+from fhirstore.paging import search_all
+from tests.support.pipeline import add_patient, count, make_host, reading
+
+
+@pytest.fixture
+def host(data_dir: Path):
+    h = make_host(data_dir)
+    h.acquire()
+    add_patient(h.services, "p1")
+    yield h
+    h.release()
+    h.services.close()
+
+
+def test_crisis_reading_opens_one_alert_and_records_messages(host) -> None:
+    host.publish_device_messages([
+        reading("p1", "blood_pressure", "2026-11-20T07:30:00-05:00", {"systolic": 186, "diastolic": 112}),
+        reading("p1", "heart_rate", "2026-11-20T07:30:00-05:00", {"bpm": 80}),
+    ])
+    assert host.run_until_idle(timeout_s=60)
+    s = host.services
+    obs = search_all(s.store, "Observation", {"subject": "Patient/p1"})
+    assert len(obs) == 2
+    for o in obs:
+        Observation.model_validate(o)
+    [issue] = search_all(s.store, "DetectedIssue", {"patient": "Patient/p1"})
+    DetectedIssue.model_validate(issue)
+    assert issue["code"]["coding"][0]["code"] == "bp-crisis"
+    assert issue["severity"] == "high"
+    bp = next(o for o in obs if o["code"]["coding"][0]["code"] == "85354-9")
+    assert issue["implicated"] == [{"reference": f"Observation/{bp['id']}"}]
+    assert "systolic_bp 186" in issue["detail"]
+
+    comms = search_all(s.store, "Communication", {})
+    assert sorted(c["status"] for c in comms) == ["completed", "completed"]
+    for c in comms:
+        Communication.model_validate(c)
+    files = s.channels["outbox"].messages()
+    assert sorted(f["to"] for f in files) == ["+15550100001", "care-team"]
+    patient_sms = next(f for f in files if f["to"].startswith("+"))
+    # PHI-minimal: no reading, no condition in what the patient receives.
+    assert "186" not in patient_sms["body"] and "pressure" not in patient_sms["body"].lower()
+
+
+def test_replaying_messages_and_events_creates_nothing_and_sends_nothing(host) -> None:
+    msgs = [reading("p1", "spo2", "2026-11-20T09:00:00+01:00", {"percent": 89})]
+    host.publish_device_messages(msgs)
+    host.run_until_idle(timeout_s=60)
+    s = host.services
+    before = (count(s, "Observation"), count(s, "DetectedIssue"), count(s, "Communication"),
+              len(s.channels["outbox"].messages()))
+    assert before == (1, 1, 2, 2)
+    # Same messages again, and every FHIR event delivered a second time.
+    host.publish_device_messages(msgs)
+    [obs] = search_all(s.store, "Observation", {})
+    event = {"id": "replayed", "eventType": "Microsoft.HealthcareApis.FhirResourceCreated",
+             "subject": f"localhost/Observation/{obs['id']}", "eventTime": "2026-11-20T08:00:00Z",
+             "data": {"resourceType": "Observation", "resourceFhirAccount": "localhost",
+                      "resourceFhirId": obs["id"], "resourceVersionId": 1}, "dataVersion": "1"}
+    host.bus.publish("eg:on_fhir_event", json.dumps(event).encode())
+    host.run_until_idle(timeout_s=60)
+    after = (count(s, "Observation"), count(s, "DetectedIssue"), count(s, "Communication"),
+             len(s.channels["outbox"].messages()))
+    assert after == before
+    assert s.store.read("Observation", obs["id"])["meta"]["versionId"] == "1"
+
+
+def test_a_second_crossing_the_same_day_joins_the_same_alert(host) -> None:
+    host.publish_device_messages([
+        reading("p1", "blood_pressure", "2026-11-20T07:30:00-05:00", {"systolic": 181, "diastolic": 100}),
+        reading("p1", "blood_pressure", "2026-11-20T12:30:00-05:00", {"systolic": 190, "diastolic": 104}),
+    ])
+    host.run_until_idle(timeout_s=60)
+    assert count(host.services, "DetectedIssue") == 1
+    assert len(host.services.channels["outbox"].messages()) == 2
+
+
+def test_malformed_messages_are_dead_lettered_and_the_batch_goes_on(host) -> None:
+    good = reading("p1", "heart_rate", "2026-11-20T07:30:00Z", {"bpm": 71})
+    batch = [
+        b'{"deviceId": "d", "patientId": ',
+        reading("p1", "ecg", "2026-11-20T07:30:00Z", {"mv": 1}),
+        json.dumps({"deviceId": "d", "patientId": "p1", "type": "heart_rate", "values": {"bpm": 1}}).encode(),
+        json.dumps({"deviceId": "d", "patientId": "p1", "type": "heart_rate", "time": "2026-11-20T07:30:00Z",
+                    "values": {"bpm": 70}, "pad": "x" * 300_000}).encode(),
+        reading("nobody", "heart_rate", "2026-11-20T07:30:00Z", {"bpm": 71}),
+        good,
+    ]
+    host.publish_device_messages(batch)
+    host.run_until_idle(timeout_s=60)
+    s = host.services
+    assert count(s, "Observation") == 1
+    reasons = {d.reason: d for d in s.dead_letters.list()}
+    assert set(reasons) == {"invalid_json", "unknown_type", "missing_field", "oversized", "unknown_patient"}
+    assert "'time'" in reasons["missing_field"].detail
+    assert "limit" in reasons["oversized"].detail
+    assert reasons["invalid_json"].payload == batch[0]  # kept as received, for replay
+
+
+def test_failing_function_is_retried_then_dead_lettered_without_blocking_others(data_dir: Path) -> None:
+    import azure.functions as func
+
+    from runtime.bootstrap import bootstrap
+    from runtime.host import LocalHost
+    from runtime.settings import Settings
+
+    calls: list[str] = []
+    app = func.FunctionApp()
+
+    @app.function_name("flaky")
+    @app.event_hub_message_trigger(arg_name="events", connection="C", event_hub_name="hub", cardinality="many")
+    def flaky(events: list[func.EventHubEvent]) -> None:
+        for e in events:
+            calls.append(e.get_body().decode())
+            if e.get_body() == b"poison":
+                raise RuntimeError("cannot handle this one")
+
+    services = bootstrap(Settings.from_env({}, data_dir=data_dir, bus_max_attempts=3))
+    host = LocalHost(services, app)
+    host.bus.base_backoff_s = 0.01
+    host.publish_device_messages([b"ok-1", b"poison", b"ok-2"])
+    assert host.run_until_idle(timeout_s=30)
+    # The batch failed at the poison message, so each message was retried alone: the good ones
+    # were not held back, and only the poison message used up its attempts.
+    assert (calls.count("ok-1"), calls.count("ok-2"), calls.count("poison")) == (2, 1, 4)
+    [letter] = services.dead_letters.list()
+    assert (letter.reason, letter.topic, letter.payload) == ("delivery_failed", "eh:hub", b"poison")
+    assert "cannot handle this one" in letter.detail
+    assert host.stats.failures["flaky"] >= 3
+    services.close()

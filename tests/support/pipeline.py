@@ -1,0 +1,35 @@
+"""Build a real local pipeline (embedded adapters on temp files) for integration and e2e tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from common.clock import Clock
+from runtime.bootstrap import Services, bootstrap
+from runtime.host import LocalHost
+from runtime.settings import Settings
+
+
+def make_host(data_dir: Path, clock: Clock | None = None, **settings: Any) -> LocalHost:
+    services = bootstrap(Settings.from_env({}, data_dir=data_dir, **settings), clock=clock)
+    return LocalHost(services)
+
+
+def add_patient(services: Services, patient_id: str, phone: str = "+15550100001") -> None:
+    services.store.update({
+        "resourceType": "Patient",
+        "id": patient_id,
+        "active": True,
+        "telecom": [{"system": "sms", "value": phone, "rank": 1}],
+    })
+
+
+def reading(patient: str, type_: str, time: str, values: dict[str, Any], device: str = "dev-1") -> bytes:
+    return json.dumps({"deviceId": device, "patientId": patient, "type": type_, "time": time,
+                       "values": values}).encode()
+
+
+def count(services: Services, resource_type: str, **params: str) -> int:
+    return services.store.search(resource_type, {**params, "_summary": "count"}).total or 0

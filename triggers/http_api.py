@@ -1,0 +1,53 @@
+"""HTTP triggers: the ingest endpoint and a health check."""
+
+from __future__ import annotations
+
+import json
+
+import azure.functions as func
+
+from handlers.ingest import RawMessage, handle_device_messages
+from runtime.bootstrap import current
+
+bp = func.Blueprint()
+
+_JSON = "application/json"
+
+
+@bp.function_name("http_ingest")
+@bp.route(route="ingest", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def http_ingest(req: func.HttpRequest) -> func.HttpResponse:
+    """Accepts one JSON message, a JSON array of messages, or JSON Lines; answers with the report."""
+    services = current()
+    body = req.get_body()
+    messages = [RawMessage(body=chunk) for chunk in split_messages(body)]
+    report = handle_device_messages(
+        messages,
+        store=services.store,
+        dead_letters=services.dead_letters,
+        topic=services.settings.event_hub_name,
+        max_bytes=services.settings.max_message_bytes,
+    )
+    status = 200 if report.dead_lettered == 0 else 207
+    return func.HttpResponse(json.dumps(report.as_dict()), status_code=status, mimetype=_JSON)
+
+
+@bp.function_name("health")
+@bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def health(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps({"status": "ok"}), mimetype=_JSON)
+
+
+def split_messages(body: bytes) -> list[bytes]:
+    """A JSON array becomes one message per element; otherwise one message per non-empty line.
+
+    Malformed content is kept as-is so the handler dead-letters it with the reason."""
+    text = body.strip()
+    if text.startswith(b"["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError:
+            return [body]
+        return [json.dumps(item).encode() for item in items]
+    lines = [line for line in body.splitlines() if line.strip()]
+    return lines or [body]
