@@ -39,7 +39,7 @@ class WriteResult:
 class SearchResult:
     resources: list[Resource]
     total: int | None = None  # set when the server counted (always for the embedded store)
-    next_params: dict[str, str] | None = field(default=None)  # params for the next page, if any
+    next_params: dict[str, str | list[str]] | None = field(default=None)  # params of the next page, if any
 
 
 class FhirStore(Protocol):

@@ -88,6 +88,7 @@ class LocalHost:
         self.batch_size = batch_size
         self.stats = HostStats()
         self._lock_file: Any = None
+        self._last_error = ""
         if app is None:
             import function_app
 
@@ -229,8 +230,13 @@ class LocalHost:
     def _run_event_grid(self, spec: FunctionSpec) -> int:
         leases = self.bus.receive(spec.source, max_messages=self.batch_size,
                                   visibility_timeout_s=self.services.settings.bus_visibility_timeout_s)
+        done = []
         for lease in leases:
-            self._invoke(spec, lease_list=[lease], arg=event_grid_event(json.loads(lease.body)))
+            if self._invoke(spec, lease_list=[lease], arg=event_grid_event(json.loads(lease.body)), settle=False):
+                done.append(lease)
+            else:
+                self.bus.fail(lease, self._last_error)
+        self.bus.ack(done)  # one transaction for the round, not one per event
         return len(leases)
 
     # -- event hubs --------------------------------------------------------------------------
@@ -277,6 +283,7 @@ class LocalHost:
             self.stats.count(spec.name, ok=False)
             # Type and message only: handlers keep values out of exception messages.
             error = f"{type(exc).__name__}: {exc}"
+            self._last_error = error
             log.warning("function %s failed: %s", spec.name, error)
             if settle:
                 for lease in lease_list:

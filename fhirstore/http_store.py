@@ -1,0 +1,554 @@
+"""`FhirStore` over HTTP for any FHIR R4 server (Azure Health Data Services, HAPI, Medplum).
+
+Tokens come from an `azure-identity` credential. Retries are limited to what is safe to repeat: a
+plain create (POST without If-None-Exist) and a transaction may already have been applied when a
+gateway answers 502/503/504 or a read times out, so those only retry 429 and connection failures.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import httpx
+from azure.core.credentials import AccessToken, TokenCredential
+
+from fhirstore.errors import (
+    FhirError,
+    InvalidResource,
+    InvalidSearch,
+    PreconditionFailed,
+    ResourceGone,
+    ResourceNotFound,
+    ServerError,
+    Unauthorized,
+    error_for_status,
+)
+from fhirstore.port import Resource, SearchParams, SearchResult, WriteOutcome, WriteResult
+
+logger = logging.getLogger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+_TYPE_RE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # FHIR R4 id datatype
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# Refresh before expiry so a request never leaves with a token that lapses in flight.
+_TOKEN_REFRESH_MARGIN_S = 300
+_MAX_HISTORY_PAGES = 1000
+# Exceptions raised before any byte of the request reached the server: always safe to retry.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+class HttpFhirStore:
+    """A `FhirStore` talking FHIR R4 REST. Not tied to one server: only standard interactions."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        credential: TokenCredential | None = None,
+        scope: str | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 4,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        client: httpx.Client | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+            raise ValueError(f"FHIR base_url must be an http(s) URL without a query, got {base_url!r}")
+        if max_retries < 0 or backoff_base < 0 or backoff_max < 0 or timeout <= 0:
+            raise ValueError("max_retries, backoff_base and backoff_max must be >= 0 and timeout > 0")
+        self.base_url = base_url.rstrip("/")
+        self._credential = credential
+        self._scope = scope or f"{parts.scheme}://{parts.netloc}/.default"
+        self._max_retries = max_retries
+        self._backoff_base = backoff_base
+        self._backoff_max = backoff_max
+        self._sleep = sleep
+        self._owns_client = client is None
+        self._client = client or httpx.Client(timeout=httpx.Timeout(timeout))
+        self._token: AccessToken | None = None
+        self._token_lock = threading.Lock()
+        self._rng = random.Random()
+        _redact_httpx_request_log()
+
+    def close(self) -> None:
+        """Close the connection pool (only a client this store created; an injected one is the caller's)."""
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> HttpFhirStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- port -----------------------------------------------------------------------------------
+
+    def read(self, resource_type: str, id: str) -> Resource:
+        path = _resource_path(resource_type, id)
+        return self._resource(self._request("GET", path, interaction="read"), "read", path)
+
+    def vread(self, resource_type: str, id: str, version_id: str) -> Resource:
+        path = f"{_resource_path(resource_type, id)}/_history/{_checked_id(version_id, 'version id')}"
+        return self._resource(self._request("GET", path, interaction="vread"), "vread", path)
+
+    def create(self, resource: Resource, *, if_none_exist: str | None = None) -> WriteResult:
+        resource_type = _checked_type(resource.get("resourceType") if isinstance(resource, dict) else None)
+        headers = {"Prefer": "return=representation"}
+        if if_none_exist is not None:
+            query = if_none_exist.lstrip("?")
+            if not query or "\n" in query or "\r" in query:
+                raise InvalidSearch(f"create {resource_type}: if_none_exist must be a non-empty query string")
+            headers["If-None-Exist"] = query
+        # The port promises a server-assigned id; HAPI rejects a POST body that carries one.
+        body = {k: v for k, v in resource.items() if k != "id"}
+        response = self._request(
+            "POST",
+            resource_type,
+            json_body=body,
+            headers=headers,
+            interaction="create",
+            idempotent=if_none_exist is not None,
+        )
+        outcome = "exists" if response.status_code == 200 else "created"
+        return self._write_result(outcome, response, resource_type, "create")
+
+    def update(self, resource: Resource, *, if_match: str | None = None) -> WriteResult:
+        """Read-compare-PUT: servers disagree on no-op updates, so the adapter decides "unchanged"."""
+        resource_type = _checked_type(resource.get("resourceType") if isinstance(resource, dict) else None)
+        path = _resource_path(resource_type, resource.get("id"))
+        if if_match is not None:
+            _checked_id(if_match, "if_match version id")
+        for attempt in range(2):
+            current = self._current_or_none(resource_type, resource["id"])
+            if current is not None:
+                current_vid = _meta_version(current)
+                if if_match is not None and current_vid is not None and current_vid != if_match:
+                    raise PreconditionFailed(
+                        f"FHIR update {path}: If-Match version {if_match} is not the current {current_vid}"
+                    )
+                if _without_meta(current) == _without_meta(resource):
+                    return WriteResult("unchanged", current, resource_type, resource["id"], current_vid)
+                expected = current_vid or if_match
+            else:
+                expected = if_match
+            headers = {"Prefer": "return=representation"}
+            if expected is not None:
+                headers["If-Match"] = f'W/"{expected}"'
+            try:
+                response = self._request(
+                    "PUT", path, json_body=resource, headers=headers, interaction="update"
+                )
+            except FhirError as exc:
+                # Someone wrote between our GET and PUT; re-read once unless the caller pinned a version.
+                if exc.status == 412 and if_match is None and attempt == 0:
+                    continue
+                raise
+            if response.status_code == 201:
+                return self._write_result("created", response, resource_type, "update", resource["id"])
+            result = self._write_result("updated", response, resource_type, "update", resource["id"])
+            if current is not None and result.version_id == _meta_version(current):
+                return WriteResult("unchanged", result.resource, resource_type, result.id, result.version_id)
+            return result
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    def delete(self, resource_type: str, id: str) -> WriteResult:
+        """Reads first: several servers answer 204 even when nothing was there to delete."""
+        path = _resource_path(resource_type, id)
+        if self._current_or_none(resource_type, id) is None:
+            return WriteResult("gone", None, resource_type, id, None)
+        try:
+            response = self._request("DELETE", path, interaction="delete")
+        except (ResourceNotFound, ResourceGone):
+            return WriteResult("gone", None, resource_type, id, None)
+        return WriteResult("deleted", None, resource_type, id, _etag_version(response.headers.get("ETag")))
+
+    def search(self, resource_type: str, params: SearchParams | None = None) -> SearchResult:
+        _checked_type(resource_type)
+        query = _query_pairs(resource_type, params)
+        # HAPI's next links point at the server base (?_getpages=...), not at the type.
+        path = "" if any(name == "_getpages" for name, _ in query) else resource_type
+        bundle = self._bundle(
+            self._request("GET", path, params=query, interaction="search"), "search", resource_type
+        )
+        resources = [
+            entry["resource"]
+            for entry in bundle.get("entry", [])
+            if isinstance(entry.get("resource"), dict)
+            and (entry.get("search") or {}).get("mode", "match") == "match"
+        ]
+        total = bundle.get("total")
+        return SearchResult(resources, total if isinstance(total, int) else None, _next_params(bundle))
+
+    def transaction(self, bundle: Resource) -> Resource:
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            raise InvalidResource("transaction: expected a Bundle resource")
+        if bundle.get("type") not in ("transaction", "batch"):
+            raise InvalidResource(
+                f"transaction: Bundle.type must be 'transaction' or 'batch', got {bundle.get('type')!r}"
+            )
+        response = self._request("POST", "", json_body=bundle, interaction="transaction", idempotent=False)
+        return self._bundle(response, "transaction", "Bundle")
+
+    def history(self, resource_type: str, id: str) -> Resource:
+        """All versions in one Bundle: servers page history, the port promises every version."""
+        path = f"{_resource_path(resource_type, id)}/_history"
+        bundle = self._bundle(self._request("GET", path, interaction="history"), "history", path)
+        entries = list(bundle.get("entry", []))
+        next_params = _next_params(bundle)
+        for _ in range(_MAX_HISTORY_PAGES):
+            if next_params is None:
+                break
+            page_path = "" if "_getpages" in next_params else path
+            query = _query_pairs(resource_type, next_params)
+            page = self._bundle(
+                self._request("GET", page_path, params=query, interaction="history"), "history", path
+            )
+            entries.extend(page.get("entry", []))
+            next_params = _next_params(page)
+        else:
+            raise ServerError(f"history {path}: more than {_MAX_HISTORY_PAGES} pages")
+        merged = {k: v for k, v in bundle.items() if k not in ("link", "entry")}
+        merged["entry"] = entries
+        merged.setdefault("total", len(entries))
+        return merged
+
+    # -- HTTP -----------------------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        interaction: str,
+        params: list[tuple[str, str]] | None = None,
+        json_body: Resource | None = None,
+        headers: dict[str, str] | None = None,
+        idempotent: bool = True,
+    ) -> httpx.Response:
+        """Send with auth and retries; return a 2xx response or raise the typed error."""
+        url = f"{self.base_url}/{path}" if path else self.base_url
+        label = _label(path, params)
+        content = json.dumps(json_body, separators=(",", ":")).encode() if json_body is not None else None
+        refreshed = False
+        attempt = 0
+        while True:
+            request_headers = {"Accept": FHIR_JSON, **(headers or {})}
+            if content is not None:
+                request_headers["Content-Type"] = FHIR_JSON
+            token = self._bearer(force=False)
+            if token is not None:
+                request_headers["Authorization"] = f"Bearer {token}"
+            try:
+                response = self._client.request(
+                    method, url, params=params, content=content, headers=request_headers
+                )
+            except httpx.TransportError as exc:
+                retryable = idempotent or isinstance(exc, _NOT_SENT)
+                if not retryable or attempt >= self._max_retries:
+                    raise _transport_error(exc, interaction, label, attempt + 1) from exc
+                delay = self._backoff(attempt)
+                logger.warning(
+                    "FHIR %s %s: %s, retry %d/%d in %.2fs",
+                    interaction,
+                    label,
+                    type(exc).__name__,
+                    attempt + 1,
+                    self._max_retries,
+                    delay,
+                )
+                self._sleep(delay)
+                attempt += 1
+                continue
+            status = response.status_code
+            if status < 300:
+                return response
+            if status == 401 and self._credential is not None and not refreshed:
+                # A revoked token or a continuous-access-evaluation challenge: fetch a fresh token once.
+                # Credentials cache tokens; only the challenge's claims make them skip their cache.
+                refreshed = True
+                self._bearer(force=True, claims=_challenge_claims(response.headers.get("WWW-Authenticate")))
+                continue
+            retryable = status == 429 or (status in _RETRY_STATUSES and idempotent)
+            if not retryable or attempt >= self._max_retries:
+                raise self._http_error(response, interaction, label, token)
+            delay = self._retry_after(response) if status in (429, 503) else None
+            delay = self._backoff(attempt) if delay is None else delay
+            logger.warning(
+                "FHIR %s %s: HTTP %d, retry %d/%d in %.2fs",
+                interaction,
+                label,
+                status,
+                attempt + 1,
+                self._max_retries,
+                delay,
+            )
+            self._sleep(delay)
+            attempt += 1
+
+    def _bearer(self, *, force: bool, claims: str | None = None) -> str | None:
+        if self._credential is None:
+            return None
+        with self._token_lock:
+            token = self._token
+            if force or token is None or token.expires_on - _TOKEN_REFRESH_MARGIN_S <= time.time():
+                try:
+                    if claims:
+                        token = self._credential.get_token(self._scope, claims=claims)
+                    else:
+                        token = self._credential.get_token(self._scope)
+                except Exception as exc:
+                    # Credential errors name the failing source, never a token (none was issued).
+                    first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+                    raise Unauthorized(
+                        f"could not get a token for scope {self._scope}: {type(exc).__name__}: {first_line}"
+                    ) from exc
+                self._token = token
+            return token.token
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential with jitter in [cap/2, cap] so concurrent clients do not retry in lockstep."""
+        cap = min(self._backoff_max, self._backoff_base * (2**attempt))
+        return self._rng.uniform(cap / 2, cap)
+
+    def _retry_after(self, response: httpx.Response) -> float | None:
+        value = response.headers.get("Retry-After")
+        if not value:
+            return None
+        value = value.strip()
+        if value.isdigit():
+            return min(float(value), self._backoff_max)
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        return min(max(0.0, when.timestamp() - time.time()), self._backoff_max)
+
+    def _http_error(
+        self, response: httpx.Response, interaction: str, label: str, token: str | None
+    ) -> FhirError:
+        outcome = _operation_outcome(response)
+        detail = _first_diagnostics(outcome) or response.reason_phrase or "no detail"
+        message = f"FHIR {interaction} {label} failed with HTTP {response.status_code}: {detail}"
+        if token:
+            # A server may echo request headers in diagnostics; never let the token out.
+            message = message.replace(token, "[redacted]")
+            if outcome is not None and token in json.dumps(outcome):
+                outcome = json.loads(json.dumps(outcome).replace(token, "[redacted]"))
+        return error_for_status(response.status_code, message, outcome)
+
+    # -- responses ------------------------------------------------------------------------------
+
+    def _current_or_none(self, resource_type: str, id: str) -> Resource | None:
+        try:
+            return self.read(resource_type, id)
+        except (ResourceNotFound, ResourceGone):
+            return None
+
+    def _resource(self, response: httpx.Response, interaction: str, label: str) -> Resource:
+        body = _json_or_none(response)
+        if not isinstance(body, dict) or "resourceType" not in body:
+            raise ServerError(
+                f"FHIR {interaction} {label}: the server answered {response.status_code} without a resource"
+            )
+        return body
+
+    def _bundle(self, response: httpx.Response, interaction: str, label: str) -> Resource:
+        body = self._resource(response, interaction, label)
+        if body.get("resourceType") != "Bundle":
+            raise ServerError(f"FHIR {interaction} {label}: expected a Bundle, got {body['resourceType']}")
+        return body
+
+    def _write_result(
+        self,
+        outcome: WriteOutcome,
+        response: httpx.Response,
+        resource_type: str,
+        interaction: str,
+        known_id: str | None = None,
+    ) -> WriteResult:
+        body = _json_or_none(response)
+        location = response.headers.get("Content-Location") or response.headers.get("Location")
+        id_, vid = _location_ids(location, resource_type)
+        id_ = id_ or known_id
+        vid = vid or _etag_version(response.headers.get("ETag"))
+        if not (isinstance(body, dict) and body.get("resourceType") == resource_type):
+            # The server ignored Prefer: return=representation; fetch what it stored.
+            if id_ is None:
+                raise ServerError(
+                    f"FHIR {interaction} {resource_type}: no resource and no Location in the answer"
+                )
+            body = self.vread(resource_type, id_, vid) if vid else self.read(resource_type, id_)
+        id_ = body.get("id") or id_
+        vid = _meta_version(body) or vid
+        if not id_:
+            raise ServerError(f"FHIR {interaction} {resource_type}: the server returned no id")
+        return WriteResult(outcome, body, resource_type, id_, vid)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _checked_type(resource_type: object) -> str:
+    if not isinstance(resource_type, str) or not _TYPE_RE.match(resource_type):
+        raise InvalidResource(f"resourceType must be a FHIR resource type name, got {resource_type!r}")
+    return resource_type
+
+
+def _checked_id(value: object, what: str = "id") -> str:
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise InvalidResource(f"{what} must be 1-64 characters of A-Z a-z 0-9 - . (got {value!r})")
+    return value
+
+
+def _resource_path(resource_type: str, id: object) -> str:
+    return f"{_checked_type(resource_type)}/{_checked_id(id, f'{resource_type} id')}"
+
+
+def _query_pairs(resource_type: str, params: SearchParams | None) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    for name, value in (params or {}).items():
+        values: Iterable[object] = [value] if isinstance(value, str | int) else value
+        for item in values:
+            if not isinstance(item, str | int) or isinstance(item, bool):
+                raise InvalidSearch(f"search {resource_type}: parameter {name!r} has a non-string value")
+            pairs.append((name, str(item)))
+    return pairs
+
+
+def _label(path: str, params: list[tuple[str, str]] | None) -> str:
+    """The request for messages and logs: parameter names only, since values can identify a patient."""
+    label = path or "(base)"
+    if params:
+        label += "?" + "&".join(dict.fromkeys(name for name, _ in params))
+    return label
+
+
+def _next_params(bundle: Resource) -> dict[str, Any] | None:
+    for link in bundle.get("link", []):
+        if link.get("relation") == "next" and link.get("url"):
+            params: dict[str, Any] = {}
+            for name, value in parse_qsl(urlsplit(link["url"]).query, keep_blank_values=True):
+                if name in params:
+                    # Repeated names (date=ge..&date=le..) must survive the round trip.
+                    previous = params[name]
+                    params[name] = [*previous, value] if isinstance(previous, list) else [previous, value]
+                else:
+                    params[name] = value
+            return params
+    return None
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _operation_outcome(response: httpx.Response) -> dict[str, Any] | None:
+    body = _json_or_none(response)
+    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+        return body
+    return None
+
+
+def _first_diagnostics(outcome: dict[str, Any] | None) -> str | None:
+    issues = (outcome or {}).get("issue") or []
+    if not issues or not isinstance(issues[0], dict):
+        return None
+    issue = issues[0]
+    return issue.get("diagnostics") or (issue.get("details") or {}).get("text") or issue.get("code")
+
+
+def _meta_version(resource: Resource | None) -> str | None:
+    vid = ((resource or {}).get("meta") or {}).get("versionId")
+    return str(vid) if vid is not None else None
+
+
+def _without_meta(resource: Resource) -> Resource:
+    return {k: v for k, v in resource.items() if k != "meta"}
+
+
+def _etag_version(etag: str | None) -> str | None:
+    if not etag:
+        return None
+    value = etag.strip()
+    value = value[2:] if value.startswith("W/") else value
+    return value.strip('"') or None
+
+
+def _location_ids(location: str | None, resource_type: str) -> tuple[str | None, str | None]:
+    if not location:
+        return None, None
+    segments = urlsplit(location).path.strip("/").split("/")
+    for i, segment in enumerate(segments[:-1]):
+        if segment == resource_type:
+            id_ = segments[i + 1]
+            has_version = i + 3 < len(segments) and segments[i + 2] == "_history"
+            return id_, segments[i + 3] if has_version else None
+    return None, None
+
+
+class _QueryValueRedactor(logging.Filter):
+    """httpx logs every request URL at INFO; search values (identifiers, patient ids) must not reach logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) for a in record.args):
+            record.args = tuple(_redacted_url(a) if isinstance(a, httpx.URL) else a for a in record.args)
+        return True
+
+
+def _redacted_url(url: httpx.URL) -> str:
+    if not url.query:
+        return str(url)
+    names = dict.fromkeys(name for name, _ in parse_qsl(url.query.decode(), keep_blank_values=True))
+    return str(url.copy_with(query=None)) + "?" + "&".join(f"{name}=..." for name in names)
+
+
+def _redact_httpx_request_log() -> None:
+    httpx_logger = logging.getLogger("httpx")
+    if not any(isinstance(f, _QueryValueRedactor) for f in httpx_logger.filters):
+        httpx_logger.addFilter(_QueryValueRedactor())
+
+
+def _challenge_claims(challenge: str | None) -> str | None:
+    """The decoded `claims` of a Bearer challenge (Entra ID CAE sends them base64url-encoded)."""
+    match = re.search(r'claims="([^"]+)"', challenge or "")
+    if not match:
+        return None
+    encoded = match.group(1)
+    try:
+        return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _transport_error(exc: httpx.TransportError, interaction: str, label: str, attempts: int) -> ServerError:
+    # Only the exception class: transport messages can carry the full URL with query values.
+    if isinstance(exc, httpx.TimeoutException):
+        return ServerError(
+            f"FHIR {interaction} {label}: timed out after {attempts} attempt(s) ({type(exc).__name__})",
+            status=504,
+        )
+    return ServerError(
+        f"FHIR {interaction} {label}: could not reach the server after {attempts} attempt(s) "
+        f"({type(exc).__name__})",
+        status=503,
+    )
