@@ -1,14 +1,17 @@
-"""A FHIR resource changed → evaluate rules → alert → messages.
+"""A FHIR resource changed: evaluate the care-plan rules it may trigger.
 
 Events are at-least-once and unordered, and carry ids only: the handler fetches the version the
-event names and acts on that version alone. Everything downstream is keyed deterministically, so
-a re-delivered event opens nothing new and sends nothing again.
+event names and acts on that version. Observations are evaluated against the rulesets of the
+programs their patient is enrolled in; QuestionnaireResponses are scored into a score Observation,
+whose own event then takes the same rule path. Everything downstream is keyed deterministically,
+so a re-delivered event opens nothing new and sends nothing again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,55 +19,107 @@ from common.clock import Clock
 from fhirstore.errors import ResourceGone, ResourceNotFound
 from fhirstore.events import InvalidEvent, parse_event
 from fhirstore.port import FhirStore
-from handlers.alerts import MessagePolicy, notify, open_alert
+from handlers.alerting import MessagePolicy, act_on_firing
+from handlers.patient_data import history_window, load_patient_rules, load_readings
 from ingest.deadletter import DeadLetterSink
 from notifications.channels.base import Channel
-from rules.simple import ThresholdRule, evaluate
+from rules.evaluate import evaluate
+from rules.model import Ruleset
+from rules.pro import ScoringError, score_observation, score_response
+from rules.readings import ReadingError, readings_from_observation
+from rules.window import History
 
 log = logging.getLogger(__name__)
-
-EVALUATED_STATUSES = frozenset({"final", "amended", "corrected"})
 
 
 @dataclass
 class EventOutcome:
-    status: str  # evaluated | ignored | gone | dead-lettered
-    alerts_opened: int = 0
-    messages_sent: int = 0
+    status: str  # evaluated | scored | not-enrolled | ignored | gone | dead-lettered
+    decisions: Counter[str] = field(default_factory=Counter)  # open / update / suppress ...
     rules_fired: list[str] = field(default_factory=list)
+    messages_sent: int = 0
 
 
-def handle_fhir_event(
-    payload: dict[str, Any],
-    *,
-    store: FhirStore,
-    rules: list[ThresholdRule],
-    channels: dict[str, Channel],
-    clock: Clock,
-    dead_letters: DeadLetterSink,
-    policy: MessagePolicy,
-    topic: str = "fhir-events",
-) -> EventOutcome:
+@dataclass(frozen=True)
+class EventDeps:
+    store: FhirStore
+    rulesets: list[Ruleset]
+    channels: dict[str, Channel]
+    clock: Clock
+    dead_letters: DeadLetterSink
+    policy: MessagePolicy
+    topic: str = "fhir-events"
+
+
+def handle_fhir_event(payload: dict[str, Any], deps: EventDeps) -> EventOutcome:
     try:
         event = parse_event(payload)
     except InvalidEvent as exc:
-        dead_letters.add(topic=topic, reason="invalid_event", detail=str(exc),
-                         payload=json.dumps(payload, default=str).encode(), source="fhir-events")
+        _park(deps, payload, "invalid_event", str(exc))
         return EventOutcome("dead-lettered")
-    if event.resource_type != "Observation" or event.action == "deleted":
+    if event.action == "deleted" or event.resource_type not in ("Observation", "QuestionnaireResponse"):
         return EventOutcome("ignored")
     try:
-        observation = store.vread("Observation", event.resource_id, event.version_id)
+        resource = deps.store.vread(event.resource_type, event.resource_id, event.version_id)
     except (ResourceNotFound, ResourceGone):
-        # The version is gone (deleted, or purged): nothing left to evaluate.
-        return EventOutcome("gone")
-    if observation.get("status") not in EVALUATED_STATUSES:
+        return EventOutcome("gone")  # deleted or purged since: nothing left to act on
+    if event.resource_type == "QuestionnaireResponse":
+        return score_questionnaire_response(resource, deps, payload)
+    return evaluate_observation(resource, deps, payload)
+
+
+def evaluate_observation(obs: dict[str, Any], deps: EventDeps, payload: dict[str, Any] | None = None) -> EventOutcome:
+    try:
+        trigger = readings_from_observation(obs)
+    except ReadingError as exc:
+        _park(deps, payload or obs, "unreadable_observation", str(exc))
+        return EventOutcome("dead-lettered")
+    patient_ref = (obs.get("subject") or {}).get("reference", "")
+    if not trigger or not patient_ref.startswith("Patient/"):
         return EventOutcome("ignored")
+    patient = load_patient_rules(deps.store, patient_ref, deps.rulesets, deps.clock.now())
+    if patient is None:
+        return EventOutcome("not-enrolled")
+    metrics, since = history_window(patient.rulesets, trigger[0].effective, frozenset(r.metric for r in trigger))
+    history = History(load_readings(deps.store, patient_ref, metrics, since))
     outcome = EventOutcome("evaluated")
-    for firing in evaluate(rules, observation):
-        issue, created = open_alert(store, firing, observation)
-        outcome.rules_fired.append(firing.rule.id)
-        outcome.alerts_opened += int(created)
-        sent = notify(store, channels, clock, firing.rule, issue, policy)
-        outcome.messages_sent += sum(1 for o in sent if o.status == "sent")
+    for firing in evaluate(patient.rulesets, trigger, history, patient.context):
+        acted = act_on_firing(deps.store, deps.channels, deps.clock, deps.policy, firing, patient_ref)
+        outcome.rules_fired.append(firing.rule_id)
+        outcome.decisions[acted.decision.action] += 1
+        outcome.messages_sent += acted.messages_sent
     return outcome
+
+
+def score_questionnaire_response(response: dict[str, Any], deps: EventDeps,
+                                 payload: dict[str, Any] | None = None) -> EventOutcome:
+    if response.get("status") not in ("completed", "amended"):
+        return EventOutcome("ignored")
+    questionnaire = _questionnaire(deps.store, response.get("questionnaire"))
+    try:
+        result = score_response(response, questionnaire)
+        observation = score_observation(result, response)
+    except ScoringError as exc:
+        _park(deps, payload or response, "unscorable_response", str(exc))
+        return EventOutcome("dead-lettered")
+    # A deterministic id: re-scoring the same response is a no-op; an amended one updates it.
+    deps.store.update(observation)
+    return EventOutcome("scored")
+
+
+def _questionnaire(store: FhirStore, canonical: Any) -> dict[str, Any] | None:
+    if not isinstance(canonical, str) or not canonical:
+        return None
+    url, _, version = canonical.partition("|")
+    params = {"url": url, **({"version": version} if version else {})}
+    try:
+        found = store.search("Questionnaire", params)
+    except Exception:  # an unsupported search parameter must not stop scoring by answer codes
+        log.warning("Questionnaire lookup failed; scoring from answer codes")
+        return None
+    return found.resources[0] if found.resources else None
+
+
+def _park(deps: EventDeps, payload: dict[str, Any], reason: str, detail: str) -> None:
+    deps.dead_letters.add(topic=deps.topic, reason=reason, detail=detail,
+                          payload=json.dumps(payload, default=str).encode(), source="fhir-events")

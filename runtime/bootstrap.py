@@ -12,7 +12,8 @@ from fhirstore.port import FhirStore
 from ingest.deadletter import SqliteDeadLetterStore
 from notifications.channels.base import Channel
 from notifications.channels.outbox import OutboxChannel
-from rules.simple import ThresholdRule, load_rules
+from rules.loader import load_rulesets
+from rules.model import Ruleset
 from runtime.bus import LocalBus
 from runtime.settings import Settings
 
@@ -24,7 +25,7 @@ class Services:
     dead_letters: SqliteDeadLetterStore
     channels: dict[str, Channel]
     clock: Clock
-    rules: list[ThresholdRule]
+    rulesets: list[Ruleset]
     bus: LocalBus | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -49,7 +50,7 @@ def bootstrap(settings: Settings, *, clock: Clock | None = None) -> Services:
         dead_letters=dead_letters,
         channels=channels,
         clock=clock,
-        rules=load_rules(settings.rules_path),
+        rulesets=load_rulesets(settings.rules_path),
         bus=bus,
     )
 

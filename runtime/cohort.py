@@ -43,6 +43,23 @@ class DemoPatient:
             "extension": [{"url": "urn:vigil:ext:timezone", "valueString": self.zone}],
         }
 
+    def careplans(self) -> list[dict[str, Any]]:
+        return [careplan(self.id, program) for program in self.programs]
+
+
+def careplan(patient_id: str, program: str, start: str = "2026-10-01") -> dict[str, Any]:
+    """An active CarePlan enrolling the patient in a program (rules/library names programs by
+    canonical `urn:vigil:program:<id>`)."""
+    return {
+        "resourceType": "CarePlan",
+        "id": f"{patient_id}-{program}",
+        "status": "active",
+        "intent": "plan",
+        "instantiatesCanonical": [f"urn:vigil:program:{program}"],
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "period": {"start": start},
+    }
+
 
 @dataclass
 class Cohort:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules" / "defaults" / "foundation.yaml"
+DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules" / "library"
 
 
 class SettingsError(ValueError):
@@ -26,7 +26,7 @@ class Settings:
     fhir_scope: str | None = None  # Entra ID scope; default "<fhir_url origin>/.default"
     fhir_auth: str = "none"  # none | azure (DefaultAzureCredential from azure-identity)
     fhir_account: str = "localhost"  # resourceFhirAccount in events of the embedded store
-    rules_path: Path = DEFAULT_RULES
+    rules_path: Path = DEFAULT_RULES  # a directory of ruleset YAML files
     max_message_bytes: int = 256 * 1024
     event_hub_name: str = "device-messages"
     http_host: str = "127.0.0.1"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from handlers.alerts import MessagePolicy
-from handlers.fhir_events import handle_fhir_event
-from runtime.bootstrap import current
+from handlers.alerting import MessagePolicy
+from handlers.fhir_events import EventDeps, handle_fhir_event
+from runtime.bootstrap import Services, current
 
 bp = func.Blueprint()
 
@@ -14,7 +14,6 @@ bp = func.Blueprint()
 @bp.function_name("on_fhir_event")
 @bp.event_grid_trigger(arg_name="event")
 def on_fhir_event(event: func.EventGridEvent) -> None:
-    services = current()
     payload = {
         "id": event.id,
         "topic": event.topic,
@@ -24,16 +23,16 @@ def on_fhir_event(event: func.EventGridEvent) -> None:
         "dataVersion": event.data_version,
         "data": event.get_json(),
     }
-    handle_fhir_event(
-        payload,
+    handle_fhir_event(payload, event_deps(current()))
+
+
+def event_deps(services: Services) -> EventDeps:
+    settings = services.settings
+    return EventDeps(
         store=services.store,
-        rules=services.rules,
+        rulesets=services.rulesets,
         channels=services.channels,
         clock=services.clock,
         dead_letters=services.dead_letters,
-        policy=policy_from(services.settings),
+        policy=MessagePolicy(program_contact=settings.program_contact, staff_address=settings.staff_address),
     )
-
-
-def policy_from(settings) -> MessagePolicy:  # noqa: ANN001 - Settings, kept import-light
-    return MessagePolicy(program_contact=settings.program_contact, staff_address=settings.staff_address)

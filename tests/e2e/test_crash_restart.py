@@ -17,27 +17,31 @@ import pytest
 from fhirstore.paging import search_all
 from fhirstore.sqlite_store import SqliteFhirStore
 from runtime.bus import LocalBus
+from runtime.cohort import careplan
 
 ROOT = Path(__file__).resolve().parents[2]
 N_PATIENTS = 20
 N_DAYS = 25
 
 
+CRISIS_DAYS = (4, 14, 24)  # 10 days apart: no week holds two, so the weekly mean stays below goal
+
+
 def _stream() -> tuple[list[bytes], int]:
-    """Four readings per patient-day; one patient-day in five has a crisis BP reading."""
-    msgs, alerts = [], 0
+    """Four readings per patient-day. Even-numbered patients have crisis blood pressure on three
+    days spread through the stream: one alert episode each (the later crises update it)."""
+    msgs = []
     for day in range(N_DAYS):
         for p in range(N_PATIENTS):
             t = f"2026-10-{day + 1:02d}T12:{p:02d}:00+00:00"
-            crisis = (day * N_PATIENTS + p) % 5 == 0
-            alerts += crisis
+            crisis = p % 2 == 0 and day in CRISIS_DAYS
             base = {"deviceId": f"k-{p}", "patientId": f"k{p}", "time": t}
             msgs.append(json.dumps({**base, "type": "blood_pressure",
-                                    "values": {"systolic": 188 if crisis else 128, "diastolic": 84}}).encode())
+                                    "values": {"systolic": 188 if crisis else 112, "diastolic": 72}}).encode())
             msgs.append(json.dumps({**base, "type": "heart_rate", "values": {"bpm": 70 + p}}).encode())
             msgs.append(json.dumps({**base, "type": "spo2", "values": {"percent": 97}}).encode())
             msgs.append(json.dumps({**base, "type": "body_weight", "values": {"weight": 80 + p / 10}}).encode())
-    return msgs, alerts
+    return msgs, N_PATIENTS // 2
 
 
 def _serve(data_dir: Path) -> subprocess.Popen:
@@ -58,6 +62,7 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(tmp_path: Path)
     for p in range(N_PATIENTS):
         store.update({"resourceType": "Patient", "id": f"k{p}", "active": True,
                       "telecom": [{"system": "sms", "value": f"+155501000{p:02d}"}]})
+        store.update(careplan(f"k{p}", "hypertension"))
     msgs, expected_alerts = _stream()
     bus = LocalBus(data_dir / "bus.db")
     bus.publish_many("eh:device-messages", ((m, None, None, None) for m in msgs))
@@ -96,7 +101,14 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(tmp_path: Path)
     assert Counter(o["meta"]["versionId"] for o in observations) == {"1": len(msgs)}
     issues = search_all(store, "DetectedIssue", {"_count": "1000"})
     assert len(issues) == expected_alerts
-    assert len({i["identifier"][0]["value"] for i in issues}) == expected_alerts
+    assert {i["code"]["coding"][0]["code"] for i in issues} == {"htn-crisis"}
+    assert sorted(i["patient"]["reference"] for i in issues) == sorted(
+        f"Patient/k{p}" for p in range(0, N_PATIENTS, 2))
+    # Every crisis reading was counted once in its patient's episode, none twice.
+    for issue in issues:
+        assert len(issue["implicated"]) == len(CRISIS_DAYS)
+    tasks = search_all(store, "Task", {"_count": "1000"})
+    assert len(tasks) == expected_alerts
     comms = search_all(store, "Communication", {"_count": "1000"})
     assert len(comms) == 2 * expected_alerts
     assert {c["status"] for c in comms} == {"completed"}

@@ -1,5 +1,6 @@
 """The vertical slice through the local host: device message → Observation → FHIR event →
-threshold rule → DetectedIssue → Communication + outbox file. Real SQLite files throughout."""
+care-plan rules → alert episode (DetectedIssue, Task) → Communication + outbox file.
+Real SQLite files throughout."""
 
 from __future__ import annotations
 
@@ -38,11 +39,13 @@ def test_crisis_reading_opens_one_alert_and_records_messages(host) -> None:
         Observation.model_validate(o)
     [issue] = search_all(s.store, "DetectedIssue", {"patient": "Patient/p1"})
     DetectedIssue.model_validate(issue)
-    assert issue["code"]["coding"][0]["code"] == "bp-crisis"
+    assert issue["code"]["coding"][0]["code"] == "htn-crisis"
     assert issue["severity"] == "high"
     bp = next(o for o in obs if o["code"]["coding"][0]["code"] == "85354-9")
-    assert issue["implicated"] == [{"reference": f"Observation/{bp['id']}"}]
-    assert "systolic_bp 186" in issue["detail"]
+    assert {"reference": f"Observation/{bp['id']}"} in issue["implicated"]
+    assert "180" in issue["detail"] and "Patient" not in issue["detail"]
+    task = s.store.read("Task", issue["id"])
+    assert (task["status"], task["focus"]["reference"]) == ("requested", f"DetectedIssue/{issue['id']}")
 
     comms = search_all(s.store, "Communication", {})
     assert sorted(c["status"] for c in comms) == ["completed", "completed"]
@@ -56,7 +59,7 @@ def test_crisis_reading_opens_one_alert_and_records_messages(host) -> None:
 
 
 def test_replaying_messages_and_events_creates_nothing_and_sends_nothing(host) -> None:
-    msgs = [reading("p1", "spo2", "2026-11-20T09:00:00+01:00", {"percent": 89})]
+    msgs = [reading("p1", "spo2", "2026-11-20T09:00:00+01:00", {"percent": 87})]
     host.publish_device_messages(msgs)
     host.run_until_idle(timeout_s=60)
     s = host.services
@@ -78,14 +81,28 @@ def test_replaying_messages_and_events_creates_nothing_and_sends_nothing(host) -
     assert s.store.read("Observation", obs["id"])["meta"]["versionId"] == "1"
 
 
-def test_a_second_crossing_the_same_day_joins_the_same_alert(host) -> None:
+def test_a_second_crossing_within_the_open_episode_updates_it_without_new_messages(host) -> None:
     host.publish_device_messages([
         reading("p1", "blood_pressure", "2026-11-20T07:30:00-05:00", {"systolic": 181, "diastolic": 100}),
         reading("p1", "blood_pressure", "2026-11-20T12:30:00-05:00", {"systolic": 190, "diastolic": 104}),
     ])
     host.run_until_idle(timeout_s=60)
-    assert count(host.services, "DetectedIssue") == 1
+    [issue] = search_all(host.services.store, "DetectedIssue", {})
+    assert issue["severity"] == "high" and len(issue["implicated"]) >= 2
+    assert "valueInteger': 2" in str(issue["extension"])  # the episode counted both readings
+    # Within the rule's 4 h notification cool-down: no second round of messages.
     assert len(host.services.channels["outbox"].messages()) == 2
+
+
+def test_a_patient_not_enrolled_in_any_program_gets_no_alert(data_dir: Path) -> None:
+    h = make_host(data_dir)
+    h.acquire()
+    add_patient(h.services, "p9", programs=())
+    h.publish_device_messages([reading("p9", "spo2", "2026-11-20T09:00:00Z", {"percent": 85})])
+    h.run_until_idle(timeout_s=60)
+    assert count(h.services, "Observation") == 1 and count(h.services, "DetectedIssue") == 0
+    h.release()
+    h.services.close()
 
 
 def test_malformed_messages_are_dead_lettered_and_the_batch_goes_on(host) -> None:

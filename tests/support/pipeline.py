@@ -8,6 +8,7 @@ from typing import Any
 
 from common.clock import Clock
 from runtime.bootstrap import Services, bootstrap
+from runtime.cohort import careplan
 from runtime.host import LocalHost
 from runtime.settings import Settings
 
@@ -17,13 +18,17 @@ def make_host(data_dir: Path, clock: Clock | None = None, **settings: Any) -> Lo
     return LocalHost(services)
 
 
-def add_patient(services: Services, patient_id: str, phone: str = "+15550100001") -> None:
+def add_patient(services: Services, patient_id: str, phone: str = "+15550100001",
+                programs: tuple[str, ...] = ("hypertension", "copd", "diabetes", "heart-failure")) -> None:
+    """A Patient enrolled (by active CarePlans) in `programs`."""
     services.store.update({
         "resourceType": "Patient",
         "id": patient_id,
         "active": True,
         "telecom": [{"system": "sms", "value": phone, "rank": 1}],
     })
+    for program in programs:
+        services.store.update(careplan(patient_id, program))
 
 
 def reading(patient: str, type_: str, time: str, values: dict[str, Any], device: str = "dev-1") -> bytes:

@@ -22,7 +22,7 @@ def test_function_names_and_trigger_types() -> None:
     assert triggers == {
         "ingest_device_messages": "eventHubTrigger",
         "on_fhir_event": "eventGridTrigger",
-        "message_retry_sweep": "timerTrigger",
+        "alert_sweep": "timerTrigger",
         "http_ingest": "httpTrigger",
         "health": "httpTrigger",
     }
@@ -36,7 +36,7 @@ def test_event_hub_binding_takes_batches_from_the_configured_hub() -> None:
 
 
 def test_timer_schedule_is_six_field_ncrontab() -> None:
-    assert len(_bindings()["message_retry_sweep"]["schedule"].split()) == 6
+    assert len(_bindings()["alert_sweep"]["schedule"].split()) == 6
 
 
 def test_http_ingest_requires_a_function_key() -> None:

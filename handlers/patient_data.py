@@ -1,0 +1,104 @@
+"""Load what rule evaluation needs for one patient: enrollment, goals, and readings by metric.
+
+One query per metric (DESIGN §6), bounded by the rules' lookback; every window is by effective
+time, so the query is on `date` (effective), never on arrival.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from common.clock import iso
+from common.codes import ALTERNATE_CODES, LOINC
+from fhirstore.errors import ResourceGone, ResourceNotFound
+from fhirstore.paging import search_all
+from fhirstore.port import FhirStore
+from rules.enrollment import PatientContext, enrolled_rulesets, patient_context
+from rules.evaluate import data_needed
+from rules.model import Ruleset
+from rules.readings import Reading, ReadingError, observation_code_for, readings_from_observation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PatientRules:
+    """The rulesets a patient is enrolled in, and the context to evaluate them with."""
+
+    rulesets: list[Ruleset]
+    context: PatientContext
+
+
+def load_patient_rules(store: FhirStore, patient_ref: str, rulesets: list[Ruleset], now: datetime) -> PatientRules | None:
+    """None when the patient is not enrolled in any program (no active CarePlan naming one)."""
+    careplans = search_all(store, "CarePlan", {"subject": patient_ref, "status": "active"})
+    enrolled = enrolled_rulesets(careplans, rulesets, now)
+    if not enrolled:
+        return None
+    try:
+        patient = store.read("Patient", patient_ref.partition("/")[2])
+    except (ResourceNotFound, ResourceGone):
+        patient = None
+    goals = search_all(store, "Goal", {"subject": patient_ref, "lifecycle-status": "active"})
+    context, problems = patient_context(patient_ref, now=now, rulesets=enrolled, patient=patient,
+                                        careplans=careplans, goals=goals)
+    for problem in problems:
+        # Problems name the rule and the override field, never values.
+        log.warning("care plan override ignored: %s", problem)
+    return PatientRules(enrolled, context)
+
+
+def codes_for(metric: str) -> list[str]:
+    primary = observation_code_for(metric)
+    return [primary, *(code for code, alias in ALTERNATE_CODES.items() if alias == metric and code != primary)]
+
+
+def load_readings(store: FhirStore, patient_ref: str, metrics: frozenset[str] | set[str], since: datetime) -> list[Reading]:
+    """Readings of `metrics` for the patient with effective time from `since` on."""
+    by_query: dict[str, set[str]] = {}
+    for metric in metrics:
+        key = ",".join(f"{LOINC}|{c}" for c in codes_for(metric))
+        by_query.setdefault(key, set()).add(metric)
+    out: list[Reading] = []
+    for code, wanted in by_query.items():
+        for obs in search_all(store, "Observation", {"subject": patient_ref, "code": code, "date": f"ge{iso(since)}",
+                                                      "_count": "1000"}):
+            out.extend(r for r in _readings(obs) if r.metric in wanted)
+    return out
+
+
+def newest_readings(store: FhirStore, patient_ref: str, metrics: set[str]) -> list[Reading]:
+    """The newest reading of each metric, however old (absence rules anchor their gap on it)."""
+    out: list[Reading] = []
+    for metric in metrics:
+        code = ",".join(f"{LOINC}|{c}" for c in codes_for(metric))
+        found = store.search("Observation", {"subject": patient_ref, "code": code, "_sort": "-date", "_count": "1"})
+        for obs in found.resources:
+            out.extend(r for r in _readings(obs) if r.metric == metric)
+    return out
+
+
+def history_window(rulesets: list[Ruleset], at: datetime,
+                   trigger_metrics: frozenset[str] | None = None) -> tuple[frozenset[str], datetime]:
+    """The metrics to load and from when. With `trigger_metrics`, only for the rules those metrics
+    can trigger: a heart-rate reading does not need the weight history."""
+    if trigger_metrics is None:
+        metrics, lookback = data_needed(rulesets)
+    else:
+        rules = [r for rs in rulesets for r in rs.rules if r.trigger_metrics & trigger_metrics]
+        metrics = frozenset(m for r in rules for m in r.metrics)
+        lookback = max((r.horizon for r in rules), default=timedelta(0))
+    # A day of margin: calendar-day windows start at local midnight, up to 14 h before UTC's.
+    return metrics, at - lookback - timedelta(days=1)
+
+
+def _readings(obs: dict[str, Any]) -> list[Reading]:
+    try:
+        return readings_from_observation(obs)
+    except ReadingError as exc:
+        # One unreadable Observation must not block the rest of the window.
+        log.warning("Observation skipped in the window: %s", exc)
+        return []

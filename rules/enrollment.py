@@ -1,0 +1,181 @@
+"""Who is in which program, with which personal settings: CarePlan, Goal, Patient → PatientContext.
+
+A patient is enrolled in a program by an active CarePlan (status `active`, period covering now)
+whose `instantiatesCanonical` names the program's canonical URL or whose `category` carries one of
+its codes. Per-patient rule overrides live on that CarePlan as `rule-override` extensions, so staff
+can disable a rule or change a bound for one patient without editing the shared ruleset:
+
+    {"url": "urn:vigil:extension:rule-override", "extension": [
+        {"url": "rule", "valueString": "hf-weight-gain-1d"},
+        {"url": "param", "valueString": "max_gain"},
+        {"url": "value", "valueQuantity": {"value": 3, "system": "http://unitsofmeasure.org", "code": "[lb_av]"}}]}
+
+or `{"url": "disabled", "valueBoolean": true}` in place of param/value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from common.clock import parse_instant
+from common.codes import UCUM
+from rules.model import Program, Rule, Ruleset
+from rules.quantity import Quantity, check_unit
+
+OVERRIDE_URL = "urn:vigil:extension:rule-override"
+TIMEZONE_URL = "http://hl7.org/fhir/StructureDefinition/timezone"
+
+
+@dataclass(frozen=True)
+class RuleOverride:
+    disabled: bool = False
+    params: Mapping[str, Quantity] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PatientContext:
+    """Everything per patient the evaluator needs besides readings. Plain data."""
+
+    patient_ref: str
+    goals: tuple[dict[str, Any], ...] = ()
+    overrides: Mapping[str, RuleOverride] = field(default_factory=dict)
+    tz: tzinfo = UTC
+    enrolled_since: datetime | None = None  # anchors an absence gap when there was never a reading
+
+
+def careplan_active(careplan: dict[str, Any], now: datetime) -> bool:
+    if careplan.get("resourceType") != "CarePlan" or careplan.get("status") != "active":
+        return False
+    period = careplan.get("period") or {}
+    start, end = _instant(period.get("start")), _instant(period.get("end"), end_of_day=True)
+    return (start is None or start <= now) and (end is None or now <= end)
+
+
+def enrolls(careplan: dict[str, Any], program: Program) -> bool:
+    canonicals = {str(c).split("|")[0] for c in careplan.get("instantiatesCanonical") or []}
+    if canonicals & {c.split("|")[0] for c in program.canonical}:
+        return True
+    for concept in careplan.get("category") or []:
+        for coding in concept.get("coding") or []:
+            for wanted in program.category:
+                system, _, code = wanted.rpartition("|")
+                if coding.get("code") == code and (not system or coding.get("system") == system):
+                    return True
+    return False
+
+
+def enrolled_rulesets(careplans: Iterable[dict[str, Any]], rulesets: Sequence[Ruleset], now: datetime) -> list[Ruleset]:
+    active = [cp for cp in careplans if careplan_active(cp, now)]
+    return [rs for rs in rulesets if any(enrolls(cp, rs.program) for cp in active)]
+
+
+def patient_timezone(patient: dict[str, Any] | None, default: str = "UTC") -> tzinfo:
+    """The patient's IANA zone from the core `timezone` extension, else `default`."""
+    for ext in (patient or {}).get("extension") or []:
+        if ext.get("url") == TIMEZONE_URL and isinstance(ext.get("valueCode"), str):
+            try:
+                return ZoneInfo(ext["valueCode"])
+            except (ZoneInfoNotFoundError, ValueError):
+                break
+    return ZoneInfo(default)
+
+
+def overrides_from_careplans(careplans: Iterable[dict[str, Any]], rulesets: Sequence[Ruleset],
+                             now: datetime) -> tuple[dict[str, RuleOverride], list[str]]:
+    """Overrides from the active CarePlans that enroll in `rulesets`, plus problems (for the log:
+    they name rules and params only). An unusable override is skipped, never half-applied."""
+    rules = {rule.id: rule for rs in rulesets for rule in rs.rules}
+    disabled: set[str] = set()
+    params: dict[str, dict[str, Quantity]] = {}
+    problems: list[str] = []
+    for careplan in careplans:
+        if not careplan_active(careplan, now) or not any(enrolls(careplan, rs.program) for rs in rulesets):
+            continue
+        for ext in careplan.get("extension") or []:
+            if ext.get("url") == OVERRIDE_URL:
+                problem = _apply(_parts(ext), rules, disabled, params)
+                if problem:
+                    problems.append(problem)
+    ids = disabled | set(params)
+    return {rid: RuleOverride(rid in disabled, params.get(rid, {})) for rid in ids}, problems
+
+
+def _parts(ext: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for part in ext.get("extension") or []:
+        values = [v for k, v in part.items() if k.startswith("value")]
+        if part.get("url") and values:
+            out[part["url"]] = values[0]
+    return out
+
+
+def _apply(parts: dict[str, Any], rules: dict[str, Rule], disabled: set[str],
+           params: dict[str, dict[str, Quantity]]) -> str | None:
+    rule = rules.get(str(parts.get("rule", "")))
+    if rule is None:
+        return f"rule-override names unknown rule {parts.get('rule')!r}"
+    if parts.get("disabled") is True:
+        disabled.add(rule.id)
+        return None
+    name = parts.get("param")
+    if name not in rule.params:
+        return f"rule-override of {rule.id} names unknown param {name!r}; valid: {', '.join(sorted(rule.params))}"
+    try:
+        quantity = _quantity(parts.get("value"))
+        for metric, _difference in rule.param_uses(name):
+            check_unit(quantity, metric)
+    except ValueError as exc:
+        return f"rule-override of {rule.id}.{name}: {exc}"
+    params.setdefault(rule.id, {})[name] = quantity
+    return None
+
+
+def _quantity(value: Any) -> Quantity:
+    if isinstance(value, dict):
+        unit = value.get("code") if value.get("system", UCUM) == UCUM else None
+        return Quantity(float(value["value"]), unit or value.get("unit"))
+    return Quantity.parse(value)
+
+
+def override_extension(rule_id: str, *, disabled: bool = False, param: str | None = None,
+                       value: Quantity | None = None) -> dict[str, Any]:
+    """The CarePlan extension for one override (for staff tools and tests)."""
+    parts: list[dict[str, Any]] = [{"url": "rule", "valueString": rule_id}]
+    if disabled:
+        parts.append({"url": "disabled", "valueBoolean": True})
+    else:
+        if param is None or value is None:
+            raise ValueError("an override either disables the rule or sets a param to a value")
+        quantity: dict[str, Any] = {"value": value.value}
+        if value.unit:
+            quantity |= {"system": UCUM, "code": value.unit, "unit": value.unit}
+        parts += [{"url": "param", "valueString": param}, {"url": "value", "valueQuantity": quantity}]
+    return {"url": OVERRIDE_URL, "extension": parts}
+
+
+def patient_context(patient_ref: str, *, now: datetime, rulesets: Sequence[Ruleset],
+                    patient: dict[str, Any] | None = None, careplans: Iterable[dict[str, Any]] = (),
+                    goals: Iterable[dict[str, Any]] = (), default_tz: str = "UTC") -> tuple[PatientContext, list[str]]:
+    """Build the context for `rulesets` (already filtered to the patient's enrollment)."""
+    careplans = list(careplans)
+    overrides, problems = overrides_from_careplans(careplans, rulesets, now)
+    starts = [_instant((cp.get("period") or {}).get("start")) for cp in careplans
+              if careplan_active(cp, now) and any(enrolls(cp, rs.program) for rs in rulesets)]
+    since = min((s for s in starts if s is not None), default=None)
+    context = PatientContext(patient_ref, tuple(goals), overrides, patient_timezone(patient, default_tz), since)
+    return context, problems
+
+
+def _instant(text: Any, *, end_of_day: bool = False) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    if len(text) == 10:  # a FHIR date: the whole day counts (read in UTC)
+        text += "T23:59:59.999Z" if end_of_day else "T00:00:00Z"
+    try:
+        return parse_instant(text)
+    except ValueError:
+        return None

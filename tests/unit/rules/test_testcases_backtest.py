@@ -1,0 +1,141 @@
+"""Care-manager YAML test cases (the library's must pass) and the backtest replay."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from rules.backtest import PatientData, backtest
+from rules.enrollment import PatientContext
+from rules.loader import RuleLoadError, load_rulesets, load_test_suite
+from rules.readings import Reading
+from rules.testcases import run_case, run_suite
+
+LIBRARY_TESTS = sorted(Path("rules/library/tests").glob("*.yaml"))
+LIBRARY_CASES = [(path, case.name) for path in LIBRARY_TESTS for case in load_test_suite(path)[0].cases]
+
+
+def test_every_library_ruleset_has_test_cases() -> None:
+    rulesets = {p.stem for p in Path("rules/library").glob("*.yaml")}
+    assert rulesets == {p.stem for p in LIBRARY_TESTS}
+
+
+@pytest.mark.parametrize(("path", "name"), LIBRARY_CASES, ids=[f"{p.stem}: {n}" for p, n in LIBRARY_CASES])
+def test_library_case(path: Path, name: str) -> None:
+    suite, ruleset = load_test_suite(path)
+    case = next(c for c in suite.cases if c.name == name)
+    result = run_case(case, ruleset, suite.timezone)
+    assert result.passed, result.problems
+
+
+SUITE = """ruleset: rules.yaml
+timezone: America/Chicago
+cases:
+  - name: {name}
+    readings:
+      - {{at: "2025-03-01T07:00:00-06:00", body_weight: 80.0}}
+      - {{at: "2025-03-02T07:00:00-06:00", body_weight: 81.5}}
+    expect: {expect}
+"""
+RULES = """ruleset: hf
+title: HF
+program: {id: hf, category: [hf]}
+rules:
+  - id: gain
+    title: Gain
+    severity: high
+    params: {max_gain: "2 [lb_av]"}
+    when:
+      change: {metric: body_weight, op: ">=", value: {param: max_gain}, days: 1}
+"""
+
+
+def write_suite(tmp_path: Path, name: str, expect: str) -> Path:
+    (tmp_path / "rules.yaml").write_text(RULES)
+    path = tmp_path / "cases.yaml"
+    path.write_text(SUITE.format(name=name, expect=expect))
+    return path
+
+
+def test_a_case_that_expects_nothing_fails_on_an_unexpected_alert(tmp_path: Path) -> None:
+    suite, ruleset = load_test_suite(write_suite(tmp_path, "quiet", "[]"))
+    [result] = run_suite(suite, ruleset)
+    assert not result.passed
+    assert result.problems[0].startswith("unexpected alert of rule gain at 2025-03-02T13:00:00+00:00")
+
+
+def test_a_missing_expected_alert_fails(tmp_path: Path) -> None:
+    expect = '[{rule: gain, severity: moderate}]'
+    suite, ruleset = load_test_suite(write_suite(tmp_path, "wrong severity", expect))
+    [result] = run_suite(suite, ruleset)
+    assert not result.passed and "expected an alert of rule gain but none opened" in result.problems[0]
+
+
+def test_a_matching_expectation_passes_and_reports_the_alert(tmp_path: Path) -> None:
+    expect = '[{rule: gain, at: "2025-03-02T07:00:00-06:00", severity: high, text: "1.5 kg"}]'
+    suite, ruleset = load_test_suite(write_suite(tmp_path, "gain", expect))
+    [result] = run_suite(suite, ruleset)
+    assert result.passed and [a.rule for a in result.alerts] == ["gain"]
+
+
+def test_unknown_override_fails_the_case_with_a_clear_message(tmp_path: Path) -> None:
+    path = write_suite(tmp_path, "bad override", "[]")
+    path.write_text(path.read_text().replace("    readings:", "    overrides: {gain: {params: {max: 3}}}\n    readings:"))
+    suite, ruleset = load_test_suite(path)
+    [result] = run_suite(suite, ruleset)
+    assert result.problems == ["overrides.gain: unknown param(s) max; valid: max_gain"]
+
+
+def test_test_file_errors_name_the_line(tmp_path: Path) -> None:
+    path = write_suite(tmp_path, "typo", "[]")
+    path.write_text(path.read_text().replace("body_weight: 81.5", "bodyweight: 81.5"))
+    with pytest.raises(RuleLoadError) as err:
+        load_test_suite(path)
+    assert "cases.yaml:7:" in str(err.value) and "unknown metric 'bodyweight'" in str(err.value)
+    path.write_text(path.read_text().replace('"2025-03-01T07:00:00-06:00"', '"2025-03-01T07:00:00"'))
+    with pytest.raises(RuleLoadError, match="is not a date-time with a UTC offset"):
+        load_test_suite(path)
+
+
+def weights(patient: str, values: list[float], start: datetime) -> list[Reading]:
+    return [Reading("body_weight", v, start + timedelta(days=i, hours=13), f"Observation/{patient}-{i}")
+            for i, v in enumerate(values)]
+
+
+def test_backtest_counts_alerts_and_firings_per_rule_per_patient_week() -> None:
+    hf = [rs for rs in load_rulesets("rules/library") if rs.ruleset == "heart-failure"]
+    start = datetime(2025, 3, 3, tzinfo=UTC)  # a Monday
+    gaining = weights("a", [80.0, 81.0, 82.1, 82.2, 82.3, 82.4, 82.5], start)  # two day-gains, one 3-day gain
+    steady = weights("b", [70.0] * 7, start)
+    cohort = {"Patient/a": PatientData(PatientContext("Patient/a", enrolled_since=start), gaining),
+              "Patient/b": PatientData(PatientContext("Patient/b", enrolled_since=start), steady)}
+    report = backtest(hf, cohort, start, start + timedelta(days=7))
+    assert (report.patients, report.readings, report.patient_weeks) == (2, 14, 2.0)
+    assert report.alerts[("hf-weight-gain-day", "Patient/a", "2025-W10")] == 1  # one episode...
+    assert report.firings[("hf-weight-gain-day", "Patient/a", "2025-W10")] == 2  # ...for two firings
+    assert report.alerts[("hf-weight-gain-3-days", "Patient/a", "2025-W10")] == 1
+    assert not any(patient == "Patient/b" for _, patient, _ in report.alerts)
+    per_rule = {rule: (alerts, firings, rate) for rule, alerts, firings, rate in report.per_rule()}
+    assert per_rule["hf-weight-gain-day"] == (1, 2, 0.5)
+    assert "hf-weight-gain-day" in report.text() and "2 patients, 14 readings" in report.text()
+
+
+def test_backtest_absence_sweeps_open_one_episode_per_gap() -> None:
+    hf = [rs for rs in load_rulesets("rules/library") if rs.ruleset == "heart-failure"]
+    start = datetime(2025, 3, 3, tzinfo=UTC)
+    sparse = weights("c", [80.0], start) + weights("c2", [80.0], start + timedelta(days=10))
+    cohort = {"Patient/c": PatientData(PatientContext("Patient/c", enrolled_since=start), sparse)}
+    report = backtest(hf, cohort, start, start + timedelta(days=20))
+    gaps = sum(n for (rule, _, _), n in report.alerts.items() if rule == "hf-no-weight")
+    assert gaps == 2  # day 1 -> day 10 and day 10 -> day 20, each opened once although swept daily
+
+
+def test_results_text_for_the_cli(tmp_path: Path) -> None:
+    from rules.testcases import results_text
+
+    suite, ruleset = load_test_suite(write_suite(tmp_path, "quiet", "[]"))
+    text = results_text(run_suite(suite, ruleset), "cases.yaml")
+    assert text.startswith("FAIL  quiet\n      unexpected alert of rule gain")
+    assert text.endswith("cases.yaml: 0 passed, 1 failed")
