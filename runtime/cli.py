@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("ids", type=int, nargs="*", help="ids to replay (default: all, or --reason)")
     replay.add_argument("--reason", help="only this reason")
     replay.set_defaults(func=_dl_replay)
+
+    from runtime import cli_rules
+
+    cli_rules.register(sub)
     return p
 
 
