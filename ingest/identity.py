@@ -1,0 +1,229 @@
+"""Resolve a measurement group's device / patient / encounter identifiers to FHIR resource ids.
+
+Modes, named as in MedTech (`ResourceIdentity:ResourceIdentityServiceType`,
+../shared/reference/medtech.md §1.4):
+
+* `Lookup` (default): find the Device by identifier; the patient is `Device.patient`.
+* `Create`: like Lookup, but a missing Patient / Device is created as a shell with a deterministic
+  id, sha256("{system}_{value}") as MedTech computes it (iomt-fhir #188: two concurrent batches
+  must not create two Patients). Needs the message's patient identifier.
+* `LookupWithEncounter`: like Lookup, and the encounter identifier is required and must exist.
+
+What Vigil does differently, on purpose:
+
+* **No device -> patient cache.** MedTech caches the resolved ids per device identifier for two
+  hours, so a device handed to another patient keeps writing to the first one. Here every group is
+  resolved against the store, so re-linking a Device takes effect on the next message.
+* **Mismatch is always an error.** If the message names a patient and the Device is linked to a
+  different Patient, the group is refused (`device_patient_mismatch`) in every mode; MedTech only
+  checked this in Create mode and silently used the Device's patient otherwise.
+
+Every failure is a `MappingFailure` with a dead-letter reason; details name identifiers' roles,
+not their values.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
+from fhirstore.port import FhirStore
+from ingest.templates.errors import (
+    AMBIGUOUS_IDENTIFIER,
+    DEVICE_PATIENT_MISMATCH,
+    IDENTITY_NOT_DEFINED,
+    UNKNOWN_DEVICE,
+    UNKNOWN_ENCOUNTER,
+    MappingFailure,
+)
+from ingest.templates.observation import sha256_id
+
+LOOKUP = "Lookup"
+CREATE = "Create"
+LOOKUP_WITH_ENCOUNTER = "LookupWithEncounter"
+MODES = {m.lower(): m for m in (LOOKUP, CREATE, LOOKUP_WITH_ENCOUNTER)}
+
+
+
+class HasIdentifiers(Protocol):
+    device_id: str
+    patient_id: str | None
+    encounter_id: str | None
+
+
+@dataclass(frozen=True)
+class ResolvedIdentity:
+    device_id: str  # FHIR resource ids
+    patient_id: str
+    encounter_id: str | None = None
+
+
+class IdentityResolver:
+    """Resolves identifiers against a `FhirStore`. Stateless between calls (no cache)."""
+
+    def __init__(self, store: FhirStore, mode: str = LOOKUP, *, device_identifier_system: str | None = None):
+        normalized = MODES.get(mode.strip().lower()) if isinstance(mode, str) else None
+        if normalized is None:
+            raise ValueError(f"unknown identity mode {mode!r}; expected one of {', '.join(MODES.values())}")
+        self.store = store
+        self.mode = normalized
+        self.device_system = device_identifier_system or None
+
+    def resolve(self, group: HasIdentifiers) -> ResolvedIdentity:
+        """Resolve one measurement group (anything with device_id, patient_id, encounter_id)."""
+        if not group.device_id or not group.device_id.strip():
+            raise MappingFailure(IDENTITY_NOT_DEFINED, "the measurement has no device identifier")
+        if self.mode == LOOKUP_WITH_ENCOUNTER and not group.encounter_id:
+            raise MappingFailure(
+                IDENTITY_NOT_DEFINED,
+                "identity mode LookupWithEncounter needs an encounter id; set encounterIdExpression",
+            )
+        if self.mode == CREATE:
+            device_id, patient_id = self._ensure_device_and_patient(group.device_id, group.patient_id)
+        else:
+            device_id, patient_id = self._lookup(group.device_id, group.patient_id)
+        encounter_id = self._encounter(group.encounter_id) if group.encounter_id else None
+        return ResolvedIdentity(device_id, patient_id, encounter_id)
+
+    # --- Lookup ---------------------------------------------------------------------------------
+
+    def _lookup(self, device_identifier: str, patient_identifier: str | None) -> tuple[str, str]:
+        device = self._find_one("Device", device_identifier, self.device_system)
+        if device is None:
+            raise MappingFailure(UNKNOWN_DEVICE, "no Device has the message's device identifier"
+                                 + (f" in system {self.device_system}" if self.device_system else ""))
+        patient_id = _reference_id(device.get("patient"), "Patient")
+        if patient_id is None:
+            raise MappingFailure(UNKNOWN_DEVICE, f"Device/{device['id']} is not linked to a Patient (Device.patient)")
+        if patient_identifier:
+            self._check_patient(device["id"], patient_id, patient_identifier)
+        return device["id"], patient_id
+
+    def _check_patient(self, device_id: str, patient_id: str, patient_identifier: str) -> None:
+        """The message names a patient: it must be the one the Device is linked to."""
+        if patient_identifier == patient_id:
+            return
+        try:
+            patient = self.store.read("Patient", patient_id)
+        except (ResourceNotFound, ResourceGone):
+            raise MappingFailure(
+                UNKNOWN_DEVICE, f"Device/{device_id} is linked to Patient/{patient_id}, which does not exist"
+            ) from None
+        values = {i.get("value") for i in patient.get("identifier", [])}
+        if patient_identifier not in values:
+            raise MappingFailure(
+                DEVICE_PATIENT_MISMATCH,
+                f"the message's patient identifier is not an identifier of Patient/{patient_id}, the patient "
+                f"Device/{device_id} is linked to (re-link the Device, or fix the patient id in the payload)",
+            )
+
+    def _encounter(self, encounter_identifier: str) -> str:
+        encounter = self._find_one("Encounter", encounter_identifier, None)
+        if encounter is None:
+            raise MappingFailure(UNKNOWN_ENCOUNTER, "no Encounter has the message's encounter identifier")
+        return encounter["id"]
+
+    def _find_one(self, resource_type: str, value: str, system: str | None) -> dict[str, Any] | None:
+        token = f"{_escape(system)}|{_escape(value)}" if system else _escape(value)
+        found = self.store.search(resource_type, {"identifier": token}).resources
+        # Exact match on the client as well: some servers compare only a prefix of long
+        # identifiers (medtech.md §1.3, "first 128 characters").
+        exact = [r for r in found if any(_identifier_matches(i, value, system) for i in r.get("identifier", []))]
+        if len(exact) > 1:
+            raise MappingFailure(
+                AMBIGUOUS_IDENTIFIER,
+                f"{len(exact)} {resource_type} resources carry the same identifier "
+                f"({', '.join(r['id'] for r in exact[:3])}); merge or retire the duplicates",
+            )
+        return exact[0] if exact else None
+
+    # --- Create ---------------------------------------------------------------------------------
+
+    def _ensure_device_and_patient(self, device_identifier: str, patient_identifier: str | None) -> tuple[str, str]:
+        if not patient_identifier or not patient_identifier.strip():
+            raise MappingFailure(
+                IDENTITY_NOT_DEFINED, "identity mode Create needs a patient identifier; set patientIdExpression"
+            )
+        patient = self._ensure("Patient", patient_identifier, None, lambda p: None)
+        patient_id = patient["id"]
+        device = self._ensure(
+            "Device", device_identifier, self.device_system,
+            lambda d: d.__setitem__("patient", {"reference": f"Patient/{patient_id}"}),
+        )
+        linked = _reference_id(device.get("patient"), "Patient")
+        if linked is None:
+            device = self._link(device, patient_id)
+        elif linked != patient_id:
+            raise MappingFailure(
+                DEVICE_PATIENT_MISMATCH,
+                f"Device/{device['id']} is linked to Patient/{linked}, not to the patient the message names "
+                f"(Patient/{patient_id})",
+            )
+        return device["id"], patient_id
+
+    def _ensure(self, resource_type: str, value: str, system: str | None, fill: Any) -> dict[str, Any]:
+        """Find by identifier, else create a shell at the deterministic id. Two concurrent callers
+        PUT identical content to the same id: the second write is a no-op, never a duplicate."""
+        found = self._find_one(resource_type, value, system)
+        if found is not None:
+            return found
+        rid = sha256_id(system, value)
+        try:
+            return self.store.read(resource_type, rid)
+        except (ResourceNotFound, ResourceGone):
+            pass
+        identifier = {"system": system, "value": value} if system else {"value": value}
+        shell: dict[str, Any] = {"resourceType": resource_type, "id": rid, "identifier": [identifier]}
+        fill(shell)
+        result = self.store.update(shell)
+        return result.resource or shell
+
+    def _link(self, device: dict[str, Any], patient_id: str) -> dict[str, Any]:
+        for _ in range(3):
+            version = (device.get("meta") or {}).get("versionId")
+            updated = copy.deepcopy(device)
+            updated["patient"] = {"reference": f"Patient/{patient_id}"}
+            try:
+                return self.store.update(updated, if_match=version).resource or updated
+            except PreconditionFailed:
+                device = self.store.read("Device", device["id"])
+                linked = _reference_id(device.get("patient"), "Patient")
+                if linked is not None and linked != patient_id:
+                    raise MappingFailure(
+                        DEVICE_PATIENT_MISMATCH,
+                        f"Device/{device['id']} was just linked to Patient/{linked} by another writer",
+                    ) from None
+                if linked == patient_id:
+                    return device
+        raise MappingFailure(DEVICE_PATIENT_MISMATCH, f"Device/{device['id']} kept changing while being linked")
+
+
+def _reference_id(reference: Any, resource_type: str) -> str | None:
+    if not isinstance(reference, dict):
+        return None
+    text = reference.get("reference")
+    if not isinstance(text, str) or not text:
+        return None
+    parts = text.rstrip("/").split("/")
+    # "Patient/123", "https://server/fhir/Patient/123", "Patient/123/_history/2"
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    if len(parts) >= 2 and parts[-2] == resource_type:
+        return parts[-1]
+    return None
+
+
+def _identifier_matches(identifier: dict[str, Any], value: str, system: str | None) -> bool:
+    if identifier.get("value") != value:
+        return False
+    return system is None or identifier.get("system") == system
+
+
+def _escape(text: str | None) -> str:
+    """FHIR search escaping for token values (`\\`, `|`, `,`, `$`)."""
+    out = text or ""
+    for ch in ("\\", "|", ",", "$"):
+        out = out.replace(ch, "\\" + ch)
+    return out

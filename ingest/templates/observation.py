@@ -1,0 +1,386 @@
+"""Build and merge Observations exactly as MedTech does, so a migration updates its Observations.
+
+Identity (iomt-fhir `FhirImportService`, `IdentifierExtensions`):
+  identifier = {system: SERVICE_SYSTEM, value: "{patientId}.{deviceId}.{type}.{segment}"}, where
+  segment is `yyyyMMddHHmmssZ.yyyyMMddHHmmssZ` of the group window or the correlation id, and
+  id = sha256_hex("{system}_{value}"). patientId/deviceId are FHIR resource ids.
+
+Content: status `final`; code = template codes + `{SERVICE_SYSTEM, typeName}` with text = type;
+components likewise with the valueName; `effectivePeriod` = the window; subject, device, encounter.
+
+Merge (iomt-fhir `CodeValueFhirTemplateProcessor.MergeObservation`): the period widens to cover new
+data; SampledData streams merge slot by slot with the new value winning a collision (PR #262);
+Quantity/String/CodeableConcept are replaced. If nothing changed, no write (`noop`); otherwise
+status becomes `amended`.
+
+Vigil additions:
+* `category: vital-signs` when the template gives no category and one of its LOINC codes is a
+  vital sign (R4 Vital Signs profile, ../shared/reference/clinical.md §1.1).
+* unit conversion to the Observation's unit (`ingest.templates.units`), with the device's own
+  value in an extension.
+* an `ingested-at` extension: a replace-type value (Quantity, String, CodeableConcept) is only
+  replaced by data ingested later, so a stale re-delivery cannot undo a correction. Replaying the
+  same data is still a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from common.codes import LOINC, OBSERVATION_CATEGORY, UCUM, VITAL_SIGN_CODES
+from ingest.templates.errors import INCOMPATIBLE_VALUE, MappingFailure
+from ingest.templates.grouping import ObservationGroup, TimedValue
+from ingest.templates.measurement import value_text
+from ingest.templates.units import convert, original_value_extension, target_unit
+
+if TYPE_CHECKING:
+    from ingest.templates.fhir import CodeValueTemplate, ObservationChange, ValueTemplate
+
+SERVICE_SYSTEM = "https://azure.microsoft.com/en-us/services/iomt-fhir-connector/"
+INGESTED_AT_URL = "urn:vigil:extension:ingested-at"
+VITAL_SIGNS_CATEGORY = {
+    "coding": [{"system": OBSERVATION_CATEGORY, "code": "vital-signs", "display": "Vital Signs"}],
+    "text": "Vital Signs",
+}
+_IGNORED_IN_COMPARISON = ("status", "issued", "meta", "text")
+
+
+def json_copy(value: Any) -> Any:
+    """A deep copy of JSON data (dicts, lists, scalars); several times faster than copy.deepcopy."""
+    kind = type(value)
+    if kind is dict:
+        return {k: json_copy(v) for k, v in value.items()}
+    if kind is list:
+        return [json_copy(v) for v in value]
+    return value
+
+
+def sha256_id(system: str | None, value: str) -> str:
+    """MedTech's deterministic resource id: sha256 hex of "{system}_{value}" (system may be empty)."""
+    return hashlib.sha256(f"{system or ''}_{value}".encode()).hexdigest()
+
+
+def observation_identity(group: ObservationGroup, *, patient_id: str, device_id: str) -> tuple[str, str, str]:
+    if not patient_id or not patient_id.strip() or not device_id or not device_id.strip():
+        raise ValueError("patient_id and device_id (FHIR resource ids) are required")
+    value = f"{patient_id}.{device_id}.{group.name}.{group.id_segment}"
+    return SERVICE_SYSTEM, value, sha256_id(SERVICE_SYSTEM, value)
+
+
+def fhir_instant(value: datetime) -> str:
+    """UTC instant text as MedTech writes it: seconds, then fraction without trailing zeros, `Z`.
+    A window end one tick before the next window is written with .NET's seven nines."""
+    value = value.astimezone(UTC)
+    # Formatted by hand: datetime.strftime costs more than the rest of an Observation build.
+    text = (f"{value.year:04d}-{value.month:02d}-{value.day:02d}T"
+            f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}")
+    if value.microsecond == 999999:
+        return text + ".9999999Z"
+    if value.microsecond:
+        text += f".{value.microsecond:06d}".rstrip("0")
+    return text + "Z"
+
+
+def parse_instant(text: str) -> datetime:
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)  # FHIR dateTime without offset: read as UTC
+    value = value.astimezone(UTC)
+    if text.rstrip("Z").endswith(".9999999"):
+        value = value.replace(microsecond=999999)
+    return value
+
+
+def _code(type_name: str, codes: Any) -> dict[str, Any]:
+    return {
+        "coding": [c.coding() for c in codes] + [{"system": SERVICE_SYSTEM, "code": type_name, "display": type_name}],
+        "text": type_name,
+    }
+
+
+def _categories(template: CodeValueTemplate) -> list[dict[str, Any]] | None:
+    if template.category:
+        return [c.concept() for c in template.category]
+    codes = list(template.codes)
+    if any(c.system == LOINC and c.code in VITAL_SIGN_CODES for c in codes):
+        return [json_copy(VITAL_SIGNS_CATEGORY)]
+    return None
+
+
+def build_change(
+    template: CodeValueTemplate,
+    group: ObservationGroup,
+    *,
+    patient_id: str,
+    device_id: str,
+    encounter_id: str | None,
+    existing: dict[str, Any] | None,
+    now: datetime | None,
+) -> ObservationChange:
+    from ingest.templates.fhir import ObservationChange
+
+    system, value, obs_id = observation_identity(group, patient_id=patient_id, device_id=device_id)
+    now = now or datetime.now(UTC)
+    if existing is None:
+        resource = _create(template, group, system, value, obs_id, patient_id, device_id, encounter_id, now)
+        return ObservationChange(resource, "create", obs_id, (system, value))
+    merged = _merge(template, group, existing, now)
+    if _comparable(merged) == _comparable(existing):
+        return ObservationChange(existing, "noop", obs_id, (system, value))
+    merged["status"] = "amended"
+    merged["issued"] = fhir_instant(now)
+    return ObservationChange(merged, "update", obs_id, (system, value))
+
+
+def _comparable(resource: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in resource.items() if k not in _IGNORED_IN_COMPARISON}
+    # The ingestion stamp changes on every replay; it is bookkeeping, not content.
+    ext = [e for e in out.get("extension", []) if e.get("url") != INGESTED_AT_URL]
+    if ext:
+        out["extension"] = ext
+    else:
+        out.pop("extension", None)
+    return out
+
+
+def _create(
+    template: CodeValueTemplate, group: ObservationGroup, system: str, value: str, obs_id: str,
+    patient_id: str, device_id: str, encounter_id: str | None, now: datetime,
+) -> dict[str, Any]:
+    obs: dict[str, Any] = {"resourceType": "Observation", "id": obs_id}
+    ingested = group.latest_ingestion
+    if ingested is not None:
+        obs["extension"] = [{"url": INGESTED_AT_URL, "valueDateTime": fhir_instant(ingested)}]
+    obs["identifier"] = [{"system": system, "value": value}]
+    obs["status"] = "final"
+    categories = _categories(template)
+    if categories:
+        obs["category"] = categories
+    obs["code"] = _code(group.name, template.codes)
+    obs["subject"] = {"reference": f"Patient/{patient_id}"}
+    if encounter_id:
+        obs["encounter"] = {"reference": f"Encounter/{encounter_id}"}
+    obs["effectivePeriod"] = {"start": fhir_instant(group.start), "end": fhir_instant(group.end)}
+    obs["issued"] = fhir_instant(now)
+    obs["device"] = {"reference": f"Device/{device_id}"}
+    codings = [c.coding() for c in template.codes]
+    if template.value is not None and template.value.value_name in group.values:
+        key, val = _value(template.value, group.values[template.value.value_name], group.start, group.end, codings)
+        obs[key] = val
+    components = []
+    for comp in template.components:
+        series = group.values.get(comp.value.value_name)
+        if series is None:
+            continue
+        key, val = _value(comp.value, series, group.start, group.end, [c.coding() for c in comp.codes])
+        components.append({"code": _code(comp.value.value_name, comp.codes), key: val})
+    if components:
+        obs["component"] = components
+    return obs
+
+
+def _merge(template: CodeValueTemplate, group: ObservationGroup, existing: dict[str, Any], now: datetime) -> dict[str, Any]:
+    merged = json_copy(existing)
+    categories = _categories(template)
+    if categories:
+        merged["category"] = categories
+    else:
+        merged.pop("category", None)
+
+    old_start, old_end = _period(existing)
+    start, end = min(old_start, group.start), max(old_end, group.end)
+    for other in ("effectiveDateTime", "effectiveInstant", "effectiveTiming"):
+        merged.pop(other, None)  # effective[x] is a choice: only the period may remain
+    merged["effectivePeriod"] = {"start": fhir_instant(start), "end": fhir_instant(end)}
+
+    stored_ingestion = _stored_ingestion(existing)
+    incoming_ingestion = group.latest_ingestion
+    stale = stored_ingestion is not None and incoming_ingestion is not None and incoming_ingestion < stored_ingestion
+
+    codings = [c.coding() for c in template.codes]
+    if template.value is not None and template.value.value_name in group.values:
+        _merge_value(merged, template.value, group.values[template.value.value_name], (old_start, start, end), codings, stale)
+    if template.components:
+        comps = merged.setdefault("component", [])
+        for comp in template.components:
+            series = group.values.get(comp.value.value_name)
+            if series is None:
+                continue
+            found = next(
+                (c for c in comps if any(
+                    cd.get("system") == SERVICE_SYSTEM and cd.get("code") == comp.value.value_name
+                    for cd in c.get("code", {}).get("coding", [])
+                )),
+                None,
+            )
+            comp_codings = [c.coding() for c in comp.codes]
+            if found is None:
+                key, val = _value(comp.value, series, start, end, comp_codings)
+                comps.append({"code": _code(comp.value.value_name, comp.codes), key: val})
+            else:
+                _merge_value(found, comp.value, series, (old_start, start, end), comp_codings, stale)
+        if not comps:
+            merged.pop("component")
+
+    if incoming_ingestion is not None and (stored_ingestion is None or incoming_ingestion > stored_ingestion):
+        others = [e for e in merged.get("extension", []) if e.get("url") != INGESTED_AT_URL]
+        merged["extension"] = [{"url": INGESTED_AT_URL, "valueDateTime": fhir_instant(incoming_ingestion)}, *others]
+    return merged
+
+
+def _period(resource: dict[str, Any]) -> tuple[datetime, datetime]:
+    if "effectivePeriod" in resource:
+        p = resource["effectivePeriod"]
+        start = parse_instant(p["start"])
+        return start, parse_instant(p.get("end", p["start"]))
+    if "effectiveDateTime" in resource:
+        t = parse_instant(resource["effectiveDateTime"])
+        return t, t
+    raise MappingFailure(INCOMPATIBLE_VALUE, "the stored Observation has no effective time to merge into")
+
+
+def _stored_ingestion(resource: dict[str, Any]) -> datetime | None:
+    for e in resource.get("extension", []):
+        if e.get("url") == INGESTED_AT_URL and e.get("valueDateTime"):
+            return parse_instant(e["valueDateTime"])
+    return None
+
+
+_VALUE_KEYS = {"SampledData": "valueSampledData", "Quantity": "valueQuantity", "String": "valueString",
+               "CodeableConcept": "valueCodeableConcept"}
+
+
+def _merge_value(
+    holder: dict[str, Any], template: ValueTemplate, series: list[TimedValue],
+    periods: tuple[datetime, datetime, datetime], codings: list[dict[str, Any]], stale: bool,
+) -> None:
+    old_start, start, end = periods
+    key = _VALUE_KEYS[template.value_type]
+    if template.value_type == "SampledData" and isinstance(holder.get(key), dict):
+        holder[key] = _merge_sampled(template, holder[key], old_start, series, start, end, codings)
+        return
+    if stale and key in holder:
+        return  # data ingested before what is stored: keep the later correction
+    for other in _VALUE_KEYS.values():
+        holder.pop(other, None)
+    new_key, val = _value(template, series, start, end, codings)
+    holder[new_key] = val
+
+
+# --- value types --------------------------------------------------------------------------------
+
+
+def _value(
+    template: ValueTemplate, series: list[TimedValue], start: datetime, end: datetime, codings: list[dict[str, Any]]
+) -> tuple[str, Any]:
+    vtype = template.value_type
+    if vtype == "SampledData":
+        return "valueSampledData", _sampled(template, [(v.time, _converted_text(template, v, codings)) for v in series], start, end)
+    if vtype == "CodeableConcept":
+        concept: dict[str, Any] = {}
+        if template.codes:
+            concept["coding"] = [c.coding() for c in template.codes]
+        if template.text:
+            concept["text"] = template.text
+        return "valueCodeableConcept", concept
+    single = _single(template, series)
+    if vtype == "String":
+        return "valueString", single.value
+    return "valueQuantity", _quantity(template, single, codings)
+
+
+def _single(template: ValueTemplate, series: list[TimedValue]) -> TimedValue:
+    if len(series) != 1:
+        raise MappingFailure(
+            INCOMPATIBLE_VALUE,
+            f"{template.value_type} value {template.value_name!r} expects 1 value per Observation, received "
+            f"{len(series)}; use periodInterval 0 for {template.value_type} templates",
+            field=template.value_name,
+        )
+    return series[0]
+
+
+def _number(text: str, template: ValueTemplate) -> int | float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise MappingFailure(
+            INCOMPATIBLE_VALUE, f"value {template.value_name!r} is not a number", field=template.value_name
+        ) from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise MappingFailure(INCOMPATIBLE_VALUE, f"value {template.value_name!r} is not a finite number",
+                             field=template.value_name)
+    stripped = text.strip()
+    if stripped.lstrip("+-").isdigit():
+        return int(stripped)
+    return number
+
+
+def _quantity(template: ValueTemplate, tv: TimedValue, codings: list[dict[str, Any]]) -> dict[str, Any]:
+    number = _number(tv.value, template)
+    if tv.unit is None:
+        # No unit declared on the device side: write what the template says (MedTech behaviour).
+        q: dict[str, Any] = {"value": number}
+        for k, v in (("unit", template.unit), ("system", template.system), ("code", template.code)):
+            if v:
+                q[k] = v
+        return q
+    target = target_unit(template.unit, template.code, template.system, codings) or tv.unit
+    converted = convert(float(number), tv.unit, target) if target != tv.unit else number
+    q = {"value": converted, "unit": template.unit or target, "system": UCUM, "code": target}
+    if target != tv.unit:
+        q["extension"] = [original_value_extension(number, tv.unit, tv.unit)]
+    return q
+
+
+def _converted_text(template: ValueTemplate, tv: TimedValue, codings: list[dict[str, Any]]) -> str:
+    if tv.unit is None:
+        return tv.value
+    target = target_unit(template.unit, template.code, template.system, codings)
+    if target is None or target == tv.unit:
+        return tv.value
+    return value_text(convert(float(_number(tv.value, template)), tv.unit, target))
+
+
+def _slots(start: datetime, end: datetime, period_ms: float) -> tuple[int, int]:
+    period_us = max(1, round(period_ms * 1000))
+    span = (end - start) // timedelta(microseconds=1)
+    return span // period_us + 1, period_us
+
+
+def _sampled(template: ValueTemplate, points: list[tuple[datetime, str]], start: datetime, end: datetime) -> dict[str, Any]:
+    period = template.default_period or 1000.0
+    count, period_us = _slots(start, end, period)
+    data = ["E"] * count
+    for time, text in sorted(points, key=lambda p: p[0]):
+        index = ((time - start) // timedelta(microseconds=1)) // period_us
+        if 0 <= index < count:
+            data[index] = text  # later readings in the same slot win
+    origin: dict[str, Any] = {"value": 0}
+    if template.unit:
+        origin["unit"] = template.unit
+    period_out: int | float = int(period) if float(period).is_integer() else period
+    return {"origin": origin, "period": period_out, "dimensions": 1, "data": " ".join(data)}
+
+
+def _merge_sampled(
+    template: ValueTemplate, stored: dict[str, Any], stored_start: datetime,
+    series: list[TimedValue], start: datetime, end: datetime, codings: list[dict[str, Any]],
+) -> dict[str, Any]:
+    period = float(stored.get("period") or template.default_period or 1000.0)
+    period_us = max(1, round(period * 1000))
+    points: dict[datetime, str] = {}
+    tokens = (stored.get("data") or "").split()
+    for i, token in enumerate(tokens):
+        if token != "E":
+            points[stored_start + timedelta(microseconds=i * period_us)] = token
+    slot_of = {((t - start) // timedelta(microseconds=1)) // period_us: t for t in points}
+    for tv in series:
+        slot = ((tv.time - start) // timedelta(microseconds=1)) // period_us
+        if slot in slot_of:
+            points.pop(slot_of[slot], None)  # collision: the new reading wins
+        points[tv.time] = _converted_text(template, tv, codings)
+        slot_of[slot] = tv.time
+    return _sampled(template, list(points.items()), start, end)
