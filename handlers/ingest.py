@@ -1,7 +1,10 @@
 """Device messages in → FHIR Observations out, with every rejected message dead-lettered.
 
-The same handler serves the Event Hubs trigger, the local bus and the HTTP ingest endpoint. It is
-safe to re-deliver: Observations have deterministic ids and an unchanged re-write is a no-op.
+The same handler serves the Event Hubs trigger (a batch), the local bus and the HTTP ingest
+endpoint. Messages are mapped with MedTech-compatible templates (ingest/templates), identities are
+resolved against the FHIR store on every batch (no stale device→patient cache), and the batch's
+Observations are written in ONE FHIR transaction where the server allows. Safe to re-deliver:
+Observation ids are deterministic and an unchanged merge writes nothing.
 """
 
 from __future__ import annotations
@@ -9,14 +12,21 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from common.clock import Clock
 from fhirstore.errors import FhirError, ResourceGone, ResourceNotFound
 from fhirstore.port import FhirStore
 from ingest.deadletter import DeadLetterSink
-from ingest.errors import IngestError
-from ingest.generic import to_observation
+from ingest.identity import IdentityResolver
+from ingest.plausibility import check_observation
+from ingest.templates import group_measurements
+from ingest.templates.errors import MappingFailure, MessageError
+from ingest.templates.fhir import ObservationChange
+from ingest.templates.grouping import MeasurementGroup
+from ingest.templates.reload import TemplatePair
 
 log = logging.getLogger(__name__)
 
@@ -28,114 +38,181 @@ TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 class RawMessage:
     body: bytes
     properties: dict[str, Any] = field(default_factory=dict)
+    system_properties: dict[str, Any] = field(default_factory=dict)
     partition_key: str | None = None
     sequence_number: int | None = None
+
+
+@dataclass(frozen=True)
+class IngestDeps:
+    store: FhirStore
+    dead_letters: DeadLetterSink
+    templates: Callable[[], TemplatePair]  # the current templates (reloaded when the files change)
+    identity: IdentityResolver
+    clock: Clock
+    topic: str = "device-messages"
+    max_bytes: int = 256 * 1024
 
 
 @dataclass
 class IngestReport:
     received: int = 0
-    created: int = 0
+    dead_lettered: int = 0
+    created: int = 0  # Observations
     updated: int = 0
     unchanged: int = 0
-    dead_lettered: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
 
     @property
     def accepted(self) -> int:
-        return self.created + self.updated + self.unchanged
+        return self.received - self.dead_lettered
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "received": self.received,
-            "accepted": self.accepted,
-            "created": self.created,
-            "updated": self.updated,
-            "unchanged": self.unchanged,
-            "dead_lettered": self.dead_lettered,
+            "received": self.received, "accepted": self.accepted, "dead_lettered": self.dead_lettered,
+            "created": self.created, "updated": self.updated, "unchanged": self.unchanged,
             "reasons": dict(self.reasons),
         }
 
 
-def handle_device_messages(
-    messages: list[RawMessage],
-    *,
-    store: FhirStore,
-    dead_letters: DeadLetterSink,
-    topic: str,
-    max_bytes: int,
-) -> IngestReport:
-    """Ingest a batch. Bad messages are parked with a reason; the rest of the batch goes on.
+@dataclass
+class _Write:
+    change: ObservationChange
+    messages: set[int]
 
+
+def handle_device_messages(messages: list[RawMessage], deps: IngestDeps) -> IngestReport:
+    """Ingest a batch. Bad messages are parked with a reason; the rest of the batch goes on.
     A transient FHIR failure raises, so the trigger fails and the batch is delivered again."""
     report = IngestReport(received=len(messages))
-    known_patients: dict[str, bool] = {}
-    for message in messages:
+    parked: set[int] = set()
+    pair = deps.templates()
+    now = deps.clock.now()
+
+    def park(i: int, error: MessageError) -> None:
+        if i in parked:
+            return
+        parked.add(i)
+        _park(deps, messages[i], error, pair.version, report)
+
+    owners: dict[int, int] = {}  # id(measurement) -> index of the message it came from
+    measurements = []
+    for i, message in enumerate(messages):
+        if len(message.body) > deps.max_bytes:
+            park(i, MessageError("oversized", f"message is {len(message.body)} bytes; the limit is {deps.max_bytes}"))
+            continue
         try:
-            observation = _parse(message, max_bytes)
-            _require_patient(store, observation, known_patients)
-            result = store.update(observation)
-        except IngestError as exc:
-            _park(dead_letters, topic, message, exc.reason, exc.detail, report)
+            parsed = json.loads(message.body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+            park(i, MessageError("invalid_json", f"not valid JSON{where}"))
             continue
-        except FhirError as exc:
-            if exc.status in TRANSIENT_STATUSES:
-                raise
-            _park(dead_letters, topic, message, "fhir_rejected", f"FHIR server answered {exc.status}: {exc}", report)
+        result = pair.devices.normalize(parsed, properties=message.properties,
+                                        system_properties=message.system_properties, ingested_at=now)
+        if not result.ok:
+            park(i, result.errors[0])
             continue
-        if result.outcome == "created":
-            report.created += 1
-        elif result.outcome == "updated":
-            report.updated += 1
-        else:
-            report.unchanged += 1
+        for m in result.measurements:
+            owners[id(m)] = i
+        measurements.extend(result.measurements)
+
+    def changes_for(group: MeasurementGroup) -> list[ObservationChange]:
+        who = deps.identity.resolve(group)
+        changes = pair.fhir.observations(group, patient_id=who.patient_id, device_id=who.device_id,
+                                         encounter_id=who.encounter_id,
+                                         existing=lambda oid: _existing(deps.store, oid), now=now)
+        for change in changes:
+            check_observation(change.resource)
+        return changes
+
+    writes: list[_Write] = []
+    for group in group_measurements(measurements):
+        sources = {owners[id(m)] for m in group.measurements if id(m) in owners} - parked
+        try:
+            writes.extend(_Write(c, sources) for c in changes_for(group))
+            continue
+        except MappingFailure as failure:
+            if len(sources) <= 1:
+                for i in sources:
+                    park(i, failure.to_error(type_name=group.type))
+                continue
+        # Several messages share the group: map them one by one so only the culprit is parked.
+        for i in sorted(sources):
+            for sub in group_measurements([m for m in group.measurements if owners.get(id(m)) == i]):
+                try:
+                    writes.extend(_Write(c, {i}) for c in changes_for(sub))
+                except MappingFailure as failure:
+                    park(i, failure.to_error(type_name=sub.type))
+
+    _write(deps, writes, messages, parked, report, pair.version)
     if report.dead_lettered:
-        log.warning("ingest batch: %d of %d messages dead-lettered %s", report.dead_lettered,
-                    report.received, dict(report.reasons))
+        log.warning("ingest batch: %d of %d messages dead-lettered %s", report.dead_lettered, report.received,
+                    dict(report.reasons))
     return report
 
 
-def _parse(message: RawMessage, max_bytes: int) -> dict[str, Any]:
-    if len(message.body) > max_bytes:
-        raise IngestError("oversized", f"message is {len(message.body)} bytes; the limit is {max_bytes}")
+def _existing(store: FhirStore, obs_id: str) -> dict[str, Any] | None:
     try:
-        parsed = json.loads(message.body)
-    except UnicodeDecodeError:
-        raise IngestError("invalid_json", "message is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise IngestError("invalid_json", f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    return to_observation(parsed)
+        return store.read("Observation", obs_id)
+    except (ResourceNotFound, ResourceGone):
+        return None
 
 
-def _require_patient(store: FhirStore, observation: dict[str, Any], cache: dict[str, bool]) -> None:
-    ref = observation["subject"]["reference"]
-    if ref not in cache:
-        type_, _, id_ = ref.partition("/")
-        try:
-            store.read(type_, id_)
-            cache[ref] = True
-        except (ResourceNotFound, ResourceGone):
-            cache[ref] = False
-        except FhirError as exc:
-            if exc.status == 400:  # a malformed id: the message's fault
-                cache[ref] = False
-            else:
-                raise
-    if not cache[ref]:
-        raise IngestError("unknown_patient", "field 'patientId' names no active Patient in the FHIR store")
+def _write(deps: IngestDeps, writes: list[_Write], messages: list[RawMessage], parked: set[int],
+           report: IngestReport, version: int) -> None:
+    todo = [w for w in writes if w.change.action != "noop" and not (w.messages and w.messages <= parked)]
+    report.unchanged += len(writes) - len(todo)
+    if not todo:
+        return
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": w.change.resource, "request": {"method": "PUT", "url": f"Observation/{w.change.id}"}}
+        for w in todo
+    ]}
+    try:
+        response = deps.store.transaction(bundle)
+    except FhirError as exc:
+        if exc.status in TRANSIENT_STATUSES:
+            raise
+        # One entry spoiled the all-or-nothing transaction: write one by one to find it.
+        for w in todo:
+            _write_one(deps, w, messages, parked, report, version)
+        return
+    for entry in response.get("entry", []):
+        status = str((entry.get("response") or {}).get("status", ""))
+        if status.startswith("201"):
+            report.created += 1
+        else:
+            report.updated += 1
 
 
-def _park(
-    dead_letters: DeadLetterSink, topic: str, message: RawMessage, reason: str, detail: str, report: IngestReport
-) -> None:
-    dead_letters.add(
-        topic=topic,
-        reason=reason,
-        detail=detail,
-        payload=message.body,
-        source="ingest",
+def _write_one(deps: IngestDeps, w: _Write, messages: list[RawMessage], parked: set[int], report: IngestReport,
+               version: int) -> None:
+    try:
+        result = deps.store.update(w.change.resource)
+    except FhirError as exc:
+        if exc.status in TRANSIENT_STATUSES:
+            raise
+        for i in sorted(w.messages - parked):
+            parked.add(i)
+            _park(deps, messages[i], MessageError("fhir_rejected", f"FHIR server answered {exc.status}: {exc}"),
+                  version, report)
+        return
+    if result.outcome == "created":
+        report.created += 1
+    elif result.outcome == "updated":
+        report.updated += 1
+    else:
+        report.unchanged += 1
+
+
+def _park(deps: IngestDeps, message: RawMessage, error: MessageError, version: int, report: IngestReport) -> None:
+    where = {k: v for k, v in {"template_index": error.template_index, "type_name": error.type_name,
+                               "field": error.field, "expression": error.expression}.items() if v is not None}
+    detail = error.detail + ("" if not where else " [" + ", ".join(f"{k}={v}" for k, v in where.items()) + "]")
+    deps.dead_letters.add(
+        topic=deps.topic, reason=error.reason, detail=detail, payload=message.body, source="ingest",
         properties={"partition_key": message.partition_key, "sequence_number": message.sequence_number,
-                    **message.properties},
+                    "templates_version": version, **where, **message.properties},
     )
     report.dead_lettered += 1
-    report.reasons[reason] += 1
+    report.reasons[error.reason] += 1

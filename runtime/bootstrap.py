@@ -10,6 +10,8 @@ from typing import Any
 from common.clock import Clock, SystemClock
 from fhirstore.port import FhirStore
 from ingest.deadletter import SqliteDeadLetterStore
+from ingest.identity import IdentityResolver
+from ingest.templates.reload import TemplateFiles
 from notifications.channels.base import Channel
 from notifications.channels.outbox import OutboxChannel
 from rules.loader import load_rulesets
@@ -26,6 +28,8 @@ class Services:
     channels: dict[str, Channel]
     clock: Clock
     rulesets: list[Ruleset]
+    templates: TemplateFiles
+    identity: IdentityResolver
     bus: LocalBus | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -51,6 +55,9 @@ def bootstrap(settings: Settings, *, clock: Clock | None = None) -> Services:
         channels=channels,
         clock=clock,
         rulesets=load_rulesets(settings.rules_path),
+        templates=TemplateFiles(*settings.template_paths()),
+        identity=IdentityResolver(store, settings.identity_mode,
+                                  device_identifier_system=settings.device_identifier_system),
         bus=bus,
     )
 

@@ -103,7 +103,7 @@ def _test(args: argparse.Namespace, settings: Settings) -> int:
     files = list(args.files)
     if not files:
         folder = Path(settings.rules_path) / "tests"
-        files = sorted(p for p in folder.glob("*.y*ml") if p.suffix in (".yaml", ".yml")) if folder.is_dir() else []
+        files = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml")) if folder.is_dir() else []
         if not files:
             print(f"vigil: no test files given and none (*.yaml) in {folder}", file=sys.stderr)
             return 2
@@ -253,10 +253,12 @@ def run_backtest(store: FhirStore, ruleset: Ruleset, since: datetime, until: dat
             by_patient.setdefault(ref, []).append(cp)
     total = BacktestReport(since, until, rules={r.id: ruleset.ruleset for r in ruleset.rules})
     skipped = 0
+    ignored: Counter[str] = Counter()
     meter = _Progress(progress, len(by_patient))
     for ref in sorted(by_patient):
-        data, unreadable = load_patient_data(store, ruleset, ref, by_patient[ref], since, until)
+        data, unreadable, problems = load_patient_data(store, ruleset, ref, by_patient[ref], since, until)
         skipped += unreadable
+        ignored.update(problems)
         one = backtest([ruleset], {ref: data}, since, until)
         total.patients += one.patients
         total.readings += one.readings
@@ -266,12 +268,15 @@ def run_backtest(store: FhirStore, ruleset: Ruleset, since: datetime, until: dat
     meter.done()
     if skipped and progress is not None:
         print(f"skipped {skipped} Observation(s) that could not be read as readings", file=progress)
+    for problem, n in sorted(ignored.items()) if progress is not None else ():
+        print(f"care plan override ignored for {n} patient(s), as live: {problem}", file=progress)
     return total, sorted(by_patient)
 
 
 def load_patient_data(store: FhirStore, ruleset: Ruleset, patient_ref: str, careplans: list[dict[str, Any]],
-                      since: datetime, until: datetime) -> tuple[PatientData, int]:
-    """The patient's context and readings for the replay, and how many Observations were unreadable."""
+                      since: datetime, until: datetime) -> tuple[PatientData, int, list[str]]:
+    """The patient's context and readings for the replay, how many Observations were unreadable, and
+    the care-plan overrides that could not be used (they name rules and params, never values)."""
     # Judge enrollment, overrides and goals as of the end of the period, or of the care plan if sooner.
     ends = [_instant((cp.get("period") or {}).get("end"), end_of_day=True) for cp in careplans]
     as_of = until if any(e is None for e in ends) else min(until, max(e for e in ends if e is not None))
@@ -280,7 +285,7 @@ def load_patient_data(store: FhirStore, ruleset: Ruleset, patient_ref: str, care
     except (ResourceNotFound, ResourceGone):
         resource = None
     goals = search_all(store, "Goal", {"subject": patient_ref, "lifecycle-status": "active"})
-    ctx, _ = patient_context(patient_ref, now=as_of, rulesets=[ruleset], patient=resource, careplans=careplans,
+    ctx, problems = patient_context(patient_ref, now=as_of, rulesets=[ruleset], patient=resource, careplans=careplans,
                              goals=goals)
     start = since - max((r.horizon for r in ruleset.rules), default=timedelta(0)) - _DAY_MARGIN
     readings: list[Reading] = []
@@ -300,7 +305,7 @@ def load_patient_data(store: FhirStore, ruleset: Ruleset, patient_ref: str, care
                 unreadable += 1
     # The anchor query and the window query can both return a reading at the window's edge.
     unique = list({(r.ref, r.metric): r for r in readings}.values())
-    return PatientData(ctx, unique), unreadable
+    return PatientData(ctx, unique), unreadable, problems
 
 
 def _queries(ruleset: Ruleset) -> list[tuple[frozenset[str], str]]:

@@ -46,6 +46,21 @@ class DemoPatient:
     def careplans(self) -> list[dict[str, Any]]:
         return [careplan(self.id, program) for program in self.programs]
 
+    def devices(self) -> list[dict[str, Any]]:
+        return [device(f"{self.id}-{kind}", self.id) for kind in ("cuff", "oximeter", "meter", "scale")]
+
+
+def device(device_id: str, patient_id: str) -> dict[str, Any]:
+    """A home device registered to a patient at enrollment: ingest finds the patient through it
+    (MedTech's Lookup identity mode)."""
+    return {
+        "resourceType": "Device",
+        "id": device_id,
+        "identifier": [{"value": device_id}],
+        "status": "active",
+        "patient": {"reference": f"Patient/{patient_id}"},
+    }
+
 
 def careplan(patient_id: str, program: str, start: str = "2026-10-01") -> dict[str, Any]:
     """An active CarePlan enrolling the patient in a program (rules/library names programs by
@@ -159,5 +174,5 @@ def _malformed(start: date) -> list[bytes]:
         json.dumps({"deviceId": "x-4", "patientId": "demo-004", "type": "heart_rate", "time": when,
                     "values": {"bpm": 70}, "blob": "x" * 300_000}).encode(),  # oversized
         json.dumps({"deviceId": "x-5", "patientId": "no-such-patient", "type": "heart_rate", "time": when,
-                    "values": {"bpm": 70}}).encode(),  # unknown patient
+                    "values": {"bpm": 70}}).encode(),  # a device registered to no patient
     ]

@@ -84,8 +84,8 @@ def _run(host: LocalHost, services: Services, patients: int, days: int, start: d
 
     for p in cohort.patients:
         services.store.update(p.resource())
-        for plan in p.careplans():
-            services.store.update(plan)
+        for resource in (*p.careplans(), *p.devices()):
+            services.store.update(resource)
     started = time.perf_counter()
     host.publish_device_messages(cohort.messages)
     total = len(cohort.messages)

@@ -28,6 +28,12 @@ class Settings:
     fhir_account: str = "localhost"  # resourceFhirAccount in events of the embedded store
     rules_path: Path = DEFAULT_RULES  # a directory of ruleset YAML files
     max_message_bytes: int = 256 * 1024
+    # Ingest mapping: MedTech-compatible template files, or a shipped preset (ingest/presets).
+    templates_preset: str = "vigil-generic"
+    device_templates: Path | None = None  # overrides the preset's device mapping file
+    fhir_templates: Path | None = None  # overrides the preset's FHIR mapping file
+    identity_mode: str = "Lookup"  # Lookup | Create | LookupWithEncounter (as in MedTech)
+    device_identifier_system: str | None = None
     event_hub_name: str = "device-messages"
     http_host: str = "127.0.0.1"
     http_port: int = 7071
@@ -56,12 +62,20 @@ class Settings:
             raise SettingsError(f"VIGIL_FHIR_AUTH must be 'none' or 'azure', not {self.fhir_auth!r}")
         if self.fhir_url and not self.fhir_url.startswith(("http://", "https://")):
             raise SettingsError("VIGIL_FHIR_URL must start with http:// or https://")
+        if self.identity_mode.lower() not in ("lookup", "create", "lookupwithencounter"):
+            raise SettingsError("VIGIL_IDENTITY_MODE must be Lookup, Create or LookupWithEncounter")
         if self.max_message_bytes < 1024:
             raise SettingsError("VIGIL_MAX_MESSAGE_BYTES must be at least 1024")
 
     @property
     def embedded(self) -> bool:
         return self.fhir_url is None
+
+    def template_paths(self) -> tuple[Path, Path]:
+        from ingest.templates.presets import preset_paths
+
+        device, fhir = preset_paths(self.templates_preset)
+        return (self.device_templates or device, self.fhir_templates or fhir)
 
     def path(self, name: str) -> Path:
         return Path(self.data_dir) / name

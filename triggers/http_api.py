@@ -8,6 +8,7 @@ import azure.functions as func
 
 from handlers.ingest import RawMessage, handle_device_messages
 from runtime.bootstrap import current
+from triggers.device_messages import ingest_deps
 
 bp = func.Blueprint()
 
@@ -18,16 +19,8 @@ _JSON = "application/json"
 @bp.route(route="ingest", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
 def http_ingest(req: func.HttpRequest) -> func.HttpResponse:
     """Accepts one JSON message, a JSON array of messages, or JSON Lines; answers with the report."""
-    services = current()
-    body = req.get_body()
-    messages = [RawMessage(body=chunk) for chunk in split_messages(body)]
-    report = handle_device_messages(
-        messages,
-        store=services.store,
-        dead_letters=services.dead_letters,
-        topic=services.settings.event_hub_name,
-        max_bytes=services.settings.max_message_bytes,
-    )
+    messages = [RawMessage(body=chunk) for chunk in split_messages(req.get_body())]
+    report = handle_device_messages(messages, ingest_deps(current()))
     status = 200 if report.dead_lettered == 0 else 207
     return func.HttpResponse(json.dumps(report.as_dict()), status_code=status, mimetype=_JSON)
 

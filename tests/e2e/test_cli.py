@@ -28,19 +28,22 @@ def test_demo_summarizes_alerts_and_messages_and_a_rerun_adds_nothing(data_dir: 
     assert len(list((data_dir / "outbox").glob("*.json"))) == messages
 
 
-def _patient(data_dir: Path, pid: str) -> None:
+def _patient(data_dir: Path, pid: str, device_id: str) -> None:
     from fhirstore.sqlite_store import SqliteFhirStore
+    from runtime.cohort import device
 
-    SqliteFhirStore(data_dir / "fhir.db").update({"resourceType": "Patient", "id": pid, "active": True})
+    store = SqliteFhirStore(data_dir / "fhir.db")
+    store.update({"resourceType": "Patient", "id": pid, "active": True})
+    store.update(device(device_id, pid))
 
 
 def test_ingest_then_dead_letters_list_show_and_replay_after_the_fix(data_dir: Path, tmp_path: Path, capsys) -> None:
-    _patient(data_dir, "p1")
+    _patient(data_dir, "p1", "d1")
     f = tmp_path / "in.jsonl"
     f.write_text("\n".join([
-        json.dumps({"deviceId": "d", "patientId": "p1", "type": "heart_rate", "time": "2026-11-20T07:00:00Z",
+        json.dumps({"deviceId": "d1", "patientId": "p1", "type": "heart_rate", "time": "2026-11-20T07:00:00Z",
                     "values": {"bpm": 64}}),
-        json.dumps({"deviceId": "d", "patientId": "p2", "type": "heart_rate", "time": "2026-11-20T07:00:00Z",
+        json.dumps({"deviceId": "d2", "patientId": "p2", "type": "heart_rate", "time": "2026-11-20T07:00:00Z",
                     "values": {"bpm": 65}}),
     ]))
     base = ["--data-dir", str(data_dir)]
@@ -50,13 +53,13 @@ def test_ingest_then_dead_letters_list_show_and_replay_after_the_fix(data_dir: P
 
     assert main([*base, "dead-letters", "list"]) == 0
     listing = capsys.readouterr().out
-    assert "unknown_patient" in listing
+    assert "unknown_device" in listing
     dl_id = int(listing.split()[0])
     assert main([*base, "dead-letters", "show", str(dl_id)]) == 0
     shown = capsys.readouterr().out
-    assert '"reason": "unknown_patient"' in shown and '"patientId": "p2"' in shown
+    assert '"reason": "unknown_device"' in shown and '"patientId": "p2"' in shown
 
-    _patient(data_dir, "p2")  # the fix: the patient is enrolled
+    _patient(data_dir, "p2", "d2")  # the fix: the device is registered to its patient
     assert main([*base, "dead-letters", "replay", str(dl_id)]) == 0
     assert "0 dead letters remain" in capsys.readouterr().out
     from fhirstore.sqlite_store import SqliteFhirStore

@@ -17,7 +17,7 @@ import pytest
 from fhirstore.paging import search_all
 from fhirstore.sqlite_store import SqliteFhirStore
 from runtime.bus import LocalBus
-from runtime.cohort import careplan
+from runtime.cohort import careplan, device
 
 ROOT = Path(__file__).resolve().parents[2]
 N_PATIENTS = 20
@@ -63,6 +63,7 @@ def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(tmp_path: Path)
         store.update({"resourceType": "Patient", "id": f"k{p}", "active": True,
                       "telecom": [{"system": "sms", "value": f"+155501000{p:02d}"}]})
         store.update(careplan(f"k{p}", "hypertension"))
+        store.update(device(f"k-{p}", f"k{p}"))
     msgs, expected_alerts = _stream()
     bus = LocalBus(data_dir / "bus.db")
     bus.publish_many("eh:device-messages", ((m, None, None, None) for m in msgs))

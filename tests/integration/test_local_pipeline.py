@@ -108,12 +108,14 @@ def test_a_patient_not_enrolled_in_any_program_gets_no_alert(data_dir: Path) -> 
 def test_malformed_messages_are_dead_lettered_and_the_batch_goes_on(host) -> None:
     good = reading("p1", "heart_rate", "2026-11-20T07:30:00Z", {"bpm": 71})
     batch = [
-        b'{"deviceId": "d", "patientId": ',
+        b'{"deviceId": "p1-dev", "patientId": ',
         reading("p1", "ecg", "2026-11-20T07:30:00Z", {"mv": 1}),
-        json.dumps({"deviceId": "d", "patientId": "p1", "type": "heart_rate", "values": {"bpm": 1}}).encode(),
-        json.dumps({"deviceId": "d", "patientId": "p1", "type": "heart_rate", "time": "2026-11-20T07:30:00Z",
+        json.dumps({"deviceId": "p1-dev", "patientId": "p1", "type": "heart_rate", "values": {"bpm": 1}}).encode(),
+        json.dumps({"deviceId": "p1-dev", "patientId": "p1", "type": "heart_rate", "time": "2026-11-20T07:30:00Z",
                     "values": {"bpm": 70}, "pad": "x" * 300_000}).encode(),
         reading("nobody", "heart_rate", "2026-11-20T07:30:00Z", {"bpm": 71}),
+        reading("p1", "heart_rate", "2026-11-20T07:31:00Z", {"bpm": 2000}),
+        reading("p1", "heart_rate", "2026-11-20T07:32:00", {"bpm": 70}),
         good,
     ]
     host.publish_device_messages(batch)
@@ -121,10 +123,31 @@ def test_malformed_messages_are_dead_lettered_and_the_batch_goes_on(host) -> Non
     s = host.services
     assert count(s, "Observation") == 1
     reasons = {d.reason: d for d in s.dead_letters.list()}
-    assert set(reasons) == {"invalid_json", "unknown_type", "missing_field", "oversized", "unknown_patient"}
-    assert "'time'" in reasons["missing_field"].detail
+    assert set(reasons) == {"invalid_json", "no_template_matched", "missing_required_value", "oversized",
+                            "unknown_device", "out_of_range", "naive_timestamp"}
+    assert "line 1" in reasons["invalid_json"].detail
     assert "limit" in reasons["oversized"].detail
+    assert "plausible range" in reasons["out_of_range"].detail and "2000" not in reasons["out_of_range"].detail
+    assert reasons["missing_required_value"].properties.get("expression")  # names the expression involved
     assert reasons["invalid_json"].payload == batch[0]  # kept as received, for replay
+
+
+def test_a_device_moved_to_another_patient_is_picked_up_at_once(host) -> None:
+    s = host.services
+    add_patient(s, "p2", programs=())
+    host.publish_device_messages([reading("p1", "heart_rate", "2026-11-20T07:30:00Z", {"bpm": 70})])
+    host.run_until_idle(timeout_s=60)
+    device = s.store.read("Device", "p1-dev")
+    s.store.update({**device, "patient": {"reference": "Patient/p2"}})
+    host.publish_device_messages([
+        reading("p2", "heart_rate", "2026-11-20T08:30:00Z", {"bpm": 71}, device_id="p1-dev"),
+        reading("p1", "heart_rate", "2026-11-20T08:31:00Z", {"bpm": 72}, device_id="p1-dev"),
+    ])
+    host.run_until_idle(timeout_s=60)
+    assert count(s, "Observation", subject="Patient/p2") == 1
+    assert count(s, "Observation", subject="Patient/p1") == 1
+    [letter] = s.dead_letters.list()
+    assert letter.reason == "device_patient_mismatch"
 
 
 def test_failing_function_is_retried_then_dead_lettered_without_blocking_others(data_dir: Path) -> None:

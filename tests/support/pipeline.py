@@ -8,7 +8,7 @@ from typing import Any
 
 from common.clock import Clock
 from runtime.bootstrap import Services, bootstrap
-from runtime.cohort import careplan
+from runtime.cohort import careplan, device
 from runtime.host import LocalHost
 from runtime.settings import Settings
 
@@ -29,11 +29,13 @@ def add_patient(services: Services, patient_id: str, phone: str = "+15550100001"
     })
     for program in programs:
         services.store.update(careplan(patient_id, program))
+    services.store.update(device(f"{patient_id}-dev", patient_id))
 
 
-def reading(patient: str, type_: str, time: str, values: dict[str, Any], device: str = "dev-1") -> bytes:
-    return json.dumps({"deviceId": device, "patientId": patient, "type": type_, "time": time,
-                       "values": values}).encode()
+def reading(patient: str, type_: str, time: str, values: dict[str, Any], device_id: str | None = None) -> bytes:
+    """A generic device message from the patient's registered device (`<patient>-dev`)."""
+    return json.dumps({"deviceId": device_id or f"{patient}-dev", "patientId": patient, "type": type_,
+                       "time": time, "values": values}).encode()
 
 
 def count(services: Services, resource_type: str, **params: str) -> int:
