@@ -64,9 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--reason", help="only this reason")
     replay.set_defaults(func=_dl_replay)
 
-    from runtime import cli_rules
+    from runtime import cli_rules, cli_templates
 
     cli_rules.register(sub)
+    cli_templates.register(sub)
     return p
 
 

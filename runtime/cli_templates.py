@@ -1,0 +1,65 @@
+"""`vigil templates check|presets` — dry-run mapping templates on sample messages (issue 3)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from runtime.settings import Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    templates = sub.add_parser("templates", help="check MedTech-compatible mapping templates")
+    actions = templates.add_subparsers(required=True, metavar="ACTION")
+    check = actions.add_parser(
+        "check", help="validate device and FHIR mapping templates and show what each message would become")
+    check.add_argument("messages", nargs="?", help="JSON Lines or a JSON array of sample messages (or -)")
+    check.add_argument("--device", type=Path, help="device mapping file (default: the configured templates)")
+    check.add_argument("--fhir", type=Path, help="FHIR mapping file (default: the configured templates)")
+    check.add_argument("--preset", help="use a shipped preset instead (see `vigil templates presets`)")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.set_defaults(func=_check)
+    presets = actions.add_parser("presets", help="list the shipped presets and their files")
+    presets.set_defaults(func=_presets)
+
+
+def _check(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest.templates.check import check_templates
+    from ingest.templates.presets import preset_paths
+    from triggers.http_api import split_messages
+
+    if args.preset:
+        try:
+            device, fhir = preset_paths(args.preset)
+        except ValueError as exc:
+            print(f"vigil: {exc}", file=sys.stderr)
+            return 2
+    else:
+        default_device, default_fhir = settings.template_paths()
+        device, fhir = args.device or default_device, args.fhir or default_fhir
+    messages: list[bytes] = []
+    if args.messages:
+        try:
+            data = sys.stdin.buffer.read() if args.messages == "-" else Path(args.messages).read_bytes()
+        except OSError as exc:
+            print(f"vigil: cannot read {args.messages}: {exc.strerror}", file=sys.stderr)
+            return 2
+        messages = split_messages(data)
+    report = check_templates(device, fhir, messages)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        print(f"device templates: {device}\nFHIR templates:   {fhir}")
+        print(report.to_text())
+    return 0 if report.ok else 1
+
+
+def _presets(args: argparse.Namespace, settings: Settings) -> int:
+    from ingest.templates.presets import list_presets, preset_paths
+
+    for name in list_presets():
+        device, fhir = preset_paths(name)
+        print(f"{name:<16} {device}\n{'':<16} {fhir}")
+    return 0
