@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fhirstore.paging import search_all  # noqa: E402
 from fhirstore.sqlite_store import SqliteFhirStore  # noqa: E402
-from ingest.generic import to_observation  # noqa: E402
-from runtime.bootstrap import bootstrap  # noqa: E402
+from handlers.ingest import RawMessage, handle_device_messages  # noqa: E402
+from runtime.bootstrap import Services, bootstrap  # noqa: E402
+from runtime.cohort import careplan, device  # noqa: E402
 from runtime.host import LocalHost  # noqa: E402
 from runtime.settings import Settings  # noqa: E402
 
@@ -59,10 +60,31 @@ def messages(n: int, patients: int, seed: int = 1) -> list[bytes]:
     return out
 
 
+def enroll(services: Services, patients: int) -> None:
+    for i in range(patients):
+        pid = f"bench-{i:04d}"
+        services.store.update({"resourceType": "Patient", "id": pid, "active": True,
+                               "telecom": [{"system": "sms", "value": f"+1555010{i % 100:02d}"}]})
+        services.store.update(device(f"{pid}-dev", pid))
+        for program in ("hypertension", "copd", "heart-failure"):
+            services.store.update(careplan(pid, program))
+
+
+def observation(i: int) -> dict:
+    return {"resourceType": "Observation", "id": f"obs-{i}", "status": "final",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                      "code": "vital-signs"}]}],
+            "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+            "subject": {"reference": f"Patient/bench-{i % 50:04d}"},
+            "effectiveDateTime": (datetime(2026, 10, 1, tzinfo=UTC) + timedelta(minutes=7 * i)).isoformat(),
+            "valueQuantity": {"value": 60 + i % 40, "unit": "/min", "system": "http://unitsofmeasure.org",
+                              "code": "/min"}}
+
+
 def bench_store(tmp: Path, n: int) -> None:
     store = SqliteFhirStore(tmp / "store-bench.db")
     store.update({"resourceType": "Patient", "id": "p"})
-    obs = [to_observation(json.loads(m)) for m in messages(n, 50)]
+    obs = [observation(i) for i in range(n)]
     t0 = time.perf_counter()
     for o in obs:
         store.update(o)
@@ -82,24 +104,37 @@ def bench_store(tmp: Path, n: int) -> None:
     print(f"store   searches    {searches / search_s:>9,.0f} searches/s (subject+code+date, {n} Observations)")
 
 
+def bench_ingest(tmp: Path, n: int, patients: int) -> None:
+    """Ingest alone (templates, identity, one transaction per batch of 100), no rule evaluation."""
+    services = bootstrap(Settings.from_env({}, data_dir=tmp / "ingest"))
+    enroll(services, patients)
+    from triggers.device_messages import ingest_deps
+
+    deps = ingest_deps(services)
+    msgs = [RawMessage(body=m) for m in messages(n, patients, seed=3)]
+    t0 = time.perf_counter()
+    for i in range(0, n, 100):
+        handle_device_messages(msgs[i:i + 100], deps)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for i in range(0, n, 100):
+        handle_device_messages(msgs[i:i + 100], deps)
+    replay = time.perf_counter() - t0
+    print(f"ingest  to store    {n / first:>9,.0f} messages/s  (templates + identity + batch transaction)")
+    print(f"ingest  replay      {n / replay:>9,.0f} messages/s  (same messages again: no writes)")
+    services.close()
+
+
 def bench_pipeline(tmp: Path, n: int, patients: int) -> None:
     services = bootstrap(Settings.from_env({}, data_dir=tmp / "pipeline"))
     host = LocalHost(services)
     host.acquire()
-    for i in range(patients):
-        services.store.update({"resourceType": "Patient", "id": f"bench-{i:04d}", "active": True,
-                               "telecom": [{"system": "sms", "value": f"+1555010{i % 100:02d}"}]})
+    enroll(services, patients)
     host.run_until_idle()
     msgs = messages(n, patients)
-    accepted: dict[str, float] = {}
-    for m in msgs:
-        o = to_observation(json.loads(m))
-        accepted[o["id"]] = 0.0
     t0 = time.perf_counter()
     wall0 = time.time()
     host.publish_device_messages(msgs)
-    for k in accepted:
-        accepted[k] = wall0
     assert host.run_until_idle(timeout_s=1800)
     elapsed = time.perf_counter() - t0
 
@@ -107,7 +142,7 @@ def bench_pipeline(tmp: Path, n: int, patients: int) -> None:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
     obs = search_all(services.store, "Observation", {"_count": "1000"})
-    obs_lat = [ts(o["meta"]["lastUpdated"]) - accepted[o["id"]] for o in obs if o["id"] in accepted]
+    obs_lat = [ts(o["meta"]["lastUpdated"]) - wall0 for o in obs]
     comms = search_all(services.store, "Communication", {"_count": "1000"})
     msg_lat = [ts(c["sent"]) - wall0 for c in comms if c.get("sent")]
     print(f"pipeline end to end {n / elapsed:>9,.0f} readings/s  ({n} readings, {patients} patients, "
@@ -125,6 +160,8 @@ def bench_latency(tmp: Path, rate: int, seconds: float) -> None:
     host = LocalHost(services)
     host.acquire()
     services.store.update({"resourceType": "Patient", "id": "lat", "active": True})
+    services.store.update(device("lat-dev", "lat"))
+    services.store.update(careplan("lat", "copd"))
     lat: list[float] = []
     start = datetime(2026, 9, 1, tzinfo=UTC)
     total = int(rate * seconds)
@@ -155,6 +192,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         bench_store(tmp, args.store_writes)
+        bench_ingest(tmp, args.messages, args.patients)
         bench_pipeline(tmp, args.messages, args.patients)
         bench_latency(tmp, rate=50, seconds=4)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

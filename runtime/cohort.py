@@ -40,7 +40,7 @@ class DemoPatient:
             "telecom": [{"system": "sms", "value": f"+1555010{n % 100:02d}", "rank": 1}],
             "communication": [{"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "en-US"}]},
                                "preferred": True}],
-            "extension": [{"url": "urn:vigil:ext:timezone", "valueString": self.zone}],
+            "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/timezone", "valueCode": self.zone}],
         }
 
     def careplans(self) -> list[dict[str, Any]]:
