@@ -2,10 +2,11 @@
 
 import azure.functions as func
 
-from triggers import device_messages, fhir_events, http_api, timers
+from triggers import acs_events, device_messages, fhir_events, http_api, timers
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(device_messages.bp)
 app.register_functions(fhir_events.bp)
 app.register_functions(timers.bp)
 app.register_functions(http_api.bp)
+app.register_functions(acs_events.bp)

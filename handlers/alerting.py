@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from common.clock import Clock
 from fhirstore.errors import ResourceGone, ResourceNotFound
 from fhirstore.port import FhirStore
-from notifications.channels.base import Channel
-from notifications.dispatch import DeliveryOutcome, MessageRequest, deliver
+from handlers.messaging import Messaging, notify_patient, publish, publish_opened, start_escalation
+from notifications.dispatch import MessageRequest, deliver
+from notifications.workflow_events import closed
 from rules.episode_resources import (
     RULE_SYSTEM,
     close_episode,
@@ -32,15 +32,6 @@ from rules.model import Rule
 from rules.results import Firing
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MessagePolicy:
-    """Where alert messages go and what they may say (from settings, not code)."""
-
-    channel: str = "outbox"
-    program_contact: str = "your care team"
-    staff_address: str = "care-team"
 
 
 @dataclass
@@ -59,64 +50,69 @@ def latest_episode(store: FhirStore, patient_ref: str, rule_id: str) -> tuple[di
     return issue, episode_from_detected_issue(issue)
 
 
-def act_on_firing(
-    store: FhirStore, channels: dict[str, Channel], clock: Clock, policy: MessagePolicy,
-    firing: Firing, patient_ref: str,
-) -> AlertOutcome:
-    now = clock.now()
-    latest = latest_episode(store, patient_ref, firing.rule_id)
+def act_on_firing(m: Messaging, firing: Firing, patient_ref: str) -> AlertOutcome:
+    now = m.clock.now()
+    latest = latest_episode(m.store, patient_ref, firing.rule_id)
     issue, episode = latest if latest else (None, None)
     decision = decide(firing.rule, firing, episode, now, patient_ref)
     if decision.action == "open":
-        return AlertOutcome(decision, _open(store, channels, clock, policy, firing, patient_ref, now, decision))
+        return AlertOutcome(decision, _open(m, firing, patient_ref, now, decision))
     if decision.action == "update" and issue is not None:
-        return AlertOutcome(decision, _update(store, channels, clock, policy, firing, issue, now, decision))
+        return AlertOutcome(decision, _update(m, firing, issue, now, decision))
     return AlertOutcome(decision)
 
 
-def _open(store: FhirStore, channels: dict[str, Channel], clock: Clock, policy: MessagePolicy, firing: Firing,
-          patient_ref: str, now: datetime, decision: Decision) -> int:
+def _open(m: Messaging, firing: Firing, patient_ref: str, now: datetime, decision: Decision) -> int:
     res = open_episode(firing, patient_ref, now)
-    for resource in (res.task, res.flag):
-        if resource is not None:
-            put_if_absent(store, resource)
     key = res.detected_issue["identifier"][0]["value"]
+    task = put_if_absent(m.store, res.task)[0] if res.task is not None else None
+    if res.flag is not None:
+        put_if_absent(m.store, res.flag)
     sent = 0
-    if decision.notify:
-        sent = _send(store, channels, clock, policy, firing.rule, firing.severity, key, patient_ref, phase="open")
-    put_if_absent(store, res.detected_issue)
+    targets = firing.rule.actions.notify if decision.notify else []
+    if "patient" in targets:
+        sent += notify_patient(m, episode_key=key, patient_ref=patient_ref, severity=firing.severity, phase="open")
+    if task is not None:
+        # Staff are reached through the Task's escalation chain: level 1 now, then the sweep.
+        sent += start_escalation(m, task, severity=firing.severity, chain_id=firing.rule.actions.escalate)
+    elif "care-team" in targets:
+        sent += _care_team_notice(m, firing.rule, firing.severity, key, patient_ref, phase="open")
+    put_if_absent(m.store, res.detected_issue)
+    publish_opened(m, episode_key=key, patient_ref=patient_ref, rule_id=firing.rule_id, severity=firing.severity)
     log.info("alert episode opened for rule %s (severity %s)", firing.rule_id, firing.severity)
     return sent
 
 
-def _update(store: FhirStore, channels: dict[str, Channel], clock: Clock, policy: MessagePolicy, firing: Firing,
-            issue: dict[str, Any], now: datetime, decision: Decision) -> int:
+def _update(m: Messaging, firing: Firing, issue: dict[str, Any], now: datetime, decision: Decision) -> int:
     key = issue["identifier"][0]["value"]
     patient_ref = issue["patient"]["reference"]
     sent = 0
-    if decision.notify:
+    if decision.notify and "patient" in firing.rule.actions.notify:
         phase = "update:" + ",".join(firing.trigger_refs)
-        sent = _send(store, channels, clock, policy, firing.rule, decision.severity or firing.severity, key,
-                     patient_ref, phase=phase)
+        sent = notify_patient(m, episode_key=key, patient_ref=patient_ref,
+                              severity=decision.severity or firing.severity, phase=phase)
     if decision.severity and decision.severity != issue.get("severity"):
         try:
-            task = store.read("Task", key)
-            store.update(raise_task_priority(task, firing.rule, decision.severity))
+            task = m.store.read("Task", key)
+            m.store.update(raise_task_priority(task, firing.rule, decision.severity))
         except (ResourceNotFound, ResourceGone):
             pass
-    store.update(update_episode(issue, firing, decision, now), if_match=issue["meta"]["versionId"])
+    m.store.update(update_episode(issue, firing, decision, now), if_match=issue["meta"]["versionId"])
     return sent
 
 
-def close(store: FhirStore, issue: dict[str, Any], now: datetime, reason: str) -> None:
-    """Close an episode (the rule stopped holding long enough, or staff resolved it)."""
-    store.update(close_episode(issue, now, reason), if_match=issue["meta"]["versionId"])
+def close(m: Messaging, issue: dict[str, Any], now: datetime, reason: str, *, code: str = "resolved") -> None:
+    """Close an episode (the rule stopped holding long enough, or staff resolved it). The Task is
+    left alone: an unacknowledged Task keeps escalating until someone acts on it."""
+    m.store.update(close_episode(issue, now, reason), if_match=issue["meta"]["versionId"])
     try:
-        flag = store.read("Flag", issue["identifier"][0]["value"])
+        flag = m.store.read("Flag", issue["identifier"][0]["value"])
+        if flag.get("status") == "active":
+            m.store.update(close_flag(flag, now))
     except (ResourceNotFound, ResourceGone):
-        return
-    if flag.get("status") == "active":
-        store.update(close_flag(flag, now))
+        pass
+    publish(m, closed(detected_issue=f"DetectedIssue/{issue['id']}", patient=issue["patient"]["reference"],
+                      reason=code, at=now))
 
 
 def put_if_absent(store: FhirStore, resource: dict[str, Any]) -> tuple[dict[str, Any], bool]:
@@ -130,32 +126,11 @@ def put_if_absent(store: FhirStore, resource: dict[str, Any]) -> tuple[dict[str,
         return result.resource, True
 
 
-def _send(store: FhirStore, channels: dict[str, Channel], clock: Clock, policy: MessagePolicy, rule: Rule,
-          severity: str, key: str, patient_ref: str, *, phase: str) -> int:
-    outcomes: list[DeliveryOutcome] = []
-    for target in rule.actions.notify:
-        if target == "patient":
-            to, recipient = _patient_address(store, patient_ref), patient_ref
-            # PHI-minimal: no reading, condition, program or name (clinical.md §6.1).
-            body = f"Vigil: {policy.program_contact} would like you to call them today. Reply STOP to opt out."
-        else:
-            to, recipient = policy.staff_address, None
-            body = f"Vigil alert ({severity}): {rule.title}. {patient_ref}. Review DetectedIssue/{key}."
-        outcomes.append(deliver(store, channels, MessageRequest(
-            key=f"{key}|{phase}|{target}|{policy.channel}", channel=policy.channel, to=to, body=body,
-            patient_ref=patient_ref, about_ref=f"DetectedIssue/{key}", recipient_ref=recipient, category="alert",
-            tags={"rule": rule.id, "recipient": target},
-        ), clock))
-    return sum(1 for o in outcomes if o.status == "sent")
-
-
-def _patient_address(store: FhirStore, patient_ref: str) -> str:
-    try:
-        patient = store.read("Patient", patient_ref.partition("/")[2])
-    except (ResourceNotFound, ResourceGone):
-        return patient_ref
-    telecoms = sorted(
-        (t for t in patient.get("telecom", []) if t.get("system") in ("sms", "phone", "email") and t.get("value")),
-        key=lambda t: t.get("rank", 1_000_000),
-    )
-    return telecoms[0]["value"] if telecoms else patient_ref
+def _care_team_notice(m: Messaging, rule: Rule, severity: str, key: str, patient_ref: str, *, phase: str) -> int:
+    """A rule without a care-team Task still tells the care team (no escalation to run)."""
+    outcome = deliver(m.store, m.channels, MessageRequest(
+        key=f"{key}|{phase}|care-team", channel="outbox", to=m.staff_fallback_address,
+        body=f"{m.org_name}: {severity} alert: {rule.title}. Review DetectedIssue/{key}.",
+        patient_ref=patient_ref, about_ref=f"DetectedIssue/{key}", category="alert",
+        tags={"rule": rule.id, "recipient": "care-team"}), m.clock)
+    return int(outcome.status == "sent")

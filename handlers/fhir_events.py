@@ -15,14 +15,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.clock import Clock
 from fhirstore.errors import ResourceGone, ResourceNotFound
 from fhirstore.events import InvalidEvent, parse_event
 from fhirstore.port import FhirStore
-from handlers.alerting import MessagePolicy, act_on_firing
+from handlers.alerting import act_on_firing
+from handlers.messaging import Messaging
 from handlers.patient_data import history_window, load_patient_rules, load_readings
 from ingest.deadletter import DeadLetterSink
-from notifications.channels.base import Channel
 from rules.evaluate import evaluate
 from rules.model import Ruleset
 from rules.pro import ScoringError, score_observation, score_response
@@ -42,13 +41,14 @@ class EventOutcome:
 
 @dataclass(frozen=True)
 class EventDeps:
-    store: FhirStore
+    messaging: Messaging
     rulesets: list[Ruleset]
-    channels: dict[str, Channel]
-    clock: Clock
     dead_letters: DeadLetterSink
-    policy: MessagePolicy
     topic: str = "fhir-events"
+
+    @property
+    def store(self) -> FhirStore:
+        return self.messaging.store
 
 
 def handle_fhir_event(payload: dict[str, Any], deps: EventDeps) -> EventOutcome:
@@ -77,14 +77,14 @@ def evaluate_observation(obs: dict[str, Any], deps: EventDeps, payload: dict[str
     patient_ref = (obs.get("subject") or {}).get("reference", "")
     if not trigger or not patient_ref.startswith("Patient/"):
         return EventOutcome("ignored")
-    patient = load_patient_rules(deps.store, patient_ref, deps.rulesets, deps.clock.now())
+    patient = load_patient_rules(deps.store, patient_ref, deps.rulesets, deps.messaging.clock.now())
     if patient is None:
         return EventOutcome("not-enrolled")
     metrics, since = history_window(patient.rulesets, trigger[0].effective, frozenset(r.metric for r in trigger))
     history = History(load_readings(deps.store, patient_ref, metrics, since))
     outcome = EventOutcome("evaluated")
     for firing in evaluate(patient.rulesets, trigger, history, patient.context):
-        acted = act_on_firing(deps.store, deps.channels, deps.clock, deps.policy, firing, patient_ref)
+        acted = act_on_firing(deps.messaging, firing, patient_ref)
         outcome.rules_fired.append(firing.rule_id)
         outcome.decisions[acted.decision.action] += 1
         outcome.messages_sent += acted.messages_sent

@@ -98,7 +98,8 @@ def history_window(rulesets: list[Ruleset], at: datetime,
 def _readings(obs: dict[str, Any]) -> list[Reading]:
     try:
         return readings_from_observation(obs)
-    except ReadingError as exc:
-        # One unreadable Observation must not block the rest of the window.
-        log.warning("Observation skipped in the window: %s", exc)
+    except ReadingError:
+        # One unreadable Observation must not block the rest of the window. The error text can
+        # quote a date of service, so only the id goes to the log.
+        log.warning("Observation/%s skipped in the window: unreadable", obs.get("id"))
         return []

@@ -5,19 +5,30 @@ from __future__ import annotations
 import secrets
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from common.clock import Clock, SystemClock
 from fhirstore.port import FhirStore
 from ingest.deadletter import SqliteDeadLetterStore
 from ingest.identity import IdentityResolver
 from ingest.templates.reload import TemplateFiles
+from notifications.channels import build_channels
 from notifications.channels.base import Channel
-from notifications.channels.outbox import OutboxChannel
+from notifications.channels.ledger import SqliteSendLedger
+from notifications.consent import SmsConsentRegistry
+from notifications.escalation import Chain, load_chains
+from notifications.templates import TemplateLibrary
+from notifications.tokens import FhirUsedTokens, SignedTokens
+from notifications.workflow_events import CallablePublisher, EventGridWorkflowPublisher, WorkflowPublisher
 from rules.loader import load_rulesets
 from rules.model import Ruleset
 from runtime.bus import LocalBus
 from runtime.settings import Settings
+
+WORKFLOW_EVENTS = "vigil-events"  # the local bus topic workflow events go to (`vigil events tail`)
 
 
 @dataclass
@@ -30,6 +41,11 @@ class Services:
     rulesets: list[Ruleset]
     templates: TemplateFiles
     identity: IdentityResolver
+    messages: TemplateLibrary
+    chains: dict[str, Chain]
+    tokens: SignedTokens
+    consent: SmsConsentRegistry
+    workflow: WorkflowPublisher
     bus: LocalBus | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -47,7 +63,9 @@ def bootstrap(settings: Settings, *, clock: Clock | None = None) -> Services:
     dead_letters = SqliteDeadLetterStore(settings.path("deadletters.db"))
     store = _fhir_store(settings, clock)
     bus = LocalBus(settings.path("bus.db"), dead_letters=dead_letters, max_attempts=settings.bus_max_attempts)
-    channels: dict[str, Channel] = {"outbox": OutboxChannel(settings.path("outbox"))}
+    consent = SmsConsentRegistry(store, clock)
+    channels = build_channels(_channel_config(settings), ledger=SqliteSendLedger(settings.path("sends.db")),
+                              opt_outs=consent, clock=clock, base_dir=data_dir)
     return Services(
         settings=settings,
         store=store,
@@ -58,8 +76,45 @@ def bootstrap(settings: Settings, *, clock: Clock | None = None) -> Services:
         templates=TemplateFiles(*settings.template_paths()),
         identity=IdentityResolver(store, settings.identity_mode,
                                   device_identifier_system=settings.device_identifier_system),
+        messages=TemplateLibrary(),
+        chains=load_chains(settings.escalation_chains),
+        tokens=_tokens(settings, store, clock),
+        consent=consent,
+        workflow=_workflow_publisher(settings, bus),
         bus=bus,
     )
+
+
+def _channel_config(settings: Settings) -> dict[str, Any]:
+    if settings.channels_config is None:
+        # The embedded default: every channel kind is a file outbox (one JSON file per message).
+        return {name: {"type": "outbox", "directory": str(settings.path("outbox"))}
+                for name in ("outbox", "sms", "email")}
+    text = Path(settings.channels_config).read_text()
+    config = yaml.safe_load(text)  # JSON is YAML too
+    if not isinstance(config, dict):
+        raise ValueError(f"{settings.channels_config}: expected a mapping of channel name to settings")
+    return config
+
+
+def _tokens(settings: Settings, store: FhirStore, clock: Clock) -> SignedTokens:
+    text = settings.ack_token_keys
+    if not text:
+        path = settings.path("ack-token-key")
+        if not path.exists():
+            path.write_text("local:" + secrets.token_urlsafe(48))
+            path.chmod(0o600)
+        text = path.read_text().strip()
+    keys = dict(part.split(":", 1) for part in text.split(",") if ":" in part)
+    if not keys:
+        raise ValueError("VIGIL_ACK_TOKEN_KEYS must look like 'kid:secret[,kid:secret]'")
+    return SignedTokens(keys, current=next(iter(keys)), used=FhirUsedTokens(store), clock=clock)
+
+
+def _workflow_publisher(settings: Settings, bus: LocalBus) -> WorkflowPublisher:
+    if settings.workflow_topic_endpoint:
+        return EventGridWorkflowPublisher(settings.workflow_topic_endpoint, settings.workflow_topic_key or "")
+    return CallablePublisher(lambda body, event_id: bus.publish(WORKFLOW_EVENTS, body, msg_id=event_id))
 
 
 def _fhir_store(settings: Settings, clock: Clock) -> FhirStore:

@@ -34,6 +34,10 @@ from runtime.bus import Lease
 log = logging.getLogger(__name__)
 
 FHIR_EVENTS = "fhir-events"
+# Event Grid functions subscribed to the FHIR store's events (the local analogue of an Event Grid
+# subscription on the Health Data Services topic). Other Event Grid functions (Communication
+# Services events) are fed from their own queue, `eg:<function name>`.
+FHIR_EVENT_SUBSCRIBERS = frozenset({"on_fhir_event"})
 
 
 @dataclass
@@ -218,7 +222,7 @@ class LocalHost:
         rows = pending(limit)
         if not rows:
             return 0
-        subscribers = [s.source for s in self.of_kind("eventGridTrigger")]
+        subscribers = [s.source for s in self.of_kind("eventGridTrigger") if s.name in FHIR_EVENT_SUBSCRIBERS]
         for queue in subscribers:
             self.bus.publish_many(
                 queue, ((json.dumps(event).encode(), event["id"], event.get("subject"), None) for _, event in rows)
@@ -232,7 +236,14 @@ class LocalHost:
                                   visibility_timeout_s=self.services.settings.bus_visibility_timeout_s)
         done = []
         for lease in leases:
-            if self._invoke(spec, lease_list=[lease], arg=event_grid_event(json.loads(lease.body)), settle=False):
+            try:
+                arg = event_grid_event(json.loads(lease.body))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                # Not an event the host can even hand to the function: count it as a failed
+                # delivery so it reaches the dead-letter store instead of blocking the queue.
+                self.bus.fail(lease, f"undeliverable event: {type(exc).__name__}")
+                continue
+            if self._invoke(spec, lease_list=[lease], arg=arg, settle=False):
                 done.append(lease)
             else:
                 self.bus.fail(lease, self._last_error)
@@ -282,9 +293,11 @@ class LocalHost:
         except Exception as exc:
             self.stats.count(spec.name, ok=False)
             # Type and message only: handlers keep values out of exception messages.
+            # The dead letter keeps the message (an operator's record, next to the payload); the log
+            # keeps the type only, since messages of outside libraries can quote values.
             error = f"{type(exc).__name__}: {exc}"
             self._last_error = error
-            log.warning("function %s failed: %s", spec.name, error)
+            log.warning("function %s failed: %s", spec.name, type(exc).__name__)
             if settle:
                 for lease in lease_list:
                     self.bus.fail(lease, error)

@@ -56,7 +56,11 @@ def make_server(host: LocalHost, token: str, address: tuple[str, int]) -> Thread
             self._send(status, {"Content-Type": "application/json"}, json.dumps({"error": message}).encode())
 
         def _body(self) -> bytes | None:
-            length = int(self.headers.get("Content-Length") or 0)
+            text = self.headers.get("Content-Length") or "0"
+            if not text.isdigit():
+                self._error(400, "Content-Length must be a non-negative integer")
+                return None
+            length = int(text)
             if length > MAX_BODY:
                 self._error(413, f"request body over {MAX_BODY} bytes")
                 return None

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules" / "library"
+DEFAULT_CHAINS = Path(__file__).resolve().parent.parent / "notifications" / "chains.yaml"
 
 
 class SettingsError(ValueError):
@@ -42,6 +43,16 @@ class Settings:
     bus_visibility_timeout_s: float = 60.0
     program_contact: str = "your care team"
     staff_address: str = "care-team"
+    # Notifications (docs/notifications.md). Without a channels file, "sms" and "email" are the
+    # file outbox under the data directory (the embedded default).
+    channels_config: Path | None = None  # JSON or YAML mapping of channel name -> settings
+    escalation_chains: Path = DEFAULT_CHAINS
+    org_name: str = "Vigil Clinic"
+    contact_phone: str = ""
+    public_base_url: str = "http://127.0.0.1:7071"  # where acknowledgement links point
+    ack_token_keys: str | None = field(default=None, repr=False)  # "kid:secret[,kid:secret]"; first signs
+    workflow_topic_endpoint: str | None = None  # Event Grid topic for workflow events (Azure)
+    workflow_topic_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:

@@ -13,6 +13,10 @@ bp = func.Blueprint()
 
 
 @bp.function_name("ingest_device_messages")
+# Event Hubs checkpoints past a failed batch unless a retry policy holds it (platform-notes §6):
+# a transient FHIR outage must be retried, not skipped.
+@bp.retry(strategy="exponential_backoff", max_retry_count="8", minimum_interval="00:00:05",
+          maximum_interval="00:05:00")
 @bp.event_hub_message_trigger(
     arg_name="events",
     connection="VIGIL_EVENT_HUB_CONNECTION",
@@ -20,20 +24,30 @@ bp = func.Blueprint()
     cardinality="many",
 )
 def ingest_device_messages(events: list[func.EventHubEvent]) -> None:
-    handle_device_messages([_raw(e) for e in events], ingest_deps(current()))
+    handle_device_messages([_raw(e, i) for i, e in enumerate(events)], ingest_deps(current()))
 
 
-def _raw(event: func.EventHubEvent) -> RawMessage:
-    # IoT Hub messages carry their device id and creation time in system/application properties,
-    # which MedTech's IotJsonPathContent templates read from the envelope.
+def _raw(event: func.EventHubEvent, index: int) -> RawMessage:
+    """IoT Hub messages carry their device id and creation time in system/application properties,
+    which MedTech's IotJsonPathContent templates read from the envelope. In a batch the worker
+    puts them in per-batch arrays (`PropertiesArray`, `SystemPropertiesArray`), item i for event i,
+    with their original `iothub-` key names."""
     metadata: dict[str, Any] = dict(event.metadata or {})
     return RawMessage(
         body=event.get_body(),
-        properties=dict(metadata.get("Properties") or {}),
-        system_properties=dict(event.iothub_metadata or metadata.get("SystemProperties") or {}),
+        properties=_item(metadata, "Properties", index),
+        system_properties=_item(metadata, "SystemProperties", index),
         partition_key=event.partition_key,
         sequence_number=event.sequence_number,
     )
+
+
+def _item(metadata: dict[str, Any], name: str, index: int) -> dict[str, Any]:
+    many = metadata.get(name + "Array")
+    if isinstance(many, list) and index < len(many) and isinstance(many[index], dict):
+        return dict(many[index])
+    one = metadata.get(name)
+    return dict(one) if isinstance(one, dict) else {}
 
 
 def ingest_deps(services: Services) -> IngestDeps:

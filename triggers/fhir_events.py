@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from handlers.alerting import MessagePolicy
 from handlers.fhir_events import EventDeps, handle_fhir_event
+from handlers.messaging import Messaging
 from runtime.bootstrap import Services, current
 
 bp = func.Blueprint()
@@ -14,25 +14,40 @@ bp = func.Blueprint()
 @bp.function_name("on_fhir_event")
 @bp.event_grid_trigger(arg_name="event")
 def on_fhir_event(event: func.EventGridEvent) -> None:
-    payload = {
-        "id": event.id,
-        "topic": event.topic,
-        "subject": event.subject,
-        "eventType": event.event_type,
-        "eventTime": event.event_time.isoformat() if event.event_time else None,
-        "dataVersion": event.data_version,
-        "data": event.get_json(),
+    handle_fhir_event(event_payload(event), event_deps(current()))
+
+
+def event_payload(event: object) -> dict:
+    """The event as the Event Grid schema dict, whichever object the worker built: an
+    `EventGridEvent`, or a `CloudEvent` when the subscription delivers the CloudEvents schema."""
+    when = getattr(event, "event_time", None) or getattr(event, "time", None)
+    return {
+        "id": getattr(event, "id", None),
+        "topic": getattr(event, "topic", None) or getattr(event, "source", None),
+        "subject": getattr(event, "subject", None),
+        "eventType": getattr(event, "event_type", None) or getattr(event, "type", None),
+        "eventTime": when.isoformat() if hasattr(when, "isoformat") else when,
+        "dataVersion": getattr(event, "data_version", None) or getattr(event, "dataschema", None),
+        "data": event.get_json(),  # type: ignore[attr-defined]
     }
-    handle_fhir_event(payload, event_deps(current()))
+
+
+def messaging(services: Services) -> Messaging:
+    settings = services.settings
+    return Messaging(
+        store=services.store,
+        channels=services.channels,
+        clock=services.clock,
+        templates=services.messages,
+        chains=services.chains,
+        tokens=services.tokens,
+        workflow=services.workflow,
+        org_name=settings.org_name,
+        contact_phone=settings.contact_phone,
+        public_base_url=settings.public_base_url,
+        staff_fallback_address=settings.staff_address,
+    )
 
 
 def event_deps(services: Services) -> EventDeps:
-    settings = services.settings
-    return EventDeps(
-        store=services.store,
-        rulesets=services.rulesets,
-        channels=services.channels,
-        clock=services.clock,
-        dead_letters=services.dead_letters,
-        policy=MessagePolicy(program_contact=settings.program_contact, staff_address=settings.staff_address),
-    )
+    return EventDeps(messaging=messaging(services), rulesets=services.rulesets, dead_letters=services.dead_letters)

@@ -6,9 +6,11 @@ import json
 
 import azure.functions as func
 
+from handlers.acknowledge import acknowledge_by_token
 from handlers.ingest import RawMessage, handle_device_messages
 from runtime.bootstrap import current
 from triggers.device_messages import ingest_deps
+from triggers.fhir_events import messaging
 
 bp = func.Blueprint()
 
@@ -29,6 +31,26 @@ def http_ingest(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse(json.dumps({"status": "ok"}), mimetype=_JSON)
+
+
+@bp.function_name("acknowledge_alert")
+@bp.route(route="ack/{token}", methods=["GET", "POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def acknowledge_alert(req: func.HttpRequest) -> func.HttpResponse:
+    """The signed link is the credential. GET shows a button (link scanners and previews must not
+    acknowledge); POST acknowledges."""
+    token = req.route_params.get("token", "")
+    if req.method == "GET":
+        return func.HttpResponse(_ACK_FORM, mimetype="text/html")
+    result = acknowledge_by_token(messaging(current()), token)
+    return func.HttpResponse(_page(result.message), status_code=result.status, mimetype="text/html")
+
+
+_ACK_FORM = ("<!doctype html><title>Acknowledge alert</title><form method=post>"
+             "<p>Acknowledge this alert and stop its escalation?</p><button>Acknowledge</button></form>")
+
+
+def _page(message: str) -> str:
+    return f"<!doctype html><title>Vigil</title><p>{message}</p>"
 
 
 def split_messages(body: bytes) -> list[bytes]:

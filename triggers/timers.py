@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from handlers.sweeps import run_alert_sweep
+from handlers.sweeps import run_alert_sweep, run_escalation_sweep
 from runtime.bootstrap import current
-from triggers.fhir_events import event_deps
+from triggers.fhir_events import messaging
 
 bp = func.Blueprint()
 
@@ -14,6 +14,13 @@ bp = func.Blueprint()
 @bp.function_name("alert_sweep")
 @bp.timer_trigger(arg_name="timer", schedule="0 */15 * * * *", run_on_startup=False, use_monitor=True)
 def alert_sweep(timer: func.TimerRequest) -> None:
-    """Absence of data and closing of resolved episodes, every 15 minutes."""
-    deps = event_deps(current())
-    run_alert_sweep(deps.store, deps.rulesets, deps.channels, deps.clock, deps.policy)
+    """Absence of data, deferred patient messages and closing of resolved episodes, every 15 minutes."""
+    services = current()
+    run_alert_sweep(messaging(services), services.rulesets)
+
+
+@bp.function_name("escalation_sweep")
+@bp.timer_trigger(arg_name="timer", schedule="30 * * * * *", run_on_startup=False, use_monitor=True)
+def escalation_sweep(timer: func.TimerRequest) -> None:
+    """Advance escalation chains whose wait ran out, every minute."""
+    run_escalation_sweep(messaging(current()))

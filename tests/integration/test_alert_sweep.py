@@ -8,6 +8,7 @@ local midnight two days before the sweep's local date, in the patient's time zon
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -20,7 +21,6 @@ import pytest
 from common.clock import FixedClock, iso
 from common.codes import LOINC, UCUM
 from fhirstore.paging import search_all
-from handlers.alerting import MessagePolicy
 from handlers.sweeps import SweepReport, run_alert_sweep
 from rules.loader import parse_ruleset
 from runtime.bootstrap import Services, bootstrap
@@ -82,8 +82,10 @@ def _weigh(s: Services, pid: str, at: datetime, kg: float = 80.0) -> str:
 
 def _sweep(s: Services, clock: FixedClock, at: datetime, rulesets: list[Any] | None = None) -> SweepReport:
     clock.set(at)
-    return run_alert_sweep(s.store, rulesets if rulesets is not None else s.rulesets, s.channels, clock,
-                           MessagePolicy())
+    from triggers.fhir_events import messaging
+
+    m = dataclasses.replace(messaging(s), clock=clock)
+    return run_alert_sweep(m, rulesets if rulesets is not None else s.rulesets)
 
 
 def _issues(s: Services, patient_ref: str) -> list[dict[str, Any]]:
@@ -115,14 +117,18 @@ def test_no_weight_opens_one_episode_per_gap_in_the_patients_days_and_closes_aft
     assert issue["identifiedPeriod"]["start"] == iso(LAST_WEIGHT)  # the gap began at the last weight
     assert issue["implicated"] == [{"reference": last}]
     assert _count(s, "Task") == 0 and _count(s, "Flag") == 0  # task: false, no flag for this rule
-    [message] = search_all(s.store, "Communication", {})
-    assert message["recipient"] == [{"reference": patient}] and message["status"] == "completed"
+    # 00:30 is inside the patient's quiet hours (21:00-08:00 in their zone): a low-severity message
+    # waits for the morning.
+    assert _count(s, "Communication") == 0
 
     # The same gap, checked again a day later and every 15 minutes for an hour: still one episode,
-    # no second message, the DetectedIssue untouched.
+    # the message sent once (at the first sweep after quiet hours), the DetectedIssue untouched.
     for minutes in (0, 15, 30, 45, 60):
         report = _sweep(s, clock, datetime(2026, 11, 20, 9, 0, tzinfo=ZONE) + timedelta(minutes=minutes))
         assert "open" not in report.decisions
+    [message] = search_all(s.store, "Communication", {})
+    assert message["recipient"] == [{"reference": patient}] and message["status"] == "completed"
+    assert message["sent"] == iso(datetime(2026, 11, 20, 9, 0, tzinfo=ZONE))
     [again] = _issues(s, patient)
     assert again["meta"]["versionId"] == issue["meta"]["versionId"]
     assert _count(s, "Communication") == 1 and len(s.channels["outbox"].messages()) == 1

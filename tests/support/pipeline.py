@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common.clock import Clock
+from common.clock import Clock, FixedClock
 from runtime.bootstrap import Services, bootstrap
 from runtime.cohort import careplan, device
 from runtime.host import LocalHost
 from runtime.settings import Settings
 
+# Tests run at a fixed daytime instant: patient messages wait out quiet hours, so a test that ran on
+# the wall clock would pass or fail with the time of day.
+DAYTIME = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+
 
 def make_host(data_dir: Path, clock: Clock | None = None, **settings: Any) -> LocalHost:
-    services = bootstrap(Settings.from_env({}, data_dir=data_dir, **settings), clock=clock)
+    services = bootstrap(Settings.from_env({}, data_dir=data_dir, **settings), clock=clock or FixedClock(DAYTIME))
     return LocalHost(services)
 
 

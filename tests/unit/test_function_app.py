@@ -23,8 +23,11 @@ def test_function_names_and_trigger_types() -> None:
         "ingest_device_messages": "eventHubTrigger",
         "on_fhir_event": "eventGridTrigger",
         "alert_sweep": "timerTrigger",
+        "escalation_sweep": "timerTrigger",
         "http_ingest": "httpTrigger",
         "health": "httpTrigger",
+        "acknowledge_alert": "httpTrigger",
+        "on_acs_event": "eventGridTrigger",
     }
 
 
@@ -43,6 +46,9 @@ def test_http_ingest_requires_a_function_key() -> None:
     b = _bindings()
     assert str(getattr(b["http_ingest"]["authLevel"], "value", b["http_ingest"]["authLevel"])).lower() == "function"
     assert str(getattr(b["health"]["authLevel"], "value", b["health"]["authLevel"])).lower() == "anonymous"
+    # The signed, single-use link is the credential of the acknowledgement endpoint.
+    ack = b["acknowledge_alert"]
+    assert str(getattr(ack["authLevel"], "value", ack["authLevel"])).lower() == "anonymous"
 
 
 def test_business_code_does_not_import_azure_functions() -> None:

@@ -1,0 +1,334 @@
+"""Azure Communication Services events: inbound SMS (STOP / START / HELP, ACK) and delivery reports.
+
+Event types handled (Event Grid or CloudEvents envelope; everything else is ignored):
+
+| eventType                                            | what Vigil does                                     |
+|------------------------------------------------------|-----------------------------------------------------|
+| Microsoft.Communication.SMSReceived                  | consent keywords: record the opt-out/opt-in first,  |
+|                                                      | then reply once (`consent_stop/_start/_help`);      |
+|                                                      | `ACK <code>` goes to the acknowledgement hook       |
+| Microsoft.Communication.SMSDeliveryReportReceived    | the report is recorded on its `Communication`       |
+| Microsoft.Communication.EmailDeliveryReportReceived  | same; a failed delivery publishes                   |
+|                                                      | `Vigil.Message.Failed`                              |
+
+Events arrive at least once and out of order. The consent record orders keywords by the time they
+were received (`notifications.consent`); replies are keyed by the inbound message id
+(`inbound:<messageId>|reply`), so a re-delivered STOP is answered once. A malformed event is
+dead-lettered with a reason that names the field; log lines never carry a phone number or text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from common.clock import Clock, parse_instant
+from fhirstore.errors import ResourceGone, ResourceNotFound
+from fhirstore.port import FhirStore
+from ingest.deadletter import DeadLetterSink
+from notifications.channels.base import Channel
+from notifications.consent import (
+    HELP_KEYWORDS,
+    OPT_OUT_KEYWORDS_ES,
+    InboundOutcome,
+    InvalidPhoneNumber,
+    SmsConsentRegistry,
+    classify,
+    find_patient_by_phone,
+    handle_inbound_sms,
+    normalize_e164,
+)
+from notifications.dispatch import (
+    COMMUNICATION_SYSTEM,
+    EMAIL_DELIVERY_REPORT,
+    FAILURE_SYSTEM,
+    SMS_DELIVERY_REPORT,
+    DeliveryOutcome,
+    MessageRequest,
+    apply_delivery_report,
+    deliver,
+)
+from notifications.preferences import PreferenceDefaults, PreferenceError, patient_recipient
+from notifications.templates import TemplateLibrary
+from notifications.workflow_events import WorkflowEventError, WorkflowPublisher, message_failed
+
+log = logging.getLogger(__name__)
+
+SMS_RECEIVED = "Microsoft.Communication.SMSReceived"
+HANDLED_TYPES = frozenset({SMS_RECEIVED, SMS_DELIVERY_REPORT, EMAIL_DELIVERY_REPORT})
+# The reply each consent outcome asks for; used to resume a reply whose first attempt did not finish.
+_REPLY_FOR_KIND = {"opt-out": "consent_stop", "opt-in": "consent_start", "help": "consent_help"}
+_CODE_CHARS = re.compile(r"[^a-z0-9\-_.]+")
+_SPANISH_WORDS = OPT_OUT_KEYWORDS_ES | {w for w in HELP_KEYWORDS if w == "AYUDA"}
+
+
+class InvalidAcsEvent(ValueError):
+    """An ACS event Vigil cannot act on; the message names the field, never its value."""
+
+
+@dataclass(frozen=True)
+class AcsEvent:
+    id: str
+    event_type: str
+    subject: str
+    time: datetime | None
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class AckReply:
+    """An `ACK <code>` text, for whoever resolves codes to alerts (not built in yet)."""
+
+    message_id: str
+    sender: str  # E.164
+    code: str | None
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class AcsEventDeps:
+    store: FhirStore
+    channels: dict[str, Channel]
+    clock: Clock
+    consent: SmsConsentRegistry
+    templates: TemplateLibrary
+    workflow: WorkflowPublisher
+    dead_letters: DeadLetterSink
+    org_name: str
+    contact_phone: str  # the program's help line, quoted in the HELP answer
+    sms_channel: str = "sms"  # the channel replies go out on (and whose ledger delivery reports resolve)
+    ledger: Any = None  # the SMS send ledger, so a "Delivered" report can settle an in-doubt send
+    defaults: PreferenceDefaults = field(default_factory=PreferenceDefaults)
+    # Resolves `ACK <code>` replies to an alert. None: such replies are dead-lettered (unsupported).
+    ack_replies: Callable[[AckReply], None] | None = None
+    topic: str = "eg:on_acs_event"  # where a dead letter is replayed to
+
+
+@dataclass(frozen=True)
+class AcsOutcome:
+    """What the handler did. action: opt-out | opt-in | help | ack | not-a-keyword |
+    delivery-report | unknown-message | ignored | dead-lettered."""
+
+    action: str
+    changed: bool = False
+    reply: DeliveryOutcome | None = None
+    communication_id: str | None = None
+    published: tuple[str, ...] = ()  # workflow event types published
+
+
+def parse_acs_event(payload: Any) -> AcsEvent | None:
+    """The event in an Event Grid or CloudEvents envelope; None for an event type Vigil ignores."""
+    if not isinstance(payload, dict):
+        raise InvalidAcsEvent(f"the event must be a JSON object, not {type(payload).__name__}")
+    cloud = "specversion" in payload
+    type_field, time_field = ("type", "time") if cloud else ("eventType", "eventTime")
+    event_type = payload.get(type_field)
+    if not isinstance(event_type, str) or not event_type:
+        raise InvalidAcsEvent(f"the event has no {type_field!r}")
+    if event_type not in HANDLED_TYPES:
+        return None
+    event_id = payload.get("id")
+    if not isinstance(event_id, str) or not event_id:
+        raise InvalidAcsEvent(f"{event_type}: the event has no 'id'")
+    data = payload.get("data")
+    if not isinstance(data, dict):
+        raise InvalidAcsEvent(f"{event_type}: 'data' must be a JSON object")
+    return AcsEvent(event_id, event_type, str(payload.get("subject") or ""),
+                    _instant(payload.get(time_field), f"{event_type}: {time_field!r}"), data)
+
+
+def handle_acs_event(payload: Any, deps: AcsEventDeps) -> AcsOutcome:
+    try:
+        event = parse_acs_event(payload)
+        if event is None:
+            return AcsOutcome("ignored")
+        if event.event_type == SMS_RECEIVED:
+            return _sms_received(event, payload, deps)
+        return _delivery_report(event, deps)
+    except InvalidAcsEvent as exc:
+        _park(deps, payload, "invalid_acs_event", str(exc))
+        return AcsOutcome("dead-lettered")
+
+
+# -- inbound SMS --------------------------------------------------------------------------------
+
+def _sms_received(event: AcsEvent, payload: Any, deps: AcsEventDeps) -> AcsOutcome:
+    data = event.data
+    message_id = _text(data, "messageId", event.event_type)
+    sender = _sender(_text(data, "from", event.event_type), deps.consent.default_region, event.event_type)
+    text = data.get("message")
+    if text is not None and not isinstance(text, str):
+        raise InvalidAcsEvent(f"{event.event_type}: data.message must be text")
+    # The time the patient's phone sent it orders STOP against START; arrival time would not.
+    received_at = (_instant(data.get("receivedTimestamp"), f"{event.event_type}: data.receivedTimestamp")
+                   or event.time or deps.clock.now())
+    patient_ref = find_patient_by_phone(deps.store, sender)
+    inbound = handle_inbound_sms(deps.consent, sender, text, received_at=received_at, patient_ref=patient_ref)
+    if inbound.kind is None:
+        # Free text is not a command; nothing to record or answer (no care-team inbox yet).
+        log.info("inbound sms %s: no keyword", message_id)
+        return AcsOutcome("not-a-keyword")
+    if inbound.kind == "ack":
+        return _ack(AckReply(message_id, sender, inbound.argument, received_at), payload, deps)
+    key = f"inbound:{message_id}|reply"
+    template = inbound.reply_template or _unfinished_reply(deps.store, key, inbound)
+    log.info("inbound sms %s: %s (changed=%s)", message_id, inbound.kind, inbound.changed)
+    if template is None:
+        return AcsOutcome(inbound.kind, inbound.changed)
+    reply = _reply(deps, key, template, sender, patient_ref, text)
+    published = _publish_if_failed(deps, reply)
+    return AcsOutcome(inbound.kind, inbound.changed, reply, reply.communication_id, published)
+
+
+def _unfinished_reply(store: FhirStore, key: str, inbound: InboundOutcome) -> str | None:
+    """The reply a previous delivery of this event decided on but may not have finished.
+
+    The consent write comes first, so a re-delivery after a transient send failure finds the state
+    already changed and `handle_inbound_sms` asks for no reply; the reply's Communication, recorded
+    before the send, says one was due. (A crash between the consent write and that record loses the
+    confirmation; the opt-out itself always holds.)"""
+    message_id = MessageRequest(key=key, channel="", to="", body="").message_id
+    found = store.search("Communication", {"identifier": f"{COMMUNICATION_SYSTEM}|{message_id}"}).resources
+    return _REPLY_FOR_KIND.get(str(inbound.kind)) if found else None
+
+
+def _reply(deps: AcsEventDeps, key: str, template: str, sender: str, patient_ref: str | None,
+           text: str | None) -> DeliveryOutcome:
+    rendered = deps.templates.render(template, "sms", _locale(deps, patient_ref, text),
+                                     {"org_name": deps.org_name, "contact_phone": deps.contact_phone})
+    # category "consent": the one kind of SMS an opted-out number may still get (the confirmation).
+    # A transient failure raises TransientDeliveryError: the event is retried, and the retry
+    # resumes this reply (see _unfinished_reply) without sending it twice.
+    return deliver(deps.store, deps.channels, MessageRequest(
+        key=key, channel=deps.sms_channel, to=sender, body=rendered.body, patient_ref=patient_ref,
+        recipient_ref=patient_ref, category="consent", tags={"template": template}), deps.clock)
+
+
+def _locale(deps: AcsEventDeps, patient_ref: str | None, text: str | None) -> str:
+    if patient_ref:
+        try:
+            patient = deps.store.read("Patient", patient_ref.partition("/")[2])
+            return patient_recipient(patient, deps.defaults).locale
+        except (ResourceNotFound, ResourceGone, PreferenceError):
+            pass  # a consent answer must not fail over a preference; fall back below
+    keyword = classify(text)
+    return "es" if keyword is not None and keyword.word in _SPANISH_WORDS else deps.defaults.locale
+
+
+def _ack(reply: AckReply, payload: Any, deps: AcsEventDeps) -> AcsOutcome:
+    if deps.ack_replies is None:
+        # Not dropped: kept for replay once SMS acknowledgement codes are resolved.
+        _park(deps, payload, "sms_ack_unsupported",
+              f"inbound SMS {reply.message_id} is an ACK reply, but acknowledging alerts by SMS code is not "
+              "configured; the clinician should use the acknowledgement link")
+        return AcsOutcome("dead-lettered")
+    deps.ack_replies(reply)
+    return AcsOutcome("ack")
+
+
+# -- delivery reports ---------------------------------------------------------------------------
+
+def _delivery_report(event: AcsEvent, deps: AcsEventDeps) -> AcsOutcome:
+    data = event.data
+    if event.event_type == SMS_DELIVERY_REPORT:
+        if not isinstance(data.get("tag"), str) or not data["tag"]:
+            _text(data, "messageId", event.event_type)  # no tag: the provider id must do
+        status = _text(data, "deliveryStatus", event.event_type)
+        failed = status.lower() == "failed"
+        kind = "sms"
+    else:
+        _text(data, "messageId", event.event_type)
+        status = _text(data, "status", event.event_type)
+        failed = status != "Delivered"  # Failed, Bounced, Suppressed, Quarantined, FilteredSpam
+        kind = "email"
+    report = apply_delivery_report(deps.store, {"eventType": event.event_type, "data": data}, ledger=deps.ledger,
+                                   sms_channel_name=deps.sms_channel)
+    if report.communication_id is None:
+        return AcsOutcome("unknown-message")
+    published: tuple[str, ...] = ()
+    if failed:
+        comm = deps.store.read("Communication", report.communication_id)
+        reason = _CODE_CHARS.sub("-", status.lower()).strip("-") or "undelivered"
+        published = _publish_failed(deps, comm, _channel_of(comm) or kind, reason)
+    return AcsOutcome("delivery-report", report.changed, communication_id=report.communication_id,
+                      published=published)
+
+
+def _publish_if_failed(deps: AcsEventDeps, outcome: DeliveryOutcome) -> tuple[str, ...]:
+    if outcome.status != "failed":
+        return ()
+    comm = deps.store.read("Communication", outcome.communication_id)
+    codes = [c.get("code") for c in (comm.get("statusReason") or {}).get("coding", [])
+             if c.get("system") == FAILURE_SYSTEM]
+    return _publish_failed(deps, comm, outcome.channel or deps.sms_channel, codes[0] if codes else "failed")
+
+
+def _publish_failed(deps: AcsEventDeps, comm: dict[str, Any], channel: str, reason: str) -> tuple[str, ...]:
+    about = [a.get("reference") for a in comm.get("about", []) if a.get("reference")]
+    patient = (comm.get("subject") or {}).get("reference")
+    fields = {"communication": f"Communication/{comm['id']}", "channel": _code(channel), "reason_code": _code(reason),
+              "at": deps.clock.now()}
+    try:
+        event = message_failed(**fields, patient=patient if str(patient).startswith("Patient/") else None,
+                               about=about[0] if about else None)
+    except WorkflowEventError:
+        event = message_failed(**fields)  # a reference of an unexpected shape: keep the core facts
+    # Raised on failure: this event is the only trace a subscriber gets, so the host retries it
+    # (the id is derived from the message, so subscribers de-duplicate a second copy).
+    deps.workflow.publish([event])
+    log.info("message %s failed (%s); workflow event published", comm["id"], reason)
+    return (event.event_type,)
+
+
+def _channel_of(comm: dict[str, Any]) -> str | None:
+    for medium in comm.get("medium", []):
+        for coding in medium.get("coding", []):
+            if coding.get("code"):
+                return str(coding["code"])
+    return None
+
+
+def _code(text: str) -> str:
+    return _CODE_CHARS.sub("-", text.lower()).strip("-")[:64] or "unknown"
+
+
+# -- parsing helpers ----------------------------------------------------------------------------
+
+def _text(data: dict[str, Any], name: str, event_type: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidAcsEvent(f"{event_type}: data.{name} is missing or empty")
+    return value.strip()
+
+
+def _sender(raw: str, default_region: str, event_type: str) -> str:
+    """ACS sends numbers in international form, with or without the '+' (platform-notes §5)."""
+    try:
+        return normalize_e164(raw, default_region=default_region)
+    except InvalidPhoneNumber:
+        pass
+    digits = raw.strip().lstrip("+")
+    try:
+        return normalize_e164("+" + digits)
+    except InvalidPhoneNumber as exc:
+        raise InvalidAcsEvent(f"{event_type}: data.from is not a phone number: {exc}") from None
+
+
+def _instant(value: Any, where: str) -> datetime | None:
+    if value in (None, ""):
+        return None
+    try:
+        return parse_instant(str(value))
+    except ValueError:
+        raise InvalidAcsEvent(f"{where} is not an ISO 8601 time with an offset") from None
+
+
+def _park(deps: AcsEventDeps, payload: Any, reason: str, detail: str) -> None:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload, default=str).encode()
+    deps.dead_letters.add(topic=deps.topic, reason=reason, detail=detail, payload=body, source="acs-events")
+    log.warning("ACS event dead-lettered: %s", reason)

@@ -1,0 +1,189 @@
+"""Alert messages: the patient's message and the staff escalation chain, each send idempotent.
+
+Patient messages are rendered from the sandboxed templates (`alert_<severity>`) in the patient's
+language, on their preferred channel with the others as fallbacks, and carry no reading,
+condition or name. A high-severity alert goes at once; others wait for the end of the patient's
+quiet hours (the alert sweep sends them then). Staff are reached through the episode's Task: the
+escalation chain notifies level 1 at once and the escalation sweep advances it while nobody
+acknowledges. Every message key derives from the episode and the step, so a replay sends nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from common.clock import Clock
+from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
+from fhirstore.port import FhirStore
+from notifications.channels.base import Channel
+from notifications.dispatch import DeliveryOutcome, Fallback, MessageRequest, TransientDeliveryError, deliver
+from notifications.escalation import Chain, Step, advance, chain_of
+from notifications.preferences import (
+    PreferenceDefaults,
+    Recipient,
+    patient_recipient,
+    send_at,
+    staff_recipients,
+)
+from notifications.templates import TemplateLibrary
+from notifications.tokens import SignedTokens
+from notifications.workflow_events import WorkflowEvent, WorkflowPublisher, episode_opened, escalated
+
+log = logging.getLogger(__name__)
+
+ACK_PURPOSE = "ack"
+ACK_TTL = timedelta(hours=24)
+DEFAULT_CHAINS = {"high": "crisis", "moderate": "standard"}
+
+
+@dataclass(frozen=True)
+class Messaging:
+    """What sending alert messages needs (built once by the composition root)."""
+
+    store: FhirStore
+    channels: dict[str, Channel]
+    clock: Clock
+    templates: TemplateLibrary
+    chains: dict[str, Chain]
+    tokens: SignedTokens
+    workflow: WorkflowPublisher
+    org_name: str = "Vigil Clinic"
+    contact_phone: str = ""
+    public_base_url: str = "http://127.0.0.1:7071"
+    staff_fallback_address: str = "care-team"  # when a patient has no care team with the role
+    defaults: PreferenceDefaults = field(default_factory=PreferenceDefaults)
+
+
+def notify_patient(m: Messaging, *, episode_key: str, patient_ref: str, severity: str, phase: str) -> int:
+    """Send the patient's alert message now if allowed; returns messages sent (0 if deferred)."""
+    try:
+        patient = m.store.read("Patient", patient_ref.partition("/")[2])
+    except (ResourceNotFound, ResourceGone):
+        log.warning("alert for a patient the store does not have; no patient message")
+        return 0
+    recipient = patient_recipient(patient, m.defaults, now=m.clock.now())
+    if not recipient.contacts:
+        return 0
+    if send_at(recipient, category="alert", urgent=severity == "high", now=m.clock.now()) > m.clock.now():
+        return 0  # quiet hours: the alert sweep sends it when they end
+    request = _request(m, recipient, template=f"alert_{severity}", key=f"{episode_key}|{phase}|patient",
+                       context={"org_name": m.org_name, "contact_phone": m.contact_phone, "link": ""},
+                       about=f"DetectedIssue/{episode_key}", patient_ref=patient_ref, channels=None,
+                       category="alert")
+    if request is None:
+        return 0
+    try:
+        return int(deliver(m.store, m.channels, request, m.clock).status == "sent")
+    except TransientDeliveryError:
+        # The provider is briefly unavailable: the Communication keeps its retry time and the
+        # alert sweep sends it again (same key). The alert itself must not wait for the provider.
+        log.info("patient alert message deferred after a transient channel failure")
+        return 0
+
+
+def start_escalation(m: Messaging, task: dict[str, Any], *, severity: str, chain_id: str | None) -> int:
+    """Run the first step of the Task's escalation chain (level 1 is notified at once)."""
+    chain = m.chains.get(chain_id or DEFAULT_CHAINS.get(severity, ""))
+    if chain is None:
+        return 0
+    return run_escalation_step(m, task, chain)
+
+
+def run_escalation_step(m: Messaging, task: dict[str, Any], chain: Chain) -> int:
+    """Advance one Task's chain if due: notify, persist the Task (If-Match), publish the event."""
+    step = advance(task, chain, m.clock.now())
+    if step.action in ("wait", "done"):
+        return 0
+    try:
+        sent = _notify_staff(m, task, step, chain) if step.roles else 0
+    except TransientDeliveryError:
+        # Keep the Task where it was: the next escalation sweep runs this same step again, and
+        # the messages that did go out are not resent (same keys).
+        log.info("escalation step held back by a transient channel failure")
+        return 0
+    try:
+        m.store.update(step.task, if_match=(task.get("meta") or {}).get("versionId"))
+    except PreconditionFailed:
+        # Another sweep (or an acknowledgement) changed the Task first; its step wins, and the
+        # messages just sent were keyed by this step, so a rerun would not send them again.
+        return sent
+    if step.action == "notify" and step.level is not None:
+        publish(m, escalated(detected_issue=_focus(task), patient=task["for"]["reference"], task=f"Task/{task['id']}",
+                              level=step.level, roles=list(step.roles), at=m.clock.now()))
+    return sent
+
+
+def escalation_chain_of(m: Messaging, task: dict[str, Any]) -> Chain | None:
+    return m.chains.get(chain_of(task) or "")
+
+
+def publish_opened(m: Messaging, *, episode_key: str, patient_ref: str, rule_id: str, severity: str) -> None:
+    publish(m, episode_opened(detected_issue=f"DetectedIssue/{episode_key}", patient=patient_ref, rule_id=rule_id,
+                               severity=severity, at=m.clock.now()))
+
+
+def _notify_staff(m: Messaging, task: dict[str, Any], step: Step, chain: Chain) -> int:
+    patient_ref = task["for"]["reference"]
+    staff = staff_recipients(m.store, patient_ref, list(step.roles), now=m.clock.now(), defaults=m.defaults)
+    severity = _severity(task)
+    sent = 0
+    if not staff:
+        # Nobody holds the role: the message still goes somewhere a person reads, never nowhere.
+        outcome = deliver(m.store, m.channels, MessageRequest(
+            key=f"{step.notify_key}|fallback", channel="outbox", to=m.staff_fallback_address,
+            body=f"{m.org_name}: {severity} alert needs review (escalation level {step.level}); "
+                 f"no {'/'.join(step.roles)} on the care team. {_focus(task)}.",
+            patient_ref=patient_ref, about_ref=_focus(task), category="escalation"), m.clock)
+        return int(outcome.status == "sent")
+    for person in staff:
+        token = m.tokens.issue(purpose=ACK_PURPOSE, subject=f"Task/{task['id']}", actor=person.ref, ttl=ACK_TTL)
+        context = {"org_name": m.org_name, "severity": severity, "level": step.level,
+                   "ack_link": f"{m.public_base_url.rstrip('/')}/api/ack/{token}", "ack_code": ""}
+        request = _request(m, person, template=step.template or "escalation", key=f"{step.notify_key}|{person.ref}",
+                           context=context, about=_focus(task), patient_ref=patient_ref, channels=step.channels,
+                           category="escalation")
+        if request is not None:
+            sent += int(deliver(m.store, m.channels, request, m.clock).status == "sent")
+    return sent
+
+
+def _request(m: Messaging, recipient: Recipient, *, template: str, key: str, context: dict[str, Any], about: str,
+             patient_ref: str, channels: tuple[str, ...] | None, category: str) -> MessageRequest | None:
+    contacts = recipient.contacts_for(channels)
+    rendered = []
+    for contact in contacts:
+        if contact.channel not in m.channels:
+            continue
+        r = m.templates.render(template, contact.channel, recipient.locale, context)
+        rendered.append((contact, r))
+    if not rendered:
+        return None
+    (first, r0), rest = rendered[0], rendered[1:]
+    return MessageRequest(
+        key=key, channel=first.channel, to=first.address, body=r0.body, subject=r0.subject, html=r0.html,
+        patient_ref=patient_ref, about_ref=about, recipient_ref=recipient.ref, category=category,
+        tags={"template": template},
+        fallbacks=tuple(Fallback(c.channel, c.address, r.body, r.subject, r.html) for c, r in rest),
+    )
+
+
+def _focus(task: dict[str, Any]) -> str:
+    return (task.get("focus") or {}).get("reference", "")
+
+
+def _severity(task: dict[str, Any]) -> str:
+    return {"stat": "high", "asap": "high", "urgent": "high"}.get(task.get("priority", ""), "moderate")
+
+
+def publish(m: Messaging, event: WorkflowEvent) -> None:
+    try:
+        m.workflow.publish([event])
+    except Exception as exc:  # a workflow subscriber being down must not stop clinical alerting
+        log.warning("workflow event not published: %s", type(exc).__name__)
+
+
+__all__ = ["DeliveryOutcome", "Messaging", "notify_patient", "publish_opened", "run_escalation_step",
+           "start_escalation"]

@@ -1,0 +1,51 @@
+"""Event Grid trigger: Azure Communication Services events (inbound SMS, delivery reports).
+
+Subscribe the Communication Services resource's `SMSReceived`, `SMSDeliveryReportReceived` and
+`EmailDeliveryReportReceived` events to this function (docs/notifications.md). Locally the host
+feeds it from the bus queue `eg:on_acs_event`. What each event means lives in
+`handlers.acs_events`; this module only unwraps the binding.
+"""
+
+from __future__ import annotations
+
+import azure.functions as func
+
+from handlers.acs_events import AcsEventDeps, handle_acs_event
+from runtime.bootstrap import Services, current
+
+bp = func.Blueprint()
+
+
+@bp.function_name("on_acs_event")
+@bp.event_grid_trigger(arg_name="event")
+def on_acs_event(event: func.EventGridEvent) -> None:
+    payload = {
+        "id": event.id,
+        "topic": event.topic,
+        "subject": event.subject,
+        "eventType": event.event_type,
+        "eventTime": event.event_time.isoformat() if event.event_time else None,
+        "dataVersion": event.data_version,
+        "data": event.get_json(),
+    }
+    handle_acs_event(payload, acs_deps(current()))
+
+
+def acs_deps(services: Services) -> AcsEventDeps:
+    settings = services.settings
+    sms_channel = "sms"
+    return AcsEventDeps(
+        store=services.store,
+        channels=services.channels,
+        clock=services.clock,
+        consent=services.consent,
+        templates=services.messages,
+        workflow=services.workflow,
+        dead_letters=services.dead_letters,
+        org_name=settings.org_name,
+        # Without a configured help line the HELP answer still says whom to call.
+        contact_phone=settings.contact_phone or settings.program_contact,
+        sms_channel=sms_channel,
+        # The SMS channel's send ledger (ACS SMS has one): a "Delivered" report settles an in-doubt send.
+        ledger=getattr(services.channels.get(sms_channel), "ledger", None),
+    )
