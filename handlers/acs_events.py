@@ -33,7 +33,6 @@ from fhirstore.port import FhirStore
 from ingest.deadletter import DeadLetterSink
 from notifications.channels.base import Channel
 from notifications.consent import (
-    HELP_KEYWORDS,
     OPT_OUT_KEYWORDS_ES,
     InboundOutcome,
     InvalidPhoneNumber,
@@ -64,7 +63,7 @@ HANDLED_TYPES = frozenset({SMS_RECEIVED, SMS_DELIVERY_REPORT, EMAIL_DELIVERY_REP
 # The reply each consent outcome asks for; used to resume a reply whose first attempt did not finish.
 _REPLY_FOR_KIND = {"opt-out": "consent_stop", "opt-in": "consent_start", "help": "consent_help"}
 _CODE_CHARS = re.compile(r"[^a-z0-9\-_.]+")
-_SPANISH_WORDS = OPT_OUT_KEYWORDS_ES | {w for w in HELP_KEYWORDS if w == "AYUDA"}
+_SPANISH_WORDS = OPT_OUT_KEYWORDS_ES | {"AYUDA"}  # answer these in Spanish when the patient is unknown
 
 
 class InvalidAcsEvent(ValueError):

@@ -152,7 +152,7 @@ class LocalBus:
             conn.executemany("DELETE FROM messages WHERE seq = ? AND lease_token = ?", pairs)
             return conn.total_changes - before
 
-    def fail(self, lease: Lease, error: str) -> str:
+    def fail(self, lease: Lease, error: str, *, delay_s: float | None = None) -> str:
         """Record a failed delivery: retry later, or dead-letter after max_attempts.
 
         Returns "retry", "dead-lettered" or "stale" (the lease had expired and moved on)."""
@@ -166,6 +166,8 @@ class LocalBus:
             attempts = int(row[0])
             if attempts < self.max_attempts or self.dead_letters is None:
                 delay = min(self.max_backoff_s, self.base_backoff_s * 2 ** (attempts - 1))
+                if delay_s is not None:  # the failure said when retrying makes sense (e.g. Retry-After)
+                    delay = max(delay, min(delay_s, 3600.0))
                 conn.execute(
                     "UPDATE messages SET visible_at = ?, last_error = ?, lease_token = NULL WHERE seq = ?",
                     (self._now() + delay, error, lease.seq),
@@ -193,6 +195,14 @@ class LocalBus:
                 "UPDATE messages SET visible_at = ?, lease_token = NULL WHERE lease_token IS NOT NULL",
                 (self._now(),),
             )
+            return conn.total_changes - before
+
+    def trim(self, topic: str, *, older_than_s: float) -> int:
+        """Drop messages of a topic nobody consumes (workflow events kept for `vigil events tail`)
+        once they are older than the retention."""
+        with self._tx() as conn:
+            before = conn.total_changes
+            conn.execute("DELETE FROM messages WHERE topic = ? AND enqueued_at < ?", (topic, self._now() - older_than_s))
             return conn.total_changes - before
 
     # -- inspection --------------------------------------------------------------------------

@@ -232,6 +232,14 @@ def _dl_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _replay_queue(topic: str) -> str:
+    """The bus queue a dead letter goes back to: bus dead letters name their queue; handlers name
+    their input (FHIR events, or an event hub of device messages)."""
+    if ":" in topic:
+        return topic
+    return "eg:on_fhir_event" if topic == "fhir-events" else "eh:" + topic
+
+
 def _dl_replay(args: argparse.Namespace, settings: Settings) -> int:
     from runtime.host import HostAlreadyRunning, LocalHost
 
@@ -243,7 +251,7 @@ def _dl_replay(args: argparse.Namespace, settings: Settings) -> int:
         if args.reason:
             letters = [x for x in letters if x.reason == args.reason]
         for letter in letters:
-            queue = letter.topic if ":" in letter.topic else "eh:" + letter.topic
+            queue = _replay_queue(letter.topic)
             host.bus.publish(queue, letter.payload)
             services.dead_letters.mark_replayed(letter.id)
         print(f"replaying {len(letters)} dead letters")

@@ -28,7 +28,7 @@ import azure.functions as func
 from azure.functions.timer import TimerRequest
 from croniter import croniter
 
-from runtime.bootstrap import Services, install
+from runtime.bootstrap import WORKFLOW_EVENTS, Services, install
 from runtime.bus import Lease
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ FHIR_EVENTS = "fhir-events"
 # subscription on the Health Data Services topic). Other Event Grid functions (Communication
 # Services events) are fed from their own queue, `eg:<function name>`.
 FHIR_EVENT_SUBSCRIBERS = frozenset({"on_fhir_event"})
+WORKFLOW_EVENTS_RETENTION_S = 7 * 24 * 3600  # locally published workflow events kept a week
 
 
 @dataclass
@@ -93,6 +94,8 @@ class LocalHost:
         self.stats = HostStats()
         self._lock_file: Any = None
         self._last_error = ""
+        self._retry_in: float | None = None
+        self._last_trim = 0.0
         if app is None:
             import function_app
 
@@ -180,6 +183,9 @@ class LocalHost:
         for spec in self.of_kind("eventGridTrigger"):
             done += self._run_event_grid(spec)
         done += self.run_due_timers()
+        if time.monotonic() - self._last_trim > 60:
+            self._last_trim = time.monotonic()
+            self.bus.trim(WORKFLOW_EVENTS, older_than_s=WORKFLOW_EVENTS_RETENTION_S)
         return done
 
     def run_until_idle(self, *, timeout_s: float = 600.0, on_progress: Callable[[], None] | None = None) -> bool:
@@ -246,7 +252,7 @@ class LocalHost:
             if self._invoke(spec, lease_list=[lease], arg=arg, settle=False):
                 done.append(lease)
             else:
-                self.bus.fail(lease, self._last_error)
+                self.bus.fail(lease, self._last_error, delay_s=self._retry_in)
         self.bus.ack(done)  # one transaction for the round, not one per event
         return len(leases)
 
@@ -286,6 +292,13 @@ class LocalHost:
             ran += 1
         return ran
 
+    def run_timer(self, name: str) -> None:
+        """Invoke one timer function now, whatever its schedule (tests, simulations, operators)."""
+        spec = next((s for s in self.of_kind("timerTrigger") if s.name == name), None)
+        if spec is None:
+            raise KeyError(f"no timer function named {name!r}")
+        self._invoke(spec, lease_list=[], arg=TimerRequest(past_due=False))
+
     # -- invocation --------------------------------------------------------------------------
     def _invoke(self, spec: FunctionSpec, *, lease_list: list[Lease], arg: Any, settle: bool = True) -> bool:
         try:
@@ -297,10 +310,14 @@ class LocalHost:
             # keeps the type only, since messages of outside libraries can quote values.
             error = f"{type(exc).__name__}: {exc}"
             self._last_error = error
+            # A channel that said when to try again (backoff, Retry-After) is retried then, not
+            # at the bus's faster pace that would use up the attempts inside the wait.
+            retry_at = getattr(exc, "retry_at", None)
+            self._retry_in = max(0.0, (retry_at - self.services.clock.now()).total_seconds()) if retry_at else None
             log.warning("function %s failed: %s", spec.name, type(exc).__name__)
             if settle:
                 for lease in lease_list:
-                    self.bus.fail(lease, error)
+                    self.bus.fail(lease, error, delay_s=self._retry_in)
             return False
         self.stats.count(spec.name, ok=True)
         if settle and lease_list:

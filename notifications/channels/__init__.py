@@ -170,7 +170,8 @@ def _outbox(name: str, entry: Mapping[str, Any], *, ledger, opt_outs, clock, bas
     directory = Path(str(entry.get("directory") or "outbox"))
     if not directory.is_absolute() and base_dir is not None:
         directory = Path(base_dir) / directory
-    channel = OutboxChannel(directory)
+    # An outbox standing in for SMS keeps the SMS rules: no text to a number that said STOP.
+    channel = OutboxChannel(directory, opt_outs=opt_outs if name == "sms" else None)
     channel.name = name
     return channel
 

@@ -10,6 +10,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 from notifications.channels.base import OutgoingMessage, SendResult
 
@@ -17,10 +18,18 @@ from notifications.channels.base import OutgoingMessage, SendResult
 class OutboxChannel:
     name = "outbox"
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, opt_outs: Any = None) -> None:
         self.directory = Path(directory)
+        self.opt_outs = opt_outs  # set when the outbox stands in for SMS (the embedded default)
 
     def send(self, message: OutgoingMessage) -> SendResult:
+        if self.opt_outs is not None and message.category != "consent":
+            try:
+                opted_out = self.opt_outs.is_opted_out(message.to)
+            except ValueError:
+                return SendResult("permanent", reason="the SMS address is not a phone number", code="invalid-address")
+            if opted_out:
+                return SendResult("permanent", reason="the recipient has opted out of SMS (STOP)", code="opted-out")
         self.directory.mkdir(parents=True, exist_ok=True)
         safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in message.message_id)
         path = self.directory / f"{safe_id}.json"

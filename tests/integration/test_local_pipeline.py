@@ -181,3 +181,17 @@ def test_failing_function_is_retried_then_dead_lettered_without_blocking_others(
     assert "cannot handle this one" in letter.detail
     assert host.stats.failures["flaky"] >= 3
     services.close()
+
+
+def test_in_the_embedded_default_a_patient_who_texted_stop_gets_no_sms(host) -> None:
+    s = host.services
+    s.consent.opt_out("+15550100001")  # what an inbound STOP records
+    host.publish_device_messages([reading("p1", "blood_pressure", "2026-11-20T07:30:00Z",
+                                          {"systolic": 190, "diastolic": 100})])
+    host.run_until_idle(timeout_s=60)
+    comms = search_all(s.store, "Communication", {"recipient": "Patient/p1"})
+    assert comms and {c["status"] for c in comms} == {"not-done"}
+    assert all("opted out" in c["statusReason"]["text"] for c in comms)
+    assert not any(m["to"] == "+15550100001" for m in s.channels["sms"].messages())
+    # The care team is still told (through the escalation fallback: no care team on file here).
+    assert any(m["to"] == "care-team" for m in s.channels["outbox"].messages())

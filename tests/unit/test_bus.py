@@ -112,3 +112,22 @@ def test_dead_letters_of_the_same_input_and_reason_are_kept_once(dead: SqliteDea
     dead.mark_replayed(a)
     c = dead.add(topic="t", reason="invalid_json", detail="d", payload=b"{", source="ingest")
     assert c != a and dead.count() == 1 and dead.count(include_replayed=True) == 2
+
+
+def test_a_failure_that_says_when_to_retry_waits_at_least_that_long(bus: LocalBus, now: Now) -> None:
+    bus.publish("t", b"x")
+    lease = bus.receive("t")[0]
+    assert bus.fail(lease, "throttled", delay_s=30) == "retry"
+    now.t += 29
+    assert bus.receive("t") == []
+    now.t += 2
+    assert len(bus.receive("t")) == 1
+
+
+def test_trim_drops_only_old_messages_of_the_topic(bus: LocalBus, now: Now) -> None:
+    bus.publish("events", b"old")
+    bus.publish("work", b"old work")
+    now.t += 100
+    bus.publish("events", b"new")
+    assert bus.trim("events", older_than_s=50) == 1
+    assert bus.pending("events") == 1 and bus.pending("work") == 1
