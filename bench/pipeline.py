@@ -64,7 +64,7 @@ def enroll(services: Services, patients: int) -> None:
     for i in range(patients):
         pid = f"bench-{i:04d}"
         services.store.update({"resourceType": "Patient", "id": pid, "active": True,
-                               "telecom": [{"system": "sms", "value": f"+1555010{i % 100:02d}"}]})
+                               "telecom": [{"system": "sms", "value": f"+1555010{i:04d}"}]})
         services.store.update(device(f"{pid}-dev", pid))
         for program in ("hypertension", "copd", "heart-failure"):
             services.store.update(careplan(pid, program))

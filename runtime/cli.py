@@ -80,10 +80,17 @@ def _services(settings: Settings):  # noqa: ANN202
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import UTC, datetime, time, timedelta
+
+    from common.clock import FixedClock
+    from runtime.bootstrap import bootstrap
     from runtime.demo import run_demo
     from runtime.host import HostAlreadyRunning
 
-    services = _services(settings)
+    # The demo replays two past weeks: it runs "as of" the afternoon after the last day (US
+    # daytime), so its output does not depend on the hour it is run at (quiet hours, cool-downs).
+    as_of = datetime.combine(args.start + timedelta(days=args.days), time(18, 0), UTC)
+    services = bootstrap(settings, clock=FixedClock(as_of))
     try:
         result = run_demo(services, patients=args.patients, days=args.days, start=args.start, seed=args.seed)
     except HostAlreadyRunning as exc:

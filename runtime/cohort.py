@@ -37,7 +37,7 @@ class DemoPatient:
             "id": self.id,
             "identifier": [{"system": "urn:vigil:demo-mrn", "value": f"DEMO{n:04d}"}],
             "active": True,
-            "telecom": [{"system": "sms", "value": f"+1555010{n % 100:02d}", "rank": 1}],
+            "telecom": [{"system": "sms", "value": f"+1555010{n:04d}", "rank": 1}],
             "communication": [{"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "en-US"}]},
                                "preferred": True}],
             "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/timezone", "valueCode": self.zone}],
@@ -59,6 +59,27 @@ def device(device_id: str, patient_id: str) -> dict[str, Any]:
         "identifier": [{"value": device_id}],
         "status": "active",
         "patient": {"reference": f"Patient/{patient_id}"},
+    }
+
+
+STAFF = (("demo-nurse", "nurse", "+15550100901"), ("demo-physician", "physician", "+15550100902"),
+         ("demo-oncall", "on-call", "+15550100903"), ("demo-care-manager", "care-manager", "+15550100904"))
+
+
+def staff() -> list[dict[str, Any]]:
+    """A small fictional care team: Practitioners reachable by SMS."""
+    return [{"resourceType": "Practitioner", "id": pid, "active": True,
+             "telecom": [{"system": "sms", "value": phone}]} for pid, _, phone in STAFF]
+
+
+def care_team(patient_id: str) -> dict[str, Any]:
+    return {
+        "resourceType": "CareTeam",
+        "id": f"{patient_id}-team",
+        "status": "active",
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "participant": [{"role": [{"coding": [{"code": role}]}], "member": {"reference": f"Practitioner/{pid}"}}
+                        for pid, role, _ in STAFF],
     }
 
 

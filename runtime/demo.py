@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from fhirstore.paging import search_all
 from runtime.bootstrap import Services
-from runtime.cohort import build_cohort
+from runtime.cohort import build_cohort, care_team, staff
 from runtime.host import LocalHost
 
 
@@ -21,6 +21,7 @@ class Snapshot:
     alerts_by_rule: Counter[str] = field(default_factory=Counter)
     messages_by_channel: Counter[str] = field(default_factory=Counter)
     messages_by_status: Counter[str] = field(default_factory=Counter)
+    messages_by_recipient: Counter[str] = field(default_factory=Counter)
     dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
     outbox_files: int = 0
 
@@ -48,6 +49,8 @@ def snapshot(services: Services) -> Snapshot:
         medium = [c.get("code") for m in comm.get("medium", []) for c in m.get("coding", [])]
         snap.messages_by_channel[medium[0] if medium else "?"] += 1
         snap.messages_by_status[comm.get("status", "?")] += 1
+        recipient = next((r.get("reference", "") for r in comm.get("recipient", [])), "")
+        snap.messages_by_recipient["patients" if recipient.startswith("Patient/") else "care team"] += 1
     snap.dead_letters_by_reason = services.dead_letters.counts_by_reason()
     outbox = services.channels.get("outbox")
     snap.outbox_files = len(outbox.messages()) if outbox is not None and hasattr(outbox, "messages") else 0
@@ -82,9 +85,11 @@ def _run(host: LocalHost, services: Services, patients: int, days: int, start: d
     (demo_dir / "messages.jsonl").write_bytes(b"\n".join(cohort.messages) + b"\n")
     before = snapshot(services)
 
+    for resource in staff():
+        services.store.update(resource)
     for p in cohort.patients:
         services.store.update(p.resource())
-        for resource in (*p.careplans(), *p.devices()):
+        for resource in (*p.careplans(), *p.devices(), care_team(p.id)):
             services.store.update(resource)
     started = time.perf_counter()
     host.publish_device_messages(cohort.messages)
@@ -120,6 +125,7 @@ def _run(host: LocalHost, services: Services, patients: int, days: int, start: d
     lines += [f"    {rule:<22} {n}" for rule, n in sorted(after.alerts_by_rule.items())]
     lines.append(f"Messages (Communication) {after.messages} (new this run: {new_msgs})")
     lines += [f"    channel {ch:<14} {n}" for ch, n in sorted(after.messages_by_channel.items())]
+    lines += [f"    to      {who:<14} {n}" for who, n in sorted(after.messages_by_recipient.items())]
     lines += [f"    status  {st:<14} {n}" for st, n in sorted(after.messages_by_status.items())]
     lines.append(f"Dead letters             {after.dead_letters} (new this run: {new_dls})")
     lines += [f"    {reason:<22} {n}" for reason, n in sorted(after.dead_letters_by_reason.items())]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
+from handlers.reminders import run_reminder_sweep
 from handlers.sweeps import run_alert_sweep, run_escalation_sweep
 from runtime.bootstrap import current
 from triggers.fhir_events import messaging
@@ -24,3 +25,11 @@ def alert_sweep(timer: func.TimerRequest) -> None:
 def escalation_sweep(timer: func.TimerRequest) -> None:
     """Advance escalation chains whose wait ran out, every minute."""
     run_escalation_sweep(messaging(current()))
+
+
+@bp.function_name("reminder_sweep")
+@bp.timer_trigger(arg_name="timer", schedule="0 */10 * * * *", run_on_startup=False, use_monitor=True)
+def reminder_sweep(timer: func.TimerRequest) -> None:
+    """Patient reminders that are due in each patient's own time zone, every 10 minutes."""
+    services = current()
+    run_reminder_sweep(messaging(services), services.rulesets)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -115,6 +116,19 @@ class MemorySendLedger:
                          row["reason"], row["claimed_at"])
 
 
+def _enable_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
+    """Switching to WAL needs a moment alone with the file; SQLite answers "locked" at once (without
+    its busy timeout) when another connection opens it at the same instant, so try again."""
+    for attempt in range(attempts):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02)
+
+
 class SqliteSendLedger:
     """The embedded default: one SQLite file; a claim is one `BEGIN IMMEDIATE` transaction, so two
     processes on the same machine cannot both win it."""
@@ -125,7 +139,7 @@ class SqliteSendLedger:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        _enable_wal(self._conn)
         self._conn.execute("PRAGMA synchronous=FULL")  # a recorded send must survive a power cut
         self._conn.execute(
             """CREATE TABLE IF NOT EXISTS sends (

@@ -24,6 +24,7 @@ def test_function_names_and_trigger_types() -> None:
         "on_fhir_event": "eventGridTrigger",
         "alert_sweep": "timerTrigger",
         "escalation_sweep": "timerTrigger",
+        "reminder_sweep": "timerTrigger",
         "http_ingest": "httpTrigger",
         "health": "httpTrigger",
         "acknowledge_alert": "httpTrigger",
