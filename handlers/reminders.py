@@ -24,7 +24,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -332,7 +332,7 @@ def _remind_patient(m: Messaging, schedule: ReminderSchedule, patient_ref: str, 
     if not recipient.contacts:
         report.unreachable += len(due)
         return
-    day_start = at_local_time(today, time(0), tz) + timedelta(hours=12)
+    day_start = at_local_time(today, time(0), tz)
     week_start = at_local_time(today - timedelta(days=6), time(0), tz)
     lookback = max([6, *(r.repeat_days - 1 for r in due)])
     history = _history(m.store, patient_ref, at_local_time(today - timedelta(days=lookback), time(0), tz))
