@@ -12,6 +12,7 @@ import azure.functions as func
 
 from handlers.acs_events import AcsEventDeps, handle_acs_event
 from runtime.bootstrap import Services, current
+from triggers.fhir_events import event_payload
 
 bp = func.Blueprint()
 
@@ -19,16 +20,7 @@ bp = func.Blueprint()
 @bp.function_name("on_acs_event")
 @bp.event_grid_trigger(arg_name="event")
 def on_acs_event(event: func.EventGridEvent) -> None:
-    payload = {
-        "id": event.id,
-        "topic": event.topic,
-        "subject": event.subject,
-        "eventType": event.event_type,
-        "eventTime": event.event_time.isoformat() if event.event_time else None,
-        "dataVersion": event.data_version,
-        "data": event.get_json(),
-    }
-    handle_acs_event(payload, acs_deps(current()))
+    handle_acs_event(event_payload(event), acs_deps(current()))
 
 
 def acs_deps(services: Services) -> AcsEventDeps:
