@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,13 +100,7 @@ def _channel_config(settings: Settings) -> dict[str, Any]:
 
 
 def _tokens(settings: Settings, store: FhirStore, clock: Clock) -> SignedTokens:
-    text = settings.ack_token_keys
-    if not text:
-        path = settings.path("ack-token-key")
-        if not path.exists():
-            path.write_text("local:" + secrets.token_urlsafe(48))
-            path.chmod(0o600)
-        text = path.read_text().strip()
+    text = settings.ack_token_keys or _secret_file(settings, "ack-token-key", lambda: "local:" + secrets.token_urlsafe(48))
     keys = dict(part.split(":", 1) for part in text.split(",") if ":" in part)
     if not keys:
         raise ValueError("VIGIL_ACK_TOKEN_KEYS must look like 'kid:secret[,kid:secret]'")
@@ -134,13 +130,22 @@ def _fhir_store(settings: Settings, clock: Clock) -> FhirStore:
 
 def local_token(settings: Settings) -> str:
     """The token local HTTP endpoints require: from settings, else one made once per data dir."""
-    if settings.local_token:
-        return settings.local_token
-    path = settings.path("local-token")
-    if not path.exists():
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
+    return settings.local_token or _secret_file(settings, "local-token", lambda: secrets.token_urlsafe(24))
+
+
+def _secret_file(settings: Settings, name: str, make: Callable[[], str]) -> str:
+    """A secret made once per data directory, readable by its owner only (the embedded default;
+    on Azure secrets come from app settings)."""
+    path = settings.path(name)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        # Created with mode 0600 from the start, and only once even if two processes race.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(make())
     return path.read_text().strip()
 
 

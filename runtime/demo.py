@@ -101,7 +101,7 @@ def _run(host: LocalHost, services: Services, patients: int, days: int, start: d
         done = total - left
         width = 30
         filled = int(width * done / total) if total else width
-        events = host.bus.pending() - left + host._pending_store_events()
+        events = sum(n for q, n in host.bus.topics().items() if q.startswith("eg:")) + host.pending_store_events()
         progress.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} messages, "
                        f"{events} events in flight ")
         progress.flush()

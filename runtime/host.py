@@ -33,7 +33,6 @@ from runtime.bus import Lease
 
 log = logging.getLogger(__name__)
 
-FHIR_EVENTS = "fhir-events"
 # Event Grid functions subscribed to the FHIR store's events (the local analogue of an Event Grid
 # subscription on the Health Data Services topic). Other Event Grid functions (Communication
 # Services events) are fed from their own queue, `eg:<function name>`.
@@ -196,7 +195,7 @@ class LocalHost:
             if on_progress is not None:
                 on_progress()
             if handled == 0:
-                if self._pending_store_events() or any(
+                if self.pending_store_events() or any(
                     self.bus.next_visible_in(s.source) == 0 for s in self.functions if s.source
                 ):
                     continue
@@ -216,7 +215,8 @@ class LocalHost:
             if handled == 0:
                 stop.wait(idle_sleep_s)
 
-    def _pending_store_events(self) -> int:
+    def pending_store_events(self) -> int:
+        """FHIR events committed by the store and not yet relayed to the Event Grid functions."""
         size = getattr(self.services.store, "outbox_size", None)
         return int(size()) if size else 0
 

@@ -58,23 +58,29 @@ def make_server(host: LocalHost, token: str, address: tuple[str, int]) -> Thread
         def _body(self) -> bytes | None:
             text = self.headers.get("Content-Length") or "0"
             if not text.isdigit():
-                self._error(400, "Content-Length must be a non-negative integer")
+                self._refuse(400, "Content-Length must be a non-negative integer")
                 return None
             length = int(text)
             if length > MAX_BODY:
-                self._error(413, f"request body over {MAX_BODY} bytes")
+                self._refuse(413, f"request body over {MAX_BODY} bytes")
                 return None
             return self.rfile.read(length) if length else b""
+
+        def _refuse(self, status: int, message: str) -> None:
+            # The body was not read: close the connection rather than parse it as the next request.
+            self.close_connection = True
+            self._error(status, message)
 
         def _handle(self) -> None:
             parts = urlsplit(self.path)
             query = dict(parse_qsl(parts.query, keep_blank_values=True))
-            body = self._body()
-            if body is None:
-                return
+            # Route and authenticate before reading a body: no one gets 16 MB read without the key.
             if parts.path == "/fhir" or parts.path.startswith("/fhir/"):
                 if not self._authorized(query):
-                    self._error(401, "missing or wrong token")
+                    self._refuse(401, "missing or wrong token")
+                    return
+                body = self._body()
+                if body is None:
                     return
                 base = "http://" + self.headers.get("Host", f"{address[0]}:{address[1]}") + "/fhir"
                 resp = rest.handle(services.store, self.command, parts.path[len("/fhir"):].lstrip("/"),
@@ -82,7 +88,7 @@ def make_server(host: LocalHost, token: str, address: tuple[str, int]) -> Thread
                 self._send(resp.status, resp.headers, resp.body)
                 return
             if not parts.path.startswith("/api/"):
-                self._error(404, "not found")
+                self._refuse(404, "not found")
                 return
             sub = parts.path[len("/api"):]
             for spec in host.http_functions():
@@ -91,10 +97,13 @@ def make_server(host: LocalHost, token: str, address: tuple[str, int]) -> Thread
                 if not m:
                     continue
                 if self.command not in spec.methods:
-                    self._error(405, f"method {self.command} not allowed")
+                    self._refuse(405, f"method {self.command} not allowed")
                     return
                 if spec.auth_level != "anonymous" and not self._authorized(query):
-                    self._error(401, "missing or wrong function key")
+                    self._refuse(401, "missing or wrong function key")
+                    return
+                body = self._body()
+                if body is None:
                     return
                 request = func.HttpRequest(
                     method=self.command,
@@ -116,7 +125,7 @@ def make_server(host: LocalHost, token: str, address: tuple[str, int]) -> Thread
                 headers.setdefault("Content-Type", response.mimetype or "text/plain")
                 self._send(response.status_code, headers, response.get_body())
                 return
-            self._error(404, "no function has that route")
+            self._refuse(404, "no function has that route")
 
         do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 

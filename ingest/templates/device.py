@@ -26,6 +26,7 @@ Vigil extensions (ignored by MedTech, so a template stays portable):
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
@@ -482,7 +483,10 @@ def load_device_templates(
     document, display = read_template_source(source, name)
     errors = ErrorList(display)
     templates: list[DeviceTemplate] = []
-    for index, entry in _collection_entries(document, errors):
+    entries = collection_entries(document, errors, collection=COLLECTION, single=frozenset(TEMPLATE_TYPES),
+                                 other_file_hint=lambda kind: kind in ("collectionfhir", "codevaluefhir"),
+                                 other_file="FHIR mapping")
+    for index, entry in entries:
         template = _load_one(index, entry, errors)
         if template is not None:
             templates.append(template)
@@ -491,24 +495,28 @@ def load_device_templates(
     return DeviceTemplateSet(templates, display, list(errors.issues))
 
 
-def _collection_entries(document: Any, errors: ErrorList) -> list[tuple[int, Any]]:
+def collection_entries(document: Any, errors: ErrorList, *, collection: str, single: frozenset[str],
+                       other_file_hint: Callable[[str], bool], other_file: str) -> list[tuple[int, Any]]:
+    """The (index, template) entries of a template file's root: a `collection` with a `template`
+    array, or one bare template whose type (lower-cased) is in `single`. Shared by the device and
+    FHIR mapping loaders; `other_file_hint(kind)` spots the other kind of mapping file."""
     if not isinstance(document, dict):
         errors.add(None, "", "the root must be a JSON object with templateType and template")
         return []
     root_type = document.get("templateType")
     if not isinstance(root_type, str) or not root_type.strip():
-        errors.add(None, "templateType", f"templateType is required (expected {COLLECTION!r})")
+        errors.add(None, "templateType", f"templateType is required (expected {collection!r})")
         return []
     kind = root_type.strip().lower()
-    if kind in TEMPLATE_TYPES:  # one bare template: treat as a collection of one
+    if kind in single:  # one bare template: treat as a collection of one
         return [(0, document)]
-    if kind != COLLECTION.lower():
-        hint = " (this looks like a FHIR mapping file)" if kind in ("collectionfhir", "codevaluefhir") else ""
-        errors.add(None, "templateType", f"expected {COLLECTION!r}, got {root_type!r}{hint}")
+    if kind != collection.lower():
+        hint = f" (this looks like a {other_file} file)" if other_file_hint(kind) else ""
+        errors.add(None, "templateType", f"expected {collection!r}, got {root_type!r}{hint}")
         return []
     children = document.get("template")
     if not isinstance(children, list):
-        errors.add(None, "template", f"expected an array of templates for {COLLECTION}")
+        errors.add(None, "template", f"expected an array of templates for {collection}")
         return []
     return list(enumerate(children))
 

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ingest.templates.device import read_template_source
+from ingest.templates.device import collection_entries, read_template_source
 from ingest.templates.errors import TEMPLATE_NOT_FOUND, ErrorList, MappingFailure, TemplateIssue
 from ingest.templates.grouping import (
     PERIOD_INTERVALS,
@@ -230,7 +230,9 @@ def load_fhir_templates(
     errors = ErrorList(display)
     templates: list[CodeValueTemplate] = []
     seen: dict[str, int] = {}
-    for index, entry in _entries(document, errors):
+    entries = collection_entries(document, errors, collection=COLLECTION, single=frozenset({CODE_VALUE.lower()}),
+                                 other_file_hint=lambda kind: kind.endswith("content"), other_file="device mapping")
+    for index, entry in entries:
         template = _load_one(index, entry, errors)
         body = entry.get("template") if isinstance(entry, dict) else None
         name = body.get("typeName") if isinstance(body, dict) else None
@@ -247,28 +249,6 @@ def load_fhir_templates(
     if strict:
         errors.raise_if_any()
     return FhirTemplateSet(templates, display, list(errors.issues))
-
-
-def _entries(document: Any, errors: ErrorList) -> list[tuple[int, Any]]:
-    if not isinstance(document, dict):
-        errors.add(None, "", "the root must be a JSON object with templateType and template")
-        return []
-    root_type = document.get("templateType")
-    if not isinstance(root_type, str) or not root_type.strip():
-        errors.add(None, "templateType", f"templateType is required (expected {COLLECTION!r})")
-        return []
-    kind = root_type.strip().lower()
-    if kind == CODE_VALUE.lower():
-        return [(0, document)]
-    if kind != COLLECTION.lower():
-        hint = " (this looks like a device mapping file)" if kind.endswith("content") else ""
-        errors.add(None, "templateType", f"expected {COLLECTION!r}, got {root_type!r}{hint}")
-        return []
-    children = document.get("template")
-    if not isinstance(children, list):
-        errors.add(None, "template", f"expected an array of templates for {COLLECTION}")
-        return []
-    return list(enumerate(children))
 
 
 def _load_one(index: int, entry: Any, errors: ErrorList) -> CodeValueTemplate | None:

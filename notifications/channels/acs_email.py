@@ -22,7 +22,7 @@ from typing import Any
 from common.clock import Clock, SystemClock
 from notifications.channels.acs_sms import retry_after_from, scrub
 from notifications.channels.base import OutgoingMessage, SendResult
-from notifications.channels.ledger import DEFAULT_LEASE, SendLedger
+from notifications.channels.ledger import DEFAULT_LEASE, SendLedger, claim_or_refusal
 from notifications.connection import AcsConnection
 
 log = logging.getLogger(__name__)
@@ -108,14 +108,10 @@ class AcsEmailChannel:
             return SendResult("permanent", reason="the recipient is not an email address", code="invalid-recipient")
         key = f"{self.name}:{message.message_id}"
         if self.ledger is not None:
-            now = self.clock.now()
-            claim = self.ledger.claim(key, now, self.lease)
-            if claim.state == "sent":
-                return SendResult("duplicate", provider_id=claim.provider_id)
-            if claim.state == "in-flight":
-                return SendResult("transient", reason="another attempt to send this message is in progress",
-                                  retry_after_s=self.lease.total_seconds(), code="in-flight")
-            # new or in-doubt: sending again is safe, the operation id makes the service dedupe.
+            # In doubt, sending again is safe: the operation id makes the service de-duplicate.
+            refusal = claim_or_refusal(self.ledger, key, self.clock.now(), self.lease, resend_in_doubt=True)
+            if refusal is not None:
+                return refusal
         result = self._send(message)
         if self.ledger is not None:
             if result.status in ("sent", "duplicate"):

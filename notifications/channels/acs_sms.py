@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from common.clock import Clock, SystemClock
 from notifications.channels.base import OutgoingMessage, SendResult
-from notifications.channels.ledger import DEFAULT_LEASE, SendLedger
+from notifications.channels.ledger import DEFAULT_LEASE, SendLedger, claim_or_refusal
 from notifications.connection import AcsConnection
 
 log = logging.getLogger(__name__)
@@ -161,25 +161,9 @@ class AcsSmsChannel:
             return SendResult("permanent", reason="the recipient has opted out of SMS (STOP)", code="opted-out")
 
         key = f"{self.name}:{message.message_id}"
-        now = self.clock.now()
-        claim = self.ledger.claim(key, now, self.lease)
-        if claim.state == "sent":
-            return SendResult("duplicate", provider_id=claim.provider_id)
-        if claim.state == "in-flight":
-            remaining = self.lease - (now - claim.claimed_at) if claim.claimed_at else self.lease
-            return SendResult(
-                "transient",
-                reason="another attempt to send this message is in progress",
-                retry_after_s=max(1.0, remaining.total_seconds()),
-                code="in-flight",
-            )
-        if claim.state == "in-doubt":
-            return SendResult(
-                "permanent",
-                reason="an earlier attempt may have reached the provider "
-                f"({claim.reason or 'outcome unknown'}); not sent again to avoid a duplicate",
-                code="in-doubt",
-            )
+        refusal = claim_or_refusal(self.ledger, key, self.clock.now(), self.lease)
+        if refusal is not None:
+            return refusal
         return self._send_claimed(key, to, message)
 
     def _send_claimed(self, key: str, to: str, message: OutgoingMessage) -> SendResult:

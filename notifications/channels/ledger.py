@@ -38,6 +38,7 @@ from common.clock import iso, parse_instant
 from common.codes import vigil_system
 from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
 from fhirstore.port import FhirStore
+from notifications.channels.base import SendResult
 
 ClaimState = Literal["new", "in-flight", "sent", "in-doubt"]
 DEFAULT_LEASE = timedelta(minutes=2)
@@ -49,6 +50,26 @@ class Claim:
     provider_id: str | None = None
     reason: str | None = None
     claimed_at: datetime | None = None
+
+
+def claim_or_refusal(ledger: SendLedger, key: str, now: datetime, lease: timedelta, *,
+                     resend_in_doubt: bool = False) -> SendResult | None:
+    """Claim `key` before calling a provider. None: the caller may send now. Otherwise the
+    SendResult to answer with: already sent ("duplicate"), another attempt holds the claim
+    ("transient", retry when its lease ends), or an earlier attempt's outcome is unknown
+    ("permanent": not sent again, unless the provider de-duplicates and `resend_in_doubt`)."""
+    claim = ledger.claim(key, now, lease)
+    if claim.state == "sent":
+        return SendResult("duplicate", provider_id=claim.provider_id)
+    if claim.state == "in-flight":
+        remaining = lease - (now - claim.claimed_at) if claim.claimed_at else lease
+        return SendResult("transient", reason="another attempt to send this message is in progress",
+                          retry_after_s=max(1.0, remaining.total_seconds()), code="in-flight")
+    if claim.state == "in-doubt" and not resend_in_doubt:
+        return SendResult("permanent", reason="an earlier attempt may have reached the provider "
+                          f"({claim.reason or 'outcome unknown'}); not sent again to avoid a duplicate",
+                          code="in-doubt")
+    return None
 
 
 class SendLedger(Protocol):

@@ -23,7 +23,7 @@ from typing import Literal
 from common.clock import Clock, SystemClock
 from notifications.channels.acs_sms import scrub
 from notifications.channels.base import OutgoingMessage, SendResult
-from notifications.channels.ledger import DEFAULT_LEASE, SendLedger
+from notifications.channels.ledger import DEFAULT_LEASE, SendLedger, claim_or_refusal
 from notifications.connection import Secret
 
 log = logging.getLogger(__name__)
@@ -104,17 +104,9 @@ class SmtpChannel:
         if not _EMAIL.match(message.to or ""):
             return SendResult("permanent", reason="the recipient is not an email address", code="invalid-recipient")
         key = f"{self.name}:{message.message_id}"
-        now = self.clock.now()
-        claim = self.ledger.claim(key, now, self.lease)
-        if claim.state == "sent":
-            return SendResult("duplicate", provider_id=claim.provider_id)
-        if claim.state == "in-flight":
-            return SendResult("transient", reason="another attempt to send this message is in progress",
-                              retry_after_s=self.lease.total_seconds(), code="in-flight")
-        if claim.state == "in-doubt":
-            return SendResult("permanent", reason="an earlier attempt may have delivered this email "
-                              f"({claim.reason or 'outcome unknown'}); not sent again to avoid a duplicate",
-                              code="in-doubt")
+        refusal = claim_or_refusal(self.ledger, key, self.clock.now(), self.lease)
+        if refusal is not None:
+            return refusal
         return self._send_claimed(key, message)
 
     def _connect(self) -> smtplib.SMTP:
