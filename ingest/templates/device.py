@@ -110,9 +110,58 @@ class DeviceTemplate:
     unknown_fields: tuple[str, ...] = ()
     source: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        # What decides the measurement's ids and time. Templates with the same header expressions
+        # evaluated on the same token (IoT Hub's six templates on one telemetry message, a blood
+        # pressure and its pulse) share one evaluation per message; see `_header`.
+        exprs = (self.device_id, *self.timestamps, self.timestamp_zone_expression, self.correlation_id,
+                 self.patient_id, self.encounter_id)
+        self._header_key = (self.relative, self.timestamp_zone,
+                            *((e.language, e.text) if e is not None else None for e in exprs))
+        self._header_per_token = self.relative or not all(e is None or e.envelope_only for e in exprs)
+
     def extract(self, envelope: Any, token: Any, ingested_at: datetime | None,
                 memo: dict | None = None) -> Measurement:
         scope = _Scope(envelope, token, self.relative, {} if memo is None else memo)
+        device_id, occurrence, correlation_id, patient_id, encounter_id = self._header(scope)
+
+        props: list[MeasurementProperty] = []
+        for spec in self.values:
+            raw = scope.get_once(spec.expression)
+            if raw is None or (type(raw) is str and not raw.strip()):
+                if spec.required:
+                    raise MappingFailure(
+                        MISSING_REQUIRED_VALUE,
+                        f"required value {spec.name!r} ({spec.expression.text}) is missing, null or blank",
+                        field=f"values[{spec.name}]", expression=spec.expression.text,
+                    )
+                continue
+            unit = spec.unit
+            if spec.unit_expression is not None:
+                raw_unit = scope.get_once(spec.unit_expression)
+                if raw_unit is not None and not (isinstance(raw_unit, str) and not raw_unit.strip()):
+                    try:
+                        unit = to_ucum(raw_unit)
+                    except MappingFailure as failure:
+                        failure.where.update(field=f"values[{spec.name}].unitExpression",
+                                             expression=spec.unit_expression.text)
+                        raise
+            props.append(MeasurementProperty(spec.name, value_text(raw), unit))
+
+        # Positional: this runs once per reading (type, time, device, properties, patient,
+        # encounter, correlation, ingestion time, template index).
+        return Measurement(self.type_name, occurrence, device_id, tuple(props), patient_id, encounter_id,
+                           correlation_id, ingested_at, self.index)
+
+    def _header(self, scope: _Scope) -> tuple[str, datetime, str | None, str | None, str | None]:
+        memo = scope.memo
+        key = (self._header_key, id(scope.token)) if self._header_per_token else self._header_key
+        header = memo.get(key)
+        if header is None:  # a failure is not memoized: each template reports its own
+            header = memo[key] = self._read_header(scope)
+        return header
+
+    def _read_header(self, scope: _Scope) -> tuple[str, datetime, str | None, str | None, str | None]:
         device_id = self._required_text(self.device_id, scope, "deviceIdExpression")
         occurrence = self._timestamp(scope)
         correlation_id = None
@@ -126,41 +175,7 @@ class DeviceTemplate:
                 )
         patient_id = _text_or_none(scope.get(self.patient_id)) if self.patient_id else None
         encounter_id = _text_or_none(scope.get(self.encounter_id)) if self.encounter_id else None
-
-        props: list[MeasurementProperty] = []
-        for spec in self.values:
-            raw = scope.get(spec.expression)
-            if raw is None or (type(raw) is str and not raw.strip()):
-                if spec.required:
-                    raise MappingFailure(
-                        MISSING_REQUIRED_VALUE,
-                        f"required value {spec.name!r} ({spec.expression.text}) is missing, null or blank",
-                        field=f"values[{spec.name}]", expression=spec.expression.text,
-                    )
-                continue
-            unit = spec.unit
-            if spec.unit_expression is not None:
-                raw_unit = scope.get(spec.unit_expression)
-                if raw_unit is not None and not (isinstance(raw_unit, str) and not raw_unit.strip()):
-                    try:
-                        unit = to_ucum(raw_unit)
-                    except MappingFailure as failure:
-                        failure.where.update(field=f"values[{spec.name}].unitExpression",
-                                             expression=spec.unit_expression.text)
-                        raise
-            props.append(MeasurementProperty(spec.name, value_text(raw), unit))
-
-        return Measurement(
-            type=self.type_name,
-            occurrence_time=occurrence,
-            device_id=device_id,
-            patient_id=patient_id,
-            encounter_id=encounter_id,
-            correlation_id=correlation_id,
-            properties=tuple(props),
-            ingestion_time=ingested_at,
-            template_index=self.index,
-        )
+        return device_id, occurrence, correlation_id, patient_id, encounter_id
 
     def _required_text(self, expr: CompiledExpression | None, scope: _Scope, field_name: str) -> str:
         text = _text_or_none(scope.get(expr)) if expr is not None else None
@@ -249,6 +264,15 @@ class _Scope:
             value = self.memo[key] = expr.value(target)
             return value
 
+    def get_once(self, expr: CompiledExpression) -> Any:
+        """Like `get`, without the memo: for value expressions, which each template evaluates once
+        per match, so remembering them would cost more than it saves."""
+        if self.relative:
+            return expr.value(self.token)
+        if expr.envelope_only:
+            return expr.value(self.envelope)
+        return expr.value(self.merged())
+
     def merged(self) -> Any:
         if self._merged is None:
             if type(self.envelope) is dict:
@@ -269,9 +293,7 @@ def _text_or_none(raw: Any) -> str | None:
 
 def parse_timestamp(raw: Any, zone: tzinfo | None = None) -> datetime:
     """An ISO 8601 timestamp -> aware UTC datetime. Offset-less values need `zone`."""
-    if isinstance(raw, datetime):
-        value = raw
-    elif isinstance(raw, str):
+    if isinstance(raw, str):  # the common case first
         text = raw.strip()
         try:
             value = datetime.fromisoformat(text)
@@ -279,6 +301,8 @@ def parse_timestamp(raw: Any, zone: tzinfo | None = None) -> datetime:
             raise MappingFailure(
                 INCOMPATIBLE_VALUE, "timestamp is not an ISO 8601 date-time"
             ) from None
+    elif isinstance(raw, datetime):
+        value = raw
     elif isinstance(raw, int | float) and not isinstance(raw, bool):
         raise MappingFailure(
             INCOMPATIBLE_VALUE,
@@ -399,10 +423,19 @@ class DeviceTemplateSet:
         matched = 0
         memo: dict = {}
         index = self._member_index(envelope) if self._anchors else None
+        grouped: dict = {}  # X[?key == 'literal'] signature -> the message's elements grouped by key
         for template in self.templates:
             type_match = template.type_match
             anchor = type_match.scan_anchor
             try:
+                if type_match.group is not None:
+                    signature, literal, groups_of = type_match.group
+                    try:
+                        groups = grouped[signature]
+                    except KeyError:
+                        groups = grouped[signature] = groups_of(envelope)
+                    if groups is None or literal not in groups:
+                        continue
                 if index is not None and anchor is not None:
                     # Same result as the expression: the objects passing the filter, in order.
                     candidates = index.get(anchor)

@@ -73,11 +73,12 @@ class CompiledExpression:
     None when it selects nothing, and fails when it selects several.
     """
 
-    __slots__ = ("text", "language", "_find", "_single", "scan_anchor", "scan_test", "envelope_only")
+    __slots__ = ("text", "language", "_find", "_single", "scan_anchor", "scan_test", "envelope_only", "group")
 
     def __init__(self, text: str, language: str, find: Callable[[Any], list],
                  scan: tuple[str, Callable[[Any, Any], bool]] | None = None,
-                 single: Callable[[Any], Any] | None = None):
+                 single: Callable[[Any], Any] | None = None,
+                 group: tuple[Any, str, Callable[[Any], dict | None]] | None = None):
         self.text = text
         self.language = language
         self._find = find
@@ -87,6 +88,11 @@ class CompiledExpression:
         # that have the anchor, skipping templates whose anchor is absent (see device.py).
         self.scan_anchor, self.scan_test = scan if scan else (None, None)
         self.envelope_only = _envelope_only(text, language)
+        # For `X[?key == 'literal']`: (signature of X and key, literal, groups_of). While a message
+        # is cached, groups_of(message) maps each value of key to its elements (None: X is not a
+        # list), so a template collection discriminating on one key groups the message once and
+        # skips every template whose literal is absent without evaluating it.
+        self.group = group
 
     def __repr__(self) -> str:
         return f"CompiledExpression({self.language}: {self.text!r})"
@@ -176,13 +182,11 @@ def compile_expression(spec: Any, default_language: str = JSONPATH) -> CompiledE
 
 
 def _check_long(value: Any, function: str) -> Any:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int):
+    kind = type(value)  # exact types: a bool is not checked as a number (JSON gives no int subclasses)
+    if kind is int:
         if not _LONG_MIN <= value <= _LONG_MAX:
             raise ArithmeticError(f"{function}() result does not fit a 64-bit integer")
-        return value
-    if isinstance(value, float) and not math.isfinite(value):
+    elif kind is float and not math.isfinite(value):
         raise ArithmeticError(f"{function}() result is not a finite number")
     return value
 
@@ -308,7 +312,7 @@ def _compile_jmespath(text: str) -> CompiledExpression:
             )
         return items[0] if items else None
 
-    return CompiledExpression(text, JMESPATH, find, single=single)
+    return CompiledExpression(text, JMESPATH, find, single=single, group=getattr(evaluate, "group", None))
 
 
 # The JMESPath parse tree compiled to closures, with the semantics of jmespath's TreeInterpreter
@@ -348,7 +352,7 @@ _JMES_ORDER = {"lt": lambda a, b: a < b, "lte": lambda a, b: a <= b, "gt": lambd
 
 
 _KIND_CHECKS: dict[str, Callable[[Any], bool]] = {
-    "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "number": lambda v: type(v) is int or type(v) is float,  # not bool; JSON gives exact types
     "string": lambda v: type(v) is str,
     "array": lambda v: type(v) is list,
     "object": lambda v: type(v) is dict,
@@ -357,25 +361,61 @@ _KIND_CHECKS: dict[str, Callable[[Any], bool]] = {
 }
 
 
-def _direct_function(name: str) -> tuple[Callable[..., Any], list[Callable[[Any], bool]]] | None:
+def _direct_function(name: str) -> tuple[Callable[..., Any], list[Callable[[Any], bool] | None]] | None:
     """The function's own method and a cheap check per argument, for fixed-arity functions whose
     arguments are plain JSON kinds; None when jmespath's full checker must run every time."""
     entry = _FUNCTION_TABLE.get(name)
     if entry is None:
         return None
-    checks = []
+    checks: list[Callable[[Any], bool] | None] = []
     for spec in entry["signature"]:
         if spec.get("variadic"):
             return None
         kinds = spec.get("types", [])
         if not kinds:
-            checks.append(lambda v: True)
+            checks.append(None)  # any value: nothing to check
             continue
         if any(k not in _KIND_CHECKS for k in kinds):
             return None
         tests = [_KIND_CHECKS[k] for k in kinds]
-        checks.append(lambda v, tests=tests: any(t(v) for t in tests))
+        checks.append(tests[0] if len(tests) == 1 else lambda v, tests=tests: any(t(v) for t in tests))
     return entry["function"].__get__(_JMES_FUNCTIONS), checks
+
+
+def _direct_call(name: str, method: Callable[..., Any], args: list[Callable[[Any], Any]],
+                 checks: list[Callable[[Any], bool] | None], call: Callable[[str, list], Any]) -> Callable[[Any], Any]:
+    """A function node that calls the function itself when its arguments are of the expected
+    kinds, and otherwise lets jmespath's checker raise its usual type error. One- and
+    two-argument calls (nearly all of MedTech's) get closures without per-call loops: they run
+    once per measurement, for every timestamp conversion."""
+    if len(args) == 1:
+        (arg,), (check,) = args, checks
+
+        def call1(value: Any) -> Any:
+            v = arg(value)
+            if check is None or check(v):
+                return method(v)
+            return call(name, [v])
+
+        return call1
+    if len(args) == 2:
+        (arg0, arg1), (check0, check1) = args, checks
+
+        def call2(value: Any) -> Any:
+            v0, v1 = arg0(value), arg1(value)
+            if (check0 is None or check0(v0)) and (check1 is None or check1(v1)):
+                return method(v0, v1)
+            return call(name, [v0, v1])
+
+        return call2
+
+    def function(value: Any) -> Any:
+        resolved = [a(value) for a in args]
+        if all(check is None or check(v) for check, v in zip(checks, resolved, strict=True)):
+            return method(*resolved)
+        return call(name, resolved)
+
+    return function
 
 
 def _grouped_filter(base: dict[str, Any], condition: dict[str, Any]) -> Callable[[Any], Any] | None:
@@ -396,9 +436,7 @@ def _grouped_filter(base: dict[str, Any], condition: dict[str, Any]) -> Callable
             return None
         return [e for e in elements if type(e) is dict and e.get(key) == literal]
 
-    def grouped(value: Any) -> Any:
-        if not cache.active:
-            return direct(value)
+    def groups_of(value: Any) -> dict | None:
         entry = cache.groups.get(signature)
         if entry is None or entry[0] is not value:
             elements = base_fn(value)
@@ -411,11 +449,18 @@ def _grouped_filter(base: dict[str, Any], condition: dict[str, Any]) -> Callable
                         if type(v) is str:  # only a string can equal the string literal
                             groups.setdefault(v, []).append(e)
             entry = cache.groups[signature] = (value, groups)
-        groups = entry[1]
+        return entry[1]
+
+    def grouped(value: Any) -> Any:
+        if not cache.active:
+            return direct(value)
+        groups = groups_of(value)
         if groups is None:
             return None
         return list(groups.get(literal, ()))
 
+    # Read by _compile_jmespath: lets a template collection test the literal itself (see CompiledExpression.group).
+    grouped.group = (signature, literal, groups_of)  # type: ignore[attr-defined]
     return grouped
 
 
@@ -569,17 +614,7 @@ def _jmes_node(node: dict[str, Any]) -> Callable[[Any], Any]:
         call = _JMES_FUNCTIONS.call_function
         direct = _direct_function(name)
         if direct is not None:
-            method, checks = direct
-
-            def function(value: Any) -> Any:
-                resolved = [a(value) for a in args]
-                # Arguments of the expected kinds: call the function itself; otherwise let
-                # jmespath's checker raise its usual type error.
-                if all(check(v) for check, v in zip(checks, resolved, strict=True)):
-                    return method(*resolved)
-                return call(name, resolved)
-
-            return function
+            return _direct_call(name, direct[0], args, direct[1], call)
         return lambda value: call(name, [a(value) for a in args])
     raise _Unsupported(kind)
 

@@ -95,6 +95,11 @@ def value_text(value: Any) -> str:
     """The string form of a JSON value, as MedTech's `JToken.ToString()` gives it for scalars:
     integral floats lose their `.0` (5.0 -> "5"), booleans are "True"/"False". Objects and arrays
     become compact JSON."""
+    kind = type(value)  # exact-type fast paths for what JSON gives; subclasses take the checks below
+    if kind is str:
+        return value
+    if kind is int:
+        return str(value)
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
