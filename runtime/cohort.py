@@ -17,6 +17,21 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 ZONES = ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles")
+# Fictional names and birth dates, so the demo and the tests carry the PHI a real Patient does and
+# the suite can check none of it reaches a log line (tests/support/phi_guard.py reads these tables).
+GIVEN_NAMES = ["Amara", "Bartholomew", "Consuelo", "Desmond", "Evangelina", "Fitzgerald", "Graciela", "Horatio",
+               "Imelda", "Jebediah", "Katarina", "Leopold", "Marisol", "Nikolai", "Ottilie", "Percival"]
+FAMILY_NAMES = ["Abernathy", "Quintanilla", "Okonkwo-Reyes", "Vasquez-Lindqvist", "Thistlewood", "Marchetti",
+                "Szymanski", "Oyelaran", "Fairweather", "Castellanos", "Yamaguchi-Brandt", "Delacroix-Moss"]
+BIRTH_DATES = ["1941-03-17", "1946-11-02", "1950-07-29", "1953-01-08", "1957-09-23", "1962-05-14",
+               "1938-12-30", "1944-04-19", "1959-02-26", "1948-08-05", "1965-10-11"]
+
+
+def fictional_identity(n: int) -> dict[str, Any]:
+    """The name and birth date of fictional patient number `n` (deterministic)."""
+    return {"name": [{"use": "official", "family": FAMILY_NAMES[n % len(FAMILY_NAMES)],
+                      "given": [GIVEN_NAMES[n % len(GIVEN_NAMES)]]}],
+            "birthDate": BIRTH_DATES[n % len(BIRTH_DATES)]}
 PROGRAMS = ("hypertension", "heart-failure", "copd", "diabetes")
 
 
@@ -37,6 +52,7 @@ class DemoPatient:
             "id": self.id,
             "identifier": [{"system": "urn:vigil:demo-mrn", "value": f"DEMO{n:04d}"}],
             "active": True,
+            **fictional_identity(n),
             "telecom": [{"system": "sms", "value": f"+1555010{n:04d}", "rank": 1}],
             "communication": [{"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "en-US"}]},
                                "preferred": True}],

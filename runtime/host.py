@@ -18,6 +18,7 @@ import os
 import re
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -209,8 +210,11 @@ class LocalHost:
         while not stop.is_set():
             try:
                 handled = self.run_once()
-            except Exception:  # keep the host alive; the failure is logged
-                log.exception("local host round failed")
+            except Exception as exc:  # keep the host alive; the failure is logged
+                # The type and where, not the message: a library's message can quote a value it
+                # was handed (a reading, a phone number), as in _invoke.
+                where = "".join(traceback.format_tb(exc.__traceback__, limit=-3)).strip()
+                log.error("local host round failed: %s\n%s", type(exc).__name__, where)
                 handled = 0
             if handled == 0:
                 stop.wait(idle_sleep_s)

@@ -11,6 +11,10 @@ import pytest
 
 from common.clock import FixedClock
 
+# Every test's log records are checked for PHI (DESIGN §9); see tests/support/phi_guard.py.
+# pytester runs the guard on inner test sessions in tests/unit/test_phi_guard.py.
+pytest_plugins = ["tests.support.phi_guard", "pytester"]
+
 
 @pytest.fixture
 def clock() -> FixedClock:

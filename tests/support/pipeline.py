@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from common.clock import Clock, FixedClock
 from runtime.bootstrap import Services, bootstrap
-from runtime.cohort import careplan, device
+from runtime.cohort import careplan, device, fictional_identity
 from runtime.host import LocalHost
 from runtime.settings import Settings
 
@@ -30,6 +31,9 @@ def add_patient(services: Services, patient_id: str, phone: str = "+15550100001"
         "resourceType": "Patient",
         "id": patient_id,
         "active": True,
+        # A fictional name and birth date, as a real Patient has: the suite's PHI log guard
+        # (tests/support/phi_guard.py) fails any test that logs them.
+        **fictional_identity(zlib.crc32(patient_id.encode())),
         "telecom": [{"system": "sms", "value": phone, "rank": 1}],
     })
     for program in programs:
