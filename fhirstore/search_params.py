@@ -7,6 +7,9 @@ comparable forms. Names and element paths follow the R4 search parameter registr
 Kinds: token (code, Coding, CodeableConcept, Identifier, ContactPoint, boolean), reference,
 date (date, dateTime, instant, Period as a range), uri (exact match; canonical `url|version` also
 matches its bare url).
+
+A path step may select extensions by url, as FHIRPath's `extension('<url>')` does:
+`extension('urn:vigil:escalation-due').valueDateTime` (Task `escalation-due`, Vigil's own).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import re
 from collections.abc import Callable
 from datetime import date
 from typing import Any, Literal, NamedTuple
+
+from common.codes import vigil_system
 
 Kind = Literal["token", "reference", "date", "uri"]
 
@@ -54,6 +59,13 @@ def _tok(*paths: str) -> SearchParam:
 def _date(*paths: str) -> SearchParam:
     return SearchParam("date", paths)
 
+
+# Vigil's own search parameter (not in the R4 registry): when the escalation sweep must next act on
+# a Task, which `notifications.escalation` keeps in this extension. `escalation-due=le<now>` lets
+# the sweep that runs every minute read only the Tasks that are due instead of every open Task.
+# On a FHIR server it is a custom SearchParameter with expression
+# Task.extension('urn:vigil:escalation-due').value (type date).
+ESCALATION_DUE_PATH = f"extension('{vigil_system('escalation-due')}').valueDateTime"
 
 REGISTRY: dict[str, dict[str, SearchParam]] = {
     "Observation": {
@@ -105,6 +117,8 @@ REGISTRY: dict[str, dict[str, SearchParam]] = {
         "authored-on": _date("authoredOn"),
         "modified": _date("lastModified"),
         "period": _date("executionPeriod"),
+        # Vigil's own, last: a type's primary date (its first date parameter) stays an R4 one.
+        "escalation-due": _date(ESCALATION_DUE_PATH),
     },
     "Flag": {
         **_subject(),
@@ -195,6 +209,7 @@ REGISTRY: dict[str, dict[str, SearchParam]] = {
     },
 }
 
+
 def primary_date(resource_type: str) -> str | None:
     """A type's first date parameter (Observation: `date`). Its upper end is kept on every
     reference row of the resource, so "this subject's resources in a time window" is one index
@@ -278,19 +293,48 @@ def extractor_for(resource_type: str) -> Extractor:
     return found
 
 
+class PathStep(NamedTuple):
+    """One step of an element path: a child element, optionally only the extensions with `url`."""
+
+    name: str
+    url: str | None = None
+
+
+_STEP = re.compile(r"([A-Za-z][A-Za-z0-9]*)(?:\('([^'\s]+)'\))?(?:\.|$)")
+
+
+def path_steps(path: str) -> tuple[PathStep, ...]:
+    """`a.b.c` or `extension('<url>').valueDateTime` as steps; ValueError names a bad path."""
+    steps: list[PathStep] = []
+    at = 0
+    while at < len(path):
+        match = _STEP.match(path, at)
+        if match is None or match.end() == at:
+            raise ValueError(f"search parameter path {path!r}: cannot read it from position {at}")
+        name, url = match.group(1), match.group(2)
+        if url is not None and name not in ("extension", "modifierExtension"):
+            raise ValueError(f"search parameter path {path!r}: only extension('<url>') selects by url")
+        steps.append(PathStep(name, url))
+        at = match.end()
+    if not steps or path.endswith("."):
+        raise ValueError(f"search parameter path {path!r} is empty or ends with '.'")
+    return tuple(steps)
+
+
 def _compile(resource_type: str) -> Extractor:
     params = params_for(resource_type)
-    groups: dict[tuple[tuple[str, ...], Kind, tuple[str, ...]], list[str]] = {}
+    groups: dict[tuple[str, Kind, tuple[str, ...]], list[str]] = {}
     for name in indexed_params(resource_type):
         param = params[name]
         for path in param.paths:
-            groups.setdefault((tuple(path.split(".")), param.kind, param.targets), []).append(name)
-    plan = tuple((keys, kind, targets, tuple(names)) for (keys, kind, targets), names in groups.items())
+            groups.setdefault((path, param.kind, param.targets), []).append(name)
+    plan = tuple((path, path_steps(path), kind, targets, tuple(names))
+                 for (path, kind, targets), names in groups.items())
 
     def extract(resource: dict[str, Any]) -> IndexRows:
         rows = IndexRows(set(), set(), set())
-        for keys, kind, targets, names in plan:
-            if keys[0] not in resource:  # most parameters are absent from any one resource
+        for path, keys, kind, targets, names in plan:
+            if keys[0].name not in resource:  # most parameters are absent from any one resource
                 continue
             values = _values(resource, keys)
             if not values:
@@ -304,7 +348,7 @@ def _compile(resource_type: str) -> Extractor:
                 refs = [_target(value, targets) for value in values]
                 rows.refs.update((name, ref[1], ref[0]) for name in names for ref in refs if ref)
             elif kind == "date":
-                spans = [_date_span(value, keys) for value in values]
+                spans = [_date_span(value, path) for value in values]
                 rows.dates.update((name, *span) for name in names for span in spans if span)
             else:
                 uris = [u for value in values if isinstance(value, str) for u in _uris(value)]
@@ -314,18 +358,20 @@ def _compile(resource_type: str) -> Extractor:
     return extract
 
 
-def _values(node: dict[str, Any], keys: tuple[str, ...]) -> list[Any]:
-    """Every value at a dotted path, lists flattened at each step."""
+def _values(node: dict[str, Any], keys: tuple[PathStep, ...]) -> list[Any]:
+    """Every value at a path, lists flattened at each step."""
     current: list[Any] = [node]
     for key in keys:
         found: list[Any] = []
         for item in current:
             if isinstance(item, dict):
-                child = item.get(key)
+                child = item.get(key.name)
                 if isinstance(child, list):
                     found.extend(child)
                 elif child is not None:
                     found.append(child)
+        if key.url is not None:
+            found = [f for f in found if isinstance(f, dict) and f.get("url") == key.url]
         if not found:
             return found
         current = found
@@ -371,7 +417,7 @@ def _tokens(value: Any, out: list[tuple[str, str]]) -> None:
         out.append(("", value))
 
 
-def _date_span(value: Any, keys: tuple[str, ...]) -> tuple[int, int] | None:
+def _date_span(value: Any, path: str) -> tuple[int, int] | None:
     try:
         if isinstance(value, str):
             return parse_date_range(value)
@@ -383,7 +429,7 @@ def _date_span(value: Any, keys: tuple[str, ...]) -> tuple[int, int] | None:
             high = parse_date_range(end)[1] if end is not None else MAX_TIME
             return low, high
     except ValueError as exc:
-        raise ValueError(f"{'.'.join(keys)}: {exc}") from None
+        raise ValueError(f"{path}: {exc}") from None
     return None
 
 

@@ -1,9 +1,13 @@
-"""The alert sweep (a timer): absence of data, and closing episodes whose rule stopped holding.
+"""The timer sweeps over alerts: absence of data, closing episodes, and advancing escalations.
 
 Absence is a timer concern, not an event concern: no event arrives for a reading that never came.
 For every patient enrolled by an active CarePlan the sweep evaluates the absence rules at `now`
 (in the patient's time zone where calendar days matter) and re-judges each open episode. One
 episode per gap: the gap's start anchors the episode key, so the next sweep finds it again.
+
+The escalation sweep runs every minute over what may be thousands of open Tasks, almost none of
+them due. It asks the store only for the Tasks whose `escalation-due` time has come (and the few
+with no due time yet), so "nothing due" costs an index lookup, not a read of every open Task.
 """
 
 from __future__ import annotations
@@ -12,11 +16,16 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
+from common.clock import iso
+from fhirstore.errors import FhirError
 from fhirstore.paging import search_all
+from fhirstore.port import FhirStore
 from handlers.alerting import act_on_firing, close
 from handlers.messaging import Messaging, escalation_chain_of, notify_patient, run_escalation_step
 from handlers.patient_data import history_window, load_patient_rules, load_readings, newest_readings
+from notifications.escalation import LEVEL_SYSTEM
 from rules.episode_resources import RULE_SYSTEM
 from rules.episodes import episode_from_detected_issue, review_open_episode
 from rules.evaluate import sweep
@@ -82,21 +91,50 @@ def _sweep_patient(m: Messaging, rulesets: list[Ruleset], patient_ref: str, now:
 @dataclass
 class EscalationReport:
     failed: int = 0
-    open_tasks: int = 0
+    examined: int = 0  # escalation Tasks read and decided (the due ones, not every open Task)
     messages_sent: int = 0
 
 
 def run_escalation_sweep(m: Messaging) -> EscalationReport:
     """Advance every open escalation whose wait is over (nothing lives in memory: the Task holds it)."""
     report = EscalationReport()
-    for task in search_all(m.store, "Task", {"status": "requested", "_count": "1000"}):
+    for task in escalation_candidates(m.store, m.clock.now()):
         chain = escalation_chain_of(m, task)
         if chain is None:
             continue
-        report.open_tasks += 1
+        report.examined += 1
         try:
             report.messages_sent += run_escalation_step(m, task, chain)
         except Exception as exc:  # one Task's failure must not stop the others' escalation
             report.failed += 1
             log.warning("escalation step failed for Task/%s: %s", task.get("id"), type(exc).__name__)
     return report
+
+
+_OPEN = {"status": "requested", "_count": "1000"}
+
+
+def escalation_candidates(store: FhirStore, now: datetime) -> list[dict[str, Any]]:
+    """The open Tasks the escalation sweep may have to act on at `now`, each once: those whose
+    `escalation-due` time has come, and those without one that are not exhausted (a chain not
+    started yet, or a Task indexed before the store knew the parameter). Waiting Tasks are not
+    read. `escalation.advance` still decides each one, so reading a few extra is harmless (a
+    server that ignores the parameter returns every open Task: slow, still right); missing a due
+    one is not, hence every open Task when the store rejects the parameter."""
+    try:
+        due = search_all(store, "Task", {**_OPEN, "escalation-due": f"le{iso(now)}"})
+        unscheduled = search_all(store, "Task", {**_OPEN, "escalation-due:missing": "true",
+                                                 "business-status:not": f"{LEVEL_SYSTEM}|exhausted"})
+    except FhirError as exc:
+        if exc.status != 400:
+            raise
+        # A FHIR server without Vigil's `escalation-due` SearchParameter, in strict handling mode.
+        log.warning("the FHIR store rejected the escalation-due search; sweeping every open Task")
+        return search_all(store, "Task", _OPEN)
+    seen: set[str] = set()
+    out = []
+    for task in (*due, *unscheduled):
+        if task.get("id") not in seen:
+            seen.add(task.get("id"))
+            out.append(task)
+    return out
