@@ -6,14 +6,16 @@ Event types handled (Event Grid or CloudEvents envelope; everything else is igno
 |------------------------------------------------------|-----------------------------------------------------|
 | Microsoft.Communication.SMSReceived                  | consent keywords: record the opt-out/opt-in first,  |
 |                                                      | then reply once (`consent_stop/_start/_help`);      |
-|                                                      | `ACK <code>` goes to the acknowledgement hook       |
+|                                                      | `ACK <code>` acknowledges the alert by SMS          |
+|                                                      | (`handlers.acknowledge`), answered once (`ack_*`)   |
 | Microsoft.Communication.SMSDeliveryReportReceived    | the report is recorded on its `Communication`       |
 | Microsoft.Communication.EmailDeliveryReportReceived  | same; a failed delivery publishes                   |
-|                                                      | `Vigil.Message.Failed`                              |
+|                                                      | `Vigil.Message.Failed` and sends the message's next |
+|                                                      | channel (`dispatch.deliver_fallback`)               |
 
 Events arrive at least once and out of order. The consent record orders keywords by the time they
 were received (`notifications.consent`); replies are keyed by the inbound message id
-(`inbound:<messageId>|reply`), so a re-delivered STOP is answered once. A malformed event is
+(`inbound:<messageId>|reply`), so a re-delivered STOP or ACK is answered once. A malformed event is
 dead-lettered with a reason that names the field; log lines never carry a phone number or text.
 """
 
@@ -30,6 +32,7 @@ from typing import Any
 from common.clock import Clock, parse_instant
 from fhirstore.errors import ResourceGone, ResourceNotFound
 from fhirstore.port import FhirStore
+from handlers.acknowledge import CodeAckResult
 from ingest.deadletter import DeadLetterSink
 from notifications.channels.base import Channel
 from notifications.consent import (
@@ -51,6 +54,7 @@ from notifications.dispatch import (
     MessageRequest,
     apply_delivery_report,
     deliver,
+    deliver_fallback,
 )
 from notifications.preferences import PreferenceDefaults, PreferenceError, patient_recipient
 from notifications.templates import TemplateLibrary
@@ -81,7 +85,7 @@ class AcsEvent:
 
 @dataclass(frozen=True)
 class AckReply:
-    """An `ACK <code>` text, for whoever resolves codes to alerts (not built in yet)."""
+    """An `ACK <code>` text, for `AcsEventDeps.ack_replies` to resolve to an alert."""
 
     message_id: str
     sender: str  # E.164
@@ -100,11 +104,12 @@ class AcsEventDeps:
     dead_letters: DeadLetterSink
     org_name: str
     contact_phone: str  # the program's help line, quoted in the HELP answer
+    # Resolves `ACK <code>` to an alert and acknowledges it (`handlers.acknowledge.acknowledge_by_code`);
+    # says which reply the sender gets. May raise to have the event retried.
+    ack_replies: Callable[[AckReply], CodeAckResult]
     sms_channel: str = "sms"  # the channel replies go out on (and whose ledger delivery reports resolve)
     ledger: Any = None  # the SMS send ledger, so a "Delivered" report can settle an in-doubt send
     defaults: PreferenceDefaults = field(default_factory=PreferenceDefaults)
-    # Resolves `ACK <code>` replies to an alert. None: such replies are dead-lettered (unsupported).
-    ack_replies: Callable[[AckReply], None] | None = None
     topic: str = "eg:on_acs_event"  # where a dead letter is replayed to
 
 
@@ -118,6 +123,9 @@ class AcsOutcome:
     reply: DeliveryOutcome | None = None
     communication_id: str | None = None
     published: tuple[str, ...] = ()  # workflow event types published
+    # After a failed delivery report: the next channel's outcome ("sent" now, "already-sent" on a
+    # re-delivered report, "failed" when no channel is left). None: nothing to fall back to.
+    fallback: DeliveryOutcome | None = None
 
 
 def parse_acs_event(payload: Any) -> AcsEvent | None:
@@ -173,7 +181,7 @@ def _sms_received(event: AcsEvent, payload: Any, deps: AcsEventDeps) -> AcsOutco
         log.info("inbound sms %s: no keyword", message_id)
         return AcsOutcome("not-a-keyword")
     if inbound.kind == "ack":
-        return _ack(AckReply(message_id, sender, inbound.argument, received_at), payload, deps)
+        return _ack(AckReply(message_id, sender, inbound.argument, received_at), deps)
     key = f"inbound:{message_id}|reply"
     template = inbound.reply_template or _unfinished_reply(deps.store, key, inbound)
     log.info("inbound sms %s: %s (changed=%s)", message_id, inbound.kind, inbound.changed)
@@ -219,15 +227,19 @@ def _locale(deps: AcsEventDeps, patient_ref: str | None, text: str | None) -> st
     return "es" if keyword is not None and keyword.word in _SPANISH_WORDS else deps.defaults.locale
 
 
-def _ack(reply: AckReply, payload: Any, deps: AcsEventDeps) -> AcsOutcome:
-    if deps.ack_replies is None:
-        # Not dropped: kept for replay once SMS acknowledgement codes are resolved.
-        _park(deps, payload, "sms_ack_unsupported",
-              f"inbound SMS {reply.message_id} is an ACK reply, but acknowledging alerts by SMS code is not "
-              "configured; the clinician should use the acknowledgement link")
-        return AcsOutcome("dead-lettered")
-    deps.ack_replies(reply)
-    return AcsOutcome("ack")
+def _ack(reply: AckReply, deps: AcsEventDeps) -> AcsOutcome:
+    answer = deps.ack_replies(reply)
+    rendered = deps.templates.render(answer.template, "sms", answer.locale,
+                                     {"org_name": deps.org_name, "ack_code": answer.code})
+    # Keyed by the inbound message like the consent replies: a re-delivered ACK is answered once
+    # (the acknowledgement itself is idempotent; a re-run finds the Task already accepted).
+    outcome = deliver(deps.store, deps.channels, MessageRequest(
+        key=f"inbound:{reply.message_id}|reply", channel=deps.sms_channel, to=reply.sender, body=rendered.body,
+        patient_ref=answer.patient, about_ref=answer.about, recipient_ref=answer.actor, category="notification",
+        tags={"template": answer.template}), deps.clock)
+    log.info("inbound sms %s: ack %s", reply.message_id, answer.outcome)
+    published = _publish_if_failed(deps, outcome)
+    return AcsOutcome("ack", answer.changed, outcome, outcome.communication_id, published)
 
 
 # -- delivery reports ---------------------------------------------------------------------------
@@ -238,24 +250,31 @@ def _delivery_report(event: AcsEvent, deps: AcsEventDeps) -> AcsOutcome:
         if not isinstance(data.get("tag"), str) or not data["tag"]:
             _text(data, "messageId", event.event_type)  # no tag: the provider id must do
         status = _text(data, "deliveryStatus", event.event_type)
-        failed = status.lower() == "failed"
         kind = "sms"
     else:
         _text(data, "messageId", event.event_type)
         status = _text(data, "status", event.event_type)
-        failed = status != "Delivered"  # Failed, Bounced, Suppressed, Quarantined, FilteredSpam
         kind = "email"
     report = apply_delivery_report(deps.store, {"eventType": event.event_type, "data": data}, ledger=deps.ledger,
                                    sms_channel_name=deps.sms_channel)
     if report.communication_id is None:
         return AcsOutcome("unknown-message")
     published: tuple[str, ...] = ()
-    if failed:
+    fallback: DeliveryOutcome | None = None
+    # Only a permanent failure status (dispatch.is_permanent_failure) that leaves the message not
+    # delivered; a stale failure after "Delivered" or an unknown status is recorded, nothing more.
+    if report.failed:
         comm = deps.store.read("Communication", report.communication_id)
         reason = _CODE_CHARS.sub("-", status.lower()).strip("-") or "undelivered"
         published = _publish_failed(deps, comm, _channel_of(comm) or kind, reason)
+        # Runs on every delivery of the report (idempotent by key): a crash after the failure was
+        # recorded still sends the fallback when the report comes again. A transient channel
+        # failure raises TransientDeliveryError, so the report is retried at the channel's time.
+        fallback = deliver_fallback(deps.store, deps.channels, comm, deps.clock)
+        if fallback is not None:
+            published += _publish_if_failed(deps, fallback)
     return AcsOutcome("delivery-report", report.changed, communication_id=report.communication_id,
-                      published=published)
+                      published=published, fallback=fallback)
 
 
 def _publish_if_failed(deps: AcsEventDeps, outcome: DeliveryOutcome) -> tuple[str, ...]:

@@ -6,6 +6,10 @@ condition or name. A high-severity alert goes at once; others wait for the end o
 quiet hours (the alert sweep sends them then). Staff are reached through the episode's Task: the
 escalation chain notifies level 1 at once and the escalation sweep advances it while nobody
 acknowledges. Every message key derives from the episode and the step, so a replay sends nothing.
+
+Before the first staff message goes out, the Task gets its acknowledgement code (`ACK <code>` by
+SMS; `handlers.acknowledge.acknowledge_by_code`): derived from the Task id with the token key, so
+a re-run derives the same code, and written with If-Match before any message quotes it.
 """
 
 from __future__ import annotations
@@ -20,7 +24,16 @@ from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
 from fhirstore.port import FhirStore
 from notifications.channels.base import Channel
 from notifications.dispatch import DeliveryOutcome, Fallback, MessageRequest, TransientDeliveryError, deliver
-from notifications.escalation import Chain, Step, advance, chain_of
+from notifications.escalation import (
+    Chain,
+    Step,
+    ack_code_from_mac,
+    ack_code_of,
+    advance,
+    chain_of,
+    with_ack_code,
+    with_chain,
+)
 from notifications.preferences import (
     PreferenceDefaults,
     Recipient,
@@ -97,6 +110,15 @@ def run_escalation_step(m: Messaging, task: dict[str, Any], chain: Chain) -> int
     step = advance(task, chain, m.clock.now())
     if step.action in ("wait", "done"):
         return 0
+    if (step.roles and ack_code_of(task) is None) or chain_of(task) is None:
+        recorded = _prepare_task(m, task, chain)
+        if recorded is None:
+            return 0  # the Task is gone
+        if recorded is not task:  # a new version: the step is worked out again from it
+            task = recorded
+            step = advance(task, chain, m.clock.now())
+            if step.action in ("wait", "done"):
+                return 0
     try:
         sent = _notify_staff(m, task, step, chain) if step.roles else 0
     except TransientDeliveryError:
@@ -114,6 +136,35 @@ def run_escalation_step(m: Messaging, task: dict[str, Any], chain: Chain) -> int
         publish(m, escalated(detected_issue=_focus(task), patient=task["for"]["reference"], task=f"Task/{task['id']}",
                               level=step.level, roles=list(step.roles), at=m.clock.now()))
     return sent
+
+
+def derive_ack_code(m: Messaging, task_id: str) -> str:
+    """The Task's acknowledgement code: a MAC over its id with the current token key."""
+    return ack_code_from_mac(m.tokens.derive(f"ack-code|Task/{task_id}"))
+
+
+def _prepare_task(m: Messaging, task: dict[str, Any], chain: Chain) -> dict[str, Any] | None:
+    """The Task with its chain and acknowledgement code stored before any message goes out
+    (If-Match, like every Task write); None if it was deleted. With the chain recorded, a first
+    step held back by a channel failure is picked up by the next sweep (the event that opened the
+    episode is not retried: the episode is already open). A race re-reads and tries again."""
+    for _ in range(3):
+        updated, code_added = with_ack_code(task, derive_ack_code(m, task["id"]))
+        updated, chain_added = with_chain(updated, chain.id)
+        if not (code_added or chain_added):
+            return task
+        try:
+            result = m.store.update(updated, if_match=(task.get("meta") or {}).get("versionId"))
+        except PreconditionFailed:
+            try:
+                task = m.store.read("Task", task["id"])
+            except (ResourceNotFound, ResourceGone):
+                return None
+            continue
+        return result.resource if result.resource is not None else m.store.read("Task", task["id"])
+    # Three writers in a row beat us: carry on without a stored code (the link still works) and
+    # let the next sweep store it; the message just leaves the ACK line out.
+    return task
 
 
 def escalation_chain_of(m: Messaging, task: dict[str, Any]) -> Chain | None:
@@ -141,7 +192,8 @@ def _notify_staff(m: Messaging, task: dict[str, Any], step: Step, chain: Chain) 
     for person in staff:
         token = m.tokens.issue(purpose=ACK_PURPOSE, subject=f"Task/{task['id']}", actor=person.ref, ttl=ACK_TTL)
         context = {"org_name": m.org_name, "severity": severity, "level": step.level,
-                   "ack_link": f"{m.public_base_url.rstrip('/')}/api/ack/{token}", "ack_code": ""}
+                   "ack_link": f"{m.public_base_url.rstrip('/')}/api/ack/{token}",
+                   "ack_code": ack_code_of(task)}  # None: no code stored, so the template leaves the line out
         request = _request(m, person, template=step.template or "escalation", key=f"{step.notify_key}|{person.ref}",
                            context=context, about=_focus(task), patient_ref=patient_ref, channels=step.channels,
                            category="escalation")

@@ -16,6 +16,14 @@ Transient failures keep the Communication in `preparation` and count the attempt
 (`not-done`). A permanent failure (or giving up) moves on to the request's `fallbacks` in order:
 each fallback is its own message with its own deterministic id, so a replay walks the same
 chain and sends nothing twice.
+
+Providers also report failures later: ACS accepts a send (the Communication is `completed`) and a
+delivery report says `Failed` minutes after. So a message with fallbacks keeps, on its own
+Communication, what the next channels need (`FALLBACK_PLAN_EXT`: the message key, the remaining
+fallbacks' channel, address and rendered text); `apply_delivery_report` marks the message
+`not-done` on a permanent failure status and `deliver_fallback` sends the first fallback under the
+same key a synchronous failure uses (`<key>|fallback:<channel>`), so the two paths, a re-delivered
+report and an out-of-order one can never send it twice.
 """
 
 from __future__ import annotations
@@ -37,6 +45,11 @@ COMMUNICATION_SYSTEM = vigil_system("communication")
 ATTEMPTS_EXT = vigil_system("delivery-attempts")
 NEXT_ATTEMPT_EXT = vigil_system("next-attempt")
 FAILURE_SYSTEM = vigil_system("send-failure")
+# On a Communication with fallbacks: what the next channels need once a delivery report says this
+# one failed. It holds the text each fallback's own Communication will carry when it is sent, plus
+# the recipient's address on that channel (the same value their Patient/PractitionerRole telecom
+# holds in this store); never logged.
+FALLBACK_PLAN_EXT = vigil_system("fallback-plan")
 DEFAULT_MAX_ATTEMPTS = 6
 
 
@@ -232,6 +245,9 @@ def _record(store: FhirStore, request: MessageRequest, clock: Clock) -> dict[str
         resource["about"] = [{"reference": request.about_ref}]
     if request.recipient_ref:
         resource["recipient"] = [{"reference": request.recipient_ref}]
+    plan = _plan_extension(request)
+    if plan is not None:
+        resource["extension"] = [plan]
     result = store.create(resource, if_none_exist=f"identifier={COMMUNICATION_SYSTEM}|{request.message_id}")
     assert result.resource is not None
     return result.resource
@@ -272,22 +288,151 @@ def _finish(
     )
 
 
+# -- the fallback plan ----------------------------------------------------------------------
+
+def _plan_extension(request: MessageRequest) -> dict[str, Any] | None:
+    """The remaining fallbacks of `request`, as one complex extension (None without fallbacks).
+
+    The key is kept whole (not only its hash) so that the fallback's key, and with it its
+    Communication identifier, is exactly the one `fallback_request()` makes on a synchronous failure."""
+    if not request.fallbacks:
+        return None
+    parts: list[dict[str, Any]] = [{"url": "key", "valueString": request.key},
+                                   {"url": "max-attempts", "valueInteger": request.max_attempts}]
+    for name, value in request.tags.items():
+        if name:
+            tag = [{"url": "name", "valueString": name}] + ([{"url": "value", "valueString": value}] if value else [])
+            parts.append({"url": "tag", "extension": tag})
+    for fb in request.fallbacks:
+        fields: list[dict[str, Any]] = [{"url": "channel", "valueCode": fb.channel}]
+        # FHIR strings may not be empty: an absent part reads back as "" (to, body) or None.
+        for name, value in (("to", fb.to), ("body", fb.body), ("subject", fb.subject), ("html", fb.html)):
+            if value:
+                fields.append({"url": name, "valueString": value})
+        parts.append({"url": "fallback", "extension": fields})
+    return {"url": FALLBACK_PLAN_EXT, "extension": parts}
+
+
+def pending_fallback(comm: dict[str, Any]) -> MessageRequest | None:
+    """The request for this Communication's first remaining fallback, exactly as a synchronous
+    failure of the original request would build it (same key, so same Communication); None when
+    the message had no fallbacks (or was recorded before plans were kept)."""
+    plan = next((e for e in comm.get("extension", []) if e.get("url") == FALLBACK_PLAN_EXT), None)
+    if plan is None:
+        return None
+    key: str | None = None
+    max_attempts = DEFAULT_MAX_ATTEMPTS
+    tags: dict[str, str] = {}
+    fallbacks: list[Fallback] = []
+    for part in plan.get("extension", []):
+        url = part.get("url")
+        if url == "key":
+            key = part.get("valueString")
+        elif url == "max-attempts":
+            max_attempts = int(part.get("valueInteger") or DEFAULT_MAX_ATTEMPTS)
+        elif url == "tag":
+            sub = _sub_values(part)
+            if sub.get("name"):
+                tags[sub["name"]] = sub.get("value") or ""
+        elif url == "fallback":
+            sub = _sub_values(part)
+            if sub.get("channel"):
+                fallbacks.append(Fallback(sub["channel"], sub.get("to") or "", sub.get("body") or "",
+                                          sub.get("subject"), sub.get("html")))
+    own_id = next((i.get("value") for i in comm.get("identifier", []) if i.get("system") == COMMUNICATION_SYSTEM),
+                  None)
+    original = MessageRequest(
+        key=key or "", channel=_medium_of(comm) or "", to="", body="",
+        patient_ref=(comm.get("subject") or {}).get("reference"),
+        about_ref=next((a.get("reference") for a in comm.get("about", []) if a.get("reference")), None),
+        recipient_ref=next((r.get("reference") for r in comm.get("recipient", []) if r.get("reference")), None),
+        category=_category_of(comm) or "alert", tags=tags, fallbacks=tuple(fallbacks), max_attempts=max_attempts)
+    if not key or original.message_id != own_id:
+        # A plan that does not belong to this Communication (edited by hand, copied): sending from
+        # it could reach the wrong person, so nothing is sent and the reason is left in the log.
+        log.warning("message %s has a fallback plan that does not match its identifier; no fallback sent",
+                    comm.get("id"))
+        return None
+    return original.fallback_request()
+
+
+def deliver_fallback(store: FhirStore, channels: dict[str, Channel], comm: dict[str, Any],
+                     clock: Clock) -> DeliveryOutcome | None:
+    """Send the next channel of a message that failed for good after it was sent (a delivery report).
+
+    Only a `not-done` Communication falls back. The fallback goes through `deliver()` under the key
+    a synchronous failure would use, so however often this runs (re-delivered reports, the original
+    request re-run by a sweep) the fallback is sent once; consent, retries and further fallbacks
+    are `deliver()`'s as always. None when there is nothing to fall back to."""
+    if comm.get("status") != "not-done":
+        return None
+    nxt = pending_fallback(comm)
+    if nxt is None:
+        return None
+    log.info("message %s was reported undelivered on %s; trying %s", comm.get("id"), _medium_of(comm), nxt.channel)
+    outcome = deliver(store, channels, nxt, clock)
+    return replace(outcome, failed_before=(comm["id"], *outcome.failed_before))
+
+
+def _sub_values(extension: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for sub in extension.get("extension", []):
+        value = next((v for k, v in sub.items() if k.startswith("value")), None)
+        if sub.get("url") and value is not None:
+            values[sub["url"]] = value
+    return values
+
+
+def _medium_of(comm: dict[str, Any]) -> str | None:
+    for medium in comm.get("medium", []):
+        for coding in medium.get("coding", []):
+            if coding.get("code"):
+                return str(coding["code"])
+    return None
+
+
+def _category_of(comm: dict[str, Any]) -> str | None:
+    for category in comm.get("category", []):
+        for coding in category.get("coding", []):
+            if coding.get("code"):
+                return str(coding["code"])
+    return None
+
+
 # -- delivery reports ------------------------------------------------------------------------
 
 SMS_DELIVERY_REPORT = "Microsoft.Communication.SMSDeliveryReportReceived"
 EMAIL_DELIVERY_REPORT = "Microsoft.Communication.EmailDeliveryReportReceived"
 DELIVERY_STATUS_EXT = vigil_system("delivery-status")
+# The report statuses that mean "this message will not arrive" (lower case). Only these mark the
+# message not sent and move on to a fallback; any other status (an intermediate or a new one) is
+# recorded on the Communication and nothing else, so an unknown word never sends a second message.
+# SMS: ACS reports Delivered or Failed; Expired is the carrier's "not delivered within the validity
+# period" (final). Email: the documented values other than Delivered (platform-notes §5).
+SMS_FAILURE_STATUSES = frozenset({"failed", "expired"})
+EMAIL_FAILURE_STATUSES = frozenset({"failed", "bounced", "suppressed", "quarantined", "filteredspam"})
 
 
 @dataclass(frozen=True)
 class DeliveryReport:
-    """What a delivery report did. `failed` reports mark the Communication `not-done`; the caller
-    may then re-run the original `deliver()` request, which walks on to its fallback channel."""
+    """What a delivery report did.
+
+    `failed` is True when the message now stands as not delivered because the provider reported a
+    permanent failure (also on a re-delivery of that report): the caller then announces the failure
+    and calls `deliver_fallback`. A failure reported for a message already reported delivered is
+    stale (reports arrive out of order) and changes nothing: delivered is final."""
 
     communication_id: str | None
     delivered: bool
     status: str  # the provider's status word (Delivered, Failed, Bounced, ...)
     changed: bool
+    failed: bool = False
+
+
+def is_permanent_failure(event_type: str, status: str) -> bool:
+    """Whether a delivery report status means the message will not arrive (see the sets above)."""
+    known = SMS_FAILURE_STATUSES if event_type == SMS_DELIVERY_REPORT else EMAIL_FAILURE_STATUSES
+    return status.strip().lower() in known
 
 
 def apply_delivery_report(store: FhirStore, event: dict[str, Any], *, ledger: Any = None,
@@ -301,11 +446,7 @@ def apply_delivery_report(store: FhirStore, event: dict[str, Any], *, ledger: An
     data = event.get("data") or {}
     if event_type == SMS_DELIVERY_REPORT:
         status = str(data.get("deliveryStatus") or "")
-        delivered = status.lower() == "delivered"
-        failed = status.lower() == "failed"
         tag = data.get("tag")
-        if tag and ledger is not None and delivered:
-            ledger.mark_sent(f"{sms_channel_name}:{tag}", data.get("messageId"), _now_from(data, "receivedTimestamp"))
         query = {"identifier": f"{COMMUNICATION_SYSTEM}|{tag}"} if tag else \
             {"identifier": f"{vigil_system('provider-message-id')}|{data.get('messageId')}"}
         detail = ((data.get("deliveryStatusDetails") or "") if isinstance(data.get("deliveryStatusDetails"), str)
@@ -313,29 +454,38 @@ def apply_delivery_report(store: FhirStore, event: dict[str, Any], *, ledger: An
         when = data.get("receivedTimestamp")
     elif event_type == EMAIL_DELIVERY_REPORT:
         status = str(data.get("status") or "")
-        delivered = status == "Delivered"
-        failed = not delivered  # Failed, Bounced, Suppressed, Quarantined, FilteredSpam (platform-notes §5)
+        tag = None
         query = {"identifier": f"{vigil_system('provider-message-id')}|{data.get('messageId')}"}
         detail = str((data.get("deliveryStatusDetails") or {}).get("statusMessage") or "")
         when = data.get("deliveryAttemptTimeStamp")
     else:
         raise ValueError(f"not an ACS delivery report: event type {event_type!r}")
+    delivered = status.strip().lower() == "delivered"
+    failed = is_permanent_failure(event_type, status)
+    if tag and ledger is not None and delivered:
+        ledger.mark_sent(f"{sms_channel_name}:{tag}", data.get("messageId"), _now_from(data, "receivedTimestamp"))
     found = store.search("Communication", query).resources
     if not found:
         log.info("delivery report for an unknown message (%s)", status or "no status")
         return DeliveryReport(None, delivered, status, False)
     comm = found[0]
+    if failed and _reported_status(comm) == "delivered":
+        log.info("message %s: a %s report after it was reported delivered; kept as delivered", comm["id"],
+                 status)
+        return DeliveryReport(comm["id"], False, status, False)
     updated = dict(comm)
     keep = [e for e in comm.get("extension", []) if e.get("url") != DELIVERY_STATUS_EXT]
-    updated["extension"] = [*keep, {"url": DELIVERY_STATUS_EXT, "valueCode": status.lower() or "unknown"}]
+    updated["extension"] = [*keep, {"url": DELIVERY_STATUS_EXT, "valueCode": _status_code(status)}]
     if delivered:
         if comm["status"] != "completed":
-            # An in-doubt send that did go out after all.
+            # An in-doubt send that did go out after all (or a failure report that came first).
             updated["status"] = "completed"
             updated.pop("statusReason", None)
         if when:
             updated["received"] = when
-    elif failed and comm["status"] == "completed":
+    elif failed and comm["status"] in ("completed", "preparation"):
+        # `preparation`: the provider took it but the send was never recorded (a crash between
+        # the two); the report is the only word on it.
         from notifications.channels.acs_sms import scrub
 
         updated["status"] = "not-done"
@@ -345,7 +495,18 @@ def apply_delivery_report(store: FhirStore, event: dict[str, Any], *, ledger: An
     if changed:
         store.update(updated)
         log.info("message %s delivery report: %s", comm["id"], status or "unknown")
-    return DeliveryReport(comm["id"], delivered, status, changed)
+    return DeliveryReport(comm["id"], delivered, status, changed,
+                          failed=failed and updated["status"] == "not-done")
+
+
+def _reported_status(comm: dict[str, Any]) -> str | None:
+    return next((e.get("valueCode") for e in comm.get("extension", []) if e.get("url") == DELIVERY_STATUS_EXT),
+                None)
+
+
+def _status_code(status: str) -> str:
+    # A FHIR code has no leading/trailing or doubled whitespace; the provider's word is kept otherwise.
+    return "-".join(status.lower().split()) or "unknown"
 
 
 def _now_from(data: dict[str, Any], key: str) -> datetime:

@@ -17,7 +17,9 @@ advance it):
 - `Task.businessStatus` the level (`urn:vigil:escalation-level` code `level-<n>`, or `exhausted`,
   `acknowledged`, `closed`);
 - extensions `urn:vigil:escalation-chain` (chain id), `urn:vigil:escalation-due` (when the sweep
-  should act next) and `urn:vigil:escalation-repeat` (repeats of the last level done).
+  should act next) and `urn:vigil:escalation-repeat` (repeats of the last level done);
+- an identifier `urn:vigil:ack-code`: the short code a clinician texts back (`ACK <code>`) to
+  acknowledge by SMS (`ack_code_from_mac`, `with_ack_code`; `Task?identifier=` finds the Task).
 
 `advance()` and `acknowledge()` never write anything: they return the Task to persist. The caller
 writes it with `If-Match` on the version it read, so of two sweeps racing on one Task only one
@@ -46,6 +48,12 @@ DUE_EXT = vigil_system("escalation-due")
 REPEAT_EXT = vigil_system("escalation-repeat")
 ACK_AT_EXT = vigil_system("acknowledged-at")
 MITIGATION_SYSTEM = vigil_system("mitigation")
+ACK_CODE_SYSTEM = vigil_system("ack-code")
+# Letters and digits a person reads off a phone and types back without doubt: no 0/O, 1/I/L, 2/Z,
+# 5/S, 8/B. 26^6 is about 3e8 codes, so two open alerts rarely share one (and the sender's care
+# team tells them apart when they do).
+ACK_CODE_ALPHABET = "ACDEFGHJKMNPQRTUVWXY346789"
+ACK_CODE_LENGTH = 6
 OPEN_STATUSES = frozenset({"requested", "received", "ready"})
 CHANNEL_KINDS = frozenset({"sms", "email"})
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
@@ -257,6 +265,72 @@ def _channels(value: Any, where: tuple[Any, ...], fail) -> tuple[str, ...]:
 
 def _ext(task: Mapping[str, Any], url: str) -> Mapping[str, Any] | None:
     return next((e for e in task.get("extension", []) or [] if e.get("url") == url), None)
+
+
+def ack_code_from_mac(mac: bytes) -> str:
+    """The acknowledgement code for a Task, from a MAC over its id (deterministic: a re-run of the
+    same step texts the same code; keyed: codes cannot be worked out from Task ids)."""
+    if len(mac) < 8:
+        raise EscalationError("an acknowledgement code needs at least 8 bytes of MAC")
+    number = int.from_bytes(mac, "big")
+    chars = []
+    for _ in range(ACK_CODE_LENGTH):
+        number, index = divmod(number, len(ACK_CODE_ALPHABET))
+        chars.append(ACK_CODE_ALPHABET[index])
+    return "".join(chars)
+
+
+def normalize_ack_code(text: str | None) -> str | None:
+    """The code as Vigil stores it (upper case, no spaces or dashes), or None when `text` cannot be
+    one. People type codes in any case and sometimes split them ("k7m-x3q")."""
+    if not text:
+        return None
+    code = re.sub(r"[\s\-]", "", text).upper()
+    if len(code) != ACK_CODE_LENGTH or any(c not in ACK_CODE_ALPHABET for c in code):
+        return None
+    return code
+
+
+def ack_code_of(task: Mapping[str, Any]) -> str | None:
+    for ident in task.get("identifier", []) or []:
+        if ident.get("system") == ACK_CODE_SYSTEM and ident.get("value"):
+            return str(ident["value"])
+    return None
+
+
+def with_ack_code(task: Mapping[str, Any], code: str) -> tuple[dict[str, Any], bool]:
+    """The Task carrying `code` as its `urn:vigil:ack-code` identifier (returns changed). A Task
+    that already has a code keeps it: messages already sent quote that one."""
+    if normalize_ack_code(code) != code:
+        raise EscalationError(f"{code!r} is not an acknowledgement code ({ACK_CODE_LENGTH} of {ACK_CODE_ALPHABET})")
+    if ack_code_of(task) is not None:
+        return dict(task), False
+    updated = dict(task)
+    updated["identifier"] = [*(task.get("identifier", []) or []), {"system": ACK_CODE_SYSTEM, "value": code}]
+    return updated, True
+
+
+def with_chain(task: Mapping[str, Any], chain_id: str) -> tuple[dict[str, Any], bool]:
+    """The Task naming its chain before the first notice goes out (returns changed), so the sweep
+    finds and restarts a chain whose first step a channel failure held back."""
+    current = chain_of(task)
+    if current is not None:
+        if current != chain_id:
+            raise EscalationError(f"the Task runs chain {current!r}, not {chain_id!r}")
+        return dict(task), False
+    updated = dict(task)
+    updated["extension"] = [*(task.get("extension", []) or []), {"url": CHAIN_EXT, "valueString": chain_id}]
+    return updated, True
+
+
+def is_open(task: Mapping[str, Any]) -> bool:
+    """Still waiting for an acknowledgement (running or exhausted, not acknowledged or closed)."""
+    return task.get("status") in OPEN_STATUSES and _business(task) not in ("acknowledged", "closed")
+
+
+def acknowledged_at(task: Mapping[str, Any]) -> datetime | None:
+    ext = _ext(task, ACK_AT_EXT)
+    return parse_instant(ext["valueDateTime"]) if ext and ext.get("valueDateTime") else None
 
 
 def chain_of(task: Mapping[str, Any]) -> str | None:

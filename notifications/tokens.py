@@ -34,6 +34,7 @@ from notifications.channels.ledger import SendLedger
 from notifications.connection import Secret
 
 _DOMAIN = b"vigil-token-v1|"
+_DERIVE_DOMAIN = b"vigil-derive-v1|"  # keyed digests that are not tokens (see SignedTokens.derive)
 _MAC_BYTES = 16
 MIN_KEY_BYTES = 32
 DEFAULT_TTL = timedelta(hours=24)
@@ -128,6 +129,11 @@ class SignedTokens:
 
     def _mac(self, kid: str, payload: bytes) -> bytes:
         return hmac.new(self._keys[kid], _DOMAIN + payload, hashlib.sha256).digest()[:_MAC_BYTES]
+
+    def derive(self, label: str) -> bytes:
+        """A keyed digest of `label` with the current key, for short secrets derived from an id
+        (an SMS acknowledgement code). Its own domain: it can never equal a token's MAC."""
+        return hmac.new(self._keys[self.current], _DERIVE_DOMAIN + label.encode(), hashlib.sha256).digest()
 
     def issue(self, *, purpose: str, subject: str, actor: str | None = None, ttl: timedelta | None = None) -> str:
         for name, value in (("purpose", purpose), ("subject", subject), ("actor", actor or "")):

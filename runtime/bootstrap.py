@@ -19,7 +19,7 @@ from ingest.identity import IdentityResolver
 from ingest.templates.reload import TemplateFiles
 from notifications.channels import build_channels
 from notifications.channels.base import Channel
-from notifications.channels.ledger import SqliteSendLedger
+from notifications.channels.ledger import FhirSendLedger, SendLedger, SqliteSendLedger
 from notifications.consent import SmsConsentRegistry
 from notifications.escalation import Chain, load_chains
 from notifications.templates import TemplateLibrary
@@ -50,9 +50,10 @@ class Services:
     workflow: WorkflowPublisher
     bus: LocalBus | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    send_ledger: SendLedger | None = None  # what the SMS/SMTP channels claim sends in
 
     def close(self) -> None:
-        for closable in (self.store, self.dead_letters, self.bus):
+        for closable in (self.send_ledger, self.store, self.dead_letters, self.bus):
             close = getattr(closable, "close", None)
             if close is not None:
                 close()
@@ -66,8 +67,9 @@ def bootstrap(settings: Settings, *, clock: Clock | None = None) -> Services:
     store = _fhir_store(settings, clock)
     bus = LocalBus(settings.path("bus.db"), dead_letters=dead_letters, max_attempts=settings.bus_max_attempts)
     consent = SmsConsentRegistry(store, clock)
-    channels = build_channels(_channel_config(settings), ledger=SqliteSendLedger(settings.path("sends.db")),
-                              opt_outs=consent, clock=clock, base_dir=data_dir)
+    ledger = send_ledger(settings, store)
+    channels = build_channels(_channel_config(settings), ledger=ledger, opt_outs=consent, clock=clock,
+                              base_dir=data_dir)
     return Services(
         settings=settings,
         store=store,
@@ -84,7 +86,17 @@ def bootstrap(settings: Settings, *, clock: Clock | None = None) -> Services:
         consent=consent,
         workflow=_workflow_publisher(settings, bus),
         bus=bus,
+        send_ledger=ledger,
     )
+
+
+def send_ledger(settings: Settings, store: FhirStore) -> SendLedger:
+    """The send ledger `VIGIL_SEND_LEDGER` names (Settings.send_ledger_kind). A SQLite file is per
+    machine: on Azure each Functions instance would have its own, and two instances could both
+    send one SMS, so with a FHIR server the claims live in the FHIR store by default."""
+    if settings.send_ledger_kind == "fhir":
+        return FhirSendLedger(store)
+    return SqliteSendLedger(settings.path("sends.db"))
 
 
 def _channel_config(settings: Settings) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules" / "library"
 DEFAULT_CHAINS = Path(__file__).resolve().parent.parent / "notifications" / "chains.yaml"
+SEND_LEDGERS = ("sqlite", "fhir")
 
 
 class SettingsError(ValueError):
@@ -53,6 +54,10 @@ class Settings:
     ack_token_keys: str | None = field(default=None, repr=False)  # "kid:secret[,kid:secret]"; first signs
     workflow_topic_endpoint: str | None = None  # Event Grid topic for workflow events (Azure)
     workflow_topic_key: str | None = field(default=None, repr=False)
+    # Where SMS/SMTP sends are claimed before the provider is called (exactly-once sends):
+    # "sqlite" (<data dir>/sends.db, one machine) or "fhir" (Basic resources in the FHIR store,
+    # shared by every Functions instance). Unset: fhir with a FHIR server URL, sqlite embedded.
+    send_ledger: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -77,10 +82,20 @@ class Settings:
             raise SettingsError("VIGIL_IDENTITY_MODE must be Lookup, Create or LookupWithEncounter")
         if self.max_message_bytes < 1024:
             raise SettingsError("VIGIL_MAX_MESSAGE_BYTES must be at least 1024")
+        if self.send_ledger is not None and self.send_ledger.strip().lower() not in SEND_LEDGERS:
+            raise SettingsError(f"VIGIL_SEND_LEDGER must be 'sqlite' or 'fhir', not {self.send_ledger!r}")
 
     @property
     def embedded(self) -> bool:
         return self.fhir_url is None
+
+    @property
+    def send_ledger_kind(self) -> str:
+        """The send ledger to use: the setting, else "fhir" with a FHIR server (Azure: every instance
+        must see the same claims) and "sqlite" with the embedded store."""
+        if self.send_ledger:
+            return self.send_ledger.strip().lower()
+        return "sqlite" if self.embedded else "fhir"
 
     def template_paths(self) -> tuple[Path, Path]:
         from ingest.templates.presets import preset_paths

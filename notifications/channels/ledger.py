@@ -246,7 +246,13 @@ _REASON_EXT = vigil_system("send-ledger-reason")
 class FhirSendLedger:
     """At scale: one `Basic` resource per claim, created with `If-None-Exist` on a Vigil identifier,
     so every Functions instance sees the same claims. The resource holds no message content and no
-    address: only the message id, the state and the provider's message id."""
+    address: only the message id, the state and the provider's message id.
+
+    A claim is as exclusive as the server's conditional create. Not every server makes that atomic:
+    two concurrent conditional creates can both succeed (microsoft/fhir-server#1382,
+    hapifhir/hapi-fhir#3141), and then both callers send. The two resources must not wedge the key
+    afterwards (every later conditional create would fail with "matched more than one"), so a key
+    with several claims reads as its most advanced one."""
 
     def __init__(self, store: FhirStore) -> None:
         self.store = store
@@ -266,10 +272,18 @@ class FhirSendLedger:
                 {"url": vigil_system("send-ledger-claimed-at"), "valueDateTime": iso(now)},
             ],
         }
-        result = self.store.create(resource, if_none_exist=self._query(key))
-        if result.outcome == "created":
-            return Claim("new", claimed_at=now)
-        existing = result.resource or {}
+        try:
+            result = self.store.create(resource, if_none_exist=self._query(key))
+        except PreconditionFailed:
+            # Several claims for this key already (an earlier race, see the class docstring).
+            found = self._find(key)
+            if found is None:
+                raise
+            existing = found
+        else:
+            if result.outcome == "created":
+                return Claim("new", claimed_at=now)
+            existing = result.resource or {}
         state, provider_id, reason, claimed_at = _basic_state(existing, now)
         decided = _decide(state, claimed_at, now, lease)
         if decided == "in-doubt" and state == "claimed":
@@ -326,7 +340,11 @@ class FhirSendLedger:
 
     def _find(self, key: str) -> dict[str, Any] | None:
         found = self.store.search("Basic", {"identifier": f"{LEDGER_SYSTEM}|{key}"}).resources
-        return found[0] if found else None
+        if len(found) <= 1:
+            return found[0] if found else None
+        # Sent beats in-doubt beats claimed: the record that knows most about the message decides.
+        rank = {"sent": 0, "in-doubt": 1}
+        return min(found, key=lambda r: (rank.get(_basic_state(r, datetime.now(UTC))[0], 2), str(r.get("id"))))
 
 
 def _basic_state(resource: dict[str, Any], now: datetime) -> tuple[str, str | None, str | None, datetime]:

@@ -15,6 +15,7 @@ import pytest
 
 from common.clock import FixedClock
 from fhirstore.paging import search_all
+from notifications.escalation import chain_of, level_of
 from runtime.http_server import running_server
 from tests.support.acs_server import FakeAcsServer
 from tests.support.pipeline import DAYTIME, add_patient, make_host, reading
@@ -135,3 +136,29 @@ def test_crisis_escalates_until_acknowledged_and_a_replay_sends_nothing(flow, ac
     kinds = {e["eventType"] for e in events}
     assert {"Vigil.Alert.EpisodeOpened", "Vigil.Alert.Escalated", "Vigil.Alert.Acknowledged"} <= kinds
     assert PATIENT_PHONE not in json.dumps(events) and "192" not in json.dumps(events)
+
+
+def test_a_first_escalation_text_held_back_by_the_provider_goes_out_on_the_next_sweep(
+        flow, acs: FakeAcsServer) -> None:
+    """The episode opens (the event is done), but the nurse's first text meets a transient ACS
+    failure: the Task already names its chain, so the next escalation sweep sends it, once."""
+    host, clock, _ = flow
+    s = host.services
+    acs.fail_recipient(NURSE_PHONE, status=503, error="Service unavailable")
+    host.publish_device_messages([reading("p1", "blood_pressure", "2026-11-20T14:55:00Z",
+                                          {"systolic": 192, "diastolic": 118})])
+    assert host.run_until_idle(timeout_s=60)
+    [issue] = search_all(s.store, "DetectedIssue", {})
+    assert len(texts(acs, PATIENT_PHONE)) == 1
+    assert acs.sms_messages and texts(acs, NURSE_PHONE) == []  # the attempt was refused, not recorded
+    task = s.store.read("Task", issue["id"])
+    assert (task["status"], level_of(task), chain_of(task)) == ("requested", 0, "crisis")
+
+    acs.clear_failures()
+    clock.advance(timedelta(minutes=1))
+    host.run_timer("escalation_sweep")
+    [nurse_text] = texts(acs, NURSE_PHONE)
+    assert "ACK " in nurse_text
+    assert s.store.read("Task", issue["id"])["businessStatus"]["coding"][0]["code"] == "level-1"
+    host.run_timer("escalation_sweep")
+    assert len(texts(acs, NURSE_PHONE)) == 1
