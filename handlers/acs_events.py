@@ -52,11 +52,13 @@ from notifications.dispatch import (
     SMS_DELIVERY_REPORT,
     DeliveryOutcome,
     MessageRequest,
+    TransientDeliveryError,
     apply_delivery_report,
     deliver,
     deliver_fallback,
+    pending_fallback,
 )
-from notifications.preferences import PreferenceDefaults, PreferenceError, patient_recipient
+from notifications.preferences import PreferenceDefaults, PreferenceError, patient_recipient, send_at
 from notifications.templates import TemplateLibrary
 from notifications.workflow_events import WorkflowEventError, WorkflowPublisher, message_failed
 
@@ -270,11 +272,30 @@ def _delivery_report(event: AcsEvent, deps: AcsEventDeps) -> AcsOutcome:
         # Runs on every delivery of the report (idempotent by key): a crash after the failure was
         # recorded still sends the fallback when the report comes again. A transient channel
         # failure raises TransientDeliveryError, so the report is retried at the channel's time.
+        _hold_for_quiet_hours(deps, comm)
         fallback = deliver_fallback(deps.store, deps.channels, comm, deps.clock)
         if fallback is not None:
             published += _publish_if_failed(deps, fallback)
     return AcsOutcome("delivery-report", report.changed, communication_id=report.communication_id,
                       published=published, fallback=fallback)
+
+
+def _hold_for_quiet_hours(deps: AcsEventDeps, comm: dict[str, Any]) -> None:
+    """A patient reminder reported undelivered in the evening must not reach the patient's next
+    channel during their quiet hours (reminders wait for them to end, DESIGN §7): the report is
+    retried when they end (the local host waits for `retry_at`; Event Grid retries for 24 h)."""
+    nxt = pending_fallback(comm)
+    if nxt is None or nxt.category != "reminder" or not nxt.patient_ref or nxt.recipient_ref != nxt.patient_ref:
+        return
+    now = deps.clock.now()
+    try:
+        patient = deps.store.read("Patient", nxt.patient_ref.partition("/")[2])
+        when = send_at(patient_recipient(patient, deps.defaults, now=now), category="reminder", urgent=False, now=now)
+    except (ResourceNotFound, ResourceGone, PreferenceError):
+        return  # no preferences to honour: deliver() decides as for any message
+    if when > now:
+        log.info("fallback for message %s waits for the end of the patient's quiet hours", comm.get("id"))
+        raise TransientDeliveryError("the patient's quiet hours", communication_id=comm.get("id"), retry_at=when)
 
 
 def _publish_if_failed(deps: AcsEventDeps, outcome: DeliveryOutcome) -> tuple[str, ...]:

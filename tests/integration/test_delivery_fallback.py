@@ -388,6 +388,27 @@ def test_a_transient_failure_of_the_fallback_retries_the_report(host, acs, clock
     assert outcome.fallback is not None and outcome.fallback.status == "sent" and len(flaky.sent) == 2
 
 
+def test_a_reminder_reported_undelivered_in_quiet_hours_falls_back_when_they_end(host, acs, clock) -> None:
+    """A reminder SMS sent at 20:55 (the patient's zone, UTC by default) is reported failed at 21:10:
+    the email fallback waits for 08:00 instead of reaching the patient in quiet hours."""
+    s = host.services
+    clock.set(DAYTIME.replace(hour=20, minute=55))
+    request = MessageRequest(key="reminder|p1|bp|2026-11-20", channel="sms", to=PHONE, body="Time for your reading.",
+                             patient_ref="Patient/p1", recipient_ref="Patient/p1", category="reminder",
+                             fallbacks=(Fallback("email", EMAIL, "Time for your reading.", "A reminder"),))
+    assert deliver(s.store, s.channels, request, clock).status == "sent"
+    [sms] = [c for c in search_all(s.store, "Communication", {"subject": "Patient/p1"}) if medium(c) == "sms"]
+    clock.set(DAYTIME.replace(hour=21, minute=10))
+    with pytest.raises(TransientDeliveryError) as held:
+        handle(host, sms_report(sms, "Failed", "dr-1"))
+    assert held.value.retry_at == DAYTIME.replace(day=21, hour=8, minute=0)
+    assert s.store.read("Communication", sms["id"])["status"] == "not-done"  # the failure is recorded
+    assert emails_to(acs) == []
+    clock.set(DAYTIME.replace(day=21, hour=8, minute=0))
+    outcome = handle(host, sms_report(sms, "Failed", "dr-1"))  # Event Grid's retry of the same report
+    assert outcome.fallback is not None and outcome.fallback.status == "sent" and len(emails_to(acs)) == 1
+
+
 def test_a_plan_that_does_not_match_its_message_sends_nothing(host, acs, caplog) -> None:
     s = host.services
     sms = crisis_alert(host)
