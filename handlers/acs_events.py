@@ -56,6 +56,7 @@ from notifications.dispatch import (
     apply_delivery_report,
     deliver,
     deliver_fallback,
+    medium_of,
     pending_fallback,
 )
 from notifications.preferences import PreferenceDefaults, PreferenceError, patient_recipient, send_at
@@ -268,7 +269,7 @@ def _delivery_report(event: AcsEvent, deps: AcsEventDeps) -> AcsOutcome:
     if report.failed:
         comm = deps.store.read("Communication", report.communication_id)
         reason = _CODE_CHARS.sub("-", status.lower()).strip("-") or "undelivered"
-        published = _publish_failed(deps, comm, _channel_of(comm) or kind, reason)
+        published = _publish_failed(deps, comm, medium_of(comm) or kind, reason)
         # Runs on every delivery of the report (idempotent by key): a crash after the failure was
         # recorded still sends the fallback when the report comes again. A transient channel
         # failure raises TransientDeliveryError, so the report is retried at the channel's time.
@@ -323,13 +324,6 @@ def _publish_failed(deps: AcsEventDeps, comm: dict[str, Any], channel: str, reas
     log.info("message %s failed (%s); workflow event published", comm["id"], reason)
     return (event.event_type,)
 
-
-def _channel_of(comm: dict[str, Any]) -> str | None:
-    for medium in comm.get("medium", []):
-        for coding in medium.get("coding", []):
-            if coding.get("code"):
-                return str(coding["code"])
-    return None
 
 
 def _code(text: str) -> str:

@@ -342,7 +342,7 @@ def pending_fallback(comm: dict[str, Any]) -> MessageRequest | None:
     own_id = next((i.get("value") for i in comm.get("identifier", []) if i.get("system") == COMMUNICATION_SYSTEM),
                   None)
     original = MessageRequest(
-        key=key or "", channel=_medium_of(comm) or "", to="", body="",
+        key=key or "", channel=medium_of(comm) or "", to="", body="",
         patient_ref=(comm.get("subject") or {}).get("reference"),
         about_ref=next((a.get("reference") for a in comm.get("about", []) if a.get("reference")), None),
         recipient_ref=next((r.get("reference") for r in comm.get("recipient", []) if r.get("reference")), None),
@@ -369,7 +369,7 @@ def deliver_fallback(store: FhirStore, channels: dict[str, Channel], comm: dict[
     nxt = pending_fallback(comm)
     if nxt is None:
         return None
-    log.info("message %s was reported undelivered on %s; trying %s", comm.get("id"), _medium_of(comm), nxt.channel)
+    log.info("message %s was reported undelivered on %s; trying %s", comm.get("id"), medium_of(comm), nxt.channel)
     outcome = deliver(store, channels, nxt, clock)
     return replace(outcome, failed_before=(comm["id"], *outcome.failed_before))
 
@@ -383,17 +383,18 @@ def _sub_values(extension: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _medium_of(comm: dict[str, Any]) -> str | None:
-    for medium in comm.get("medium", []):
-        for coding in medium.get("coding", []):
-            if coding.get("code"):
-                return str(coding["code"])
-    return None
+def medium_of(comm: dict[str, Any]) -> str | None:
+    """The channel a Communication went out on (its `medium` code)."""
+    return _first_code(comm.get("medium", []))
 
 
 def _category_of(comm: dict[str, Any]) -> str | None:
-    for category in comm.get("category", []):
-        for coding in category.get("coding", []):
+    return _first_code(comm.get("category", []))
+
+
+def _first_code(concepts: list[dict[str, Any]]) -> str | None:
+    for concept in concepts:
+        for coding in concept.get("coding", []):
             if coding.get("code"):
                 return str(coding["code"])
     return None

@@ -17,7 +17,7 @@ from common.clock import FixedClock
 from fhirstore.paging import search_all
 from notifications.escalation import chain_of, level_of
 from runtime.http_server import running_server
-from tests.support.acs_server import FakeAcsServer
+from tests.support.acs_server import FakeAcsServer, write_channels_config
 from tests.support.pipeline import DAYTIME, add_patient, make_host, reading
 
 PATIENT_PHONE = "+15550100001"
@@ -35,13 +35,7 @@ def acs():
 @pytest.fixture
 def flow(acs: FakeAcsServer, tmp_path: Path):
     clock = FixedClock(DAYTIME)
-    config = tmp_path / "channels.json"
-    config.write_text(json.dumps({
-        "sms": {"type": "acs_sms", "connection_string": acs.connection_string, "from": "+18005550100",
-                "connection_verify": acs.ca_path, "retry_total": 0},
-        "email": {"type": "outbox", "directory": "outbox"},
-        "outbox": {"type": "outbox", "directory": "outbox"},
-    }))
+    config = write_channels_config(acs, tmp_path / "channels.json")
     host = make_host(tmp_path / "data", clock=clock, channels_config=config, local_token=TOKEN,
                      org_name="Acme Clinic", contact_phone="(555) 010-0100")
     host.acquire()

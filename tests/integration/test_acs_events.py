@@ -22,27 +22,12 @@ from fhirstore.paging import search_all
 from notifications.dispatch import MessageRequest, deliver
 from runtime.bootstrap import WORKFLOW_EVENTS
 from runtime.cli_events import read_events
-from tests.support.acs_server import FakeAcsServer
+from tests.support.acs_server import FakeAcsServer, write_channels_config
 from tests.support.pipeline import DAYTIME, add_patient, make_host, reading
 
 PHONE = "+15550100001"  # add_patient's default number
 HELP_LINE = "(555) 010-0100"
 QUEUE = "eg:on_acs_event"
-
-
-@pytest.fixture(scope="module")
-def acs():
-    with FakeAcsServer() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _fresh_provider(acs: FakeAcsServer):
-    acs.clear_failures()
-    with acs.lock:
-        acs.state.sms_messages.clear()
-    yield
-    acs.clear_failures()
 
 
 @pytest.fixture
@@ -52,13 +37,7 @@ def clock() -> FixedClock:
 
 @pytest.fixture
 def host(acs: FakeAcsServer, tmp_path: Path, clock: FixedClock):
-    config = tmp_path / "channels.json"
-    config.write_text(json.dumps({
-        "sms": {"type": "acs_sms", "connection_string": acs.connection_string, "from": "+18005550100",
-                "connection_verify": acs.ca_path, "retry_total": 0},
-        "email": {"type": "outbox", "directory": "outbox"},
-        "outbox": {"type": "outbox", "directory": "outbox"},
-    }))
+    config = write_channels_config(acs, tmp_path / "channels.json")
     h = make_host(tmp_path / "data", clock=clock, channels_config=config, contact_phone=HELP_LINE)
     h.acquire()
     add_patient(h.services, "p1")

@@ -36,7 +36,7 @@ from notifications.dispatch import (
 )
 from runtime.bootstrap import WORKFLOW_EVENTS
 from runtime.cli_events import read_events
-from tests.support.acs_server import FakeAcsServer
+from tests.support.acs_server import FakeAcsServer, write_channels_config
 from tests.support.pipeline import DAYTIME, add_patient, make_host, reading
 from triggers.acs_events import acs_deps
 from triggers.fhir_events import messaging
@@ -47,24 +47,6 @@ QUEUE = "eg:on_acs_event"
 CRISIS = {"systolic": 186, "diastolic": 112}
 
 
-@pytest.fixture(scope="module")
-def acs():
-    with FakeAcsServer() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _fresh_provider(acs: FakeAcsServer):
-    acs.clear_failures()
-    with acs.lock:
-        acs.state.sms_messages.clear()
-        acs.state.emails.clear()
-        acs.state.operations.clear()  # operation ids derive from message keys, which repeat across tests
-        acs.state.requests.clear()
-    yield
-    acs.clear_failures()
-
-
 @pytest.fixture
 def clock() -> FixedClock:
     return FixedClock(DAYTIME)
@@ -72,15 +54,7 @@ def clock() -> FixedClock:
 
 @pytest.fixture
 def host(acs: FakeAcsServer, tmp_path: Path, clock: FixedClock):
-    config = tmp_path / "channels.json"
-    config.write_text(json.dumps({
-        "sms": {"type": "acs_sms", "connection_string": acs.connection_string, "from": "+18005550100",
-                "delivery_reports": True, "connection_verify": acs.ca_path, "retry_total": 0},
-        "email": {"type": "acs_email", "connection_string": acs.connection_string,
-                  "sender": "DoNotReply@mail.example", "connection_verify": acs.ca_path, "retry_total": 0,
-                  "polling_interval": 0},
-        "outbox": {"type": "outbox", "directory": "outbox"},
-    }))
+    config = write_channels_config(acs, tmp_path / "channels.json", email="acs_email", delivery_reports=True)
     h = make_host(tmp_path / "data", clock=clock, channels_config=config, contact_phone="(555) 010-0100")
     h.acquire()
     add_patient(h.services, "p1")

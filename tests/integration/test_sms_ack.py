@@ -29,7 +29,7 @@ from notifications.escalation import ACK_CODE_ALPHABET, ACK_CODE_SYSTEM, acknowl
 from notifications.tokens import MemoryUsedTokens, SignedTokens
 from runtime.bootstrap import WORKFLOW_EVENTS
 from runtime.cli_events import read_events
-from tests.support.acs_server import FakeAcsServer
+from tests.support.acs_server import FakeAcsServer, write_channels_config
 from tests.support.pipeline import DAYTIME, add_patient, make_host, reading
 from triggers.fhir_events import messaging
 
@@ -43,20 +43,6 @@ QUEUE = "eg:on_acs_event"
 CRISIS = {"systolic": 192, "diastolic": 118}
 
 
-@pytest.fixture(scope="module")
-def acs():
-    with FakeAcsServer() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _fresh_provider(acs: FakeAcsServer):
-    acs.clear_failures()
-    with acs.lock:
-        acs.state.sms_messages.clear()
-    yield
-
-
 @pytest.fixture
 def clock() -> FixedClock:
     return FixedClock(DAYTIME)
@@ -64,13 +50,7 @@ def clock() -> FixedClock:
 
 @pytest.fixture
 def host(acs: FakeAcsServer, tmp_path: Path, clock: FixedClock):
-    config = tmp_path / "channels.json"
-    config.write_text(json.dumps({
-        "sms": {"type": "acs_sms", "connection_string": acs.connection_string, "from": "+18005550100",
-                "connection_verify": acs.ca_path, "retry_total": 0},
-        "email": {"type": "outbox", "directory": "outbox"},
-        "outbox": {"type": "outbox", "directory": "outbox"},
-    }))
+    config = write_channels_config(acs, tmp_path / "channels.json")
     h = make_host(tmp_path / "data", clock=clock, channels_config=config, org_name="Acme Clinic")
     h.acquire()
     s = h.services

@@ -180,6 +180,17 @@ class FakeAcsServer:
             self.state.recipient_failures.clear()
             self.state.scripted.clear()
 
+    def reset(self) -> None:
+        """Forget everything sent and scripted, for the next test on a module-scoped server
+        (email operation ids derive from message keys, which repeat across tests)."""
+        with self.lock:
+            self.state.recipient_failures.clear()
+            self.state.scripted.clear()
+            self.state.sms_messages.clear()
+            self.state.emails.clear()
+            self.state.operations.clear()
+            self.state.requests.clear()
+
     # -- assertions --------------------------------------------------------------------------
     @property
     def requests(self) -> list[Recorded]:
@@ -480,3 +491,20 @@ def _email_shape_problem(message: Any) -> str | None:
     if tracking is not None and not isinstance(tracking, bool):
         return "userEngagementTrackingDisabled must be a boolean"
     return None
+
+
+def write_channels_config(acs: FakeAcsServer, path: Path, *, email: str = "outbox",
+                          delivery_reports: bool = False) -> Path:
+    """A channels file for a host whose SMS (and, with email="acs_email", email) goes through the
+    real ACS SDKs to `acs`; the rest goes to the file outbox. SDK retries are off: Vigil's own
+    retry policy is what the tests check."""
+    sms: dict[str, Any] = {"type": "acs_sms", "connection_string": acs.connection_string, "from": "+18005550100",
+                           "connection_verify": acs.ca_path, "retry_total": 0}
+    if delivery_reports:
+        sms["delivery_reports"] = True
+    mail: dict[str, Any] = {"type": "outbox", "directory": "outbox"}
+    if email == "acs_email":
+        mail = {"type": "acs_email", "connection_string": acs.connection_string, "sender": "DoNotReply@mail.example",
+                "connection_verify": acs.ca_path, "retry_total": 0, "polling_interval": 0}
+    path.write_text(json.dumps({"sms": sms, "email": mail, "outbox": {"type": "outbox", "directory": "outbox"}}))
+    return path

@@ -1,0 +1,23 @@
+"""Fixtures shared by the integration tests that talk to the local ACS stand-in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.acs_server import FakeAcsServer
+
+
+@pytest.fixture(scope="module")
+def acs_server() -> Iterator[FakeAcsServer]:
+    with FakeAcsServer() as server:
+        yield server
+
+
+@pytest.fixture
+def acs(acs_server: FakeAcsServer) -> Iterator[FakeAcsServer]:
+    """The module's ACS stand-in, with nothing sent or scripted yet."""
+    acs_server.reset()
+    yield acs_server
+    acs_server.clear_failures()
