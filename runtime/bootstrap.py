@@ -102,8 +102,8 @@ def send_ledger(settings: Settings, store: FhirStore) -> SendLedger:
 def _channel_config(settings: Settings) -> dict[str, Any]:
     if settings.channels_config is None:
         # The embedded default: every channel kind is a file outbox (one JSON file per message).
-        return {name: {"type": "outbox", "directory": str(settings.path("outbox"))}
-                for name in ("outbox", "sms", "email")}
+        # "outbox" is relative to the data directory (build_channels resolves it there).
+        return {name: {"type": "outbox", "directory": "outbox"} for name in ("outbox", "sms", "email")}
     text = Path(settings.channels_config).read_text()
     config = yaml.safe_load(text)  # JSON is YAML too
     if not isinstance(config, dict):

@@ -64,9 +64,12 @@ def run_demo(
     days: int = 14,
     start: date = date(2026, 11, 1),
     seed: int = 7,
-    out: TextIO = sys.stdout,
-    progress: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    progress: TextIO | None = None,
 ) -> dict[str, Any]:
+    # Resolved per call, not at import: a caller (or a test) may have replaced sys.stdout since.
+    out = out if out is not None else sys.stdout
+    progress = progress if progress is not None else sys.stderr
     host = LocalHost(services)
     host.acquire()
     try:
@@ -135,7 +138,7 @@ def _run(host: LocalHost, services: Services, patients: int, days: int, start: d
         "",
         "Outputs",
         f"    FHIR store           {services.settings.path('fhir.db')}",
-        f"    messages sent        {services.settings.path('outbox')}/ ({after.outbox_files} files)",
+        f"    messages sent        {_outbox_directory(services)}/ ({after.outbox_files} files)",
         f"    dead letters         {services.settings.path('deadletters.db')}  (vigil dead-letters list)",
         f"    demo input           {demo_dir / 'messages.jsonl'}",
         "Run `vigil demo` again: the same input adds nothing new.",
@@ -150,3 +153,9 @@ def _run(host: LocalHost, services: Services, patients: int, days: int, start: d
         "messages_per_s": total / elapsed if elapsed else 0.0, "drained": finished,
         "readings": cohort.readings,
     }
+
+
+def _outbox_directory(services: Services) -> str:
+    """Where the outbox channel really writes (what the channels file says, resolved)."""
+    directory = getattr(services.channels.get("outbox"), "directory", None)
+    return str(directory) if directory is not None else str(services.settings.path("outbox"))

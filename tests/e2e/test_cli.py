@@ -37,6 +37,18 @@ def _patient(data_dir: Path, pid: str, device_id: str) -> None:
     store.update(device(device_id, pid))
 
 
+def test_the_default_relative_data_dir_keeps_the_outbox_where_the_summary_says(tmp_path: Path, monkeypatch,
+                                                                               capsys) -> None:
+    """`make demo` runs with the default `.vigil` (relative): messages land in `.vigil/outbox`."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--patients", "4", "--days", "3"]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.strip().startswith("messages sent"))
+    files = list((tmp_path / ".vigil" / "outbox").glob("*.json"))
+    assert files and f"({len(files)} files)" in line and line.split()[2].rstrip("/") == ".vigil/outbox"
+    assert not (tmp_path / ".vigil" / ".vigil").exists()
+
+
 def test_ingest_then_dead_letters_list_show_and_replay_after_the_fix(data_dir: Path, tmp_path: Path, capsys) -> None:
     _patient(data_dir, "p1", "d1")
     f = tmp_path / "in.jsonl"
