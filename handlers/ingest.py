@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 # FHIR errors worth retrying the whole batch for (the server, not the message, is the problem).
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+# Also retried: 412, another writer changed an Observation this batch merged into (If-Match). The
+# re-delivered batch reads the new version and merges again, so neither writer's values are lost.
+RETRY_BATCH_STATUSES = TRANSIENT_STATUSES | {412}
 
 
 @dataclass(frozen=True)
@@ -165,13 +168,12 @@ def _write(deps: IngestDeps, writes: list[_Write], messages: list[RawMessage], p
     if not todo:
         return
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": w.change.resource, "request": {"method": "PUT", "url": f"Observation/{w.change.id}"}}
-        for w in todo
+        {"resource": w.change.resource, "request": _put(w.change)} for w in todo
     ]}
     try:
         response = deps.store.transaction(bundle)
     except FhirError as exc:
-        if exc.status in TRANSIENT_STATUSES:
+        if exc.status in RETRY_BATCH_STATUSES:
             raise
         # One entry spoiled the all-or-nothing transaction: write one by one to find it.
         for w in todo:
@@ -185,12 +187,27 @@ def _write(deps: IngestDeps, writes: list[_Write], messages: list[RawMessage], p
             report.updated += 1
 
 
+def _merged_version(change: ObservationChange) -> str | None:
+    """The version a merge was computed from: written back only if it is still the current one."""
+    if change.action != "update":
+        return None
+    return (change.resource.get("meta") or {}).get("versionId")
+
+
+def _put(change: ObservationChange) -> dict[str, Any]:
+    request: dict[str, Any] = {"method": "PUT", "url": f"Observation/{change.id}"}
+    version = _merged_version(change)
+    if version is not None:
+        request["ifMatch"] = f'W/"{version}"'
+    return request
+
+
 def _write_one(deps: IngestDeps, w: _Write, messages: list[RawMessage], parked: set[int], report: IngestReport,
                version: int) -> None:
     try:
-        result = deps.store.update(w.change.resource)
+        result = deps.store.update(w.change.resource, if_match=_merged_version(w.change))
     except FhirError as exc:
-        if exc.status in TRANSIENT_STATUSES:
+        if exc.status in RETRY_BATCH_STATUSES:
             raise
         for i in sorted(w.messages - parked):
             parked.add(i)
