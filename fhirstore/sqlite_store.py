@@ -109,6 +109,7 @@ _TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CONTROL = frozenset({"_count", "_offset", "_sort", "_summary", "_total"})
+_COMPILED_MAX = 2048  # compiled searches kept per store
 _DATE_PREFIXES = frozenset({"eq", "ne", "gt", "lt", "ge", "le", "sa", "eb"})
 _CONDITIONAL_ONLY = "conditional criteria take search parameters only"
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -191,6 +192,10 @@ class SqliteFhirStore:
         self._primary_rows: dict[str, tuple[str, ...]] = {}
         self._search_rows: dict[str, dict[str, _Rows]] = {}
         self._spans: dict[int, int] = {}  # committed widest (hi - lo) per date parameter id
+        # Compiled searches by (type, parameters): the same lookups (a patient's care plans, a
+        # device by identifier) repeat for every reading. Only for types whose index rows are
+        # settled (_search_rows), so a compiled query never outlives the parameter ids it uses.
+        self._compiled: dict[tuple[str, tuple[tuple[str, str], ...]], _Query] = {}
         self._init_schema()
 
     # ------------------------------------------------------------ connections
@@ -564,12 +569,20 @@ class SqliteFhirStore:
             return self._run(db, query, pairs)
 
     def _run(self, db: sqlite3.Connection, query: _Query, pairs: list[tuple[str, str]]) -> SearchResult:
-        total = db.execute(f"SELECT COUNT(*) {query.sql}", query.args).fetchone()[0]
-        if query.summary_count or query.count == 0 or total <= query.offset:
-            return SearchResult([], total, None)
+        if query.summary_count or query.count == 0:
+            return SearchResult([], self._count(db, query), None)
+        # One row past the page: when it is not there, the total is known without a COUNT(*)
+        # (most searches here fit one page: a patient's care plans, a window of readings).
         page = db.execute(
             f"SELECT r.rid, r.version {query.sql} ORDER BY {query.order} LIMIT ? OFFSET ?",
-            [*query.args, *query.order_args, query.count, query.offset]).fetchall()
+            [*query.args, *query.order_args, query.count + 1, query.offset]).fetchall()
+        if len(page) <= query.count and (page or query.offset == 0):
+            total = query.offset + len(page)
+        else:
+            total = self._count(db, query)
+            page = page[:query.count]
+        if not page:
+            return SearchResult([], total, None)
         keys = [(rid << _VERSION_BITS) + version for rid, version in page]
         bodies = dict(db.execute(f"SELECT vkey, body FROM versions WHERE vkey IN ({_marks(len(keys))})", keys))
         resources = [json.loads(bodies[k]) for k in keys]
@@ -577,6 +590,10 @@ class SqliteFhirStore:
         if query.offset + query.count < total:
             next_params = _next_params(pairs, query.offset + query.count)
         return SearchResult(resources, total, next_params)
+
+    @staticmethod
+    def _count(db: sqlite3.Connection, query: _Query) -> int:
+        return int(db.execute(f"SELECT COUNT(*) {query.sql}", query.args).fetchone()[0])
 
     def _match(self, db: sqlite3.Connection, resource_type: str, criteria: list[tuple[str, str]],
                what: str) -> tuple[int, str, int] | None:
@@ -591,6 +608,17 @@ class SqliteFhirStore:
         return rows[0] if rows else None
 
     def _compile(self, resource_type: str, pairs: list[tuple[str, str]]) -> _Query:
+        key = (resource_type, tuple(pairs))
+        query = self._compiled.get(key)
+        if query is None:
+            query = self._compile_new(resource_type, pairs)
+            if resource_type in self._search_rows:
+                if len(self._compiled) >= _COMPILED_MAX:
+                    self._compiled.clear()  # plain and thread-safe; refills with what repeats
+                self._compiled[key] = query
+        return query
+
+    def _compile_new(self, resource_type: str, pairs: list[tuple[str, str]]) -> _Query:
         known = params_for(resource_type)
         pids = self._search_pids(resource_type)
         query = _Query(resource_type, primary_date(resource_type))

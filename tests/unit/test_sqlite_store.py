@@ -354,3 +354,21 @@ def test_sqlite_failures_surface_as_server_errors(tmp_path: Path) -> None:
 
     with pytest.raises(ServerError, match="cannot open the FHIR store"):
         SqliteFhirStore(path)
+
+
+@pytest.mark.parametrize(("count", "offset", "ids", "total", "more"), [
+    ("3", "0", ["a", "b", "c"], 3, False),  # the page is exactly full: no next page
+    ("2", "0", ["a", "b"], 3, True),
+    ("2", "2", ["c"], 3, False),
+    ("2", "3", [], 3, False),  # past the end
+    ("5", "4", [], 3, False),
+    ("10", "0", ["a", "b", "c"], 3, False),
+])
+def test_totals_and_next_pages_at_every_page_boundary(store: SqliteFhirStore, count, offset, ids, total,
+                                                      more) -> None:
+    for rid in ("a", "b", "c"):
+        store.update({"resourceType": "Patient", "id": rid, "active": True})
+    store.update({"resourceType": "Patient", "id": "z", "active": False})
+    page = store.search("Patient", {"active": "true", "_sort": "_id", "_count": count, "_offset": offset})
+    assert ([r["id"] for r in page.resources], page.total, page.next_params is not None) == (ids, total, more)
+    assert store.search("Patient", {"active": "true", "_summary": "count"}).total == 3
