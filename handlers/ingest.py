@@ -13,7 +13,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from common.clock import Clock
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # Also retried: 412, another writer changed an Observation this batch merged into (If-Match). The
 # re-delivered batch reads the new version and merges again, so neither writer's values are lost.
+# (A *create* racing another create of the same Observation is not guarded: docs/decisions.md.)
 RETRY_BATCH_STATUSES = TRANSIENT_STATUSES | {412}
 
 
@@ -119,20 +120,41 @@ def handle_device_messages(messages: list[RawMessage], deps: IngestDeps) -> Inge
             owners[id(m)] = i
         measurements.extend(result.measurements)
 
+    # Two groups of one batch can land in one Observation (e.g. readings of the same hour with and
+    # without a patient id): the later one merges onto what the earlier one will write, and the
+    # batch writes each Observation once (If-Match on the stored version, see _put).
+    pending: dict[str, dict[str, Any]] = {}
+
+    def existing(oid: str) -> dict[str, Any] | None:
+        return pending[oid] if oid in pending else _existing(deps.store, oid)
+
     def changes_for(group: MeasurementGroup) -> list[ObservationChange]:
         who = deps.identity.resolve(group)
         changes = pair.fhir.observations(group, patient_id=who.patient_id, device_id=who.device_id,
-                                         encounter_id=who.encounter_id,
-                                         existing=lambda oid: _existing(deps.store, oid), now=now)
+                                         encounter_id=who.encounter_id, existing=existing, now=now)
         for change in changes:
             check_observation(change.resource)
         return changes
 
-    writes: list[_Write] = []
+    writes: dict[str, _Write] = {}  # Observation id -> what the batch writes there
+
+    def add(changes: list[ObservationChange], sources: set[int]) -> None:
+        for change in changes:
+            earlier = writes.get(change.id)
+            if earlier is None:
+                writes[change.id] = _Write(change, set(sources))
+                continue
+            # Merged onto the earlier change (see existing()): it holds both. A create stays a create.
+            kept = earlier.change if change.action == "noop" else _combine(earlier.change, change)
+            writes[change.id] = _Write(kept, earlier.messages | sources)
+        for change in changes:
+            if change.action != "noop":
+                pending[change.id] = change.resource
+
     for group in group_measurements(measurements):
         sources = {owners[id(m)] for m in group.measurements if id(m) in owners} - parked
         try:
-            writes.extend(_Write(c, sources) for c in changes_for(group))
+            add(changes_for(group), sources)
             continue
         except MappingFailure as failure:
             if len(sources) <= 1:
@@ -143,15 +165,23 @@ def handle_device_messages(messages: list[RawMessage], deps: IngestDeps) -> Inge
         for i in sorted(sources):
             for sub in group_measurements([m for m in group.measurements if owners.get(id(m)) == i]):
                 try:
-                    writes.extend(_Write(c, {i}) for c in changes_for(sub))
+                    add(changes_for(sub), {i})
                 except MappingFailure as failure:
                     park(i, failure.to_error(type_name=sub.type))
 
-    _write(deps, writes, messages, parked, report, pair.version)
+    _write(deps, list(writes.values()), messages, parked, report, pair.version)
     if report.dead_lettered:
         log.warning("ingest batch: %d of %d messages dead-lettered %s", report.dead_lettered, report.received,
                     dict(report.reasons))
     return report
+
+
+def _combine(earlier: ObservationChange, later: ObservationChange) -> ObservationChange:
+    """The later change (merged onto the earlier one's resource), written as the earlier one would
+    be: a create when the batch created the Observation."""
+    if earlier.action == "create":
+        return replace(later, action="create")
+    return later
 
 
 def _existing(store: FhirStore, obs_id: str) -> dict[str, Any] | None:

@@ -155,10 +155,16 @@ class DeviceTemplate:
 
     def _header(self, scope: _Scope) -> tuple[str, datetime, str | None, str | None, str | None]:
         memo = scope.memo
-        key = (self._header_key, id(scope.token)) if self._header_per_token else self._header_key
-        header = memo.get(key)
-        if header is None:  # a failure is not memoized: each template reports its own
-            header = memo[key] = self._read_header(scope)
+        token = scope.token
+        key = (self._header_key, id(token)) if self._header_per_token else self._header_key
+        entry = memo.get(key)
+        # The entry keeps its token: a token a JMESPath match built (a projection's list) can be
+        # freed and its id reused by another template's token, which must not get this header.
+        # Holding it also keeps it alive for the rest of the message.
+        if entry is not None and entry[0] is token:
+            return entry[1]
+        header = self._read_header(scope)  # a failure is not memoized: each template reports its own
+        memo[key] = (token, header)
         return header
 
     def _read_header(self, scope: _Scope) -> tuple[str, datetime, str | None, str | None, str | None]:
@@ -429,11 +435,11 @@ class DeviceTemplateSet:
             anchor = type_match.scan_anchor
             try:
                 if type_match.group is not None:
-                    signature, literal, groups_of = type_match.group
+                    signature, literal, _ = type_match.group
                     try:
                         groups = grouped[signature]
                     except KeyError:
-                        groups = grouped[signature] = groups_of(envelope)
+                        groups = grouped[signature] = type_match.groups(envelope)
                     if groups is None or literal not in groups:
                         continue
                 if index is not None and anchor is not None:

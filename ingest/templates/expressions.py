@@ -109,6 +109,21 @@ class CompiledExpression:
                 expression=self.text,
             ) from None
 
+    def groups(self, data: Any) -> dict | None:
+        """For an expression with `group`: the message's elements grouped by the key (None: no
+        list to group), failing like `find` does."""
+        assert self.group is not None
+        try:
+            return self.group[2](data)
+        except MappingFailure:
+            raise
+        except Exception as exc:
+            raise MappingFailure(
+                EXPRESSION_ERROR,
+                f"{self.language} expression {self.text!r} failed: {_describe(exc)}",
+                expression=self.text,
+            ) from None
+
     def value(self, data: Any) -> Any:
         if self._single is not None:
             try:

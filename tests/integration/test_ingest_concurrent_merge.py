@@ -97,3 +97,31 @@ def test_a_merge_computed_from_a_replaced_version_is_retried_and_keeps_both_batc
     assert (data[:5], version) == (["61", "62", "73", "74", "65"], "3")
     other.close()
     store.close()
+
+
+@pytest.mark.parametrize("stored_first", [True, False])
+def test_two_groups_of_one_batch_landing_in_one_observation_are_written_once_with_both(
+        tmp_path: Path, stored_first: bool) -> None:
+    """Readings of one hour, one naming its patient and one not, are two groups (the patient id is
+    part of the group) but one Observation: the batch merges them and writes it once, instead of
+    conflicting with itself on every delivery (or, for a new Observation, keeping only one)."""
+    device = json.loads(json.dumps(DEVICE))
+    device["template"][0]["template"]["patientIdExpression"] = "$.Body.pid"
+    (tmp_path / "device.json").write_text(json.dumps(device))
+    (tmp_path / "fhir.json").write_text(json.dumps(FHIR))
+    files = TemplateFiles(tmp_path / "device.json", tmp_path / "fhir.json")
+    with SqliteFhirStore(tmp_path / "fhir.db") as store:
+        store.update({"resourceType": "Patient", "id": "pat-1"})
+        store.update({"resourceType": "Device", "id": "dev-1", "identifier": [{"value": "hr-1"}],
+                      "patient": {"reference": "Patient/pat-1"}})
+        deps = deps_for(store, tmp_path, files)
+        if stored_first:
+            handle_device_messages(batch(("2026-11-20T08:04:00Z", 65)), deps)
+        both = [RawMessage(json.dumps({"deviceId": "hr-1", "time": "2026-11-20T08:00:00Z", "hr": 61,
+                                       "pid": "pat-1"}).encode()), *batch(("2026-11-20T08:01:00Z", 62))]
+        report = handle_device_messages(both, deps)
+        assert (report.created, report.updated, report.dead_lettered) == ((0, 1, 0) if stored_first else (1, 0, 0))
+        data, version = samples(store)
+        assert data[:2] == ["61", "62"] and version == ("2" if stored_first else "1")
+        assert (stored_first and data[4] == "65") or not stored_first
+        assert handle_device_messages(both, deps).unchanged == 1  # a re-delivery writes nothing

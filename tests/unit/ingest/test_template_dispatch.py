@@ -80,3 +80,31 @@ def test_a_shared_header_failure_is_reported_for_every_template_it_affects() -> 
     assert [(m.type, m.device_id, m.patient_id, m.value(m.properties[0].name)) for m in ok.measurements] == [
         ("heart_rate", "monitor-1", "MRN-1", "71"), ("spo2", "monitor-1", "MRN-1", "97")]
     assert {m.occurrence_time for m in ok.measurements} == {datetime(2026, 11, 20, 8, 0, tzinfo=UTC)}
+
+
+def test_tokens_built_by_a_match_never_share_a_header_with_another_templates_tokens() -> None:
+    """A projection builds new lists as tokens; one freed after its template ran can hand its
+    memory (and id) to the next template's token. Each reading keeps its own device and time."""
+    def projecting(name: str) -> dict:
+        return {"templateType": "CalculatedContent", "template": {
+            "typeName": name, "defaultExpressionLanguage": "JmesPath",
+            "typeMatchExpression": f"Body.{name}[*].[dev, time, val]",
+            "deviceIdExpression": "matchedToken[0]", "timestampExpression": "matchedToken[1]",
+            "values": [{"valueName": "v", "valueExpression": "matchedToken[2]", "required": True}]}}
+
+    names = "abcdef"
+    templates = load_device_templates({"templateType": "CollectionContent", "template": [projecting(n) for n in names]})
+    message = {n: [{"dev": f"dev-{n}", "time": f"2026-0{i + 1}-01T00:00:00Z", "val": i}] for i, n in enumerate(names)}
+    for _ in range(3):
+        got = [(m.type, m.device_id, m.occurrence_time.month, m.value("v"))
+               for m in templates.normalize(message, ingested_at=NOW).measurements]
+        assert got == [(n, f"dev-{n}", i + 1, str(i)) for i, n in enumerate(names)]
+
+
+def test_a_grouped_type_match_that_fails_reports_like_the_expression_itself() -> None:
+    templates = load_device_templates({"templateType": "CollectionContent", "template": [
+        calculated("hr", "sort(Body.items)[?type == 'hr']", "matchedToken.v")]})
+    result = templates.normalize(b'{"items": [{"type": "hr", "v": 1}]}', ingested_at=NOW)
+    [error] = result.errors
+    assert (error.reason, error.field) == ("expression_error", "typeMatchExpression")
+    assert "type error in sort()" in error.detail and "sort(Body.items)" in error.detail
