@@ -107,6 +107,13 @@ def start_escalation(m: Messaging, task: dict[str, Any], *, severity: str, chain
 
 def run_escalation_step(m: Messaging, task: dict[str, Any], chain: Chain) -> int:
     """Advance one Task's chain if due: notify, persist the Task (If-Match), publish the event."""
+    # The caller's copy can be minutes old (a sweep works through the due Tasks it found): read it
+    # again, so an alert acknowledged meanwhile pages nobody. If-Match on the write below covers
+    # the milliseconds left between this read and the send.
+    try:
+        task = m.store.read("Task", task["id"])
+    except (ResourceNotFound, ResourceGone):
+        return 0
     step = advance(task, chain, m.clock.now())
     if step.action in ("wait", "done"):
         return 0

@@ -25,7 +25,7 @@ from fhirstore.port import FhirStore
 from handlers.alerting import act_on_firing, close
 from handlers.messaging import Messaging, escalation_chain_of, notify_patient, run_escalation_step
 from handlers.patient_data import history_window, load_patient_rules, load_readings, newest_readings
-from notifications.escalation import LEVEL_SYSTEM
+from notifications.escalation import LEVEL_SYSTEM, chain_of
 from rules.episode_resources import RULE_SYSTEM
 from rules.episodes import episode_from_detected_issue, review_open_episode
 from rules.evaluate import sweep
@@ -98,9 +98,11 @@ class EscalationReport:
 def run_escalation_sweep(m: Messaging) -> EscalationReport:
     """Advance every open escalation whose wait is over (nothing lives in memory: the Task holds it)."""
     report = EscalationReport()
+    unknown = 0
     for task in escalation_candidates(m.store, m.clock.now()):
         chain = escalation_chain_of(m, task)
         if chain is None:
+            unknown += chain_of(task) is not None
             continue
         report.examined += 1
         try:
@@ -108,6 +110,10 @@ def run_escalation_sweep(m: Messaging) -> EscalationReport:
         except Exception as exc:  # one Task's failure must not stop the others' escalation
             report.failed += 1
             log.warning("escalation step failed for Task/%s: %s", task.get("id"), type(exc).__name__)
+    if unknown:
+        # A chain removed from (or renamed in) the chains file: these alerts would never escalate.
+        log.warning("%d open escalation Task(s) name a chain that is not configured; they are not escalating",
+                    unknown)
     return report
 
 

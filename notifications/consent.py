@@ -92,7 +92,10 @@ def classify(text: str | None) -> Keyword | None:
     if first in OPT_OUT_KEYWORDS or first in OPT_OUT_KEYWORDS_ES:
         return Keyword("opt-out", first)
     if first in ACK_KEYWORDS:
-        argument = words[1] if len(words) > 1 else None
+        rest = words[1:]
+        argument = rest[0] if rest else None
+        if len(rest) > 1 and len(rest[0].replace("-", "")) < ACK_CODE_MIN:
+            argument = rest[0] + rest[1]  # a code typed in two halves: "ACK K7M X3Q"
         return Keyword("ack", first, argument)
     if first in HELP_KEYWORDS:
         return Keyword("help", first)
@@ -100,6 +103,7 @@ def classify(text: str | None) -> Keyword | None:
 
 
 _SEPARATORS = re.compile(r"[\s\-.()/]")
+ACK_CODE_MIN = 6  # shorter first word after ACK: the code was split in two
 
 
 def normalize_e164(number: str, *, default_region: str = "US") -> str:

@@ -17,8 +17,9 @@ import pytest
 from common.clock import FixedClock, iso
 from fhirstore.errors import InvalidSearch
 from fhirstore.port import SearchParams, SearchResult
-from handlers.messaging import Messaging, start_escalation
-from handlers.sweeps import EscalationReport, run_escalation_sweep
+from handlers.acknowledge import record_acknowledgement
+from handlers.messaging import Messaging, escalation_chain_of, run_escalation_step, start_escalation
+from handlers.sweeps import EscalationReport, escalation_candidates, run_escalation_sweep
 from notifications.escalation import LEVEL_SYSTEM, load_chains
 from runtime.bootstrap import Services, bootstrap
 from runtime.settings import Settings
@@ -162,3 +163,26 @@ def test_a_store_that_rejects_the_parameter_gets_every_open_task_read(services: 
     assert (report.examined, report.messages_sent) == (2, 1)
     assert (level(s, due), level(s, waiting)) == ("level-2", "level-1")
     assert "rejected the escalation-due search" in captured_logs.text
+
+
+def test_a_sweep_working_from_its_snapshot_pages_nobody_for_an_alert_acknowledged_meanwhile(
+        services: Services, m: Messaging) -> None:
+    """The sweep found the Task due; the nurse acknowledged before the sweep reached it: the
+    physician is not texted, and the acknowledgement stands."""
+    s = services
+    task_id = open_task(s, m, 1, timedelta(minutes=20))
+    m.clock.set(DAYTIME)
+    [snapshot] = escalation_candidates(s.store, m.clock.now())
+    assert record_acknowledgement(m, task_id, "Practitioner/nurse-1").status == "acknowledged"
+    assert run_escalation_step(m, snapshot, escalation_chain_of(m, snapshot)) == 0
+    assert texts_to(s, DOCTOR) == 0
+    assert s.store.read("Task", task_id)["status"] == "accepted"
+
+
+def test_tasks_naming_a_chain_no_longer_configured_are_reported(services: Services, m: Messaging, caplog) -> None:
+    task_id = open_task(services, m, 1, timedelta(minutes=20))
+    caplog.set_level("WARNING", logger="handlers.sweeps")
+    renamed = dataclasses.replace(m, chains={"renamed": next(iter(CHAINS.values()))})
+    report = sweep(renamed)
+    assert report.messages_sent == 0 and level(services, task_id) != "level-2"
+    assert any("name a chain that is not configured" in r.getMessage() for r in caplog.records)

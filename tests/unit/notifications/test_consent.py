@@ -51,9 +51,13 @@ def test_ordinary_text_is_no_keyword(text) -> None:
     assert classify(text) is None
 
 
-def test_ack_with_code() -> None:
-    kw = classify("ack 4821")
-    assert (kw.kind, kw.argument) == ("ack", "4821")
+@pytest.mark.parametrize(("text", "argument"), [
+    ("ack 4821", "4821"), ("ACK k7mx3q", "K7MX3Q"), ("Ack K7MX3Q thanks", "K7MX3Q"),
+    ("ACK K7M X3Q", "K7MX3Q"), ("ack k7m-x3q", "K7M-X3Q"), ("ACK", None),
+])
+def test_ack_with_code(text, argument) -> None:
+    kw = classify(text)
+    assert (kw.kind, kw.argument) == ("ack", argument)
 
 
 @pytest.mark.parametrize("raw,e164", [
