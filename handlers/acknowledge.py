@@ -1,9 +1,12 @@
 """A clinician acknowledges an alert, by its signed link or by texting `ACK <code>`: the chain stops.
 
 Both paths end in `record_acknowledgement`: the Task is `accepted` and owned by the clinician
-(If-Match, retried when a sweep wrote first), the DetectedIssue gets its mitigation entry, and the
+(If-Match, retried when a sweep wrote first), the DetectedIssue gets its mitigation entry (If-Match
+too: added on top of whatever the alert sweep wrote meanwhile, e.g. a close), and the
 `acknowledged` workflow event goes out. A second or late acknowledgement changes nothing and says
-so.
+so; when it comes from the clinician who holds the acknowledgement, the event goes out again (same
+id, so subscribers de-duplicate), because the first publish may have failed after the Task was
+written and nothing else would ever repeat it.
 
 - Link (`acknowledge_by_token`): verify the token, record, then spend the token — so a failed write
   never burns the link. A forged, expired or reused link gets a clear refusal.
@@ -24,9 +27,10 @@ from typing import Any, Literal
 
 from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
 from fhirstore.paging import search_all
-from handlers.messaging import ACK_PURPOSE, Messaging
+from handlers.messaging import ACK_PURPOSE, Messaging, publish
 from notifications.escalation import (
     ACK_CODE_SYSTEM,
+    LEVEL_SYSTEM,
     acknowledge,
     acknowledged_at,
     add_mitigation,
@@ -98,6 +102,8 @@ def record_acknowledgement(m: Messaging, task_id: str, actor: str) -> Recorded:
         ack = acknowledge(task, actor, now)
         if not ack.changed:
             _repair_mitigation(m, task)
+            if ack.previous_owner == actor:
+                _republish_acknowledged(m, task)
             return Recorded("already", owner=ack.previous_owner)
         try:
             m.store.update(ack.task, if_match=task["meta"]["versionId"])
@@ -109,9 +115,43 @@ def record_acknowledgement(m: Messaging, task_id: str, actor: str) -> Recorded:
     focus = _focus(task)
     if ack.mitigation is not None:
         _add_mitigation(m, focus, ack.mitigation)
-    m.workflow.publish([acknowledged(detected_issue=focus, patient=task["for"]["reference"], task=f"Task/{task_id}",
-                                     by=actor, level=level_of(task), at=now, late=ack.late)])
+    # The acknowledgement stands whether or not the workflow topic is up (`publish` logs a failure).
+    publish(m, acknowledged(detected_issue=focus, patient=task["for"]["reference"], task=f"Task/{task_id}",
+                            by=actor, level=level_of(task), at=now, late=ack.late))
     return Recorded("acknowledged", late=ack.late, owner=actor)
+
+
+def _republish_acknowledged(m: Messaging, task: dict[str, Any]) -> None:
+    """The `acknowledged` event again, as first published: same id (type and DetectedIssue), the
+    acknowledgement time stored on the Task, and level/late of the version that was acknowledged."""
+    owner = (task.get("owner") or {}).get("reference")
+    when = acknowledged_at(task)
+    focus = _focus(task)
+    if task.get("status") != "accepted" or not owner or when is None or not focus:
+        return
+    try:
+        before = _version_acknowledged(m, task)
+        event = acknowledged(detected_issue=focus, patient=task["for"]["reference"], task=f"Task/{task['id']}",
+                             by=owner, level=level_of(before), at=when, late=_business(before) == "exhausted")
+    except Exception as exc:  # a re-publish is best effort: the acknowledgement itself stands
+        log.warning("acknowledged event for Task/%s not re-published: %s", task["id"], type(exc).__name__)
+        return
+    publish(m, event)
+
+
+def _version_acknowledged(m: Messaging, task: dict[str, Any]) -> dict[str, Any]:
+    """The Task version the acknowledgement was applied to (the accepted Task no longer says whether
+    the chain had run out). Falls back to the accepted Task when history does not reach that far."""
+    for entry in m.store.history("Task", task["id"]).get("entry", []):  # newest first
+        version = entry.get("resource")
+        if version is not None and version.get("status") != "accepted":
+            return version
+    return task
+
+
+def _business(task: dict[str, Any]) -> str | None:
+    codes = (task.get("businessStatus") or {}).get("coding", []) or []
+    return next((c.get("code") for c in codes if c.get("system") == LEVEL_SYSTEM), None)
 
 
 def _repair_mitigation(m: Messaging, task: dict[str, Any]) -> None:
@@ -126,13 +166,23 @@ def _repair_mitigation(m: Messaging, task: dict[str, Any]) -> None:
 def _add_mitigation(m: Messaging, focus: str, entry: dict[str, Any]) -> None:
     if not focus.startswith("DetectedIssue/"):
         return
-    try:
-        issue = m.store.read("DetectedIssue", focus.partition("/")[2])
-    except (ResourceNotFound, ResourceGone):
-        return
-    updated, changed = add_mitigation(issue, entry)
-    if changed:
-        m.store.update(updated)
+    # If-Match: the alert sweep may close the episode between our read and write; an unconditional
+    # write would reopen it (status and period end lost) after `Closed` went out. Re-read, re-apply.
+    for _ in range(3):
+        try:
+            issue = m.store.read("DetectedIssue", focus.partition("/")[2])
+        except (ResourceNotFound, ResourceGone):
+            return
+        updated, changed = add_mitigation(issue, entry)
+        if not changed:
+            return
+        try:
+            m.store.update(updated, if_match=issue["meta"]["versionId"])
+            return
+        except PreconditionFailed:
+            continue
+    # The Task is accepted; a later acknowledgement of it (the "already" path) repairs the entry.
+    log.warning("mitigation for %s not written: the DetectedIssue kept changing", focus)
 
 
 def _focus(task: dict[str, Any]) -> str:

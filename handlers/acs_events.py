@@ -9,9 +9,9 @@ Event types handled (Event Grid or CloudEvents envelope; everything else is igno
 |                                                      | `ACK <code>` acknowledges the alert by SMS          |
 |                                                      | (`handlers.acknowledge`), answered once (`ack_*`)   |
 | Microsoft.Communication.SMSDeliveryReportReceived    | the report is recorded on its `Communication`       |
-| Microsoft.Communication.EmailDeliveryReportReceived  | same; a failed delivery publishes                   |
-|                                                      | `Vigil.Message.Failed` and sends the message's next |
-|                                                      | channel (`dispatch.deliver_fallback`)               |
+| Microsoft.Communication.EmailDeliveryReportReceived  | same; a failed delivery sends the message's next    |
+|                                                      | channel (`dispatch.deliver_fallback`), or records   |
+|                                                      | why not, then publishes `Vigil.Message.Failed`      |
 
 Events arrive at least once and out of order. The consent record orders keywords by the time they
 were received (`notifications.consent`); replies are keyed by the inbound message id
@@ -31,6 +31,7 @@ from typing import Any
 
 from common.clock import Clock, parse_instant
 from fhirstore.errors import ResourceGone, ResourceNotFound
+from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
 from handlers.acknowledge import CodeAckResult
 from ingest.deadletter import DeadLetterSink
@@ -52,13 +53,14 @@ from notifications.dispatch import (
     SMS_DELIVERY_REPORT,
     DeliveryOutcome,
     MessageRequest,
-    TransientDeliveryError,
+    Withhold,
     apply_delivery_report,
     deliver,
     deliver_fallback,
     medium_of,
     pending_fallback,
 )
+from notifications.escalation import is_open
 from notifications.preferences import PreferenceDefaults, PreferenceError, patient_recipient, send_at
 from notifications.templates import TemplateLibrary
 from notifications.workflow_events import WorkflowEventError, WorkflowPublisher, message_failed
@@ -127,8 +129,11 @@ class AcsOutcome:
     communication_id: str | None = None
     published: tuple[str, ...] = ()  # workflow event types published
     # After a failed delivery report: the next channel's outcome ("sent" now, "already-sent" on a
-    # re-delivered report, "failed" when no channel is left). None: nothing to fall back to.
+    # re-delivered report, "failed" when no channel is left, "withheld" when recorded not sent:
+    # quiet hours, an alert no longer open). None: nothing to fall back to, or held (below).
     fallback: DeliveryOutcome | None = None
+    # A patient alert's fallback left for the alert sweep to send when the patient's quiet hours end.
+    fallback_held_until: datetime | None = None
 
 
 def parse_acs_event(payload: Any) -> AcsEvent | None:
@@ -264,39 +269,113 @@ def _delivery_report(event: AcsEvent, deps: AcsEventDeps) -> AcsOutcome:
         return AcsOutcome("unknown-message")
     published: tuple[str, ...] = ()
     fallback: DeliveryOutcome | None = None
+    held_until: datetime | None = None
     # Only a permanent failure status (dispatch.is_permanent_failure) that leaves the message not
     # delivered; a stale failure after "Delivered" or an unknown status is recorded, nothing more.
     if report.failed:
         comm = deps.store.read("Communication", report.communication_id)
         reason = _CODE_CHARS.sub("-", status.lower()).strip("-") or "undelivered"
-        published = _publish_failed(deps, comm, medium_of(comm) or kind, reason)
-        # Runs on every delivery of the report (idempotent by key): a crash after the failure was
-        # recorded still sends the fallback when the report comes again. A transient channel
-        # failure raises TransientDeliveryError, so the report is retried at the channel's time.
-        _hold_for_quiet_hours(deps, comm)
-        fallback = deliver_fallback(deps.store, deps.channels, comm, deps.clock)
+        # The patient's next channel first: it must not wait for the workflow topic. Runs on every
+        # delivery of the report (idempotent by key): a crash after the failure was recorded still
+        # sends the fallback when the report comes again. A transient channel failure raises
+        # TransientDeliveryError, so the report is retried at the channel's time.
+        fallback, held_until = _fall_back(deps, comm)
+        published = _publish_best_effort(lambda: _publish_failed(deps, comm, medium_of(comm) or kind, reason))
         if fallback is not None:
-            published += _publish_if_failed(deps, fallback)
+            published += _publish_best_effort(lambda: _publish_if_failed(deps, fallback))
     return AcsOutcome("delivery-report", report.changed, communication_id=report.communication_id,
-                      published=published, fallback=fallback)
+                      published=published, fallback=fallback, fallback_held_until=held_until)
 
 
-def _hold_for_quiet_hours(deps: AcsEventDeps, comm: dict[str, Any]) -> None:
-    """A patient reminder reported undelivered in the evening must not reach the patient's next
-    channel during their quiet hours (reminders wait for them to end, DESIGN §7): the report is
-    retried when they end (the local host waits for `retry_at`; Event Grid retries for 24 h)."""
+def _fall_back(deps: AcsEventDeps, comm: dict[str, Any]) -> tuple[DeliveryOutcome | None, datetime | None]:
+    """The failed message's next channel: sent now, recorded not sent (`Withhold`), or held for the
+    alert sweep (second value: when the patient's quiet hours end)."""
     nxt = pending_fallback(comm)
-    if nxt is None or nxt.category != "reminder" or not nxt.patient_ref or nxt.recipient_ref != nxt.patient_ref:
-        return
+    if nxt is None:
+        return None, None
+    withhold = _alert_no_longer_open(deps, nxt)
+    if withhold is None:
+        quiet_until = _quiet_hours_until(deps, nxt)
+        if quiet_until is not None:
+            if _alert_sweep_resends(deps, nxt):
+                log.info("fallback for message %s left to the alert sweep after the patient's quiet hours",
+                         comm.get("id"))
+                return None, quiet_until
+            withhold = _quiet_hours(nxt)
+    return deliver_fallback(deps.store, deps.channels, comm, deps.clock, withhold=withhold), None
+
+
+def _quiet_hours_until(deps: AcsEventDeps, nxt: MessageRequest) -> datetime | None:
+    """When the patient's quiet hours end, if the fallback of a message to the patient may not go out
+    before then (`send_at`: reminders and non-urgent alerts wait; urgent alerts, consent and staff
+    messages do not); None when it may go now."""
+    if not nxt.patient_ref or nxt.recipient_ref != nxt.patient_ref:
+        return None
     now = deps.clock.now()
     try:
         patient = deps.store.read("Patient", nxt.patient_ref.partition("/")[2])
-        when = send_at(patient_recipient(patient, deps.defaults, now=now), category="reminder", urgent=False, now=now)
+        when = send_at(patient_recipient(patient, deps.defaults, now=now), category=nxt.category,
+                       urgent=nxt.is_urgent, now=now)
     except (ResourceNotFound, ResourceGone, PreferenceError):
-        return  # no preferences to honour: deliver() decides as for any message
-    if when > now:
-        log.info("fallback for message %s waits for the end of the patient's quiet hours", comm.get("id"))
-        raise TransientDeliveryError("the patient's quiet hours", communication_id=comm.get("id"), retry_at=when)
+        return None  # no preferences to honour: deliver() decides as for any message
+    return when if when > now else None
+
+
+def _alert_sweep_resends(deps: AcsEventDeps, nxt: MessageRequest) -> bool:
+    """Whether the alert sweep will send this fallback once quiet hours end: it re-runs the opening
+    patient message (`handlers.messaging.notify_patient`, key `<episode>|open|patient`) of every
+    episode still open, and that walks the same chain under the same keys. An update's message and
+    a closed episode's are not re-run."""
+    kind, _, episode = (nxt.about_ref or "").partition("/")
+    if nxt.category != "alert" or kind != "DetectedIssue" or not nxt.key.startswith(f"{episode}|open|patient|"):
+        return False
+    try:
+        return deps.store.read("DetectedIssue", episode).get("status") == "preliminary"
+    except (ResourceNotFound, ResourceGone):
+        return False
+
+
+def _quiet_hours(nxt: MessageRequest) -> Withhold:
+    # Held by the transport instead, a report would need a retry at 08:00 that neither the local
+    # bus (capped waits, 5 attempts) nor Event Grid (24 h schedule) makes; and a reminder is only
+    # useful on its day (tomorrow's comes anyway).
+    why = ("the reminder is no longer timely" if nxt.category == "reminder"
+           else "nothing re-sends it after them")
+    return Withhold(f"{nxt.category} fallback not sent: the patient's quiet hours; {why}", "quiet-hours")
+
+
+def _alert_no_longer_open(deps: AcsEventDeps, nxt: MessageRequest) -> Withhold | None:
+    """An escalation's fallback to a clinician is outdated once the alert is acknowledged or
+    closed (`notifications.escalation.is_open`): someone already acted on it. Sent when in doubt
+    (no Task to ask)."""
+    if nxt.category != "escalation":
+        return None
+    kind, _, rid = (nxt.about_ref or "").partition("/")
+    try:
+        if kind == "Task":
+            tasks = [deps.store.read("Task", rid)]
+        elif kind == "DetectedIssue":
+            tasks = search_all(deps.store, "Task", {"focus": nxt.about_ref})
+        else:
+            return None
+    except ResourceGone:
+        tasks = [{}]  # deleted: not open
+    except ResourceNotFound:
+        return None
+    if not tasks or any(is_open(task) for task in tasks):
+        return None
+    return Withhold("escalation fallback not sent: the alert is no longer open (acknowledged or closed)",
+                    "alert-closed")
+
+
+def _publish_best_effort(publish: Callable[[], tuple[str, ...]]) -> tuple[str, ...]:
+    """A failed delivery's workflow event, without failing the report: the fallback is already
+    decided and a topic outage must not have the report retried for it (logged, type only)."""
+    try:
+        return publish()
+    except Exception as exc:
+        log.warning("workflow event for a failed message not published: %s", type(exc).__name__)
+        return ()
 
 
 def _publish_if_failed(deps: AcsEventDeps, outcome: DeliveryOutcome) -> tuple[str, ...]:
@@ -318,8 +397,9 @@ def _publish_failed(deps: AcsEventDeps, comm: dict[str, Any], channel: str, reas
                                about=about[0] if about else None)
     except WorkflowEventError:
         event = message_failed(**fields)  # a reference of an unexpected shape: keep the core facts
-    # Raised on failure: this event is the only trace a subscriber gets, so the host retries it
-    # (the id is derived from the message, so subscribers de-duplicate a second copy).
+    # Raised on failure: this event is the only trace a subscriber gets, so the inbound-SMS paths
+    # have the host retry it (the id is derived from the message, so subscribers de-duplicate a
+    # second copy). A delivery report does not wait for it (`_publish_best_effort`).
     deps.workflow.publish([event])
     log.info("message %s failed (%s); workflow event published", comm["id"], reason)
     return (event.event_type,)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from fhirstore.errors import ResourceGone, ResourceNotFound
+from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
 from fhirstore.port import FhirStore
 from handlers.messaging import Messaging, notify_patient, publish, publish_opened, start_escalation
 from notifications.dispatch import MessageRequest, deliver
@@ -92,13 +92,30 @@ def _update(m: Messaging, firing: Firing, issue: dict[str, Any], now: datetime, 
         sent = notify_patient(m, episode_key=key, patient_ref=patient_ref,
                               severity=decision.severity or firing.severity, phase=phase)
     if decision.severity and decision.severity != issue.get("severity"):
-        try:
-            task = m.store.read("Task", key)
-            m.store.update(raise_task_priority(task, firing.rule, decision.severity))
-        except (ResourceNotFound, ResourceGone):
-            pass
+        _raise_priority(m.store, key, firing.rule, decision.severity)
     m.store.update(update_episode(issue, firing, decision, now), if_match=issue["meta"]["versionId"])
     return sent
+
+
+def _raise_priority(store: FhirStore, task_id: str, rule: Rule, severity: str) -> None:
+    """Raise the episode Task's priority, and only that. An acknowledgement or an escalation step
+    may write the Task between our read and write: If-Match, then re-read and re-apply, so their
+    status, owner and ack code stand. Still conflicting after 3 tries: PreconditionFailed goes up
+    and the event is delivered again (the DetectedIssue is not updated yet, so it decides again)."""
+    for attempt in range(3):
+        try:
+            task = store.read("Task", task_id)
+        except (ResourceNotFound, ResourceGone):
+            return
+        raised = raise_task_priority(task, rule, severity)
+        if raised == task:
+            return
+        try:
+            store.update(raised, if_match=task["meta"]["versionId"])
+            return
+        except PreconditionFailed:
+            if attempt == 2:
+                raise
 
 
 def close(m: Messaging, issue: dict[str, Any], now: datetime, reason: str, *, code: str = "resolved") -> None:

@@ -85,7 +85,7 @@ def notify_patient(m: Messaging, *, episode_key: str, patient_ref: str, severity
     request = _request(m, recipient, template=f"alert_{severity}", key=f"{episode_key}|{phase}|patient",
                        context={"org_name": m.org_name, "contact_phone": m.contact_phone, "link": ""},
                        about=f"DetectedIssue/{episode_key}", patient_ref=patient_ref, channels=None,
-                       category="alert")
+                       category="alert", urgent=severity == "high")
     if request is None:
         return 0
     try:
@@ -210,7 +210,8 @@ def _notify_staff(m: Messaging, task: dict[str, Any], step: Step, chain: Chain) 
 
 
 def _request(m: Messaging, recipient: Recipient, *, template: str, key: str, context: dict[str, Any], about: str,
-             patient_ref: str, channels: tuple[str, ...] | None, category: str) -> MessageRequest | None:
+             patient_ref: str, channels: tuple[str, ...] | None, category: str,
+             urgent: bool | None = None) -> MessageRequest | None:
     contacts = recipient.contacts_for(channels)
     rendered = []
     for contact in contacts:
@@ -224,7 +225,7 @@ def _request(m: Messaging, recipient: Recipient, *, template: str, key: str, con
     return MessageRequest(
         key=key, channel=first.channel, to=first.address, body=r0.body, subject=r0.subject, html=r0.html,
         patient_ref=patient_ref, about_ref=about, recipient_ref=recipient.ref, category=category,
-        tags={"template": template},
+        tags={"template": template}, urgent=urgent,
         fallbacks=tuple(Fallback(c.channel, c.address, r.body, r.subject, r.html) for c, r in rest),
     )
 

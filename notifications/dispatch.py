@@ -24,6 +24,12 @@ fallbacks' channel, address and rendered text); `apply_delivery_report` marks th
 `not-done` on a permanent failure status and `deliver_fallback` sends the first fallback under the
 same key a synchronous failure uses (`<key>|fallback:<channel>`), so the two paths, a re-delivered
 report and an out-of-order one can never send it twice.
+
+The caller may decide that a fallback must not go out at all (the patient's quiet hours, an alert
+nobody needs any more): `deliver_fallback(..., withhold=Withhold(reason, code))` records the
+fallback's Communication `not-done` under that same key without calling a channel. Such a
+Communication is final: a replay of the chain (a re-delivered report, a sweep) stops there and
+neither sends it nor walks on to the channels after it.
 """
 
 from __future__ import annotations
@@ -50,6 +56,11 @@ FAILURE_SYSTEM = vigil_system("send-failure")
 # the recipient's address on that channel (the same value their Patient/PractitionerRole telecom
 # holds in this store); never logged.
 FALLBACK_PLAN_EXT = vigil_system("fallback-plan")
+# statusReason coding of a message Vigil decided not to send (no channel was called), as opposed to
+# FAILURE_SYSTEM, a channel's refusal: quiet-hours, alert-closed.
+WITHHELD_SYSTEM = vigil_system("withheld")
+# For requests and stored plans that do not say (urgent=None): the template that marks an urgent alert.
+URGENT_TEMPLATES = frozenset({"alert_high"})
 DEFAULT_MAX_ATTEMPTS = 6
 
 
@@ -81,6 +92,15 @@ class MessageRequest:
     html: str | None = None
     fallbacks: tuple[Fallback, ...] = ()  # tried in order after a permanent failure
     max_attempts: int = DEFAULT_MAX_ATTEMPTS  # transient failures before giving up on this channel
+    # Whether a patient alert may reach the patient in their quiet hours. None: derived from the
+    # tags (template `alert_high`, the high-severity patient alert); kept in the fallback plan.
+    urgent: bool | None = None
+
+    @property
+    def is_urgent(self) -> bool:
+        if self.urgent is not None:
+            return self.urgent
+        return self.category == "alert" and self.tags.get("template") in URGENT_TEMPLATES
 
     @property
     def message_id(self) -> str:
@@ -105,12 +125,22 @@ class MessageRequest:
 
 @dataclass(frozen=True)
 class DeliveryOutcome:
-    status: Literal["sent", "already-sent", "failed", "retry"]
+    # withheld: recorded `not-done` by the caller's decision (`Withhold`); no channel was called.
+    status: Literal["sent", "already-sent", "failed", "retry", "withheld"]
     communication_id: str
     provider_id: str | None = None
     reason: str | None = None
     channel: str | None = None  # the channel this outcome is about (a fallback's, after a fallback)
     failed_before: tuple[str, ...] = ()  # Communication ids that failed for good before this one
+
+
+@dataclass(frozen=True)
+class Withhold:
+    """A caller's decision that a message must not be sent: why (`reason`, for people) and a short
+    code (`quiet-hours`, `alert-closed`, ...), recorded as the Communication's statusReason."""
+
+    reason: str
+    code: str
 
 
 class TransientDeliveryError(RuntimeError):
@@ -149,6 +179,9 @@ def deliver(store: FhirStore, channels: dict[str, Channel], request: MessageRequ
     if comm["status"] == "completed":
         return DeliveryOutcome("already-sent", comm["id"], channel=request.channel)
     if comm["status"] == "not-done":
+        if is_withheld(comm):
+            # Decided not to send: final, so the channels after it are not tried either.
+            return DeliveryOutcome("withheld", comm["id"], reason=_reason_text(comm), channel=request.channel)
         # Failed for good earlier; a replay walks on to the same fallback (which is idempotent too).
         return _fall_back(store, channels, request, clock, comm["id"], _reason_text(comm))
     not_before = next_attempt_at(comm)
@@ -206,6 +239,30 @@ def _reason_text(comm: dict[str, Any]) -> str | None:
     return (comm.get("statusReason") or {}).get("text")
 
 
+def is_withheld(comm: dict[str, Any]) -> bool:
+    """Whether a Communication was recorded as not sent by decision (`Withhold`), not by a channel."""
+    return comm.get("status") == "not-done" and any(
+        c.get("system") == WITHHELD_SYSTEM for c in (comm.get("statusReason") or {}).get("coding", []))
+
+
+def record_not_sent(store: FhirStore, request: MessageRequest, clock: Clock, withhold: Withhold) -> DeliveryOutcome:
+    """Record `request` as not sent, for `withhold`'s reason, without calling a channel.
+
+    The same record-then-finish as an unconfigured channel in `deliver()`, under the request's own
+    key, so whatever later replays the request finds it decided. A message already sent stays sent
+    ("already-sent"); one that already failed keeps its failure."""
+    comm = _record(store, request, clock)
+    if comm["status"] == "completed":
+        return DeliveryOutcome("already-sent", comm["id"], channel=request.channel)
+    if comm["status"] == "not-done":
+        status: Literal["withheld", "failed"] = "withheld" if is_withheld(comm) else "failed"
+        return DeliveryOutcome(status, comm["id"], reason=_reason_text(comm), channel=request.channel)
+    # `preparation`: not recorded as sent (a transient failure waiting for its retry): it is not retried.
+    _finish(store, comm, clock, "not-done", reason=withhold.reason, code=withhold.code, system=WITHHELD_SYSTEM)
+    log.info("message %s not sent (%s)", comm["id"], withhold.code)
+    return DeliveryOutcome("withheld", comm["id"], reason=withhold.reason, channel=request.channel)
+
+
 def _count_attempt(store: FhirStore, comm: dict[str, Any], clock: Clock, attempt: int, result: SendResult) -> None:
     wait = backoff(attempt)
     if result.retry_after_s is not None:
@@ -222,10 +279,10 @@ def _count_attempt(store: FhirStore, comm: dict[str, Any], clock: Clock, attempt
     log.info("message %s attempt %d failed transiently (%s)", comm["id"], attempt, result.code or "transient")
 
 
-def _status_reason(reason: str, code: str | None) -> dict[str, Any]:
+def _status_reason(reason: str, code: str | None, system: str = FAILURE_SYSTEM) -> dict[str, Any]:
     value: dict[str, Any] = {"text": reason}
     if code:
-        value["coding"] = [{"system": FAILURE_SYSTEM, "code": code}]
+        value["coding"] = [{"system": system, "code": code}]
     return value
 
 
@@ -263,6 +320,7 @@ def _finish(
     reason: str | None = None,
     code: str | None = None,
     channel: str | None = None,
+    system: str = FAILURE_SYSTEM,
 ) -> DeliveryOutcome:
     updated = dict(comm)
     updated["status"] = status
@@ -279,7 +337,7 @@ def _finish(
                 {"system": vigil_system("provider-message-id"), "value": provider_id},
             ]
     if reason:
-        updated["statusReason"] = _status_reason(reason, code)
+        updated["statusReason"] = _status_reason(reason, code, system)
     store.update(updated)
     log.info("message %s %s via channel", comm["id"], status)
     return DeliveryOutcome(
@@ -298,7 +356,8 @@ def _plan_extension(request: MessageRequest) -> dict[str, Any] | None:
     if not request.fallbacks:
         return None
     parts: list[dict[str, Any]] = [{"url": "key", "valueString": request.key},
-                                   {"url": "max-attempts", "valueInteger": request.max_attempts}]
+                                   {"url": "max-attempts", "valueInteger": request.max_attempts},
+                                   {"url": "urgent", "valueBoolean": request.is_urgent}]
     for name, value in request.tags.items():
         if name:
             tag = [{"url": "name", "valueString": name}] + ([{"url": "value", "valueString": value}] if value else [])
@@ -322,6 +381,7 @@ def pending_fallback(comm: dict[str, Any]) -> MessageRequest | None:
         return None
     key: str | None = None
     max_attempts = DEFAULT_MAX_ATTEMPTS
+    urgent: bool | None = None  # plans written before urgency was kept: derived from the tags
     tags: dict[str, str] = {}
     fallbacks: list[Fallback] = []
     for part in plan.get("extension", []):
@@ -330,6 +390,8 @@ def pending_fallback(comm: dict[str, Any]) -> MessageRequest | None:
             key = part.get("valueString")
         elif url == "max-attempts":
             max_attempts = int(part.get("valueInteger") or DEFAULT_MAX_ATTEMPTS)
+        elif url == "urgent" and isinstance(part.get("valueBoolean"), bool):
+            urgent = part["valueBoolean"]
         elif url == "tag":
             sub = _sub_values(part)
             if sub.get("name"):
@@ -346,7 +408,8 @@ def pending_fallback(comm: dict[str, Any]) -> MessageRequest | None:
         patient_ref=(comm.get("subject") or {}).get("reference"),
         about_ref=next((a.get("reference") for a in comm.get("about", []) if a.get("reference")), None),
         recipient_ref=next((r.get("reference") for r in comm.get("recipient", []) if r.get("reference")), None),
-        category=_category_of(comm) or "alert", tags=tags, fallbacks=tuple(fallbacks), max_attempts=max_attempts)
+        category=_category_of(comm) or "alert", tags=tags, fallbacks=tuple(fallbacks), max_attempts=max_attempts,
+        urgent=urgent)
     if not key or original.message_id != own_id:
         # A plan that does not belong to this Communication (edited by hand, copied): sending from
         # it could reach the wrong person, so nothing is sent and the reason is left in the log.
@@ -357,18 +420,25 @@ def pending_fallback(comm: dict[str, Any]) -> MessageRequest | None:
 
 
 def deliver_fallback(store: FhirStore, channels: dict[str, Channel], comm: dict[str, Any],
-                     clock: Clock) -> DeliveryOutcome | None:
+                     clock: Clock, *, withhold: Withhold | None = None) -> DeliveryOutcome | None:
     """Send the next channel of a message that failed for good after it was sent (a delivery report).
 
     Only a `not-done` Communication falls back. The fallback goes through `deliver()` under the key
     a synchronous failure would use, so however often this runs (re-delivered reports, the original
     request re-run by a sweep) the fallback is sent once; consent, retries and further fallbacks
-    are `deliver()`'s as always. None when there is nothing to fall back to."""
+    are `deliver()`'s as always. With `withhold` (the caller's decision) the fallback is recorded
+    not sent under that key instead (`record_not_sent`), for good. None when there is nothing to
+    fall back to."""
     if comm.get("status") != "not-done":
         return None
     nxt = pending_fallback(comm)
     if nxt is None:
         return None
+    if withhold is not None:
+        log.info("message %s was reported undelivered on %s; %s fallback withheld (%s)", comm.get("id"),
+                 medium_of(comm), nxt.channel, withhold.code)
+        outcome = record_not_sent(store, nxt, clock, withhold)
+        return replace(outcome, failed_before=(comm["id"], *outcome.failed_before))
     log.info("message %s was reported undelivered on %s; trying %s", comm.get("id"), medium_of(comm), nxt.channel)
     outcome = deliver(store, channels, nxt, clock)
     return replace(outcome, failed_before=(comm["id"], *outcome.failed_before))

@@ -22,6 +22,7 @@ from fhir.resources.R4B.communication import Communication
 
 from common.clock import FixedClock
 from fhirstore.paging import search_all
+from handlers.acknowledge import record_acknowledgement
 from handlers.acs_events import handle_acs_event
 from handlers.sweeps import run_alert_sweep
 from notifications.channels.base import OutgoingMessage, SendResult
@@ -362,25 +363,151 @@ def test_a_transient_failure_of_the_fallback_retries_the_report(host, acs, clock
     assert outcome.fallback is not None and outcome.fallback.status == "sent" and len(flaky.sent) == 2
 
 
-def test_a_reminder_reported_undelivered_in_quiet_hours_falls_back_when_they_end(host, acs, clock) -> None:
+def test_a_reminder_reported_undelivered_in_quiet_hours_is_recorded_not_sent(host, acs, clock) -> None:
     """A reminder SMS sent at 20:55 (the patient's zone, UTC by default) is reported failed at 21:10:
-    the email fallback waits for 08:00 instead of reaching the patient in quiet hours."""
+    the email fallback is not sent in quiet hours, nor later (a reminder is only useful on its day):
+    it is recorded not sent, the report is handled (not retried), and nothing ever sends it."""
     s = host.services
     clock.set(DAYTIME.replace(hour=20, minute=55))
     request = MessageRequest(key="reminder|p1|bp|2026-11-20", channel="sms", to=PHONE, body="Time for your reading.",
                              patient_ref="Patient/p1", recipient_ref="Patient/p1", category="reminder",
-                             fallbacks=(Fallback("email", EMAIL, "Time for your reading.", "A reminder"),))
+                             fallbacks=(Fallback("email", EMAIL, "Time for your reading.", "A reminder"),
+                                        Fallback("outbox", "p1-box", "Time for your reading.")))
     assert deliver(s.store, s.channels, request, clock).status == "sent"
     [sms] = [c for c in search_all(s.store, "Communication", {"subject": "Patient/p1"}) if medium(c) == "sms"]
     clock.set(DAYTIME.replace(hour=21, minute=10))
-    with pytest.raises(TransientDeliveryError) as held:
-        handle(host, sms_report(sms, "Failed", "dr-1"))
-    assert held.value.retry_at == DAYTIME.replace(day=21, hour=8, minute=0)
+    outcome = handle(host, sms_report(sms, "Failed", "dr-1"))
+    assert outcome.fallback is not None and (outcome.fallback.status, outcome.fallback.channel) == ("withheld", "email")
+    assert outcome.published == ("Vigil.Message.Failed",)  # the SMS's failure; the decision is not a failure
     assert s.store.read("Communication", sms["id"])["status"] == "not-done"  # the failure is recorded
-    assert emails_to(acs) == []
+    skipped = s.store.read("Communication", outcome.fallback.communication_id)
+    Communication.model_validate(skipped)
+    assert message_id(skipped) == request.fallback_request().message_id  # the key the fallback would use
+    assert (skipped["status"], medium(skipped)) == ("not-done", "email") and "sent" not in skipped
+    assert skipped["statusReason"]["coding"] == [{"system": "urn:vigil:withheld", "code": "quiet-hours"}]
+    assert skipped["statusReason"]["text"] == ("reminder fallback not sent: the patient's quiet hours; "
+                                               "the reminder is no longer timely")
+    version = skipped["meta"]["versionId"]
+
+    # Event Grid's re-delivery (through the host: handled, not failed), after quiet hours too, and a
+    # synchronous replay of the whole chain: nothing goes out on any channel, nothing is rewritten.
+    feed(host, sms_report(sms, "Failed", "dr-1"))
     clock.set(DAYTIME.replace(day=21, hour=8, minute=0))
-    outcome = handle(host, sms_report(sms, "Failed", "dr-1"))  # Event Grid's retry of the same report
+    again = handle(host, sms_report(sms, "Failed", "dr-1"))
+    assert again.fallback is not None and (again.fallback.status, again.fallback.communication_id) == (
+        "withheld", skipped["id"])
+    replay = deliver(s.store, s.channels, request, clock)
+    assert (replay.status, replay.communication_id) == ("withheld", skipped["id"])
+    assert emails_to(acs) == [] and email_posts(acs) == 0 and s.channels["outbox"].messages() == []
+    assert s.store.read("Communication", skipped["id"])["meta"]["versionId"] == version
+    assert len({e["id"] for e in failed_events(host)}) == 1
+
+
+def test_a_moderate_alert_reported_undelivered_in_quiet_hours_falls_back_when_they_end(host, acs, clock) -> None:
+    """A moderate (non-urgent) alert SMS sent at 20:55 is reported failed at 21:10: the email waits for
+    the end of quiet hours, when the alert sweep sends it, once."""
+    s = host.services
+    clock.set(DAYTIME.replace(hour=20, minute=55))
+    host.publish_device_messages([reading("p1", "glucose", "2026-11-20T20:50:00+00:00", {"glucose": 65})])
+    assert host.run_until_idle(timeout_s=60)
+    [sms] = alert_messages(host)
+    assert medium(sms) == "sms"
+    plan = next(e for e in sms["extension"] if e["url"] == FALLBACK_PLAN_EXT)
+    assert {"url": "urgent", "valueBoolean": False} in plan["extension"]
+    clock.set(DAYTIME.replace(hour=21, minute=10))
+    outcome = handle(host, sms_report(sms, "Failed", "dr-1", at="2026-11-20T21:10:00Z"))
+    assert outcome.fallback is None and outcome.fallback_held_until == DAYTIME.replace(day=21, hour=8, minute=0)
+    assert outcome.published == ("Vigil.Message.Failed",)
+    feed(host, sms_report(sms, "Failed", "dr-1", at="2026-11-20T21:10:00Z"))  # handled, not retried
+    clock.set(DAYTIME.replace(hour=23, minute=40))
+    run_alert_sweep(messaging(s), s.rulesets)  # still quiet hours: nothing
+    assert emails_to(acs) == [] and len(alert_messages(host)) == 1
+
+    clock.set(DAYTIME.replace(day=21, hour=8, minute=0))
+    run_alert_sweep(messaging(s), s.rulesets)
+    [email] = emails_to(acs)
+    [fallback] = [c for c in alert_messages(host) if c["id"] != sms["id"] and medium(c) == "email"]
+    assert fallback["status"] == "completed" and fallback["about"] == sms["about"]
+    late = handle(host, sms_report(sms, "Failed", "dr-1", at="2026-11-20T21:10:00Z"))  # a late re-delivery
+    assert late.fallback is not None and (late.fallback.status, late.fallback.communication_id) == (
+        "already-sent", fallback["id"])
+    run_alert_sweep(messaging(s), s.rulesets)
+    assert len(emails_to(acs)) == 1 and email_posts(acs) == 1
+
+
+def test_in_quiet_hours_an_urgent_alert_falls_back_at_once_and_an_update_is_recorded_not_sent(
+        host, acs, clock) -> None:
+    s = host.services
+    clock.set(DAYTIME.replace(hour=23, minute=0))
+    sms = crisis_alert(host, time="2026-11-20T22:59:00+00:00")  # high severity: urgent, sent in quiet hours
+    outcome = handle(host, sms_report(sms, "Failed", "dr-1", at="2026-11-20T23:01:00Z"))
+    assert outcome.fallback is not None and (outcome.fallback.status, outcome.fallback.channel) == ("sent", "email")
+    assert len(emails_to(acs)) == 1
+
+    # A low-severity update message (which the alert sweep never re-sends): recorded not sent.
+    request = MessageRequest(key="ep-9|update:Observation/o1|patient", channel="sms", to=PHONE, body="An update.",
+                             patient_ref="Patient/p1", recipient_ref="Patient/p1", about_ref="DetectedIssue/ep-9",
+                             category="alert", tags={"template": "alert_low"},
+                             fallbacks=(Fallback("email", EMAIL, "An update.", "An update"),))
+    update = s.store.read("Communication", deliver(s.store, s.channels, request, clock).communication_id)
+    outcome = handle(host, sms_report(update, "Failed", "dr-2", at="2026-11-20T23:02:00Z"))
+    assert outcome.fallback is not None and outcome.fallback.status == "withheld"
+    skipped = s.store.read("Communication", outcome.fallback.communication_id)
+    assert skipped["statusReason"]["coding"][0]["code"] == "quiet-hours"
+    assert "quiet hours" in skipped["statusReason"]["text"] and len(emails_to(acs)) == 1
+
+
+class _TopicDown:
+    def publish(self, events) -> None:
+        raise ConnectionError("workflow topic unreachable")
+
+
+def test_a_workflow_topic_outage_does_not_hold_back_the_fallback(host, acs, caplog) -> None:
+    sms = crisis_alert(host)
+    caplog.set_level(logging.WARNING)
+    deps = replace(acs_deps(host.services), workflow=_TopicDown())
+    outcome = handle_acs_event(sms_report(sms, "Failed", "dr-1"), deps)  # handled: no exception
     assert outcome.fallback is not None and outcome.fallback.status == "sent" and len(emails_to(acs)) == 1
+    assert outcome.published == ()
+    assert "workflow event for a failed message not published: ConnectionError" in caplog.text
+    assert "unreachable" not in caplog.text
+    # Once the topic is back, a re-delivered report announces the failure and sends nothing new.
+    again = handle(host, sms_report(sms, "Failed", "dr-1"))
+    assert again.published == ("Vigil.Message.Failed",) and again.fallback.status == "already-sent"
+    assert len(emails_to(acs)) == 1
+
+
+def test_an_escalation_fallback_is_not_sent_once_the_alert_is_acknowledged(host, acs) -> None:
+    """Nurse A acknowledges; nurse B's escalation SMS is reported failed after that: no email to B.
+    Before the acknowledgement the same kind of report does reach the nurse by email."""
+    s = host.services
+    crisis_alert(host)
+    [task] = search_all(s.store, "Task", {"patient": "Patient/p1"})
+    issue_ref = task["focus"]["reference"]
+
+    def escalation_sms(nurse: str) -> dict[str, Any]:
+        request = MessageRequest(
+            key=f"{task['id']}|level-1|PractitionerRole/{nurse}", channel="sms", to="+15550100042",
+            body="Alert: please review.", patient_ref="Patient/p1", about_ref=issue_ref,
+            recipient_ref=f"PractitionerRole/{nurse}", category="escalation", tags={"template": "escalation"},
+            fallbacks=(Fallback("email", f"{nurse}@example.org", "Alert: please review.", "Vigil alert"),))
+        return s.store.read("Communication", deliver(s.store, s.channels, request, s.clock).communication_id)
+
+    sms_a, sms_b = escalation_sms("nurse-a"), escalation_sms("nurse-b")
+    before = handle(host, sms_report(sms_a, "Failed", "dr-a"))
+    assert before.fallback is not None and before.fallback.status == "sent"
+    assert len(emails_to(acs, "nurse-a@example.org")) == 1
+
+    assert record_acknowledgement(messaging(s), task["id"], "PractitionerRole/nurse-a").status == "acknowledged"
+    after = handle(host, sms_report(sms_b, "Failed", "dr-b"))
+    assert after.fallback is not None and after.fallback.status == "withheld"
+    assert after.published == ("Vigil.Message.Failed",)
+    skipped = s.store.read("Communication", after.fallback.communication_id)
+    assert skipped["status"] == "not-done" and skipped["recipient"] == [{"reference": "PractitionerRole/nurse-b"}]
+    assert skipped["statusReason"]["coding"] == [{"system": "urn:vigil:withheld", "code": "alert-closed"}]
+    assert "alert is no longer open" in skipped["statusReason"]["text"]
+    feed(host, sms_report(sms_b, "Failed", "dr-b"))
+    assert emails_to(acs, "nurse-b@example.org") == [] and email_posts(acs) == 1
 
 
 def test_a_plan_that_does_not_match_its_message_sends_nothing(host, acs, caplog) -> None:
