@@ -97,17 +97,18 @@ class CompiledExpression:
     def __repr__(self) -> str:
         return f"CompiledExpression({self.language}: {self.text!r})"
 
+    def _failed(self, exc: Exception) -> MappingFailure:
+        """What an evaluation error means for the message: an expression error naming the expression."""
+        return MappingFailure(EXPRESSION_ERROR, f"{self.language} expression {self.text!r} failed: {_describe(exc)}",
+                              expression=self.text)
+
     def find(self, data: Any) -> list:
         try:
             return self._find(data)
         except MappingFailure:
             raise
         except Exception as exc:  # a JMESPath type error, a custom function error, ...
-            raise MappingFailure(
-                EXPRESSION_ERROR,
-                f"{self.language} expression {self.text!r} failed: {_describe(exc)}",
-                expression=self.text,
-            ) from None
+            raise self._failed(exc) from None
 
     def groups(self, data: Any) -> dict | None:
         """For an expression with `group`: the message's elements grouped by the key (None: no
@@ -118,11 +119,7 @@ class CompiledExpression:
         except MappingFailure:
             raise
         except Exception as exc:
-            raise MappingFailure(
-                EXPRESSION_ERROR,
-                f"{self.language} expression {self.text!r} failed: {_describe(exc)}",
-                expression=self.text,
-            ) from None
+            raise self._failed(exc) from None
 
     def value(self, data: Any) -> Any:
         if self._single is not None:
@@ -131,11 +128,7 @@ class CompiledExpression:
             except MappingFailure:
                 raise
             except Exception as exc:
-                raise MappingFailure(
-                    EXPRESSION_ERROR,
-                    f"{self.language} expression {self.text!r} failed: {_describe(exc)}",
-                    expression=self.text,
-                ) from None
+                raise self._failed(exc) from None
         found = self.find(data)
         if not found:
             return None
