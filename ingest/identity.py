@@ -24,10 +24,10 @@ not their values.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from common.jsondata import json_copy
 from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
 from fhirstore.port import FhirStore
 from ingest.templates.errors import (
@@ -183,7 +183,7 @@ class IdentityResolver:
     def _link(self, device: dict[str, Any], patient_id: str) -> dict[str, Any]:
         for _ in range(3):
             version = (device.get("meta") or {}).get("versionId")
-            updated = copy.deepcopy(device)
+            updated = json_copy(device)
             updated["patient"] = {"reference": f"Patient/{patient_id}"}
             try:
                 return self.store.update(updated, if_match=version).resource or updated

@@ -29,7 +29,6 @@ replayed step sends nothing twice).
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ import yaml
 
 from common.clock import iso, parse_instant
 from common.codes import vigil_system
+from common.jsondata import json_copy
 
 LEVEL_SYSTEM = vigil_system("escalation-level")
 CHAIN_EXT = vigil_system("escalation-chain")
@@ -489,8 +489,8 @@ def add_mitigation(detected_issue: Mapping[str, Any], entry: Mapping[str, Any]) 
     existing = list(detected_issue.get("mitigation", []) or [])
     if any(m == entry for m in existing):
         return dict(detected_issue), False
-    updated = copy.deepcopy(dict(detected_issue))
-    updated["mitigation"] = [*existing, copy.deepcopy(dict(entry))]
+    updated = json_copy(dict(detected_issue))
+    updated["mitigation"] = [*existing, json_copy(dict(entry))]
     return updated, True
 
 

@@ -15,13 +15,13 @@ Closing an episode does not touch its Task: an unacknowledged Task keeps escalat
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from common.clock import iso
 from common.codes import vigil_system
+from common.jsondata import json_copy
 from rules.episodes import EPISODE_EXT, MAX_COUNTED, Decision, episode_from_detected_issue, episode_key
 from rules.model import Rule
 from rules.results import Firing
@@ -71,7 +71,7 @@ def update_episode(issue: dict[str, Any], firing: Firing, decision: Decision, no
     newer = firing.at >= episode.last_held
     latest = _latest(firing) if newer else episode.latest_ref
     notified = now if decision.notify else episode.last_notified
-    out = copy.deepcopy(issue)
+    out = json_copy(issue)
     out["severity"] = decision.severity or out["severity"]
     refs = [i["reference"] for i in out.get("implicated", [])]
     _set_implicated(out, [*refs, *(r for r in firing.implicated_refs if r not in refs)])
@@ -84,7 +84,7 @@ def update_episode(issue: dict[str, Any], firing: Firing, decision: Decision, no
 
 def close_episode(issue: dict[str, Any], now: datetime, reason: str, *, by: dict[str, Any] | None = None) -> dict[str, Any]:
     """The DetectedIssue closed at `now`: final, period end, and a mitigation saying why and by whom."""
-    out = copy.deepcopy(issue)
+    out = json_copy(issue)
     out["status"] = "final"
     out["identifiedPeriod"] = {**out.get("identifiedPeriod", {}), "end": iso(now)}
     out.setdefault("mitigation", []).append({"action": {"text": reason}, "date": iso(now), "author": by or dict(ENGINE)})
@@ -92,7 +92,7 @@ def close_episode(issue: dict[str, Any], now: datetime, reason: str, *, by: dict
 
 
 def close_flag(flag: dict[str, Any], now: datetime) -> dict[str, Any]:
-    out = copy.deepcopy(flag)
+    out = json_copy(flag)
     out["status"] = "inactive"
     out["period"] = {**out.get("period", {}), "end": iso(now)}
     return out
@@ -106,7 +106,7 @@ def raise_task_priority(task: dict[str, Any], rule: Rule, severity: str) -> dict
     """The Task after the episode's severity rose (priority only rises)."""
     order = ["routine", "urgent", "asap", "stat"]
     wanted = task_priority(rule, severity)
-    out = copy.deepcopy(task)
+    out = json_copy(task)
     if order.index(wanted) > order.index(out.get("priority", "routine")):
         out["priority"] = wanted
     return out

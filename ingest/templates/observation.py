@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from common.codes import LOINC, OBSERVATION_CATEGORY, UCUM, VITAL_SIGN_CODES
+from common.jsondata import json_copy
 from ingest.templates.errors import INCOMPATIBLE_VALUE, MappingFailure
 from ingest.templates.grouping import ObservationGroup, TimedValue
 from ingest.templates.measurement import value_text
@@ -45,16 +46,6 @@ VITAL_SIGNS_CATEGORY = {
     "text": "Vital Signs",
 }
 _IGNORED_IN_COMPARISON = ("status", "issued", "meta", "text")
-
-
-def json_copy(value: Any) -> Any:
-    """A deep copy of JSON data (dicts, lists, scalars); several times faster than copy.deepcopy."""
-    kind = type(value)
-    if kind is dict:
-        return {k: json_copy(v) for k, v in value.items()}
-    if kind is list:
-        return [json_copy(v) for v in value]
-    return value
 
 
 def sha256_id(system: str | None, value: str) -> str:
