@@ -125,8 +125,21 @@ def review_open_episode(ruleset_id: str, rule: Rule, episode: Episode, history: 
                         ctx: PatientContext, now: datetime) -> tuple[Decision, Firing | None]:
     """For the timer sweep: re-judge an open episode's rule on the latest data. Gives `close` once
     the newest reading no longer fires and the rule last held `resolve_after` ago or more."""
+    history = history if isinstance(history, History) else History(history)
     outcome = latest_outcome(ruleset_id, rule, history, ctx, now)
+    if outcome is None and rule.has_absence:
+        # An absence holds until the data resumes, not only when a sweep saw it (sweeps that find
+        # the same gap write nothing): count resolve_after from the first reading after the last
+        # time the episode recorded it holding.
+        resumed = _first_reading_after(history, rule.metrics, episode.last_held)
+        if resumed is not None:
+            episode = replace(episode, last_held=min(resumed, now))
     return decide(rule, outcome, episode, now, episode.patient_ref), outcome
+
+
+def _first_reading_after(history: History, metrics: frozenset[str], after: datetime) -> datetime | None:
+    times = [r.effective for m in metrics for r in history.series(m).readings if r.effective > after]
+    return min(times, default=None)
 
 
 def apply_decision(decision: Decision, firing: Firing | None, episode: Episode | None, now: datetime,

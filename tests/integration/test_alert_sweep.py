@@ -133,9 +133,11 @@ def test_no_weight_opens_one_episode_per_gap_in_the_patients_days_and_closes_aft
     assert again["meta"]["versionId"] == issue["meta"]["versionId"]
     assert _count(s, "Communication") == 1 and len(s.channels["outbox"].messages()) == 1
 
-    # A weight arrives; the next sweep (past resolve_after: 1h since the rule last held) closes it.
+    # A weight arrives at 10:00: the gap held until then, so the episode closes once resolve_after
+    # (1 h) has passed since 10:00, not since the episode opened.
     _weigh(s, "hf-1", datetime(2026, 11, 20, 10, 0, tzinfo=ZONE))
-    closed_at = datetime(2026, 11, 20, 10, 15, tzinfo=ZONE)
+    assert _sweep(s, clock, datetime(2026, 11, 20, 10, 45, tzinfo=ZONE)).closed == 0
+    closed_at = datetime(2026, 11, 20, 11, 0, tzinfo=ZONE)
     report = _sweep(s, clock, closed_at)
     assert report.closed == 1
     [closed] = _issues(s, patient)

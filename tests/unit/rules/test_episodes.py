@@ -18,7 +18,14 @@ from rules.episode_resources import (
     raise_task_priority,
     update_episode,
 )
-from rules.episodes import Episode, apply_decision, decide, episode_from_detected_issue, episode_key
+from rules.episodes import (
+    Episode,
+    apply_decision,
+    decide,
+    episode_from_detected_issue,
+    episode_key,
+    review_open_episode,
+)
 from rules.evaluate import evaluate, sweep
 from rules.results import Firing
 from tests.unit.rules.helpers import PATIENT, at, context, observation, one_rule, reading
@@ -135,6 +142,23 @@ def test_absence_opens_one_episode_per_gap_not_per_sweep() -> None:
     history.append(reading("body_weight", 81, 80))  # the gap ends
     assert sweep([rules], history, context(), at(81)) == []
     assert decide(rule, None, episode, at(81), PATIENT).action == "close"
+
+
+def test_an_absence_episode_resolves_after_the_data_resumed_not_after_it_opened() -> None:
+    """Sweeps that find the same gap write nothing, so the episode's last-held time stays at its
+    opening; resolve_after (24 h here) must count from when readings came back (80 h)."""
+    rules = one_rule({"absence": {"metric": "body_weight", "days": 2}}, suppression={"resolve_after": "24h"})
+    rule = rules.rules[0]
+    history = [reading("body_weight", 80, -100)]
+    [firing] = sweep([rules], history, context(), at(0))
+    episode = apply_decision(decide(rule, firing, None, at(0), PATIENT), firing, None, at(0), PATIENT)
+    for hours in (24, 48, 72):  # the gap goes on: suppressed, nothing written
+        [again] = sweep([rules], history, context(), at(hours))
+        assert decide(rule, again, episode, at(hours), PATIENT).action == "suppress"
+    history.append(reading("body_weight", 81, 80))  # the gap ends
+    for hours, action in ((81, "none"), (103.5, "none"), (104, "close")):
+        decision, outcome = review_open_episode("r1", rule, episode, history, context(), at(hours))
+        assert (decision.action, outcome) == (action, None), hours
 
 
 def test_same_gap_after_staff_closed_it_is_not_reopened() -> None:
