@@ -13,17 +13,24 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from common.clock import iso
-from rules.backtest import PatientData, backtest
-from rules.enrollment import PatientContext
-from rules.evaluate import RuleIndex, evaluate
-from rules.loader import load_rulesets, parse_ruleset
-from rules.readings import Reading, readings_from_observation
-from rules.window import History
+# Run as a script (`python bench/rules.py`), this file's folder comes first on sys.path and its own
+# name would shadow the `rules` package: put the repository root first instead.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [str(_HERE.parent), *(p for p in sys.path if Path(p or ".").resolve() != _HERE)]
+
+from common.clock import iso  # noqa: E402
+from rules.backtest import PatientData, backtest  # noqa: E402
+from rules.enrollment import PatientContext  # noqa: E402
+from rules.evaluate import RuleIndex, evaluate  # noqa: E402
+from rules.loader import load_rulesets, parse_ruleset  # noqa: E402
+from rules.readings import Reading, readings_from_observation  # noqa: E402
+from rules.window import History  # noqa: E402
 
 START = datetime(2025, 1, 1, tzinfo=UTC)
 TZ = ZoneInfo("America/Chicago")
