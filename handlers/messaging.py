@@ -23,7 +23,15 @@ from common.clock import Clock
 from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
 from fhirstore.port import FhirStore
 from notifications.channels.base import Channel
-from notifications.dispatch import DeliveryOutcome, Fallback, MessageRequest, TransientDeliveryError, deliver
+from notifications.dispatch import (
+    DeliveryOutcome,
+    Fallback,
+    MessageRequest,
+    TransientDeliveryError,
+    Withhold,
+    deliver,
+    record_not_sent,
+)
 from notifications.escalation import (
     Chain,
     Step,
@@ -80,13 +88,20 @@ def notify_patient(m: Messaging, *, episode_key: str, patient_ref: str, severity
     recipient = patient_recipient(patient, m.defaults, now=m.clock.now())
     if not recipient.contacts:
         return 0
-    if send_at(recipient, category="alert", urgent=severity == "high", now=m.clock.now()) > m.clock.now():
-        return 0  # quiet hours: the alert sweep sends it when they end
+    quiet = send_at(recipient, category="alert", urgent=severity == "high", now=m.clock.now()) > m.clock.now()
+    if quiet and phase == "open":
+        return 0  # quiet hours: the alert sweep sends the opening message when they end
     request = _request(m, recipient, template=f"alert_{severity}", key=f"{episode_key}|{phase}|patient",
                        context={"org_name": m.org_name, "contact_phone": m.contact_phone, "link": ""},
                        about=f"DetectedIssue/{episode_key}", patient_ref=patient_ref, channels=None,
                        category="alert", urgent=severity == "high")
     if request is None:
+        return 0
+    if quiet:
+        # A repeat of an alert the patient already had: the sweep re-sends only opening messages,
+        # so it is recorded as not sent rather than left to vanish.
+        record_not_sent(m.store, request, m.clock, Withhold(
+            "patient alert update not sent: the patient's quiet hours; the opening alert reached them", "quiet-hours"))
         return 0
     try:
         return int(deliver(m.store, m.channels, request, m.clock).status == "sent")

@@ -195,3 +195,23 @@ def test_in_the_embedded_default_a_patient_who_texted_stop_gets_no_sms(host) -> 
     assert not any(m["to"] == "+15550100001" for m in s.channels["sms"].messages())
     # The care team is still told (through the escalation fallback: no care team on file here).
     assert any(m["to"] == "care-team" for m in s.channels["outbox"].messages())
+
+
+def test_a_repeat_alert_in_the_patients_quiet_hours_is_recorded_not_sent(host) -> None:
+    """The opening low-glucose message reached the patient at 15:00; the repeat firing after the 6 h
+    cool-down comes at 22:30, in their quiet hours: the update is recorded as withheld, not sent and
+    not silently dropped (the alert sweep re-sends only opening messages)."""
+    s = host.services
+    host.publish_device_messages([reading("p1", "glucose", "2026-11-20T14:55:00Z", {"glucose": 65, "unit": "mg/dL"})])
+    assert host.run_until_idle(timeout_s=60)
+    to_patient = [c for c in search_all(s.store, "Communication", {"recipient": "Patient/p1"})]
+    assert [c["status"] for c in to_patient] == ["completed"]
+    s.clock.set(s.clock.now().replace(hour=22, minute=30))
+    host.publish_device_messages([reading("p1", "glucose", "2026-11-20T22:25:00Z", {"glucose": 62, "unit": "mg/dL"})])
+    assert host.run_until_idle(timeout_s=60)
+    to_patient = search_all(s.store, "Communication", {"recipient": "Patient/p1"})
+    [update] = [c for c in to_patient if c["status"] != "completed"]
+    assert update["status"] == "not-done"
+    assert update["statusReason"]["coding"][0]["code"] == "quiet-hours"
+    patient_files = [m for m in s.channels["outbox"].messages() if m.get("to") == "+15550100001"]
+    assert len(patient_files) == 1
