@@ -331,7 +331,11 @@ def _alert_sweep_resends(deps: AcsEventDeps, nxt: MessageRequest) -> bool:
         return False
     try:
         return deps.store.read("DetectedIssue", episode).get("status") == "preliminary"
-    except (ResourceNotFound, ResourceGone):
+    except ResourceNotFound:
+        # The episode is still being opened (its DetectedIssue is written last, after the opening
+        # message): once it is, the sweep re-runs that message, so leave the fallback to it.
+        return True
+    except ResourceGone:
         return False
 
 

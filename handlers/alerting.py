@@ -88,9 +88,11 @@ def _update(m: Messaging, firing: Firing, issue: dict[str, Any], now: datetime, 
     patient_ref = issue["patient"]["reference"]
     sent = 0
     if decision.notify and "patient" in firing.rule.actions.notify:
-        phase = "update:" + ",".join(firing.trigger_refs)
-        sent = notify_patient(m, episode_key=key, patient_ref=patient_ref,
-                              severity=decision.severity or firing.severity, phase=phase)
+        severity = decision.severity or firing.severity
+        # Keyed by the readings and the severity: a re-delivered event sends nothing new, while a
+        # rise in severity (an absence update has no readings to key by) is a message of its own.
+        phase = f"update:{','.join(firing.trigger_refs)}:{severity}"
+        sent = notify_patient(m, episode_key=key, patient_ref=patient_ref, severity=severity, phase=phase)
     if decision.severity and decision.severity != issue.get("severity"):
         _raise_priority(m.store, key, firing.rule, decision.severity)
     m.store.update(update_episode(issue, firing, decision, now), if_match=issue["meta"]["versionId"])

@@ -81,6 +81,20 @@ def newest_readings(store: FhirStore, patient_ref: str, metrics: set[str]) -> li
     return out
 
 
+def first_readings_after(store: FhirStore, patient_ref: str, metrics: set[str] | frozenset[str],
+                         after: datetime) -> list[Reading]:
+    """The first reading of each metric with effective time after `after`, however far back: when a
+    gap in the data ended (an absence episode resolves from then, even once the window moved on)."""
+    out: list[Reading] = []
+    for metric in metrics:
+        code = ",".join(f"{LOINC}|{c}" for c in codes_for(metric))
+        found = store.search("Observation", {"subject": patient_ref, "code": code, "date": f"gt{iso(after)}",
+                                             "_sort": "date", "_count": "1"})
+        for obs in found.resources:
+            out.extend(r for r in _readings(obs) if r.metric == metric)
+    return out
+
+
 def history_window(rulesets: list[Ruleset], at: datetime,
                    trigger_metrics: frozenset[str] | None = None) -> tuple[frozenset[str], datetime]:
     """The metrics to load and from when. With `trigger_metrics`, only for the rules those metrics

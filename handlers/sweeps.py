@@ -24,7 +24,13 @@ from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
 from handlers.alerting import act_on_firing, close
 from handlers.messaging import Messaging, escalation_chain_of, notify_patient, run_escalation_step
-from handlers.patient_data import history_window, load_patient_rules, load_readings, newest_readings
+from handlers.patient_data import (
+    first_readings_after,
+    history_window,
+    load_patient_rules,
+    load_readings,
+    newest_readings,
+)
 from notifications.escalation import LEVEL_SYSTEM, chain_of
 from rules.episode_resources import RULE_SYSTEM
 from rules.episodes import episode_from_detected_issue, review_open_episode
@@ -72,13 +78,20 @@ def _sweep_patient(m: Messaging, rulesets: list[Ruleset], patient_ref: str, now:
     for firing in sweep(enrolled.rulesets, history, enrolled.context, now):
         report.decisions[act_on_firing(m, firing, patient_ref).decision.action] += 1
     rules = {rule.id: (rs.ruleset, rule) for rs in enrolled.rulesets for rule in rs.rules}
+    open_issues = []
+    resumed = []
     for issue in search_all(store, "DetectedIssue", {"patient": patient_ref, "status": "preliminary"}):
         codes = [c.get("code") for c in issue.get("code", {}).get("coding", []) if c.get("system") == RULE_SYSTEM]
-        if not codes or codes[0] not in rules:
-            continue
-        ruleset_id, rule = rules[codes[0]]
-        decision, _ = review_open_episode(ruleset_id, rule, episode_from_detected_issue(issue), history,
-                                          enrolled.context, now)
+        if codes and codes[0] in rules:
+            ruleset_id, rule = rules[codes[0]]
+            episode = episode_from_detected_issue(issue)
+            open_issues.append((issue, ruleset_id, rule, episode))
+            if rule.has_absence:  # when the gap ended, even if that is older than the window
+                resumed += first_readings_after(store, patient_ref, rule.absence_metrics, episode.last_held)
+    if resumed:
+        history = History([*readings, *resumed])
+    for issue, ruleset_id, rule, episode in open_issues:
+        decision, _ = review_open_episode(ruleset_id, rule, episode, history, enrolled.context, now)
         if decision.action == "close":
             close(m, issue, now, decision.reason)
             report.closed += 1

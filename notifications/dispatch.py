@@ -257,7 +257,10 @@ def record_not_sent(store: FhirStore, request: MessageRequest, clock: Clock, wit
     if comm["status"] == "not-done":
         status: Literal["withheld", "failed"] = "withheld" if is_withheld(comm) else "failed"
         return DeliveryOutcome(status, comm["id"], reason=_reason_text(comm), channel=request.channel)
-    # `preparation`: not recorded as sent (a transient failure waiting for its retry): it is not retried.
+    if attempts_of(comm) > 0:
+        # Already tried: a channel may have taken it before a crash, or it waits for a retry. Not
+        # recorded as withheld (that could misstate a message that went out); left as it is.
+        return DeliveryOutcome("retry", comm["id"], reason=_reason_text(comm), channel=request.channel)
     _finish(store, comm, clock, "not-done", reason=withhold.reason, code=withhold.code, system=WITHHELD_SYSTEM)
     log.info("message %s not sent (%s)", comm["id"], withhold.code)
     return DeliveryOutcome("withheld", comm["id"], reason=withhold.reason, channel=request.channel)

@@ -130,8 +130,9 @@ def review_open_episode(ruleset_id: str, rule: Rule, episode: Episode, history: 
     if outcome is None and rule.has_absence:
         # An absence holds until the data resumes, not only when a sweep saw it (sweeps that find
         # the same gap write nothing): count resolve_after from the first reading after the last
-        # time the episode recorded it holding.
-        resumed = _first_reading_after(history, rule.metrics, episode.last_held)
+        # time the episode recorded it holding. `history` must hold that reading, however old
+        # (handlers.sweeps loads it with `first_readings_after`).
+        resumed = _first_reading_after(history, rule.absence_metrics, episode.last_held)
         if resumed is not None:
             episode = replace(episode, last_held=min(resumed, now))
     return decide(rule, outcome, episode, now, episode.patient_ref), outcome

@@ -373,6 +373,7 @@ class Rule(StrictModel):
     _horizon: timedelta = PrivateAttr(default=timedelta(0))
     _param_uses: dict[str, set[tuple[str, bool]]] = PrivateAttr(default_factory=dict)
     _metrics: set[str] = PrivateAttr(default_factory=set)
+    _absence_metrics: set[str] = PrivateAttr(default_factory=set)
 
     @model_validator(mode="after")
     def _compile(self) -> Rule:
@@ -403,6 +404,7 @@ class Rule(StrictModel):
         if kind == "absence":
             self._has_absence = True
             self._metrics.add(spec.metric)
+            self._absence_metrics.add(spec.metric)
             return
         if kind == "pro":
             used.add(spec.metric)
@@ -444,6 +446,11 @@ class Rule(StrictModel):
     def metrics(self) -> frozenset[str]:
         """Every metric the rule reads (the handler loads these)."""
         return frozenset(self._metrics)
+
+    @property
+    def absence_metrics(self) -> frozenset[str]:
+        """The metrics whose absence the rule watches (a reading of one of them ends a gap)."""
+        return frozenset(self._absence_metrics)
 
     def param_uses(self, name: str) -> frozenset[tuple[str, bool]]:
         """(metric, is_difference) for every condition that compares with param `name`."""

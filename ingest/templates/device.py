@@ -161,7 +161,7 @@ class DeviceTemplate:
         # The entry keeps its token: a token a JMESPath match built (a projection's list) can be
         # freed and its id reused by another template's token, which must not get this header.
         # Holding it also keeps it alive for the rest of the message.
-        if entry is not None and entry[0] is token:
+        if entry is not None and (entry[0] is token or not self._header_per_token):
             return entry[1]
         header = self._read_header(scope)  # a failure is not memoized: each template reports its own
         memo[key] = (token, header)

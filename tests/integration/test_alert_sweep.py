@@ -198,3 +198,39 @@ def test_patients_not_enrolled_get_nothing(services: Services, clock: FixedClock
     for ref in refs:
         assert _issues(s, ref) == []
     assert _count(s, "DetectedIssue") == 0 and _count(s, "Communication") == 0
+
+
+LONG_RESOLVE = parse_ruleset("""
+ruleset: weigh-in-slow
+title: Daily weigh-in, slow to resolve
+program: {id: weigh-in, canonical: ["urn:vigil:program:weigh-in"]}
+rules:
+  - id: weigh-in-gap
+    title: No weight for a day
+    severity: low
+    when:
+      absence: {metric: body_weight, within: 24h}
+    suppression: {cooldown: 1d, resolve_after: 72h}
+    actions: {notify: [care-team], task: false}
+""", "weigh-in-slow.yaml")
+
+
+def test_an_absence_episode_closes_resolve_after_the_gap_ended_even_once_that_left_the_window(
+        services: Services, clock: FixedClock) -> None:
+    """resolve_after (72 h) is longer than the rule's window (24 h + a day's margin): the reading
+    that ended the gap falls out of the loaded window before the episode may close. It still closes
+    72 h after that reading, not never and not at once."""
+    s = services
+    plan = careplan("wi-1", "weigh-in")
+    plan["instantiatesCanonical"] = ["urn:vigil:program:weigh-in"]
+    patient = _patient(s, "wi-1", plans=[plan])
+    _weigh(s, "wi-1", LAST_WEIGHT)
+    assert _sweep(s, clock, LAST_WEIGHT + timedelta(hours=30), [LONG_RESOLVE]).decisions["open"] == 1
+    resumed = LAST_WEIGHT + timedelta(hours=40)
+    for hours in range(0, 80, 6):  # readings every 6 h from then on
+        _weigh(s, "wi-1", resumed + timedelta(hours=hours))
+    for after, closed in ((timedelta(hours=50), 0), (timedelta(hours=71), 0), (timedelta(hours=72), 1)):
+        report = _sweep(s, clock, resumed + after, [LONG_RESOLVE])
+        assert report.closed == closed, after
+    [issue] = _issues(s, patient)
+    assert issue["status"] == "final"
