@@ -215,3 +215,26 @@ def test_a_repeat_alert_in_the_patients_quiet_hours_is_recorded_not_sent(host) -
     assert update["statusReason"]["coding"][0]["code"] == "quiet-hours"
     patient_files = [m for m in s.channels["outbox"].messages() if m.get("to") == "+15550100001"]
     assert len(patient_files) == 1
+
+
+def test_a_repeat_reading_corrected_to_a_worse_severity_reaches_the_patient_again(host) -> None:
+    """Low glucose opens a moderate episode (patient texted at 09:00); at 15:30, past the 6 h
+    cool-down, a second low reading texts them again; that reading is then corrected to the severe
+    range: the severity rise is a message of its own, not taken for the one already sent about the
+    same reading."""
+    s = host.services
+    low = {"glucose": 65, "unit": "mg/dL"}
+    s.clock.set(s.clock.now().replace(hour=9, minute=0))
+    host.publish_device_messages([reading("p1", "glucose", "2026-11-20T08:55:00Z", low)])
+    assert host.run_until_idle(timeout_s=60)
+    s.clock.set(s.clock.now().replace(hour=15, minute=30))
+    host.publish_device_messages([reading("p1", "glucose", "2026-11-20T15:25:00Z", low)])
+    assert host.run_until_idle(timeout_s=60)
+    assert len(search_all(s.store, "Communication", {"recipient": "Patient/p1"})) == 2
+    s.clock.set(s.clock.now().replace(hour=15, minute=35))
+    host.publish_device_messages([reading("p1", "glucose", "2026-11-20T15:25:00Z", {"glucose": 48, "unit": "mg/dL"})])
+    assert host.run_until_idle(timeout_s=60)
+    to_patient = search_all(s.store, "Communication", {"recipient": "Patient/p1"})
+    assert sorted(c["status"] for c in to_patient) == ["completed", "completed", "completed"]
+    [issue] = search_all(s.store, "DetectedIssue", {})
+    assert issue["severity"] == "high"
