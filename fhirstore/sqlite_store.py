@@ -194,7 +194,8 @@ class SqliteFhirStore:
         self._spans: dict[int, int] = {}  # committed widest (hi - lo) per date parameter id
         # Compiled searches by (type, parameters): the same lookups (a patient's care plans, a
         # device by identifier) repeat for every reading. Only for types whose index rows are
-        # settled (_search_rows), so a compiled query never outlives the parameter ids it uses.
+        # settled (_search_rows), so a compiled query never outlives the parameter ids it uses,
+        # and not for date searches (a reading's window names its own instant: it never repeats).
         self._compiled: dict[tuple[str, tuple[tuple[str, str], ...]], _Query] = {}
         self._init_schema()
 
@@ -612,7 +613,7 @@ class SqliteFhirStore:
         query = self._compiled.get(key)
         if query is None:
             query = self._compile_new(resource_type, pairs)
-            if resource_type in self._search_rows:
+            if resource_type in self._search_rows and not query.dated:
                 if len(self._compiled) >= _COMPILED_MAX:
                     self._compiled.clear()  # plain and thread-safe; refills with what repeats
                 self._compiled[key] = query
@@ -766,6 +767,7 @@ class _Query:
     args: list[Any] = field(default_factory=list)
     order: str = "r.rid"
     order_args: list[Any] = field(default_factory=list)
+    dated: bool = False  # has a date or _lastUpdated clause
 
     def control(self, name: str, modifier: str, value: str, known: Mapping[str, SearchParam]) -> None:
         if modifier:
@@ -794,6 +796,7 @@ class _Query:
                 self.sort.append((sort_name, key.strip().startswith("-")))
 
     def assemble(self, clauses: list[_Clause], pids: Mapping[str, _Rows]) -> None:
+        self.dated = any(c.bounds is not None or c.name == "_lastUpdated" for c in clauses)
         drivers = [c for c in clauses if c.table is not None]
         driver = min(drivers, key=lambda c: c.rank) if drivers else None
         with_hi = driver is not None and driver.table == "ref"

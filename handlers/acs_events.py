@@ -34,6 +34,7 @@ from fhirstore.errors import ResourceGone, ResourceNotFound
 from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
 from handlers.acknowledge import CodeAckResult
+from handlers.messaging import OPENING, patient_message_key
 from ingest.deadletter import DeadLetterSink
 from notifications.channels.base import Channel
 from notifications.consent import (
@@ -323,11 +324,12 @@ def _quiet_hours_until(deps: AcsEventDeps, nxt: MessageRequest) -> datetime | No
 
 def _alert_sweep_resends(deps: AcsEventDeps, nxt: MessageRequest) -> bool:
     """Whether the alert sweep will send this fallback once quiet hours end: it re-runs the opening
-    patient message (`handlers.messaging.notify_patient`, key `<episode>|open|patient`) of every
+    patient message (`handlers.messaging.notify_patient`, `patient_message_key(episode, OPENING)`) of every
     episode still open, and that walks the same chain under the same keys. An update's message and
     a closed episode's are not re-run."""
     kind, _, episode = (nxt.about_ref or "").partition("/")
-    if nxt.category != "alert" or kind != "DetectedIssue" or not nxt.key.startswith(f"{episode}|open|patient|"):
+    opening = patient_message_key(episode, OPENING)
+    if nxt.category != "alert" or kind != "DetectedIssue" or not nxt.key.startswith(f"{opening}|"):
         return False
     try:
         return deps.store.read("DetectedIssue", episode).get("status") == "preliminary"

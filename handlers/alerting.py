@@ -16,7 +16,7 @@ from typing import Any
 
 from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
 from fhirstore.port import FhirStore
-from handlers.messaging import Messaging, notify_patient, publish, publish_opened, start_escalation
+from handlers.messaging import OPENING, Messaging, notify_patient, publish, publish_opened, start_escalation
 from notifications.dispatch import MessageRequest, deliver
 from notifications.workflow_events import closed
 from rules.episode_resources import (
@@ -71,12 +71,12 @@ def _open(m: Messaging, firing: Firing, patient_ref: str, now: datetime, decisio
     sent = 0
     targets = firing.rule.actions.notify if decision.notify else []
     if "patient" in targets:
-        sent += notify_patient(m, episode_key=key, patient_ref=patient_ref, severity=firing.severity, phase="open")
+        sent += notify_patient(m, episode_key=key, patient_ref=patient_ref, severity=firing.severity, phase=OPENING)
     if task is not None:
         # Staff are reached through the Task's escalation chain: level 1 now, then the sweep.
         sent += start_escalation(m, task, severity=firing.severity, chain_id=firing.rule.actions.escalate)
     elif "care-team" in targets:
-        sent += _care_team_notice(m, firing.rule, firing.severity, key, patient_ref, phase="open")
+        sent += _care_team_notice(m, firing.rule, firing.severity, key, patient_ref, phase=OPENING)
     put_if_absent(m.store, res.detected_issue)
     publish_opened(m, episode_key=key, patient_ref=patient_ref, rule_id=firing.rule_id, severity=firing.severity)
     log.info("alert episode opened for rule %s (severity %s)", firing.rule_id, firing.severity)

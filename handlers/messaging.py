@@ -78,6 +78,14 @@ class Messaging:
     defaults: PreferenceDefaults = field(default_factory=PreferenceDefaults)
 
 
+OPENING = "open"  # the phase of an episode's first patient message (the alert sweep re-sends it)
+
+
+def patient_message_key(episode_key: str, phase: str) -> str:
+    """The message key of an episode's patient message in `phase` (`OPENING`, or an update's)."""
+    return f"{episode_key}|{phase}|patient"
+
+
 def notify_patient(m: Messaging, *, episode_key: str, patient_ref: str, severity: str, phase: str) -> int:
     """Send the patient's alert message now if allowed; returns messages sent (0 if deferred)."""
     try:
@@ -89,9 +97,9 @@ def notify_patient(m: Messaging, *, episode_key: str, patient_ref: str, severity
     if not recipient.contacts:
         return 0
     quiet = send_at(recipient, category="alert", urgent=severity == "high", now=m.clock.now()) > m.clock.now()
-    if quiet and phase == "open":
+    if quiet and phase == OPENING:
         return 0  # quiet hours: the alert sweep sends the opening message when they end
-    request = _request(m, recipient, template=f"alert_{severity}", key=f"{episode_key}|{phase}|patient",
+    request = _request(m, recipient, template=f"alert_{severity}", key=patient_message_key(episode_key, phase),
                        context={"org_name": m.org_name, "contact_phone": m.contact_phone, "link": ""},
                        about=f"DetectedIssue/{episode_key}", patient_ref=patient_ref, channels=None,
                        category="alert", urgent=severity == "high")

@@ -23,7 +23,7 @@ from fhirstore.errors import FhirError
 from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
 from handlers.alerting import act_on_firing, close
-from handlers.messaging import Messaging, escalation_chain_of, notify_patient, run_escalation_step
+from handlers.messaging import OPENING, Messaging, escalation_chain_of, notify_patient, run_escalation_step
 from handlers.patient_data import (
     first_readings_after,
     history_window,
@@ -98,7 +98,7 @@ def _sweep_patient(m: Messaging, rulesets: list[Ruleset], patient_ref: str, now:
         elif "patient" in rule.actions.notify:
             # A patient message held back by quiet hours goes out once they end (same key: once).
             notify_patient(m, episode_key=issue["identifier"][0]["value"], patient_ref=patient_ref,
-                           severity=issue.get("severity", "moderate"), phase="open")
+                           severity=issue.get("severity", "moderate"), phase=OPENING)
 
 
 @dataclass

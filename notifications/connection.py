@@ -130,3 +130,13 @@ def normalize_endpoint(url: str, *, what: str, allow_insecure_http: bool = False
             f"{what} uses plain http to a non-loopback host; use https (or allow_insecure_http for a test rig)"
         )
     return url.rstrip("/")
+
+
+def transport_options(*, connection_verify: bool | str, retry_total: int, timeout_s: float) -> dict[str, object]:
+    """The azure-core transport options every Vigil SDK client uses (ACS SMS and Email, Event Grid).
+
+    Status retries are off: a 429 or 5xx goes back to Vigil's own retry policy as "transient"
+    (with the provider's Retry-After) instead of blocking a worker inside the SDK. Connection and
+    read retries stay on: they re-send the same request, which each service de-duplicates."""
+    return {"connection_verify": connection_verify, "retry_total": retry_total, "retry_status": 0,
+            "connection_timeout": min(10.0, timeout_s), "read_timeout": timeout_s}

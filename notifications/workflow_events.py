@@ -35,7 +35,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from common.clock import iso
-from notifications.connection import Secret, normalize_endpoint
+from notifications.connection import Secret, normalize_endpoint, transport_options
 
 log = logging.getLogger(__name__)
 
@@ -240,10 +240,8 @@ class EventGridWorkflowPublisher:
         try:
             # Transport and retry options go with each call: for a Basic topic this client does not
             # pass constructor options on to the pipeline it builds.
-            self._eg_client().send(
-                batch, connection_verify=self.connection_verify, connection_timeout=min(10.0, self.timeout_s),
-                read_timeout=self.timeout_s, retry_total=self.retry_total, retry_status=0,
-            )
+            self._eg_client().send(batch, **transport_options(connection_verify=self.connection_verify,
+                                                             retry_total=self.retry_total, timeout_s=self.timeout_s))
         except (ServiceRequestError, ServiceResponseError) as exc:
             # Safe to retry: the event ids are stable, subscribers de-duplicate on them.
             raise PublishError(f"could not reach Event Grid ({type(exc).__name__})", transient=True) from None

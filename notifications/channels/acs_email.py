@@ -23,7 +23,7 @@ from common.clock import Clock, SystemClock
 from notifications.channels.acs_sms import retry_after_from, scrub
 from notifications.channels.base import OutgoingMessage, SendResult
 from notifications.channels.ledger import DEFAULT_LEASE, SendLedger, claim_or_refusal
-from notifications.connection import AcsConnection
+from notifications.connection import AcsConnection, transport_options
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +84,8 @@ class AcsEmailChannel:
                 self._client = EmailClient(
                     self.connection.endpoint,
                     self.connection.credential(),
-                    connection_verify=self.connection_verify,
-                    retry_total=self.retry_total,
-                    retry_status=0,  # a 429/5xx goes back to the outbox as "transient"
-                    connection_timeout=min(10.0, self.timeout_s),
-                    read_timeout=self.timeout_s,
+                    **transport_options(connection_verify=self.connection_verify, retry_total=self.retry_total,
+                                        timeout_s=self.timeout_s),
                 )
             return self._client
 

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from common.clock import Clock, SystemClock
 from notifications.channels.base import OutgoingMessage, SendResult
 from notifications.channels.ledger import DEFAULT_LEASE, SendLedger, claim_or_refusal
-from notifications.connection import AcsConnection
+from notifications.connection import AcsConnection, transport_options
 
 log = logging.getLogger(__name__)
 
@@ -127,21 +127,15 @@ class AcsSmsChannel:
             if self._client is None:
                 from azure.communication.sms import SmsClient
 
-                # The constructor, not from_connection_string: that one forces https (§0.3).
-                # azure-core's connection/read retries re-send the same body, hence the same
-                # repeatability id, which the service de-duplicates. Status retries are off: a 429
-                # or 5xx goes back to the outbox as "transient" instead of blocking this worker
-                # for the Retry-After time.
+                # The constructor, not from_connection_string: that one forces https (§0.3). A
+                # connection retry re-sends the same body, hence the same repeatability id.
                 self._client = SmsClient(
                     self.connection.endpoint,
                     self.connection.credential(),
-                    connection_verify=self.connection_verify,
-                    retry_total=self.retry_total,
-                    retry_status=0,
                     retry_backoff_factor=0.5,
                     retry_backoff_max=8,
-                    connection_timeout=min(10.0, self.timeout_s),
-                    read_timeout=self.timeout_s,
+                    **transport_options(connection_verify=self.connection_verify, retry_total=self.retry_total,
+                                        timeout_s=self.timeout_s),
                 )
             return self._client
 
