@@ -191,11 +191,11 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         return super().getitem(obj, argument)
 
     # -- what the rewritten templates call ------------------------------------------------
-    def _range(self, *args: int) -> Iterator[int]:
+    def _range(self, *args: int) -> _CountedRange:
         rng = range(*args)
         if len(rng) > self.limits.max_iterations:
             raise RenderLimitExceeded(f"a range of more than {self.limits.max_iterations} items")
-        return self.guard_iter(rng)
+        return _CountedRange(rng, self)
 
     def guard_iter(self, iterable: Iterable[Any]) -> Iterator[Any]:
         for item in iterable:
@@ -226,6 +226,34 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             return self._check_size(func(*args, **kwargs))
 
         return guarded
+
+
+class _CountedRange:
+    """A `range` whose iteration counts against the render's loop budget (also when a filter such
+    as `list` or `join` walks it); length, indexing and `in` work as on a range."""
+
+    def __init__(self, rng: range, env: BoundedSandbox) -> None:
+        self._range = rng
+        self._env = env
+
+    def __iter__(self) -> Iterator[int]:
+        return self._env.guard_iter(self._range)
+
+    def __reversed__(self) -> Iterator[int]:
+        return self._env.guard_iter(reversed(self._range))
+
+    def __len__(self) -> int:
+        return len(self._range)
+
+    def __getitem__(self, index: Any) -> Any:
+        item = self._range[index]
+        return _CountedRange(item, self._env) if isinstance(item, range) else item
+
+    def __contains__(self, value: Any) -> bool:
+        return value in self._range
+
+    def __repr__(self) -> str:
+        return repr(self._range)
 
 
 def _is_int(value: Any) -> bool:

@@ -89,9 +89,10 @@ def test_the_time_budget_stops_work_the_other_limits_allow(tmp_path) -> None:
 def test_ordinary_templates_are_untouched_by_the_limits(tmp_path) -> None:
     source = ("{% for i in range(3) %}{{ i }}{% endfor %} {{ org_name ~ '!' }} {{ '%05d' | format(42) }} "
               "{{ 'a' * 3 }} {{ 2 ** 10 }} {{ '{:>6}'.format('x') }} {{ 'abc' | replace('b', 'B') }} "
-              "{{ [1, 2] + [3] }}")
+              "{{ [1, 2] + [3] }} {{ range(5) | length }} {{ range(5)[2] }} {{ 3 in range(5) }} "
+              "{{ range(3) | reverse | join(',') }}")
     body = library(tmp_path, source).render("alert_low", "email", "en", CTX).body
-    assert body == "012 Acme Clinic! 00042 aaa 1024      x aBc [1, 2, 3]"
+    assert body == "012 Acme Clinic! 00042 aaa 1024      x aBc [1, 2, 3] 5 2 True 2,1,0"
     # The shipped ones too, in every locale (rendered with realistic values by check()).
     assert TemplateLibrary().check() == []
 
