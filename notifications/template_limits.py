@@ -139,7 +139,8 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
 
     def _check_join(self, separator: Any, items: Any) -> list[Any]:
         """The items of a join, materialized, when the joined text would stay within the limit."""
-        items = list(self.guard_iter(items)) if not isinstance(items, list | tuple) else list(items)
+        # Counted where they come from (a counted range, a guarded loop); strings are size-bounded.
+        items = list(items)
         sep = len(separator) if isinstance(separator, str) else 0
         if sep * max(0, len(items) - 1) + sum(len(i) for i in items if isinstance(i, str)) \
                 > self.limits.max_string_chars:
@@ -169,7 +170,8 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
 
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
         __self._tick()
-        __self._check_arguments([*args, *kwargs.values()])
+        if __obj != __self._range:  # range() says itself what is too long, in loop terms
+            __self._check_arguments([*args, *kwargs.values()])
         if getattr(__obj, "__name__", None) == "replace":
             __self._check_replace(getattr(__obj, "__self__", None), args)
         if getattr(__obj, "__name__", None) == "join" and isinstance(getattr(__obj, "__self__", None), str) and args:
