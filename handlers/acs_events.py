@@ -7,7 +7,9 @@ Event types handled (Event Grid or CloudEvents envelope; everything else is igno
 | Microsoft.Communication.SMSReceived                  | consent keywords: record the opt-out/opt-in first,  |
 |                                                      | then reply once (`consent_stop/_start/_help`);      |
 |                                                      | `ACK <code>` acknowledges the alert by SMS          |
-|                                                      | (`handlers.acknowledge`), answered once (`ack_*`)   |
+|                                                      | (`handlers.acknowledge`), answered once (`ack_*`);  |
+|                                                      | wrong codes lock the number out for a while         |
+|                                                      | (`notifications.ack_lockout`)                       |
 | Microsoft.Communication.SMSDeliveryReportReceived    | the report is recorded on its `Communication`       |
 | Microsoft.Communication.EmailDeliveryReportReceived  | same; a failed delivery sends the message's next    |
 |                                                      | channel (`dispatch.deliver_fallback`), or records   |
