@@ -37,6 +37,21 @@ class FixedClock:
         self._now = at.astimezone(UTC)
 
 
+class ResumedClock:
+    """Time that resumes from `start` and then runs at the wall clock's pace: a data directory
+    recorded "as of" a past instant (the demo) continues from there, so everything that would
+    have come due in the gap does not come due at once."""
+
+    def __init__(self, start: datetime, wall: Clock | None = None) -> None:
+        if start.tzinfo is None:
+            raise ValueError("ResumedClock needs a timezone-aware datetime")
+        self._wall = wall or SystemClock()
+        self._offset = start.astimezone(UTC) - self._wall.now()
+
+    def now(self) -> datetime:
+        return self._wall.now() + self._offset
+
+
 def iso(dt: datetime) -> str:
     """FHIR instant text for a timezone-aware datetime, in UTC with a Z suffix."""
     if dt.tzinfo is None:

@@ -181,23 +181,35 @@ def load_ruleset(path: str | Path) -> Ruleset:
     return parse_ruleset(read_text(path), str(path))
 
 
-def ruleset_files(directory: str | Path) -> list[Path]:
-    """The ruleset files of a directory: *.yaml / *.yml directly in it (test cases live below)."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise RuleLoadError([Problem(str(directory), None, None, "", "not a directory")])
-    return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+Directories = str | Path | Iterable[str | Path]
 
 
-def load_rulesets(directory: str | Path) -> list[Ruleset]:
-    """Every ruleset of a directory; raises with all problems of all files at once."""
+def ruleset_files(directories: Directories) -> list[Path]:
+    """The ruleset files of one or more directories: *.yaml / *.yml directly in each (test cases
+    live below), in the order the directories are given."""
+    files: list[Path] = []
+    for directory in _as_list(directories):
+        if not directory.is_dir():
+            raise RuleLoadError([Problem(str(directory), None, None, "", "not a directory")])
+        files += sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    return files
+
+
+def _as_list(directories: Directories) -> list[Path]:
+    if isinstance(directories, str | Path):
+        return [Path(directories)]
+    return [Path(d) for d in directories]
+
+
+def load_rulesets(directory: Directories) -> list[Ruleset]:
+    """Every ruleset of one or more directories; raises with all problems of all files at once."""
     rulesets, problems = _load_all(directory)
     if problems:
         raise RuleLoadError(problems)
     return rulesets
 
 
-def validate_directory(directory: str | Path) -> list[Problem]:
+def validate_directory(directory: Directories) -> list[Problem]:
     """All problems of a directory of rulesets ([] when valid): for `vigil rules validate DIR`."""
     try:
         return _load_all(directory)[1]
@@ -205,7 +217,7 @@ def validate_directory(directory: str | Path) -> list[Problem]:
         return exc.problems
 
 
-def _load_all(directory: str | Path) -> tuple[list[Ruleset], list[Problem]]:
+def _load_all(directory: Directories) -> tuple[list[Ruleset], list[Problem]]:
     rulesets: list[Ruleset] = []
     problems: list[Problem] = []
     owner: dict[str, str] = {}

@@ -25,9 +25,10 @@ from notifications.escalation import Chain, load_chains
 from notifications.templates import TemplateLibrary
 from notifications.tokens import FhirUsedTokens, SignedTokens
 from notifications.workflow_events import CallablePublisher, EventGridWorkflowPublisher, WorkflowPublisher
-from rules.loader import load_rulesets
+from rules.loader import RuleLoadError, load_rulesets
 from rules.model import Ruleset
 from runtime.bus import LocalBus
+from runtime.rule_checks import unknown_chain_problems
 from runtime.settings import Settings
 
 WORKFLOW_EVENTS = "vigil-events"  # the local bus topic workflow events go to (`vigil events tail`)
@@ -70,18 +71,23 @@ def bootstrap(settings: Settings, *, clock: Clock | None = None) -> Services:
     ledger = send_ledger(settings, store)
     channels = build_channels(_channel_config(settings), ledger=ledger, opt_outs=consent, clock=clock,
                               base_dir=data_dir)
+    chains = load_chains(settings.escalation_chains)
+    problems = unknown_chain_problems(settings.rules_dirs, chains)
+    if problems:
+        # An alert of such a rule would open and page nobody: refuse to start rather than run it.
+        raise RuleLoadError(problems)
     return Services(
         settings=settings,
         store=store,
         dead_letters=dead_letters,
         channels=channels,
         clock=clock,
-        rulesets=load_rulesets(settings.rules_path),
+        rulesets=load_rulesets(settings.rules_dirs),
         templates=TemplateFiles(*settings.template_paths()),
         identity=IdentityResolver(store, settings.identity_mode,
                                   device_identifier_system=settings.device_identifier_system),
         messages=TemplateLibrary(),
-        chains=load_chains(settings.escalation_chains),
+        chains=chains,
         tokens=_tokens(settings, store, clock),
         consent=consent,
         workflow=_workflow_publisher(settings, bus),
@@ -181,5 +187,7 @@ def current() -> Services:
     global _current
     with _lock:
         if _current is None:
-            _current = bootstrap(Settings.from_env())
+            settings = Settings.from_env()
+            settings.require_contact_phone()  # the Functions app sends patient messages
+            _current = bootstrap(settings)
         return _current

@@ -5,13 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
+from common.clock import Clock, SystemClock
 from runtime.settings import Settings, SettingsError
+
+# The demo's fictional clinic (555-01xx numbers are reserved for fiction in North America).
+DEMO_CLINIC_PHONE = "+1-555-010-0100"
+DEMO_AS_OF = "demo-as-of"  # in the data directory: the instant a demo's data runs "as of"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"vigil: {exc}", file=sys.stderr)
         return 2
-    return int(args.func(args, settings) or 0)
+    try:
+        return int(args.func(args, settings) or 0)
+    except SettingsError as exc:
+        print(f"vigil: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # The reader went away (`vigil ... | head`): stop quietly, as the Python docs advise
+        # (https://docs.python.org/3/library/signal.html#note-on-sigpipe), with head's exit status.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the local host: bus, scheduler, HTTP endpoints, /fhir")
     serve.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="listen port (default 7071)")
+    serve.add_argument("--catch-up", action="store_true",
+                       help="on a demo data directory, run on the wall clock and send everything that came "
+                            "due since the demo's as-of time (default: resume from that time)")
     serve.set_defaults(func=_serve)
 
     ingest = sub.add_parser("ingest", help="ingest device messages from a file (JSON Lines or a JSON array) or -")
@@ -90,6 +110,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     # The demo replays two past weeks: it runs "as of" the afternoon after the last day (US
     # daytime), so its output does not depend on the hour it is run at (quiet hours, cool-downs).
     as_of = datetime.combine(args.start + timedelta(days=args.days), time(18, 0), UTC)
+    if not settings.contact_phone.strip():
+        settings = replace(settings, contact_phone=DEMO_CLINIC_PHONE)
     services = bootstrap(settings, clock=FixedClock(as_of))
     try:
         result = run_demo(services, patients=args.patients, days=args.days, start=args.start, seed=args.seed)
@@ -98,15 +120,33 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     finally:
         services.close()
+    settings.path(DEMO_AS_OF).write_text(as_of.isoformat() + "\n")
     return 0 if result["drained"] else 1
 
 
+def serve_clock(settings: Settings, *, catch_up: bool) -> Clock:
+    """The clock `vigil serve` runs on: the wall clock, except on a demo data directory, which
+    resumes from the demo's as-of time unless `--catch-up` (its episodes are dated in the past, and
+    on the wall clock every escalation, absence alert and reminder of the gap would go out at once)."""
+    from common.clock import ResumedClock, parse_instant
+
+    marker = settings.path(DEMO_AS_OF)
+    if catch_up or not marker.is_file():
+        return SystemClock()
+    return ResumedClock(parse_instant(marker.read_text().strip()))
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.bootstrap import local_token
+    # Acknowledgement links follow the address served on unless VIGIL_PUBLIC_BASE_URL says otherwise.
+    settings = replace(settings, http_host=args.host or settings.http_host,
+                       http_port=args.port if args.port is not None else settings.http_port)
+    settings.require_contact_phone()
+    from runtime.bootstrap import bootstrap, local_token
     from runtime.host import HostAlreadyRunning, LocalHost
     from runtime.http_server import make_server
 
-    services = _services(settings)
+    clock = serve_clock(settings, catch_up=args.catch_up)
+    services = bootstrap(settings, clock=clock)
     host = LocalHost(services)
     try:
         host.acquire()
@@ -130,6 +170,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  FHIR:    {bound}/fhir   functions: {bound}/api/<route>", flush=True)
     print(f"  token:   in {settings.path('local-token')} (send as 'Authorization: Bearer <token>')", flush=True)
     print("  functions: " + ", ".join(f"{s.name} ({s.trigger})" for s in host.functions), flush=True)
+    if not isinstance(clock, SystemClock):
+        print(f"  clock:   resumed from the demo's as-of time ({clock.now():%Y-%m-%d %H:%M} UTC); "
+              "--catch-up runs on the wall clock", flush=True)
     try:
         host.serve_forever(stop)
     finally:
@@ -155,6 +198,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     if args.url:
         return _ingest_http(args.url, messages, settings)
+    settings.require_contact_phone()
     from runtime.host import HostAlreadyRunning, LocalHost
 
     services = _services(settings)
@@ -216,9 +260,11 @@ def _dl_list(args: argparse.Namespace, settings: Settings) -> int:
             rows = [r for r in rows if r.reason == args.reason]
         if not rows:
             print("no dead letters")
+        else:
+            print(f"{'ID':>6}  {'CREATED (UTC)':<20} {'SOURCE':<8} {'REASON':<20} DETAIL")
         for r in rows:
             replayed = " (replayed)" if r.replayed_at else ""
-            print(f"{r.id:>6}  {r.source:<8} {r.reason:<20} {r.detail[:90]}{replayed}")
+            print(f"{r.id:>6}  {_utc(r.created_at):<20} {r.source:<8} {r.reason:<20} {r.detail[:90]}{replayed}")
     finally:
         services.close()
     return 0
@@ -231,12 +277,22 @@ def _dl_show(args: argparse.Namespace, settings: Settings) -> int:
         if letter is None:
             print(f"vigil: no dead letter {args.id}", file=sys.stderr)
             return 1
-        print(json.dumps(letter.summary(), indent=2))
+        summary = letter.summary()
+        for key in ("created_at", "replayed_at"):
+            summary[key] = _utc(summary[key]) if summary[key] else None
+        print(json.dumps(summary, indent=2))
         print("payload:")
         print(letter.payload.decode("utf-8", errors="replace")[:20000])
     finally:
         services.close()
     return 0
+
+
+def _utc(epoch_s: float) -> str:
+    """An epoch timestamp as an ISO 8601 UTC instant to the second, as people read it."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _replay_queue(topic: str) -> str:
@@ -250,6 +306,7 @@ def _replay_queue(topic: str) -> str:
 def _dl_replay(args: argparse.Namespace, settings: Settings) -> int:
     from runtime.host import HostAlreadyRunning, LocalHost
 
+    settings.require_contact_phone()
     services = _services(settings)
     host = LocalHost(services)
     try:

@@ -78,12 +78,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 # -- validate -------------------------------------------------------------------------------------
 def _validate(args: argparse.Namespace, settings: Settings) -> int:
-    target = Path(args.dir or settings.rules_path)
+    dirs = (Path(args.dir),) if args.dir else settings.rules_dirs
+    target = ", ".join(map(str, dirs))
     try:
-        rulesets = [load_ruleset(target)] if target.is_file() else load_rulesets(target)
+        rulesets = [load_ruleset(dirs[0])] if dirs[0].is_file() else load_rulesets(dirs)
+        problems = _chain_problems(dirs, settings)
     except RuleLoadError as exc:
-        _print_problems(exc.problems, sys.stdout)
-        print(f"{len(exc.problems)} problem(s) in {target}")
+        problems = exc.problems
+    if problems:
+        _print_problems(problems, sys.stdout)
+        print(f"{len(problems)} problem(s) in {target}")
         return 1
     if not rulesets:
         print(f"vigil: no ruleset files (*.yaml, *.yml) in {target}", file=sys.stderr)
@@ -91,6 +95,14 @@ def _validate(args: argparse.Namespace, settings: Settings) -> int:
     n_rules = sum(len(rs.rules) for rs in rulesets)
     print(f"ok: {len(rulesets)} ruleset(s), {n_rules} rule(s) in {target}")
     return 0
+
+
+def _chain_problems(dirs: Sequence[Path], settings: Settings) -> list[Problem]:
+    """Rules that escalate through a chain the chains file does not define."""
+    from notifications.escalation import load_chains
+    from runtime.rule_checks import unknown_chain_problems
+
+    return unknown_chain_problems(dirs, load_chains(settings.escalation_chains))
 
 
 def _print_problems(problems: Sequence[Problem], out: TextIO) -> None:
@@ -102,10 +114,12 @@ def _print_problems(problems: Sequence[Problem], out: TextIO) -> None:
 def _test(args: argparse.Namespace, settings: Settings) -> int:
     files = list(args.files)
     if not files:
-        folder = Path(settings.rules_path) / "tests"
-        files = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml")) if folder.is_dir() else []
+        folders = [Path(d) / "tests" for d in settings.rules_dirs]
+        files = sorted(p for folder in folders if folder.is_dir() for p in folder.iterdir()
+                       if p.suffix in (".yaml", ".yml"))
         if not files:
-            print(f"vigil: no test files given and none (*.yaml) in {folder}", file=sys.stderr)
+            where = ", ".join(map(str, folders))
+            print(f"vigil: no test files given and none (*.yaml) in {where}", file=sys.stderr)
             return 2
     passed = failed = broken = 0
     for path in files:
@@ -133,7 +147,7 @@ def _backtest(args: argparse.Namespace, settings: Settings) -> int:
         # The CLI runs on the system clock (bootstrap's default), so "now" is known before the store opens.
         until = parse_until(args.until) if args.until else SystemClock().now()
         since = parse_since(args.since, until)
-        ruleset, source = resolve_ruleset(args.ruleset, Path(settings.rules_path))
+        ruleset, source = resolve_ruleset(args.ruleset, settings.rules_dirs)
         patient = _patient_ref(args.patient) if args.patient else None
         if settings.embedded and not settings.path("fhir.db").exists():
             raise UsageError(f"no FHIR store at {settings.path('fhir.db')}; ingest data first "
@@ -152,7 +166,8 @@ def _backtest(args: argparse.Namespace, settings: Settings) -> int:
         services = bootstrap(settings)
     except RuleLoadError as exc:
         _print_problems(exc.problems, sys.stderr)
-        print(f"vigil: the configured rules dir {settings.rules_path} has problems", file=sys.stderr)
+        dirs = ", ".join(map(str, settings.rules_dirs))
+        print(f"vigil: the configured rules dirs ({dirs}) have problems", file=sys.stderr)
         return 2
     try:
         started = time.monotonic()
@@ -213,8 +228,8 @@ def _patient_ref(text: str) -> str:
     return ref
 
 
-def resolve_ruleset(name: str, rules_dir: Path) -> tuple[Ruleset, str]:
-    """A ruleset by id from `rules_dir`, or by path; (ruleset, where it came from)."""
+def resolve_ruleset(name: str, rules_dir: Path | Sequence[Path]) -> tuple[Ruleset, str]:
+    """A ruleset by id from the rules directories, or by path; (ruleset, where it came from)."""
     as_path = Path(name)
     if as_path.suffix in (".yaml", ".yml") or as_path.is_file():
         if not as_path.is_file():
@@ -223,7 +238,7 @@ def resolve_ruleset(name: str, rules_dir: Path) -> tuple[Ruleset, str]:
     try:
         files = ruleset_files(rules_dir)
     except RuleLoadError:
-        raise UsageError(f"the rules dir {rules_dir} is not a directory (set VIGIL_RULES_PATH)") from None
+        raise UsageError(f"a rules dir in {rules_dir} is not a directory (set VIGIL_RULES_PATH)") from None
     found: dict[str, Path] = {}
     for path in files:
         try:

@@ -33,7 +33,10 @@ class Settings:
     fhir_scope: str | None = None  # Entra ID scope; default "<fhir_url origin>/.default"
     fhir_auth: str = "none"  # none | azure (DefaultAzureCredential from azure-identity)
     fhir_account: str = "localhost"  # resourceFhirAccount in events of the embedded store
-    rules_path: Path = DEFAULT_RULES  # a directory of ruleset YAML files
+    # Directories of ruleset YAML files added to the shipped library (os.pathsep-separated in
+    # VIGIL_RULES_PATH); `rules_shipped = "false"` leaves the shipped library out.
+    rules_path: tuple[Path, ...] = ()
+    rules_shipped: bool = True
     max_message_bytes: int = 256 * 1024
     # Ingest mapping: MedTech-compatible template files, or a shipped preset (ingest/presets).
     templates_preset: str = "vigil-generic"
@@ -54,8 +57,11 @@ class Settings:
     channels_config: Path | None = None  # JSON or YAML mapping of channel name -> settings
     escalation_chains: Path = DEFAULT_CHAINS
     org_name: str = "Vigil Clinic"
+    # The clinic's phone number quoted in patient messages ("please call us at ..."): required by
+    # every command that sends messages (Settings.require_contact_phone).
     contact_phone: str = ""
-    public_base_url: str = "http://127.0.0.1:7071"  # where acknowledgement links point
+    # Where acknowledgement links point; unset, they follow the local host's address.
+    public_base_url: str | None = None
     ack_token_keys: str | None = field(default=None, repr=False)  # "kid:secret[,kid:secret]"; first signs
     workflow_topic_endpoint: str | None = None  # Event Grid topic for workflow events (Azure)
     workflow_topic_key: str | None = field(default=None, repr=False)
@@ -99,6 +105,28 @@ class Settings:
         if self.send_ledger is not None and self.send_ledger.strip().lower() not in SEND_LEDGERS:
             raise SettingsError(f"VIGIL_SEND_LEDGER must be 'sqlite' or 'fhir', not {self.send_ledger!r}")
 
+    def require_contact_phone(self) -> None:
+        """Refuse to start a host that would send patients "please call us at ." (an empty slot)."""
+        if not self.contact_phone.strip():
+            raise SettingsError("VIGIL_CONTACT_PHONE is required: the clinic's phone number that patient "
+                                "messages quote (e.g. +1-202-555-0143)")
+
+    @property
+    def ack_base_url(self) -> str:
+        """The origin of acknowledgement links: VIGIL_PUBLIC_BASE_URL, else the local HTTP address."""
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        host = "127.0.0.1" if self.http_host in ("0.0.0.0", "::", "") else self.http_host
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.http_port}"
+
+    @property
+    def rules_dirs(self) -> tuple[Path, ...]:
+        """Every ruleset directory in load order: the shipped library (unless left out), then
+        VIGIL_RULES_PATH's directories."""
+        shipped = (DEFAULT_RULES,) if self.rules_shipped else ()
+        return shipped + tuple(p for p in self.rules_path if Path(p).resolve() != DEFAULT_RULES)
+
     @property
     def embedded(self) -> bool:
         return self.fhir_url is None
@@ -130,9 +158,18 @@ class Settings:
 
 def _coerce(name: str, type_: object, raw: str) -> object:
     text = str(type_)
+    if text.startswith("tuple[Path"):
+        return tuple(Path(part) for part in raw.split(os.pathsep) if part.strip())
+    if "Path" in text:
+        return Path(raw)
+    if text == "bool":
+        word = raw.strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"VIGIL_{name.upper()} must be true or false, got {raw!r}")
     try:
-        if "Path" in text:
-            return Path(raw)
         if text in ("int", "<class 'int'>"):
             return int(raw)
         if text in ("float", "<class 'float'>"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +15,10 @@ from common.clock import FixedClock
 # Every test's log records are checked for PHI (DESIGN §9); see tests/support/phi_guard.py.
 # pytester runs the guard on inner test sessions in tests/unit/test_phi_guard.py.
 pytest_plugins = ["tests.support.phi_guard", "pytester"]
+
+# `vigil` commands that send messages require the clinic's phone; tests that run them (in process or
+# as subprocesses) use a fictional one. tests/e2e/test_operator_defaults.py checks the refusal without it.
+os.environ.setdefault("VIGIL_CONTACT_PHONE", "+1-555-010-0199")
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ def messaging(services: Services) -> Messaging:
         workflow=services.workflow,
         org_name=settings.org_name,
         contact_phone=settings.contact_phone,
-        public_base_url=settings.public_base_url,
+        public_base_url=settings.ack_base_url,
         staff_fallback_address=settings.staff_address,
     )
 

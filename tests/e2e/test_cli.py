@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -66,10 +67,14 @@ def test_ingest_then_dead_letters_list_show_and_replay_after_the_fix(data_dir: P
     assert main([*base, "dead-letters", "list"]) == 0
     listing = capsys.readouterr().out
     assert "unknown_device" in listing
-    dl_id = int(listing.split()[0])
+    header, row = listing.splitlines()[:2]
+    assert header.split()[:3] == ["ID", "CREATED", "(UTC)"]
+    dl_id = int(row.split()[0])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", row.split()[1])  # when, as people read it
     assert main([*base, "dead-letters", "show", str(dl_id)]) == 0
     shown = capsys.readouterr().out
     assert '"reason": "unknown_device"' in shown and '"patientId": "p2"' in shown
+    assert re.search(r'"created_at": "\d{4}-\d\d-\d\dT[\d:]{8}Z"', shown)
 
     _patient(data_dir, "p2", "d2")  # the fix: the device is registered to its patient
     assert main([*base, "dead-letters", "replay", str(dl_id)]) == 0

@@ -17,9 +17,12 @@ from runtime.settings import Settings
 # Tests run at a fixed daytime instant: patient messages wait out quiet hours, so a test that ran on
 # the wall clock would pass or fail with the time of day.
 DAYTIME = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
+# The test clinic's fictional phone number (VIGIL_CONTACT_PHONE is required to send messages).
+CLINIC_PHONE = "+1-555-010-0199"
 
 
 def make_host(data_dir: Path, clock: Clock | None = None, **settings: Any) -> LocalHost:
+    settings.setdefault("contact_phone", CLINIC_PHONE)
     services = bootstrap(Settings.from_env({}, data_dir=data_dir, **settings), clock=clock or FixedClock(DAYTIME))
     return LocalHost(services)
 

@@ -41,3 +41,45 @@ def test_ack_sms_limits_have_defaults_and_refuse_nonsense() -> None:
         Settings.from_env({"VIGIL_ACK_SMS_MAX_FAILURES": "0"})
     with pytest.raises(SettingsError, match="VIGIL_ACK_SMS_LOCKOUT_S"):
         Settings.from_env({"VIGIL_ACK_SMS_LOCKOUT_S": "-1"})
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_every_setting_is_in_the_example_file_and_the_settings_page() -> None:
+    import json
+    import re
+    from dataclasses import fields
+
+    names = {"VIGIL_" + f.name.upper() for f in fields(Settings)}
+    example = set(json.loads((ROOT / "local.settings.example.json").read_text())["Values"])
+    docs = set(re.findall(r"^\| `(VIGIL_[A-Z0-9_]+)`", (ROOT / "docs" / "settings.md").read_text(), re.M))
+    assert names - example == set(), "settings missing from local.settings.example.json"
+    assert names - docs == set(), "settings missing from docs/settings.md"
+    # ...and nothing documented that Vigil does not read (the host's connection setting aside).
+    assert {n for n in example | docs if n.startswith("VIGIL_")} - names == {"VIGIL_EVENT_HUB_CONNECTION"}
+
+
+def test_rules_path_is_a_list_added_to_the_shipped_library(tmp_path: Path) -> None:
+    import os
+
+    from runtime.settings import DEFAULT_RULES
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    s = Settings.from_env({"VIGIL_RULES_PATH": f"{a}{os.pathsep}{b}"})
+    assert s.rules_dirs == (DEFAULT_RULES, a, b)
+    only = Settings.from_env({"VIGIL_RULES_PATH": str(a), "VIGIL_RULES_SHIPPED": "false"})
+    assert only.rules_dirs == (a,)
+    with pytest.raises(SettingsError, match="VIGIL_RULES_SHIPPED must be true or false"):
+        Settings.from_env({"VIGIL_RULES_SHIPPED": "maybe"})
+
+
+def test_ack_links_follow_the_served_address_unless_a_public_url_is_set() -> None:
+    assert Settings.from_env({"VIGIL_HTTP_PORT": "8123"}).ack_base_url == "http://127.0.0.1:8123"
+    assert Settings.from_env({"VIGIL_HTTP_HOST": "0.0.0.0", "VIGIL_HTTP_PORT": "80"}).ack_base_url == "http://127.0.0.1:80"
+    public = Settings.from_env({"VIGIL_HTTP_PORT": "8123", "VIGIL_PUBLIC_BASE_URL": "https://rpm.example.org/"})
+    assert public.ack_base_url == "https://rpm.example.org"
+
+
+def test_the_clinic_phone_is_required_to_send_messages() -> None:
+    with pytest.raises(SettingsError, match="VIGIL_CONTACT_PHONE is required"):
+        Settings.from_env({}).require_contact_phone()
+    Settings.from_env({"VIGIL_CONTACT_PHONE": "+1-555-010-0100"}).require_contact_phone()
