@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from runtime.cli import main
+from tests.support.compat import compat_root
 
-COMPAT = Path(__file__).resolve().parents[3] / "shared" / "compat" / "iomt-fhir" / "sample-templates"
+COMPAT = compat_root() / "sample-templates"
 
 
 def test_check_shows_observations_and_dead_letter_reasons_per_message(tmp_path: Path, capsys) -> None:
