@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:
+    from common.jsonnum import dumps
     from ingest.templates.check import check_templates
     from ingest.templates.presets import preset_paths
     from triggers.http_api import split_messages
@@ -49,7 +49,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
         messages = split_messages(data)
     report = check_templates(device, fhir, messages)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2, default=str))
+        print(dumps(report.to_dict(), indent=2, default=str))  # Quantity values as written
     else:
         print(f"device templates: {device}\nFHIR templates:   {fhir}")
         print(report.to_text())

@@ -18,7 +18,6 @@ MedTech samples themselves carry (../shared/compat/iomt-fhir/README.md):
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +33,10 @@ from common.codes import (
     UCUM,
     VITAL_SIGN_CODES,
 )
+from common.jsonnum import dumps, loads
 from ingest.templates.device import KNOWN_FIELDS as DEVICE_FIELDS
 from ingest.templates.device import KNOWN_VALUE_FIELDS as DEVICE_VALUE_FIELDS
-from ingest.templates.device import DeviceTemplateSet, load_device_templates
+from ingest.templates.device import DeviceTemplateSet, NormalizeResult, load_device_templates
 from ingest.templates.errors import MappingFailure, MessageError, TemplateError, TemplateIssue
 from ingest.templates.fhir import KNOWN_FIELDS as FHIR_FIELDS
 from ingest.templates.fhir import (
@@ -135,7 +135,7 @@ class CheckReport:
                              f"at {x.occurrence_time.isoformat()}: {values}")
             for o in m.observations:
                 lines.append(f"  Observation/{o['id'][:12]}… {o['code'].get('text')} "
-                             f"{json.dumps(_value_summary(o), ensure_ascii=False)}")
+                             f"{dumps(_value_summary(o), ensure_ascii=False)}")
             for e in m.errors:
                 lines.append(f"  dead letter [{e.reason}] {e.detail}")
             for n in m.notes:
@@ -337,10 +337,7 @@ def _cross_warnings(devices: DeviceTemplateSet, fhir: FhirTemplateSet) -> list[C
 def _dry_run(number: int, message: Any, devices: DeviceTemplateSet, fhir: FhirTemplateSet | None,
              validate_fhir: bool) -> MessageCheck:
     check = MessageCheck(number)
-    if isinstance(message, dict) and set(message) >= {"Body"} and set(message) <= {"Body", "Properties", "SystemProperties"}:
-        result = devices.normalize_envelope(message)
-    else:
-        result = devices.normalize(message)
+    result = _normalize_sample(message, devices)
     check.measurements = result.measurements
     check.errors.extend(result.errors)
     if fhir is None:
@@ -361,6 +358,32 @@ def _dry_run(number: int, message: Any, devices: DeviceTemplateSet, fhir: FhirTe
                 if problem:
                     check.notes.append(f"Observation for {group.type!r} is not valid R4: {problem}")
     return check
+
+
+_ENVELOPE_KEYS = frozenset({"Body", "Properties", "SystemProperties"})
+
+
+def _normalize_sample(message: Any, devices: DeviceTemplateSet) -> NormalizeResult:
+    """A sample message through the pipeline's own path (`DeviceTemplateSet.normalize`, which
+    wraps the body once as `{Body, Properties, SystemProperties}`).
+
+    A sample, parsed or not, that is already such an envelope (only those keys, `Body` among
+    them) gives its parts as the transport would: its `Body` as the body and its `Properties` /
+    `SystemProperties` as the message properties. So a JSON Lines file of MedTech's documented
+    messages (`{"Body": ..., "Properties": {}, ...}`) is wrapped once, as in the pipeline."""
+    body = message
+    if isinstance(body, memoryview):
+        body = body.tobytes()
+    if isinstance(body, bytes | bytearray | str):
+        try:
+            body = loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return devices.normalize(message)  # its own invalid_json error, as in the pipeline
+    if isinstance(body, dict) and "Body" in body and body.keys() <= _ENVELOPE_KEYS:
+        props, sys_props = body.get("Properties"), body.get("SystemProperties")
+        return devices.normalize(body["Body"], properties=props if isinstance(props, dict) else None,
+                                 system_properties=sys_props if isinstance(sys_props, dict) else None)
+    return devices.normalize(body)
 
 
 def _validate(resource: dict[str, Any]) -> str | None:

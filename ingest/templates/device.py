@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from common.jsonnum import loads
 from ingest.templates.errors import (
     CORRELATION_ID_MISSING,
     EXPRESSION_ERROR,
@@ -393,7 +394,7 @@ class DeviceTemplateSet:
             message = message.tobytes()
         if isinstance(message, bytes | bytearray | str):
             try:
-                body = json.loads(message)
+                body = loads(message)  # numbers as written (common.jsonnum)
             except (ValueError, UnicodeDecodeError) as exc:
                 return NormalizeResult([], [MessageError(INVALID_JSON, f"payload is not valid JSON ({exc.__class__.__name__})")])
         else:

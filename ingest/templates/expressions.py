@@ -41,6 +41,7 @@ from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
 from jsonpath_ng.ext import filter as jp_filter
 from jsonpath_ng.ext import parse as jsonpath_parse
 
+from common.jsonnum import WrittenNumber
 from ingest.templates.errors import EXPRESSION_ERROR, MappingFailure
 
 JSONPATH = "JsonPath"
@@ -260,6 +261,11 @@ def _iso_utc(value: datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
 
+# jmespath types arguments by `type(value).__name__` (functions.TYPES_MAP): a JSON number read as
+# written (common.jsonnum.WrittenNumber) is a "number" to it, as the float it is.
+jp_functions.TYPES_MAP.setdefault(WrittenNumber.__name__, "number")
+if WrittenNumber.__name__ not in jp_functions.REVERSE_TYPES_MAP["number"]:
+    jp_functions.REVERSE_TYPES_MAP["number"] = (*jp_functions.REVERSE_TYPES_MAP["number"], WrittenNumber.__name__)
 _JMES_OPTIONS = jmespath.Options(custom_functions=MedTechFunctions())
 _FUNCTION_TABLE: dict[str, dict[str, Any]] = MedTechFunctions().FUNCTION_TABLE
 
@@ -360,7 +366,8 @@ _JMES_ORDER = {"lt": lambda a, b: a < b, "lte": lambda a, b: a <= b, "gt": lambd
 
 
 _KIND_CHECKS: dict[str, Callable[[Any], bool]] = {
-    "number": lambda v: type(v) is int or type(v) is float,  # not bool; JSON gives exact types
+    # not bool; JSON gives exact types (a float with a fraction may be a WrittenNumber, common.jsonnum)
+    "number": lambda v: type(v) is int or type(v) is float or type(v) is WrittenNumber,
     "string": lambda v: type(v) is str,
     "array": lambda v: type(v) is list,
     "object": lambda v: type(v) is dict,

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from common.jsonnum import WrittenNumber
+
 
 # Plain (not frozen) slotted dataclasses: they are built per reading on the hot path, where a frozen
 # dataclass's __init__ costs three times as much. Treat them as immutable all the same.
@@ -92,14 +94,20 @@ def _iso(value: datetime) -> str:
 
 
 def value_text(value: Any) -> str:
-    """The string form of a JSON value, as MedTech's `JToken.ToString()` gives it for scalars:
-    integral floats lose their `.0` (5.0 -> "5"), booleans are "True"/"False". Objects and arrays
-    become compact JSON."""
+    """The string form of a JSON value.
+
+    A number read with its fraction (common.jsonnum.WrittenNumber) keeps it as written: `72.40`
+    stays "72.40" (FHIR decimals keep their precision). A computed float, or a number written with
+    an exponent, reads as MedTech's `JToken.ToString()` gives it: integral floats lose their `.0`
+    (5.0 -> "5", 1e3 -> "1000"). Booleans are "True"/"False"; objects and arrays become compact
+    JSON."""
     kind = type(value)  # exact-type fast paths for what JSON gives; subclasses take the checks below
     if kind is str:
         return value
     if kind is int:
         return str(value)
+    if kind is WrittenNumber and not value.has_exponent:
+        return value.text
     if isinstance(value, str):
         return value
     if isinstance(value, bool):

@@ -26,11 +26,13 @@ Vigil additions:
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from common.codes import LOINC, OBSERVATION_CATEGORY, UCUM, VITAL_SIGN_CODES
 from common.jsondata import json_copy
+from common.jsonnum import number
 from ingest.templates.errors import INCOMPATIBLE_VALUE, MappingFailure
 from ingest.templates.grouping import ObservationGroup, TimedValue
 from ingest.templates.measurement import value_text
@@ -293,20 +295,32 @@ def _single(template: ValueTemplate, series: list[TimedValue]) -> TimedValue:
     return series[0]
 
 
+# A Quantity value as MedTech reads it: `decimal.Parse(value, CultureInfo.InvariantCulture)`, whose
+# default style (NumberStyles.Number) takes an optional sign, digits and a decimal point, and no
+# exponent (iomt-fhir QuantityFhirValueProcessor). Thousands separators, which that style also
+# takes, are refused: "72,5" from a decimal-comma locale would silently become 725.
+_DECIMAL = re.compile(r"\s*([+-]?)(\d*)(?:\.(\d*))?\s*")
+_EXPONENT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+\s*")
+
+
 def _number(text: str, template: ValueTemplate) -> int | float:
-    try:
-        number = float(text)
-    except ValueError:
-        raise MappingFailure(
-            INCOMPATIBLE_VALUE, f"value {template.value_name!r} is not a number", field=template.value_name
-        ) from None
-    if number != number or number in (float("inf"), float("-inf")):
-        raise MappingFailure(INCOMPATIBLE_VALUE, f"value {template.value_name!r} is not a finite number",
-                             field=template.value_name)
-    stripped = text.strip()
-    if stripped.lstrip("+-").isdigit():
-        return int(stripped)
-    return number
+    """The value as a JSON number with the precision it was written with: an int, or a
+    WrittenNumber whose token keeps its digits ("22.40" stays 22.40: FHIR decimals keep their
+    significant digits)."""
+    match = _DECIMAL.fullmatch(text)
+    if match is None or not (match.group(2) or match.group(3)):
+        if _EXPONENT.fullmatch(text):
+            reason = "is written with an exponent; MedTech's Quantity takes plain decimals only (e.g. 1000, 0.0015)"
+        elif "," in text:
+            reason = "has a comma; write a decimal point and no thousands separators"
+        else:
+            reason = "is not a number"
+        raise MappingFailure(INCOMPATIBLE_VALUE, f"value {template.value_name!r} {reason}", field=template.value_name)
+    sign, whole, fraction = match.groups()
+    if fraction is None or (not fraction and whole):
+        return int(f"{sign}{whole}")  # "120", "120." -> 120
+    # Canonical JSON number, digits as given: "+.50" -> 0.50, "007.10" -> 7.10.
+    return number(f"{'-' if sign == '-' else ''}{whole.lstrip('0') or '0'}.{fraction}")
 
 
 def _quantity(template: ValueTemplate, tv: TimedValue, codings: list[dict[str, Any]]) -> dict[str, Any]:
