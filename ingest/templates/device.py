@@ -58,6 +58,7 @@ from ingest.templates.expressions import (
     message_cache,
     normalize_language,
 )
+from ingest.templates.instant import parse_iso
 from ingest.templates.measurement import Measurement, MeasurementProperty, value_text
 from ingest.templates.units import to_ucum
 
@@ -299,11 +300,12 @@ def _text_or_none(raw: Any) -> str | None:
 
 
 def parse_timestamp(raw: Any, zone: tzinfo | None = None) -> datetime:
-    """An ISO 8601 timestamp -> aware UTC datetime. Offset-less values need `zone`."""
+    """An ISO 8601 timestamp -> aware UTC datetime, to the 100 ns MedTech keeps (an `Instant` when
+    the text has digits beyond the microsecond). Offset-less values need `zone`."""
     if isinstance(raw, str):  # the common case first
         text = raw.strip()
         try:
-            value = datetime.fromisoformat(text)
+            value = parse_iso(text)
         except ValueError:
             raise MappingFailure(
                 INCOMPATIBLE_VALUE, "timestamp is not an ISO 8601 date-time"

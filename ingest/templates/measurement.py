@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from common.jsonnum import WrittenNumber
+from ingest.templates.instant import parse_iso
 
 
 # Plain (not frozen) slotted dataclasses: they are built per reading on the hot path, where a frozen
@@ -28,7 +29,7 @@ class MeasurementProperty:
 @dataclass(slots=True)
 class Measurement:
     type: str
-    occurrence_time: datetime  # timezone-aware, UTC
+    occurrence_time: datetime  # timezone-aware, UTC; an Instant when it has ticks beyond the microsecond
     device_id: str
     properties: tuple[MeasurementProperty, ...]
     patient_id: str | None = None
@@ -68,7 +69,7 @@ class Measurement:
         def when(text: str | None) -> datetime | None:
             if text is None:
                 return None
-            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            value = parse_iso(text.replace("Z", "+00:00"))
             if value.tzinfo is None:
                 raise ValueError("measurement times must carry a UTC offset")
             return value.astimezone(UTC)

@@ -249,7 +249,7 @@ def test_iot_hub_envelope() -> None:
     assert (m.device_id, m.patient_id) == ("bedside-monitor-12", "p1")
     codes = by_code(observations("iot-hub", body, properties=IOT_HUB_PROPERTIES, system_properties=IOT_HUB_SYSTEM))
     assert set(codes) == {"8867-4", "85354-9", "2708-6"}
-    assert codes["8867-4"][0]["effectivePeriod"]["start"] == "2024-05-01T08:00:00.123456Z"
+    assert codes["8867-4"][0]["effectivePeriod"]["start"] == "2024-05-01T08:00:00.1234567Z"  # 100 ns kept
 
 
 def test_iot_hub_without_device_properties_is_a_located_dead_letter() -> None:
