@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     check.add_argument("--fhir", type=Path, help="FHIR mapping file (default: the configured templates)")
     check.add_argument("--preset", help="use a shipped preset instead (see `vigil templates presets`)")
     check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument("--merge", action="store_true",
+                       help="take the messages as one delivery: readings of several messages that fall in one "
+                            "Observation (hourly SampledData, a correlation id) are merged into it, as the pipeline does")
     check.set_defaults(func=_check)
     presets = actions.add_parser("presets", help="list the shipped presets and their files")
     presets.set_defaults(func=_presets)
@@ -47,7 +50,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
             print(f"vigil: cannot read {args.messages}: {exc.strerror}", file=sys.stderr)
             return 2
         messages = split_messages(data)
-    report = check_templates(device, fhir, messages)
+    report = check_templates(device, fhir, messages, merge=args.merge)
     if args.json:
         print(dumps(report.to_dict(), indent=2, default=str))  # Quantity values as written
     else:

@@ -115,3 +115,25 @@ def test_check_reads_iot_hub_properties_of_an_envelope_sample(tmp_path: Path, ca
     (message,) = json.loads(capsys.readouterr().out)["messages"]
     (m,) = message["measurements"]
     assert (m["DeviceId"], m["Properties"]) == ("ev-d795-1d04-55ae", [{"Name": "hr", "Value": "203"}])
+
+
+@pytest.mark.skipif(not COMPAT.is_dir(), reason="../shared/compat (beside the repository) is not present")
+def test_check_merge_flag_builds_the_hourly_observation_of_several_messages(tmp_path: Path, capsys) -> None:
+    fhir = tmp_path / "fhir.json"
+    fhir.write_text(json.dumps({"templateType": "CollectionFhir", "template": [{"templateType": "CodeValueFhir",
+        "template": {"typeName": "heartrate", "periodInterval": 60,
+                     "codes": [{"code": "8867-4", "system": "http://loinc.org"}],
+                     "value": {"defaultPeriod": 60000, "unit": "count/min", "valueName": "hr",
+                               "valueType": "SampledData"}}}]}))
+    sample = tmp_path / "m.jsonl"
+    sample.write_text("\n".join(json.dumps({"heartrate": hr, "deviceid": "device1", "patientid": "patient1",
+                                            "measurementdatetime": when})
+                                for hr, when in ((65, "2023-10-09T19:18:23+00:00"), (70, "2023-10-09T19:20:05+00:00"))))
+    args = ["--data-dir", str(tmp_path / "d"), "templates", "check", str(sample),
+            "--device", str(COMPAT / "basic__devicecontent.json"), "--fhir", str(fhir)]
+    assert main([*args, "--merge"]) == 0
+    out = capsys.readouterr().out
+    assert "batch: the 2 message(s) as one delivery: 1 Observation(s)" in out
+    assert "readings at 18:65 20:70" in out
+    assert main(args) == 0
+    assert "batch:" not in capsys.readouterr().out
