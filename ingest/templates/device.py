@@ -438,12 +438,12 @@ class DeviceTemplateSet:
             anchor = type_match.scan_anchor
             try:
                 if type_match.group is not None:
-                    signature, literal, _ = type_match.group
+                    signature, literals, _ = type_match.group
                     try:
                         groups = grouped[signature]
                     except KeyError:
                         groups = grouped[signature] = type_match.groups(envelope)
-                    if groups is None or literal not in groups:
+                    if groups is None or literals.isdisjoint(groups):
                         continue
                 if index is not None and anchor is not None:
                     # Same result as the expression: the objects passing the filter, in order.

@@ -25,8 +25,7 @@ from typing import Any
 TICKS_PER_MICROSECOND = 10
 TICKS_PER_SECOND = 10_000_000
 _DOTNET_EPOCH = datetime(1, 1, 1, tzinfo=UTC)  # .NET DateTime.Ticks count from here
-# The fraction of the seconds: after a time's seconds (extended or basic format), before any offset.
-_FRACTION = re.compile(r"(?<=[T ]\d{2}:\d{2}:\d{2})[.,](\d+)|(?<=T\d{6})[.,](\d+)")
+_DIGITS = re.compile(r"\d*")
 
 
 class Instant(datetime):
@@ -110,6 +109,8 @@ class Instant(datetime):
         return result  # a timedelta between two datetimes: microseconds
 
     def astimezone(self, tz: tzinfo | None = None) -> Instant:
+        if tz is not None and tz is self.tzinfo:
+            return self  # immutable; what datetime.astimezone returns too
         return Instant.of(datetime.astimezone(self, tz), self.extra_ticks)
 
     def replace(self, *args: Any, **kwargs: Any) -> Instant:
@@ -151,13 +152,21 @@ def fraction_digits(value: datetime) -> str:
 def parse_iso(text: str) -> datetime:
     """`datetime.fromisoformat`, keeping the fraction to the tick. Aware or naive, as written;
     an Instant only when the text has digits beyond the microsecond."""
-    match = _FRACTION.search(text)
-    digits = match.group(1) or match.group(2) if match else None
-    if digits is None or len(digits) <= 6:
+    dot = text.find(".")
+    if dot == -1:
+        dot = text.find(",")
+        if dot == -1:  # no fraction: the common case of device clocks
+            return datetime.fromisoformat(text)
+    end = _DIGITS.match(text, dot + 1).end()  # type: ignore[union-attr]  # \d* always matches
+    digits = text[dot + 1:end]
+    # Seconds' fraction only: "HH:MM:SS.f" or basic "THHMMSS.f".
+    if len(digits) <= 6 or not (text[dot - 3:dot - 2] == ":" or text[dot - 7:dot - 6] == "T"):
         return datetime.fromisoformat(text)
+    if len(digits) == 7:  # .NET's own round-trip ("o") format: exact
+        whole = datetime.fromisoformat(f"{text[:dot]}.{digits[:6]}{text[end:]}")
+        extra = int(digits[6])
+        return Instant.of(whole, extra) if extra else whole
     ticks = int((Decimal(f"0.{digits}") * TICKS_PER_SECOND).to_integral_value(ROUND_HALF_EVEN))
-    assert match is not None
-    whole = datetime.fromisoformat(text[:match.start()] + text[match.end():])
     micros, extra = divmod(ticks, TICKS_PER_MICROSECOND)
-    shifted = whole + timedelta(microseconds=micros)
+    shifted = datetime.fromisoformat(text[:dot] + text[end:]) + timedelta(microseconds=micros)
     return Instant.of(shifted, extra) if extra else shifted
