@@ -370,3 +370,15 @@ def test_vigil_generic_alias_table_in_the_readme_matches_the_preset() -> None:
                                             "time": "2024-05-01T07:30:00Z", "values": values})
                 assert result.ok, (type_name, key, result.detail)
                 assert canonical in {m.type for m in result.measurements}, (type_name, key)
+
+
+def test_vigil_generic_array_mixing_spellings_keeps_the_message_order() -> None:
+    devices, _ = load_preset("vigil-generic")
+    batch = [{"deviceId": "d", "patientId": "p", "type": t, "time": f"2024-05-01T07:3{i}:00Z",
+              "values": {"systolic": 120 + i, "diastolic": 80}}
+             for i, t in enumerate(["bp", "blood_pressure", "BP", "weight"])]
+    batch[3]["values"] = {"weight": 80}
+    result = devices.normalize(batch)
+    assert result.ok
+    assert [(m.type, m.value("systolic")) for m in result.measurements] == [
+        ("blood_pressure", "120"), ("blood_pressure", "121"), ("blood_pressure", "122"), ("body_weight", None)]
