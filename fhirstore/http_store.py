@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 from azure.core.credentials import AccessToken, TokenCredential
 
+from common import jsonnum
 from fhirstore.errors import (
     FhirError,
     InvalidResource,
@@ -241,7 +242,7 @@ class HttpFhirStore:
         """Send with auth and retries; return a 2xx response or raise the typed error."""
         url = f"{self.base_url}/{path}" if path else self.base_url
         label = _label(path, params)
-        content = json.dumps(json_body, separators=(",", ":")).encode() if json_body is not None else None
+        content = jsonnum.dumps(json_body, separators=(",", ":")).encode() if json_body is not None else None
         refreshed = False
         attempt = 0
         while True:
@@ -457,7 +458,7 @@ def _json_or_none(response: httpx.Response) -> Any:
     if not response.content:
         return None
     try:
-        return response.json()
+        return jsonnum.loads(response.content)  # decimals as written
     except ValueError:
         return None
 

@@ -17,6 +17,7 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
+from common import jsonnum
 from fhirstore.errors import FhirError, InvalidResource, operation_outcome
 from fhirstore.port import FhirStore, Resource, WriteResult
 from fhirstore.search_params import REGISTRY, params_for
@@ -40,7 +41,7 @@ class RestResponse:
     body: bytes = b""
 
     def json(self) -> Any:
-        return json.loads(self.body) if self.body else None
+        return jsonnum.loads(self.body) if self.body else None
 
 
 def handle(
@@ -184,7 +185,7 @@ class _Request:
         if not self.body.strip():
             raise InvalidResource(f"the request body is empty; expected a {expected_type} resource")
         try:
-            resource = json.loads(self.body.decode("utf-8"))
+            resource = jsonnum.loads(self.body.decode("utf-8"))  # decimals as written
         except UnicodeDecodeError:
             raise InvalidResource("the request body is not UTF-8 text") from None
         except json.JSONDecodeError as exc:
@@ -305,7 +306,7 @@ def _flatten(params: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def _json(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> RestResponse:
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    body = jsonnum.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     return RestResponse(status, {**(headers or {}), "Content-Type": FHIR_JSON}, body)
 
 

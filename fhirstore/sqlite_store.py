@@ -10,7 +10,6 @@ every version's JSON, `tok`/`ref`/`dt` the index rows of the current version onl
 from __future__ import annotations
 
 import functools
-import json
 import os
 import re
 import sqlite3
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl
 
+from common import jsonnum  # decimals as written: 22.40 stays 22.40
 from common.clock import Clock, SystemClock, iso, parse_instant
 from fhirstore.errors import (
     FhirError,
@@ -345,7 +345,7 @@ class SqliteFhirStore:
             raise ResourceNotFound(f"{resource_type}/{id} not found")
         if row[0] is None:
             raise ResourceGone(f"{resource_type}/{id} was deleted")
-        return json.loads(row[0])
+        return jsonnum.loads(row[0])
 
     @_typed_errors
     def vread(self, resource_type: str, id: str, version_id: str) -> Resource:
@@ -359,7 +359,7 @@ class SqliteFhirStore:
             raise ResourceNotFound(f"{resource_type}/{id}/_history/{version_id} not found")
         if row[0] is None:
             raise ResourceGone(f"{resource_type}/{id}/_history/{version_id} is a deletion")
-        return json.loads(row[0])
+        return jsonnum.loads(row[0])
 
     @_typed_errors
     def history(self, resource_type: str, id: str) -> Resource:
@@ -379,7 +379,7 @@ class SqliteFhirStore:
                 "response": {"status": _status_text(status), "etag": f'W/"{version}"', "lastModified": at},
             }
             if body is not None:
-                entry["resource"] = json.loads(body)
+                entry["resource"] = jsonnum.loads(body)
             entries.append(entry)
         return {"resourceType": "Bundle", "type": "history", "total": len(entries), "entry": entries}
 
@@ -420,7 +420,7 @@ class SqliteFhirStore:
     def _existing(self, db: sqlite3.Connection, resource_type: str, found: tuple[int, str, int]) -> WriteResult:
         rid, id, version = found
         body = db.execute("SELECT body FROM versions WHERE vkey = ?", ((rid << _VERSION_BITS) + version,)).fetchone()
-        return WriteResult("exists", json.loads(body[0]), resource_type, id, str(version))
+        return WriteResult("exists", jsonnum.loads(body[0]), resource_type, id, str(version))
 
     def _insert(self, tx: _Tx, resource_type: str, id: str, resource: Resource, method: str) -> WriteResult:
         doc = self._put_version(tx, resource_type, id, resource, method, None)
@@ -473,7 +473,7 @@ class SqliteFhirStore:
             paths = " or ".join(params_for(resource_type)[primary[0]].paths)
             raise InvalidResource(f"{resource_type}/{id}: {paths} may hold only one value")
         try:
-            body = json.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            body = jsonnum.dumps(doc, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise InvalidResource(f"{resource_type}/{id} is not valid JSON content: {exc}") from None
         db = tx.db
@@ -494,7 +494,7 @@ class SqliteFhirStore:
 
     def _body(self, db: sqlite3.Connection, rid: int, version: int) -> Resource:
         row = db.execute("SELECT body FROM versions WHERE vkey = ?", ((rid << _VERSION_BITS) + version,)).fetchone()
-        return json.loads(row[0])
+        return jsonnum.loads(row[0])
 
     def _index(self, tx: _Tx, resource_type: str, rid: int, rows: IndexRows) -> None:
         db, pids = tx.db, self._type_pids[resource_type]
@@ -586,7 +586,7 @@ class SqliteFhirStore:
             return SearchResult([], total, None)
         keys = [(rid << _VERSION_BITS) + version for rid, version in page]
         bodies = dict(db.execute(f"SELECT vkey, body FROM versions WHERE vkey IN ({_marks(len(keys))})", keys))
-        resources = [json.loads(bodies[k]) for k in keys]
+        resources = [jsonnum.loads(bodies[k]) for k in keys]
         next_params = None
         if query.offset + query.count < total:
             next_params = _next_params(pairs, query.offset + query.count)

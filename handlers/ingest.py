@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from common import jsonnum
 from common.clock import Clock
 from fhirstore.errors import FhirError, ResourceGone, ResourceNotFound
 from fhirstore.port import FhirStore
@@ -106,7 +107,7 @@ def handle_device_messages(messages: list[RawMessage], deps: IngestDeps) -> Inge
             park(i, MessageError("oversized", f"message is {len(message.body)} bytes; the limit is {deps.max_bytes}"))
             continue
         try:
-            parsed = json.loads(message.body)
+            parsed = jsonnum.loads(message.body)  # numbers as written: a device's 22.40 stays 22.40
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
             park(i, MessageError("invalid_json", f"not valid JSON{where}"))

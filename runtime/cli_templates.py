@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -20,12 +19,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     check.add_argument("--fhir", type=Path, help="FHIR mapping file (default: the configured templates)")
     check.add_argument("--preset", help="use a shipped preset instead (see `vigil templates presets`)")
     check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument("--merge", action="store_true",
+                       help="take the messages as one delivery: readings of several messages that fall in one "
+                            "Observation (hourly SampledData, a correlation id) are merged into it, as the pipeline does")
     check.set_defaults(func=_check)
     presets = actions.add_parser("presets", help="list the shipped presets and their files")
     presets.set_defaults(func=_presets)
 
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:
+    from common.jsonnum import dumps
     from ingest.templates.check import check_templates
     from ingest.templates.presets import preset_paths
     from triggers.http_api import split_messages
@@ -47,9 +50,9 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
             print(f"vigil: cannot read {args.messages}: {exc.strerror}", file=sys.stderr)
             return 2
         messages = split_messages(data)
-    report = check_templates(device, fhir, messages)
+    report = check_templates(device, fhir, messages, merge=args.merge)
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2, default=str))
+        print(dumps(report.to_dict(), indent=2, default=str))  # Quantity values as written
     else:
         print(f"device templates: {device}\nFHIR templates:   {fhir}")
         print(report.to_text())

@@ -18,7 +18,6 @@ MedTech samples themselves carry (../shared/compat/iomt-fhir/README.md):
 from __future__ import annotations
 
 import difflib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,10 +33,12 @@ from common.codes import (
     UCUM,
     VITAL_SIGN_CODES,
 )
+from common.jsonnum import dumps
 from ingest.templates.device import KNOWN_FIELDS as DEVICE_FIELDS
 from ingest.templates.device import KNOWN_VALUE_FIELDS as DEVICE_VALUE_FIELDS
 from ingest.templates.device import DeviceTemplateSet, load_device_templates
-from ingest.templates.errors import MappingFailure, MessageError, TemplateError, TemplateIssue
+from ingest.templates.dryrun import MessageCheck, dry_run
+from ingest.templates.errors import TemplateError, TemplateIssue
 from ingest.templates.fhir import KNOWN_FIELDS as FHIR_FIELDS
 from ingest.templates.fhir import (
     QUANTITY,
@@ -49,9 +50,7 @@ from ingest.templates.fhir import (
     ValueTemplate,
     load_fhir_templates,
 )
-from ingest.templates.grouping import DAILY, HOURLY, group_measurements
-from ingest.templates.measurement import Measurement
-from ingest.templates.observation import sha256_id
+from ingest.templates.grouping import DAILY, HOURLY
 from ingest.templates.units import can_convert, is_known_unit, to_ucum
 
 MAX_SAMPLED_SLOTS = 1000
@@ -76,23 +75,12 @@ class CheckWarning:
 
 
 @dataclass
-class MessageCheck:
-    number: int  # 1-based position in the messages given
-    measurements: list[Measurement] = field(default_factory=list)
-    observations: list[dict[str, Any]] = field(default_factory=list)
-    errors: list[MessageError] = field(default_factory=list)  # why (part of) it would be dead-lettered
-    notes: list[str] = field(default_factory=list)  # e.g. an Observation fhir.resources rejects
-
-    @property
-    def dead_letter(self) -> bool:
-        return bool(self.errors)
-
-
-@dataclass
 class CheckReport:
     errors: list[TemplateIssue] = field(default_factory=list)
     warnings: list[CheckWarning] = field(default_factory=list)
     messages: list[MessageCheck] = field(default_factory=list)
+    # With merge=True: the Observations of all messages taken as one delivery (see dryrun.py).
+    batch: list[dict[str, Any]] | None = None
 
     @property
     def ok(self) -> bool:
@@ -118,6 +106,7 @@ class CheckReport:
                 }
                 for m in self.messages
             ],
+            **({"batchObservations": self.batch} if self.batch is not None else {}),
         }
 
     def to_text(self) -> str:
@@ -135,11 +124,17 @@ class CheckReport:
                              f"at {x.occurrence_time.isoformat()}: {values}")
             for o in m.observations:
                 lines.append(f"  Observation/{o['id'][:12]}… {o['code'].get('text')} "
-                             f"{json.dumps(_value_summary(o), ensure_ascii=False)}")
+                             f"{dumps(_value_summary(o), ensure_ascii=False)}")
             for e in m.errors:
                 lines.append(f"  dead letter [{e.reason}] {e.detail}")
             for n in m.notes:
                 lines.append(f"  note: {n}")
+        if self.batch is not None:
+            lines.append(f"batch: the {len(self.messages)} message(s) as one delivery: "
+                         f"{len(self.batch)} Observation(s)")
+            for o in self.batch:
+                lines.append(f"  Observation/{o['id'][:12]}… {o['code'].get('text')} "
+                             f"{dumps(_value_summary(o), ensure_ascii=False)}")
         if not lines:
             lines.append("templates load; no warnings")
         return "\n".join(lines)
@@ -166,12 +161,18 @@ def check_templates(
     messages: Iterable[Any] = (),
     *,
     validate_fhir: bool = True,
+    merge: bool = False,
 ) -> CheckReport:
     """Load and validate both template files, report warnings, dry-run `messages` (dicts, JSON
     text or bytes; a dict with only Body/Properties/SystemProperties keys is taken as an already
     wrapped envelope, so IoT Hub samples can carry their properties). Patient and Device ids in
     the Observations are those Create mode would assign (sha256 of the identifier); a dry run
-    does not look anything up."""
+    does not look anything up.
+
+    `merge=True` takes the messages as one delivery, as the pipeline takes a batch: readings of
+    several messages that fall in one Observation (an hourly SampledData, a correlation id) are
+    merged into it, and `report.batch` lists those Observations; each message keeps its own
+    measurements and dead-letter reasons."""
     report = CheckReport()
     devices: DeviceTemplateSet | None = None
     fhir: FhirTemplateSet | None = None
@@ -192,8 +193,8 @@ def check_templates(
     if devices is not None and fhir is not None:
         report.warnings.extend(_cross_warnings(devices, fhir))
     if devices is not None:
-        for number, message in enumerate(messages, start=1):
-            report.messages.append(_dry_run(number, message, devices, fhir, validate_fhir))
+        report.messages, report.batch = dry_run(list(messages), devices, fhir, validate_fhir=validate_fhir,
+                                                merge=merge)
     return report
 
 
@@ -329,46 +330,3 @@ def _cross_warnings(devices: DeviceTemplateSet, fhir: FhirTemplateSet) -> list[C
                 out.append(CheckWarning("fhir_value_never_produced", fhir.name, ft.index, ft.type_name, name,
                                         f"valueName {name!r} is produced by no device template of this type"))
     return out
-
-
-# --- dry run ------------------------------------------------------------------------------------
-
-
-def _dry_run(number: int, message: Any, devices: DeviceTemplateSet, fhir: FhirTemplateSet | None,
-             validate_fhir: bool) -> MessageCheck:
-    check = MessageCheck(number)
-    if isinstance(message, dict) and set(message) >= {"Body"} and set(message) <= {"Body", "Properties", "SystemProperties"}:
-        result = devices.normalize_envelope(message)
-    else:
-        result = devices.normalize(message)
-    check.measurements = result.measurements
-    check.errors.extend(result.errors)
-    if fhir is None:
-        return check
-    for group in group_measurements(result.measurements):
-        patient = sha256_id(None, group.patient_id) if group.patient_id else sha256_id(None, f"device:{group.device_id}")
-        device = sha256_id(None, group.device_id)
-        try:
-            changes = fhir.observations(group, patient_id=patient, device_id=device,
-                                        encounter_id=sha256_id(None, group.encounter_id) if group.encounter_id else None)
-        except MappingFailure as failure:
-            check.errors.append(failure.to_error(type_name=group.type))
-            continue
-        for change in changes:
-            check.observations.append(change.resource)
-            if validate_fhir:
-                problem = _validate(change.resource)
-                if problem:
-                    check.notes.append(f"Observation for {group.type!r} is not valid R4: {problem}")
-    return check
-
-
-def _validate(resource: dict[str, Any]) -> str | None:
-    from fhir.resources.R4B.observation import Observation  # imported lazily: slow to import
-    from pydantic import ValidationError
-
-    try:
-        Observation.model_validate(resource)
-    except ValidationError as exc:
-        return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:3])
-    return None

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from common.jsonnum import loads
 from ingest.templates.errors import (
     CORRELATION_ID_MISSING,
     EXPRESSION_ERROR,
@@ -57,6 +58,7 @@ from ingest.templates.expressions import (
     message_cache,
     normalize_language,
 )
+from ingest.templates.instant import parse_iso
 from ingest.templates.measurement import Measurement, MeasurementProperty, value_text
 from ingest.templates.units import to_ucum
 
@@ -298,11 +300,12 @@ def _text_or_none(raw: Any) -> str | None:
 
 
 def parse_timestamp(raw: Any, zone: tzinfo | None = None) -> datetime:
-    """An ISO 8601 timestamp -> aware UTC datetime. Offset-less values need `zone`."""
+    """An ISO 8601 timestamp -> aware UTC datetime, to the 100 ns MedTech keeps (an `Instant` when
+    the text has digits beyond the microsecond). Offset-less values need `zone`."""
     if isinstance(raw, str):  # the common case first
         text = raw.strip()
         try:
-            value = datetime.fromisoformat(text)
+            value = parse_iso(text)
         except ValueError:
             raise MappingFailure(
                 INCOMPATIBLE_VALUE, "timestamp is not an ISO 8601 date-time"
@@ -393,7 +396,7 @@ class DeviceTemplateSet:
             message = message.tobytes()
         if isinstance(message, bytes | bytearray | str):
             try:
-                body = json.loads(message)
+                body = loads(message)  # numbers as written (common.jsonnum)
             except (ValueError, UnicodeDecodeError) as exc:
                 return NormalizeResult([], [MessageError(INVALID_JSON, f"payload is not valid JSON ({exc.__class__.__name__})")])
         else:
@@ -435,12 +438,12 @@ class DeviceTemplateSet:
             anchor = type_match.scan_anchor
             try:
                 if type_match.group is not None:
-                    signature, literal, _ = type_match.group
+                    signature, literals, _ = type_match.group
                     try:
                         groups = grouped[signature]
                     except KeyError:
                         groups = grouped[signature] = type_match.groups(envelope)
-                    if groups is None or literal not in groups:
+                    if groups is None or literals.isdisjoint(groups):
                         continue
                 if index is not None and anchor is not None:
                     # Same result as the expression: the objects passing the filter, in order.

@@ -41,6 +41,7 @@ from jsonpath_ng.exceptions import JsonPathLexerError, JsonPathParserError
 from jsonpath_ng.ext import filter as jp_filter
 from jsonpath_ng.ext import parse as jsonpath_parse
 
+from common.jsonnum import WrittenNumber
 from ingest.templates.errors import EXPRESSION_ERROR, MappingFailure
 
 JSONPATH = "JsonPath"
@@ -88,7 +89,7 @@ class CompiledExpression:
         # that have the anchor, skipping templates whose anchor is absent (see device.py).
         self.scan_anchor, self.scan_test = scan if scan else (None, None)
         self.envelope_only = _envelope_only(text, language)
-        # For `X[?key == 'literal']`: (signature of X and key, literal, groups_of). While a message
+        # For `X[?key == 'literal']`: (signature of X and key, frozenset of literals, groups_of). While a message
         # is cached, groups_of(message) maps each value of key to its elements (None: X is not a
         # list), so a template collection discriminating on one key groups the message once and
         # skips every template whose literal is absent without evaluating it.
@@ -260,6 +261,11 @@ def _iso_utc(value: datetime) -> str:
     return value.isoformat().replace("+00:00", "Z")
 
 
+# jmespath types arguments by `type(value).__name__` (functions.TYPES_MAP): a JSON number read as
+# written (common.jsonnum.WrittenNumber) is a "number" to it, as the float it is.
+jp_functions.TYPES_MAP.setdefault(WrittenNumber.__name__, "number")
+if WrittenNumber.__name__ not in jp_functions.REVERSE_TYPES_MAP["number"]:
+    jp_functions.REVERSE_TYPES_MAP["number"] = (*jp_functions.REVERSE_TYPES_MAP["number"], WrittenNumber.__name__)
 _JMES_OPTIONS = jmespath.Options(custom_functions=MedTechFunctions())
 _FUNCTION_TABLE: dict[str, dict[str, Any]] = MedTechFunctions().FUNCTION_TABLE
 
@@ -360,7 +366,8 @@ _JMES_ORDER = {"lt": lambda a, b: a < b, "lte": lambda a, b: a <= b, "gt": lambd
 
 
 _KIND_CHECKS: dict[str, Callable[[Any], bool]] = {
-    "number": lambda v: type(v) is int or type(v) is float,  # not bool; JSON gives exact types
+    # not bool; JSON gives exact types (a float with a fraction may be a WrittenNumber, common.jsonnum)
+    "number": lambda v: type(v) is int or type(v) is float or type(v) is WrittenNumber,
     "string": lambda v: type(v) is str,
     "array": lambda v: type(v) is list,
     "object": lambda v: type(v) is dict,
@@ -426,14 +433,38 @@ def _direct_call(name: str, method: Callable[..., Any], args: list[Callable[[Any
     return function
 
 
+def _or_operands(node: dict[str, Any]) -> list[dict[str, Any]]:
+    """The operands of a chain of `||`, left to right."""
+    if node["type"] != "or_expression":
+        return [node]
+    left, right = node["children"]
+    return [*_or_operands(left), *_or_operands(right)]
+
+
+def _discriminator(condition: dict[str, Any]) -> tuple[str, tuple[str, ...]] | None:
+    """(key, literals) of `key == 'literal'` or `contains(`["a", "b"]`, key)` (one of several
+    spellings of a type), else None."""
+    kind, children = condition["type"], condition.get("children", [])
+    if kind == "comparator" and condition["value"] == "eq":
+        left, right = children
+        if left["type"] == "field" and right["type"] == "literal" and type(right["value"]) is str:
+            return left["value"], (right["value"],)
+    if kind == "function_expression" and condition["value"] == "contains" and len(children) == 2:
+        options, field = children
+        if (options["type"] == "literal" and type(options["value"]) is list and options["value"]
+                and all(type(o) is str for o in options["value"]) and field["type"] == "field"):
+            return field["value"], tuple(dict.fromkeys(options["value"]))
+    return None
+
+
 def _grouped_filter(base: dict[str, Any], condition: dict[str, Any]) -> Callable[[Any], Any] | None:
-    """`X[?key == 'literal']`: group X's elements by `key` once per message (see _MessageCache)."""
-    if condition["type"] != "comparator" or condition["value"] != "eq":
+    """`X[?key == 'literal']` or `X[?contains(`[literals]`, key)]`: group X's elements by `key` once
+    per message (see _MessageCache)."""
+    found = _discriminator(condition)
+    if found is None:
         return None
-    left, right = condition["children"]
-    if left["type"] != "field" or right["type"] != "literal" or type(right["value"]) is not str:
-        return None
-    key, literal = left["value"], right["value"]
+    key, literals = found
+    wanted = frozenset(literals)
     base_fn = _jmes_node(base)
     signature = (json.dumps(base, sort_keys=True), key)
     cache = _cache
@@ -442,7 +473,7 @@ def _grouped_filter(base: dict[str, Any], condition: dict[str, Any]) -> Callable
         elements = base_fn(value)
         if type(elements) is not list:
             return None
-        return [e for e in elements if type(e) is dict and e.get(key) == literal]
+        return [e for e in elements if type(e) is dict and type(e.get(key)) is str and e[key] in wanted]
 
     def groups_of(value: Any) -> dict | None:
         entry = cache.groups.get(signature)
@@ -465,10 +496,13 @@ def _grouped_filter(base: dict[str, Any], condition: dict[str, Any]) -> Callable
         groups = groups_of(value)
         if groups is None:
             return None
-        return list(groups.get(literal, ()))
+        present = [lit for lit in literals if lit in groups]
+        if len(present) > 1:
+            return direct(value)  # several spellings in one message: keep the elements' own order
+        return list(groups[present[0]]) if present else []
 
-    # Read by _compile_jmespath: lets a template collection test the literal itself (see CompiledExpression.group).
-    grouped.group = (signature, literal, groups_of)  # type: ignore[attr-defined]
+    # Read by _compile_jmespath: lets a template collection test the literals itself (see CompiledExpression.group).
+    grouped.group = (signature, wanted, groups_of)  # type: ignore[attr-defined]
     return grouped
 
 
@@ -519,14 +553,22 @@ def _jmes_node(node: dict[str, Any]) -> Callable[[Any], Any]:
                 return None
 
         return index_
-    if kind in ("or_expression", "and_expression"):
-        left, right = _jmes_node(children[0]), _jmes_node(children[1])
-        if kind == "or_expression":
-            def or_(value: Any) -> Any:
-                matched = left(value)
-                return right(value) if _jmes_false(matched) else matched
+    if kind == "or_expression":
+        # `a || b || c` parses as `(a || b) || c`: flattened, the first truthy alternative ends it
+        # (the generic preset tries several spellings of a key this way).
+        alternatives = [_jmes_node(n) for n in _or_operands(node)]
 
-            return or_
+        def or_(value: Any) -> Any:
+            matched = None
+            for alternative in alternatives:
+                matched = alternative(value)
+                if not _jmes_false(matched):
+                    return matched
+            return matched
+
+        return or_
+    if kind == "and_expression":
+        left, right = _jmes_node(children[0]), _jmes_node(children[1])
 
         def and_(value: Any) -> Any:
             matched = left(value)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from ingest.templates.errors import CORRELATION_ID_MISSING, MappingFailure
+from ingest.templates.instant import TICKS_PER_MICROSECOND, Instant
 from ingest.templates.measurement import Measurement
 
 SINGLE = 0
@@ -24,7 +25,7 @@ DAILY = 1440
 CORRELATION = -1
 PERIOD_INTERVALS = {SINGLE: "Single", HOURLY: "Hourly", DAILY: "Daily", CORRELATION: "CorrelationId"}
 
-_TICK = timedelta(microseconds=1)  # MedTech ends a window one .NET tick before the next; we use 1 µs
+_LAST_MICROSECOND = timedelta(microseconds=1)
 
 
 @dataclass
@@ -114,11 +115,16 @@ def window(time: datetime, interval: int) -> tuple[datetime, datetime]:
         return time, time
     if interval == HOURLY:
         start = time.replace(minute=0, second=0, microsecond=0)
-        return start, start + timedelta(hours=1) - _TICK
+        return start, _one_tick_before(start + timedelta(hours=1))
     if interval == DAILY:
         start = time.replace(hour=0, minute=0, second=0, microsecond=0)
-        return start, start + timedelta(days=1) - _TICK
+        return start, _one_tick_before(start + timedelta(days=1))
     raise ValueError(f"periodInterval {interval} is not a time window")
+
+
+def _one_tick_before(boundary: datetime) -> Instant:
+    """MedTech ends a window one .NET tick (100 ns) before the next: `...59.9999999`."""
+    return Instant.of(boundary - _LAST_MICROSECOND, extra_ticks=TICKS_PER_MICROSECOND - 1)
 
 
 def id_segment(start: datetime, end: datetime) -> str:

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from common.jsonnum import WrittenNumber
+from ingest.templates.instant import parse_iso
+
 
 # Plain (not frozen) slotted dataclasses: they are built per reading on the hot path, where a frozen
 # dataclass's __init__ costs three times as much. Treat them as immutable all the same.
@@ -26,7 +29,7 @@ class MeasurementProperty:
 @dataclass(slots=True)
 class Measurement:
     type: str
-    occurrence_time: datetime  # timezone-aware, UTC
+    occurrence_time: datetime  # timezone-aware, UTC; an Instant when it has ticks beyond the microsecond
     device_id: str
     properties: tuple[MeasurementProperty, ...]
     patient_id: str | None = None
@@ -66,7 +69,7 @@ class Measurement:
         def when(text: str | None) -> datetime | None:
             if text is None:
                 return None
-            value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            value = parse_iso(text.replace("Z", "+00:00"))
             if value.tzinfo is None:
                 raise ValueError("measurement times must carry a UTC offset")
             return value.astimezone(UTC)
@@ -92,14 +95,20 @@ def _iso(value: datetime) -> str:
 
 
 def value_text(value: Any) -> str:
-    """The string form of a JSON value, as MedTech's `JToken.ToString()` gives it for scalars:
-    integral floats lose their `.0` (5.0 -> "5"), booleans are "True"/"False". Objects and arrays
-    become compact JSON."""
+    """The string form of a JSON value.
+
+    A number read with its fraction (common.jsonnum.WrittenNumber) keeps it as written: `72.40`
+    stays "72.40" (FHIR decimals keep their precision). A computed float, or a number written with
+    an exponent, reads as MedTech's `JToken.ToString()` gives it: integral floats lose their `.0`
+    (5.0 -> "5", 1e3 -> "1000"). Booleans are "True"/"False"; objects and arrays become compact
+    JSON."""
     kind = type(value)  # exact-type fast paths for what JSON gives; subclasses take the checks below
     if kind is str:
         return value
     if kind is int:
         return str(value)
+    if kind is WrittenNumber and not value.has_exponent:
+        return value.text
     if isinstance(value, str):
         return value
     if isinstance(value, bool):

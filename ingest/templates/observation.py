@@ -26,13 +26,16 @@ Vigil additions:
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime, timedelta
+import re
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from common.codes import LOINC, OBSERVATION_CATEGORY, UCUM, VITAL_SIGN_CODES
 from common.jsondata import json_copy
+from common.jsonnum import number
 from ingest.templates.errors import INCOMPATIBLE_VALUE, MappingFailure
 from ingest.templates.grouping import ObservationGroup, TimedValue
+from ingest.templates.instant import Instant, fraction_digits, parse_iso, ticks_of
 from ingest.templates.measurement import value_text
 from ingest.templates.units import convert, original_value_extension, target_unit
 
@@ -61,27 +64,23 @@ def observation_identity(group: ObservationGroup, *, patient_id: str, device_id:
 
 
 def fhir_instant(value: datetime) -> str:
-    """UTC instant text as MedTech writes it: seconds, then fraction without trailing zeros, `Z`.
-    A window end one tick before the next window is written with .NET's seven nines."""
+    """UTC instant text as MedTech writes it: seconds, then the fraction to the 100-ns tick without
+    trailing zeros, `Z` (a window end one tick before the next window: `...59.9999999Z`)."""
     value = value.astimezone(UTC)
     # Formatted by hand: datetime.strftime costs more than the rest of an Observation build.
     text = (f"{value.year:04d}-{value.month:02d}-{value.day:02d}T"
             f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}")
-    if value.microsecond == 999999:
-        return text + ".9999999Z"
-    if value.microsecond:
-        text += f".{value.microsecond:06d}".rstrip("0")
+    if value.microsecond or getattr(value, "extra_ticks", 0):
+        text += "." + fraction_digits(value).rstrip("0")
     return text + "Z"
 
 
 def parse_instant(text: str) -> datetime:
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    """A stored FHIR instant, to the tick."""
+    value = parse_iso(text.replace("Z", "+00:00"))
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)  # FHIR dateTime without offset: read as UTC
-    value = value.astimezone(UTC)
-    if text.rstrip("Z").endswith(".9999999"):
-        value = value.replace(microsecond=999999)
-    return value
+    return value.astimezone(UTC)
 
 
 def _code(type_name: str, codes: Any) -> dict[str, Any]:
@@ -293,20 +292,32 @@ def _single(template: ValueTemplate, series: list[TimedValue]) -> TimedValue:
     return series[0]
 
 
+# A Quantity value as MedTech reads it: `decimal.Parse(value, CultureInfo.InvariantCulture)`, whose
+# default style (NumberStyles.Number) takes an optional sign, digits and a decimal point, and no
+# exponent (iomt-fhir QuantityFhirValueProcessor). Thousands separators, which that style also
+# takes, are refused: "72,5" from a decimal-comma locale would silently become 725.
+_DECIMAL = re.compile(r"\s*([+-]?)(\d*)(?:\.(\d*))?\s*")
+_EXPONENT = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+\s*")
+
+
 def _number(text: str, template: ValueTemplate) -> int | float:
-    try:
-        number = float(text)
-    except ValueError:
-        raise MappingFailure(
-            INCOMPATIBLE_VALUE, f"value {template.value_name!r} is not a number", field=template.value_name
-        ) from None
-    if number != number or number in (float("inf"), float("-inf")):
-        raise MappingFailure(INCOMPATIBLE_VALUE, f"value {template.value_name!r} is not a finite number",
-                             field=template.value_name)
-    stripped = text.strip()
-    if stripped.lstrip("+-").isdigit():
-        return int(stripped)
-    return number
+    """The value as a JSON number with the precision it was written with: an int, or a
+    WrittenNumber whose token keeps its digits ("22.40" stays 22.40: FHIR decimals keep their
+    significant digits)."""
+    match = _DECIMAL.fullmatch(text)
+    if match is None or not (match.group(2) or match.group(3)):
+        if _EXPONENT.fullmatch(text):
+            reason = "is written with an exponent; MedTech's Quantity takes plain decimals only (e.g. 1000, 0.0015)"
+        elif "," in text:
+            reason = "has a comma; write a decimal point and no thousands separators"
+        else:
+            reason = "is not a number"
+        raise MappingFailure(INCOMPATIBLE_VALUE, f"value {template.value_name!r} {reason}", field=template.value_name)
+    sign, whole, fraction = match.groups()
+    if fraction is None or (not fraction and whole):
+        return int(f"{sign}{whole}")  # "120", "120." -> 120
+    # Canonical JSON number, digits as given: "+.50" -> 0.50, "007.10" -> 7.10.
+    return number(f"{'-' if sign == '-' else ''}{whole.lstrip('0') or '0'}.{fraction}")
 
 
 def _quantity(template: ValueTemplate, tv: TimedValue, codings: list[dict[str, Any]]) -> dict[str, Any]:
@@ -335,18 +346,23 @@ def _converted_text(template: ValueTemplate, tv: TimedValue, codings: list[dict[
     return value_text(convert(float(_number(tv.value, template)), tv.unit, target))
 
 
+# Slots are counted in .NET ticks (100 ns), the unit MedTech steps `defaultPeriod` in.
+_TICKS_PER_MS = 10_000
+
+
 def _slots(start: datetime, end: datetime, period_ms: float) -> tuple[int, int]:
-    period_us = max(1, round(period_ms * 1000))
-    span = (end - start) // timedelta(microseconds=1)
-    return span // period_us + 1, period_us
+    period_ticks = max(1, round(period_ms * _TICKS_PER_MS))
+    span = ticks_of(end) - ticks_of(start)
+    return span // period_ticks + 1, period_ticks
 
 
 def _sampled(template: ValueTemplate, points: list[tuple[datetime, str]], start: datetime, end: datetime) -> dict[str, Any]:
     period = template.default_period or 1000.0
-    count, period_us = _slots(start, end, period)
+    count, period_ticks = _slots(start, end, period)
     data = ["E"] * count
+    origin_ticks = ticks_of(start)
     for time, text in sorted(points, key=lambda p: p[0]):
-        index = ((time - start) // timedelta(microseconds=1)) // period_us
+        index = (ticks_of(time) - origin_ticks) // period_ticks
         if 0 <= index < count:
             data[index] = text  # later readings in the same slot win
     origin: dict[str, Any] = {"value": 0}
@@ -361,15 +377,16 @@ def _merge_sampled(
     series: list[TimedValue], start: datetime, end: datetime, codings: list[dict[str, Any]],
 ) -> dict[str, Any]:
     period = float(stored.get("period") or template.default_period or 1000.0)
-    period_us = max(1, round(period * 1000))
+    period_ticks = max(1, round(period * _TICKS_PER_MS))
     points: dict[datetime, str] = {}
     tokens = (stored.get("data") or "").split()
+    stored_ticks, start_ticks = ticks_of(stored_start), ticks_of(start)
     for i, token in enumerate(tokens):
         if token != "E":
-            points[stored_start + timedelta(microseconds=i * period_us)] = token
-    slot_of = {((t - start) // timedelta(microseconds=1)) // period_us: t for t in points}
+            points[Instant.from_ticks(stored_ticks + i * period_ticks)] = token
+    slot_of = {(ticks_of(t) - start_ticks) // period_ticks: t for t in points}
     for tv in series:
-        slot = ((tv.time - start) // timedelta(microseconds=1)) // period_us
+        slot = (ticks_of(tv.time) - start_ticks) // period_ticks
         if slot in slot_of:
             points.pop(slot_of[slot], None)  # collision: the new reading wins
         points[tv.time] = _converted_text(template, tv, codings)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from runtime.cli import main
+from tests.support.compat import compat_root
 
-COMPAT = Path(__file__).resolve().parents[3] / "shared" / "compat" / "iomt-fhir" / "sample-templates"
+COMPAT = compat_root() / "sample-templates"
 
 
 def test_check_shows_observations_and_dead_letter_reasons_per_message(tmp_path: Path, capsys) -> None:
@@ -55,3 +56,84 @@ def test_presets_are_listed(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     for name in ("vigil-generic", "fitbit", "google-fit", "healthkit", "iot-hub", "iot-central", "life365-hub"):
         assert name in out
+
+
+# MedTech's documentation (how-to-use-calculated-functions-mappings, "Project Data From Matched
+# Token And Original Event"): the message as documented, an envelope, and its template, which reads
+# the device id from `$.Body` and every reading from `$.matchedToken`.
+DOC_MESSAGE = {"Body": {"deviceId": "device123", "data": [
+    {"systolic": "120", "diastolic": "80", "date": "2021-07-13T17:29:01.061144Z"},
+    {"systolic": "122", "diastolic": "82", "date": "2021-07-13T17:28:01.061122Z"}]},
+    "Properties": {"patientId": "patient-7"}, "SystemProperties": {}}
+DOC_TEMPLATE = {"templateType": "CollectionContent", "template": [{"templateType": "CalculatedContent", "template": {
+    "typeName": "heartrate", "typeMatchExpression": "$..[?(@systolic && @diastolic)]",
+    "deviceIdExpression": "$.Body.deviceId", "patientIdExpression": "$.Properties.patientId",
+    "timestampExpression": "$.matchedToken.date",
+    "values": [{"required": "true", "valueExpression": "$.matchedToken.systolic", "valueName": "systolic"},
+               {"required": "true", "valueExpression": "$.matchedToken.diastolic", "valueName": "diastolic"}]}}]}
+DOC_FHIR = {"templateType": "CollectionFhir", "template": [{"templateType": "CodeValueFhir", "template": {
+    "typeName": "heartrate", "periodInterval": 0,
+    "codes": [{"code": "85354-9", "system": "http://loinc.org"}],
+    "components": [
+        {"codes": [{"code": "8480-6", "system": "http://loinc.org"}],
+         "value": {"valueName": "systolic", "valueType": "Quantity", "unit": "mmHg",
+                   "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+        {"codes": [{"code": "8462-4", "system": "http://loinc.org"}],
+         "value": {"valueName": "diastolic", "valueType": "Quantity", "unit": "mmHg",
+                   "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}]}}]}
+
+
+def test_check_wraps_a_documented_envelope_once_like_the_pipeline(tmp_path: Path, capsys) -> None:
+    device, fhir, sample = tmp_path / "device.json", tmp_path / "fhir.json", tmp_path / "m.jsonl"
+    device.write_text(json.dumps(DOC_TEMPLATE))
+    fhir.write_text(json.dumps(DOC_FHIR))
+    sample.write_text(json.dumps(DOC_MESSAGE) + "\n" + json.dumps(DOC_MESSAGE["Body"]) + "\n")
+    code = main(["--data-dir", str(tmp_path / "d"), "templates", "check", str(sample),
+                 "--device", str(device), "--fhir", str(fhir), "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    envelope, bare = report["messages"]
+    assert envelope["deadLetter"] == []
+    assert [(m["DeviceId"], m["PatientId"], m["OccurrenceTimeUtc"]) for m in envelope["measurements"]] == [
+        ("device123", "patient-7", "2021-07-13T17:29:01.061144Z"),
+        ("device123", "patient-7", "2021-07-13T17:28:01.061122Z")]
+    assert len(envelope["observations"]) == 2
+    # The same body without an envelope: the same readings, without the property-borne patient.
+    assert [m["DeviceId"] for m in bare["measurements"]] == ["device123", "device123"]
+    assert {m["PatientId"] for m in bare["measurements"]} == {None}
+
+
+@pytest.mark.skipif(not COMPAT.is_dir(), reason="../shared/compat (beside the repository) is not present")
+def test_check_reads_iot_hub_properties_of_an_envelope_sample(tmp_path: Path, capsys) -> None:
+    testinput = COMPAT.parent / "testinput"
+    sample = tmp_path / "m.jsonl"
+    payload = json.loads(next(testinput.glob("*__data_IotHubPayloadExample.json")).read_text(encoding="utf-8-sig"))
+    sample.write_text(json.dumps(payload) + "\n")
+    code = main(["--data-dir", str(tmp_path / "d"), "templates", "check", str(sample), "--json",
+                 "--device", str(next(testinput.glob("*__data_IotJsonPathContentTemplateValid.json")))])
+    assert code == 0
+    (message,) = json.loads(capsys.readouterr().out)["messages"]
+    (m,) = message["measurements"]
+    assert (m["DeviceId"], m["Properties"]) == ("ev-d795-1d04-55ae", [{"Name": "hr", "Value": "203"}])
+
+
+@pytest.mark.skipif(not COMPAT.is_dir(), reason="../shared/compat (beside the repository) is not present")
+def test_check_merge_flag_builds_the_hourly_observation_of_several_messages(tmp_path: Path, capsys) -> None:
+    fhir = tmp_path / "fhir.json"
+    fhir.write_text(json.dumps({"templateType": "CollectionFhir", "template": [{"templateType": "CodeValueFhir",
+        "template": {"typeName": "heartrate", "periodInterval": 60,
+                     "codes": [{"code": "8867-4", "system": "http://loinc.org"}],
+                     "value": {"defaultPeriod": 60000, "unit": "count/min", "valueName": "hr",
+                               "valueType": "SampledData"}}}]}))
+    sample = tmp_path / "m.jsonl"
+    sample.write_text("\n".join(json.dumps({"heartrate": hr, "deviceid": "device1", "patientid": "patient1",
+                                            "measurementdatetime": when})
+                                for hr, when in ((65, "2023-10-09T19:18:23+00:00"), (70, "2023-10-09T19:20:05+00:00"))))
+    args = ["--data-dir", str(tmp_path / "d"), "templates", "check", str(sample),
+            "--device", str(COMPAT / "basic__devicecontent.json"), "--fhir", str(fhir)]
+    assert main([*args, "--merge"]) == 0
+    out = capsys.readouterr().out
+    assert "batch: the 2 message(s) as one delivery: 1 Observation(s)" in out
+    assert "readings at 18:65 20:70" in out
+    assert main(args) == 0
+    assert "batch:" not in capsys.readouterr().out

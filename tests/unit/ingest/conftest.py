@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-COMPAT = Path(__file__).resolve().parents[3].parent / "shared" / "compat" / "iomt-fhir"
+from tests.support.compat import compat_root
+
+COMPAT = compat_root()
 TESTINPUT = COMPAT / "testinput"
 SAMPLES = COMPAT / "sample-templates"
 INGESTED = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

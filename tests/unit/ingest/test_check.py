@@ -132,3 +132,48 @@ def test_dry_run_reports_healthkit_sample_blood_pressure_defect(compat_dir) -> N
     (result,) = report.messages
     (error,) = result.errors
     assert (error.reason, error.expression) == ("missing_required_value", "$.measurementdatetime")
+
+
+HOURLY_HR = {"typeName": "heartrate", "periodInterval": 60, "codes": [{"code": "8867-4", "system": LOINC}],
+             "value": {"defaultPeriod": 60000, "unit": "count/min", "valueName": "hr", "valueType": "SampledData"}}
+README_MESSAGES = [  # the iomt-fhir README's test message, twice in one hour (medtech.md §6)
+    {"heartrate": 65, "deviceid": "device1", "patientid": "patient1", "measurementdatetime": "2023-10-09T19:18:23+00:00"},
+    {"heartrate": 70, "deviceid": "device1", "patientid": "patient1", "measurementdatetime": "2023-10-09T19:20:05+00:00"},
+]
+
+
+def test_merge_takes_the_messages_as_one_delivery_into_one_hourly_observation(compat_dir) -> None:
+    device = SAMPLES / "basic__devicecontent.json"
+    separate = check_templates(device, fhir_file(HOURLY_HR), README_MESSAGES)
+    assert separate.batch is None
+    assert [len(m.observations) for m in separate.messages] == [1, 1]  # one reading each
+
+    merged = check_templates(device, fhir_file(HOURLY_HR), README_MESSAGES, merge=True)
+    assert [len(m.measurements) for m in merged.messages] == [1, 1]
+    (obs,) = merged.batch
+    assert obs["id"] == separate.messages[0].observations[0]["id"]
+    tokens = obs["valueSampledData"]["data"].split()
+    assert len(tokens) == 60 and tokens[18] == "65" and tokens[20] == "70"  # as the documented Observation
+    assert obs["effectivePeriod"] == {"start": "2023-10-09T19:00:00Z", "end": "2023-10-09T19:59:59.9999999Z"}
+    assert "batch: the 2 message(s) as one delivery: 1 Observation(s)" in merged.to_text()
+    assert merged.to_dict()["batchObservations"] == [obs]
+
+
+def test_merge_keeps_each_messages_dead_letter() -> None:
+    templates = device_file("hr")
+    quantity = {"typeName": "hr", "periodInterval": 60, "codes": [{"code": "8867-4", "system": LOINC}],
+                "value": {"valueName": "hr", "valueType": "Quantity", "unit": "/min",
+                          "system": "http://unitsofmeasure.org", "code": "/min"}}
+    messages = [{"hr": 60, "device": "d", "time": "2024-05-01T10:00:00Z"},
+                {"hr": 61, "device": "d", "time": "2024-05-01T10:05:00Z"},
+                {"nothing": 1}]
+    report = check_templates(templates, fhir_file(quantity), messages, merge=True)
+    assert [[e.reason for e in m.errors] for m in report.messages] == [[], [], ["no_template_matched"]]
+    # Two Quantity readings in one hourly window cannot share a group (one value per Observation):
+    # as the ingest handler does, each message is then mapped on its own, the later replacing.
+    (obs,) = report.batch
+    assert obs["valueQuantity"]["value"] == 61
+    # One reading that cannot be mapped at all is its own message's dead letter.
+    bad = check_templates(templates, fhir_file(quantity), [messages[0], {"hr": "fast", "device": "d",
+                                                                         "time": "2024-05-01T10:07:00Z"}], merge=True)
+    assert [[e.reason for e in m.errors] for m in bad.messages] == [[], ["incompatible_value"]]

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from fhir.resources.R4B.observation import Observation
 
+from common.jsonnum import dumps
 from ingest.templates import (
     SERVICE_SYSTEM,
     Measurement,
@@ -116,6 +117,49 @@ def test_non_numeric_quantity_is_incompatible() -> None:
     with pytest.raises(MappingFailure) as info:
         changes(fhir(HR_QUANTITY), [measurement(hr="fast")])
     assert info.value.reason == "incompatible_value"
+
+
+WEIGHT_QUANTITY = {"typeName": "weight", "periodInterval": 0, "codes": [{"code": "29463-7", "system": LOINC}],
+                   "value": {"valueName": "w", "valueType": "Quantity", "unit": "kg",
+                             "system": "http://unitsofmeasure.org", "code": "kg"}}
+
+
+@pytest.mark.parametrize(("text", "written"), [("22.40", "22.40"), ("0.010", "0.010"), (" +.50", "0.50"),
+                                               ("007.10", "7.10"), ("120", "120"), ("120.", "120")])
+def test_quantity_keeps_the_digits_it_was_written_with(text, written) -> None:
+    """FHIR decimals keep their precision; MedTech's decimal.Parse keeps the scale (22.40)."""
+    (change,) = changes(fhir(WEIGHT_QUANTITY), [measurement("weight", w=text)])
+    value = change.resource["valueQuantity"]["value"]
+    assert dumps(value) == written
+    assert f'"value":{written},' in dumps(change.resource, separators=(",", ":"))
+    assert value == float(text)  # and it computes as the number it is
+
+
+@pytest.mark.parametrize(("text", "why"), [("1e3", "exponent"), ("2.5E-1", "exponent"), ("1,5", "comma"),
+                                           ("1_000", "not a number"), ("NaN", "not a number"),
+                                           ("Infinity", "not a number")])
+def test_quantity_refuses_what_medtech_decimal_parse_refuses(text, why) -> None:
+    """MedTech: decimal.Parse(value, InvariantCulture) takes no exponent; Vigil also refuses
+    thousands separators (a decimal comma would silently become a different number)."""
+    with pytest.raises(MappingFailure) as info:
+        changes(fhir(WEIGHT_QUANTITY), [measurement("weight", w=text)])
+    assert info.value.reason == "incompatible_value"
+    assert why in info.value.detail
+
+
+def test_json_numbers_keep_their_digits_and_exponents_read_as_medtech_reads_them() -> None:
+    from ingest.templates import load_device_templates
+
+    devices = load_device_templates({"templateType": "CalculatedContent", "template": {
+        "typeName": "weight", "typeMatchExpression": "$..[?(@w)]", "deviceIdExpression": "$.matchedToken.d",
+        "timestampExpression": "$.matchedToken.t",
+        "values": [{"valueName": "w", "valueExpression": "$.matchedToken.w", "required": True}]}})
+    message = b'[{"d": "s", "t": "2024-05-01T10:00:00Z", "w": 72.40}, {"d": "s", "t": "2024-05-01T11:00:00Z", "w": 1e3}]'
+    ms = devices.normalize(message).measurements
+    # MedTech's JToken reads 1e3 as the double 1000; 72.40 keeps its digits (FHIR decimal precision).
+    assert [m.value("w") for m in ms] == ["72.40", "1000"]
+    assert [dumps(c.resource["valueQuantity"]["value"]) for c in changes(fhir(WEIGHT_QUANTITY), ms)] == [
+        "72.40", "1000"]
 
 
 def test_string_and_codeable_concept_values() -> None:

@@ -249,7 +249,7 @@ def test_iot_hub_envelope() -> None:
     assert (m.device_id, m.patient_id) == ("bedside-monitor-12", "p1")
     codes = by_code(observations("iot-hub", body, properties=IOT_HUB_PROPERTIES, system_properties=IOT_HUB_SYSTEM))
     assert set(codes) == {"8867-4", "85354-9", "2708-6"}
-    assert codes["8867-4"][0]["effectivePeriod"]["start"] == "2024-05-01T08:00:00.123456Z"
+    assert codes["8867-4"][0]["effectivePeriod"]["start"] == "2024-05-01T08:00:00.1234567Z"  # 100 ns kept
 
 
 def test_iot_hub_without_device_properties_is_a_located_dead_letter() -> None:
@@ -311,3 +311,74 @@ def test_life365_unknown_vendor_unit_is_refused() -> None:
     export = {**LIFE365_EXPORT, "readings": [dict(LIFE365_EXPORT["readings"][1], uom="stone")]}
     result = devices.normalize(export)
     assert result.reason == "unknown_unit"
+
+
+GENERIC_ALIASES = [
+    # (type as people send it, values, LOINC, expected value)
+    ("bloodpressure", {"systolic": 131, "diastolic": 84}, "85354-9", None),
+    ("bp", {"sys": 131, "dia": 84}, "85354-9", None),
+    ("bloodPressure", {"sbp": 131, "dbp": 84}, "85354-9", None),
+    ("weight", {"weight": 81.5}, "29463-7", 81.5),
+    ("bodyWeight", {"value": 81.5}, "29463-7", 81.5),
+    ("temperature", {"temperature": 37.2}, "8310-5", 37.2),
+    ("temp", {"temp": 37.2}, "8310-5", 37.2),
+    ("glucose", {"value": 104}, "41653-7", 104),
+    ("blood_glucose", {"blood_glucose": 104}, "41653-7", 104),
+    ("spo2", {"spo2": 97}, "2708-6", 97),
+    ("SpO2", {"SpO2": 97}, "2708-6", 97),
+    ("oxygen_saturation", {"value": 97}, "2708-6", 97),
+    ("heartrate", {"hr": 61}, "8867-4", 61),
+    ("pulse", {"pulse": 61}, "8867-4", 61),
+    ("respiratory_rate", {"respiratory_rate": 15}, "9279-1", 15),
+]
+
+
+@pytest.mark.parametrize(("type_name", "values", "loinc", "expected"), GENERIC_ALIASES,
+                         ids=[f"{t}-{'-'.join(v)}" for t, v, _, _ in GENERIC_ALIASES])
+def test_vigil_generic_accepts_common_type_and_value_names(type_name, values, loinc, expected) -> None:
+    message = {"deviceId": "d-1", "patientId": "p1", "type": type_name, "time": "2024-05-01T07:30:00Z",
+               "values": values}
+    codes = by_code(observations("vigil-generic", message))
+    assert list(codes) == [loinc]
+    (obs,) = codes[loinc]
+    if expected is None:
+        assert components(obs) == {"8480-6": (131, "mm[Hg]"), "8462-4": (84, "mm[Hg]")}
+    else:
+        assert obs["valueQuantity"]["value"] == expected
+
+
+def test_vigil_generic_alias_table_in_the_readme_matches_the_preset() -> None:
+    """The README's table of types and value keys is the preset's: each row's names are accepted."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
+    # Rows of the table: | `canonical` | aliases | value keys | LOINC ... |
+    rows = re.findall(r"^ *\| `(\w+)` \| ([^|]+) \| ([^|]+) \| \d", readme, flags=re.M)
+    assert len(rows) >= 7, "README lists the generic preset's types"
+    devices, _ = load_preset("vigil-generic")
+    for canonical, type_cell, key_cell in rows:
+        types = re.findall(r"`([^`]+)`", type_cell) + [canonical]
+        keys = re.findall(r"`([^`]+)`", key_cell)
+        for type_name in types:
+            for key in keys:
+                values = {key: 120}
+                if canonical == "blood_pressure":
+                    values = {"systolic": 120, key: 80} if key.lower() in ("diastolic", "dia", "dbp") else {
+                        key: 120, "diastolic": 80}
+                result = devices.normalize({"deviceId": "d", "patientId": "p", "type": type_name,
+                                            "time": "2024-05-01T07:30:00Z", "values": values})
+                assert result.ok, (type_name, key, result.detail)
+                assert canonical in {m.type for m in result.measurements}, (type_name, key)
+
+
+def test_vigil_generic_array_mixing_spellings_keeps_the_message_order() -> None:
+    devices, _ = load_preset("vigil-generic")
+    batch = [{"deviceId": "d", "patientId": "p", "type": t, "time": f"2024-05-01T07:3{i}:00Z",
+              "values": {"systolic": 120 + i, "diastolic": 80}}
+             for i, t in enumerate(["bp", "blood_pressure", "BP", "weight"])]
+    batch[3]["values"] = {"weight": 80}
+    result = devices.normalize(batch)
+    assert result.ok
+    assert [(m.type, m.value("systolic")) for m in result.measurements] == [
+        ("blood_pressure", "120"), ("blood_pressure", "121"), ("blood_pressure", "122"), ("body_weight", None)]
