@@ -225,6 +225,11 @@ class HttpFhirStore:
         merged.setdefault("total", len(entries))
         return merged
 
+    def capabilities(self) -> Resource:
+        """The server's CapabilityStatement (`GET [base]/metadata`, FHIR R4 §3.1.0.6)."""
+        return self._resource(self._request("GET", "metadata", interaction="capabilities"), "capabilities",
+                              "metadata")
+
     # -- HTTP -----------------------------------------------------------------------------------
 
     def _request(

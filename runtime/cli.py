@@ -130,6 +130,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  FHIR:    {bound}/fhir   functions: {bound}/api/<route>", flush=True)
     print(f"  token:   in {settings.path('local-token')} (send as 'Authorization: Bearer <token>')", flush=True)
     print("  functions: " + ", ".join(f"{s.name} ({s.trigger})" for s in host.functions), flush=True)
+    from runtime.checks import server_capability_warnings
+
+    for warning in server_capability_warnings(services):
+        print(f"  warning: {warning}", file=sys.stderr, flush=True)
     try:
         host.serve_forever(stop)
     finally:
