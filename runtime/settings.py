@@ -28,6 +28,9 @@ class Settings:
     fhir_scope: str | None = None  # Entra ID scope; default "<fhir_url origin>/.default"
     fhir_auth: str = "none"  # none | azure (DefaultAzureCredential from azure-identity)
     fhir_account: str = "localhost"  # resourceFhirAccount in events of the embedded store
+    # Entries per transaction the HTTP adapter sends (larger ones go in consecutive chunks):
+    # 50 suits Medplum (at most 50 updates) and Health Data Services (at most 500); docs/fhir-servers.md.
+    fhir_transaction_size: int = 50
     rules_path: Path = DEFAULT_RULES  # a directory of ruleset YAML files
     max_message_bytes: int = 256 * 1024
     # Ingest mapping: MedTech-compatible template files, or a shipped preset (ingest/presets).
@@ -80,6 +83,8 @@ class Settings:
             raise SettingsError("VIGIL_FHIR_URL must start with http:// or https://")
         if self.identity_mode.lower() not in ("lookup", "create", "lookupwithencounter"):
             raise SettingsError("VIGIL_IDENTITY_MODE must be Lookup, Create or LookupWithEncounter")
+        if not 1 <= self.fhir_transaction_size <= 10_000:
+            raise SettingsError("VIGIL_FHIR_TRANSACTION_SIZE must be between 1 and 10000 entries")
         if self.max_message_bytes < 1024:
             raise SettingsError("VIGIL_MAX_MESSAGE_BYTES must be at least 1024")
         if self.send_ledger is not None and self.send_ledger.strip().lower() not in SEND_LEDGERS:
