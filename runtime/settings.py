@@ -16,6 +16,9 @@ DEFAULT_CHAINS = Path(__file__).resolve().parent.parent / "notifications" / "cha
 SEND_LEDGERS = ("sqlite", "fhir")
 
 
+EVENT_SOURCES = ("auto", "eventgrid", "outbox", "poll")
+
+
 class SettingsError(ValueError):
     """A setting with a value Vigil cannot use; the message names the setting."""
 
@@ -31,6 +34,10 @@ class Settings:
     # Entries per transaction the HTTP adapter sends (larger ones go in consecutive chunks):
     # 50 suits Medplum (at most 50 updates) and Health Data Services (at most 500); docs/fhir-servers.md.
     fhir_transaction_size: int = 50
+    # Where FHIR change events come from (runtime/event_sources.py, docs/fhir-servers.md): auto |
+    # eventgrid | outbox | poll. auto: the embedded store's outbox, Event Grid for Health Data
+    # Services, polling for any other server.
+    event_source: str = "auto"
     rules_path: Path = DEFAULT_RULES  # a directory of ruleset YAML files
     max_message_bytes: int = 256 * 1024
     # Ingest mapping: MedTech-compatible template files, or a shipped preset (ingest/presets).
@@ -83,6 +90,9 @@ class Settings:
             raise SettingsError("VIGIL_FHIR_URL must start with http:// or https://")
         if self.identity_mode.lower() not in ("lookup", "create", "lookupwithencounter"):
             raise SettingsError("VIGIL_IDENTITY_MODE must be Lookup, Create or LookupWithEncounter")
+        if self.event_source not in EVENT_SOURCES:
+            raise SettingsError(f"VIGIL_EVENT_SOURCE must be one of {', '.join(EVENT_SOURCES)}, "
+                                f"not {self.event_source!r}")
         if not 1 <= self.fhir_transaction_size <= 10_000:
             raise SettingsError("VIGIL_FHIR_TRANSACTION_SIZE must be between 1 and 10000 entries")
         if self.max_message_bytes < 1024:

@@ -34,6 +34,7 @@ EXPECTED = {
     "health": {"req": ("httpTrigger", "in"), "$return": ("http", "out")},
     "acknowledge_alert": {"req": ("httpTrigger", "in"), "$return": ("http", "out")},
     "on_acs_event": {"event": ("eventGridTrigger", "in")},
+    "pull_fhir_changes": {"timer": ("timerTrigger", "in")},
 }
 DIRECTIONS = {0: "in", 1: "out", 2: "inout"}
 
