@@ -16,7 +16,7 @@ DEFAULT_CHAINS = Path(__file__).resolve().parent.parent / "notifications" / "cha
 SEND_LEDGERS = ("sqlite", "fhir")
 
 
-EVENT_SOURCES = ("auto", "eventgrid", "outbox", "poll")
+EVENT_SOURCES = ("auto", "eventgrid", "outbox", "poll", "rest-hook")
 
 
 class SettingsError(ValueError):
@@ -35,9 +35,13 @@ class Settings:
     # 50 suits Medplum (at most 50 updates) and Health Data Services (at most 500); docs/fhir-servers.md.
     fhir_transaction_size: int = 50
     # Where FHIR change events come from (runtime/event_sources.py, docs/fhir-servers.md): auto |
-    # eventgrid | outbox | poll. auto: the embedded store's outbox, Event Grid for Health Data
+    # eventgrid | outbox | poll | rest-hook. auto: the embedded store's outbox, Event Grid for Health Data
     # Services, polling for any other server.
     event_source: str = "auto"
+    # rest-hook: where the FHIR server posts notifications (the fhir_notification function's URL),
+    # and the function key it sends as x-functions-key (default: the local token).
+    subscription_endpoint: str | None = None
+    subscription_key: str | None = field(default=None, repr=False)
     rules_path: Path = DEFAULT_RULES  # a directory of ruleset YAML files
     max_message_bytes: int = 256 * 1024
     # Ingest mapping: MedTech-compatible template files, or a shipped preset (ingest/presets).
@@ -93,6 +97,9 @@ class Settings:
         if self.event_source not in EVENT_SOURCES:
             raise SettingsError(f"VIGIL_EVENT_SOURCE must be one of {', '.join(EVENT_SOURCES)}, "
                                 f"not {self.event_source!r}")
+        if self.event_source == "rest-hook" and (self.embedded or not self.subscription_endpoint):
+            raise SettingsError("VIGIL_EVENT_SOURCE=rest-hook needs VIGIL_FHIR_URL and VIGIL_SUBSCRIPTION_ENDPOINT "
+                                "(the URL the FHIR server posts notifications to)")
         if not 1 <= self.fhir_transaction_size <= 10_000:
             raise SettingsError("VIGIL_FHIR_TRANSACTION_SIZE must be between 1 and 10000 entries")
         if self.max_message_bytes < 1024:

@@ -35,6 +35,7 @@ EXPECTED = {
     "acknowledge_alert": {"req": ("httpTrigger", "in"), "$return": ("http", "out")},
     "on_acs_event": {"event": ("eventGridTrigger", "in")},
     "pull_fhir_changes": {"timer": ("timerTrigger", "in")},
+    "fhir_notification": {"req": ("httpTrigger", "in"), "$return": ("http", "out")},
 }
 DIRECTIONS = {0: "in", 1: "out", 2: "inout"}
 

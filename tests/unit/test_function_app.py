@@ -30,6 +30,7 @@ def test_function_names_and_trigger_types() -> None:
         "acknowledge_alert": "httpTrigger",
         "on_acs_event": "eventGridTrigger",
         "pull_fhir_changes": "timerTrigger",
+        "fhir_notification": "httpTrigger",
     }
 
 
