@@ -4,7 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench serve clean
+# A second environment on Python 3.13 with the real Functions worker library, for the check that
+# indexes function_app.py as the host does (requirements-worker.txt). Without a 3.13 interpreter the
+# check is skipped locally and fails under CI=true.
+PY313 ?= $(shell .ci/python313)
+WORKER_VENV := .venv-worker
+WORKER_STAMP := $(WORKER_VENV)/.installed
+
+.PHONY: demo test lint bench serve clean worker-env
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -13,10 +20,22 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
+$(WORKER_STAMP): requirements-worker.txt requirements.txt
+	@test -n "$(PY313)" || { echo "worker-env: no Python 3.13 interpreter found (.ci/python313)"; exit 1; }
+	$(PY313) -m venv $(WORKER_VENV)
+	grep -v '^azure-functions==' requirements.txt > $(WORKER_VENV)/app-requirements.txt
+	$(WORKER_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-worker.txt -r $(WORKER_VENV)/app-requirements.txt
+	touch $@
+
+worker-env: $(WORKER_STAMP)
+
+# The worker env is built only where a 3.13 interpreter exists (the check says why it skipped).
+WORKER_DEP := $(if $(PY313),$(WORKER_STAMP),)
+
 demo: $(STAMP)
 	$(BIN)/vigil demo
 
-test: $(STAMP)
+test: $(STAMP) $(WORKER_DEP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
@@ -30,4 +49,4 @@ serve: $(STAMP)
 	$(BIN)/vigil serve
 
 clean:
-	rm -rf $(VENV) .vigil .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(WORKER_VENV) .vigil .pytest_cache .ruff_cache

@@ -45,6 +45,9 @@ _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # Refresh before expiry so a request never leaves with a token that lapses in flight.
 _TOKEN_REFRESH_MARGIN_S = 300
 _MAX_HISTORY_PAGES = 1000
+# Entries per transaction POST. Medplum refuses transactions of more than 50 updates and Health Data
+# Services bundles of more than 500 entries (docs/fhir-servers.md); 50 serves both.
+DEFAULT_TRANSACTION_SIZE = 50
 # Exceptions raised before any byte of the request reached the server: always safe to retry.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
@@ -64,12 +67,16 @@ class HttpFhirStore:
         backoff_max: float = 30.0,
         client: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        max_transaction_entries: int = DEFAULT_TRANSACTION_SIZE,
     ) -> None:
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
             raise ValueError(f"FHIR base_url must be an http(s) URL without a query, got {base_url!r}")
         if max_retries < 0 or backoff_base < 0 or backoff_max < 0 or timeout <= 0:
             raise ValueError("max_retries, backoff_base and backoff_max must be >= 0 and timeout > 0")
+        if max_transaction_entries < 1:
+            raise ValueError(f"max_transaction_entries must be >= 1, got {max_transaction_entries}")
+        self.max_transaction_entries = max_transaction_entries
         self.base_url = base_url.rstrip("/")
         self._credential = credential
         self._scope = scope or f"{parts.scheme}://{parts.netloc}/.default"
@@ -160,6 +167,9 @@ class HttpFhirStore:
             if response.status_code == 201:
                 return self._write_result("created", response, resource_type, "update", resource["id"])
             result = self._write_result("updated", response, resource_type, "update", resource["id"])
+            if current is None and _first_version(response, result.resource, resource_type):
+                # Some servers answer 200 to a PUT that creates; the first version says what it did.
+                return WriteResult("created", result.resource, resource_type, result.id, result.version_id)
             if current is not None and result.version_id == _meta_version(current):
                 return WriteResult("unchanged", result.resource, resource_type, result.id, result.version_id)
             return result
@@ -200,6 +210,23 @@ class HttpFhirStore:
             raise InvalidResource(
                 f"transaction: Bundle.type must be 'transaction' or 'batch', got {bundle.get('type')!r}"
             )
+        entries = list(bundle.get("entry") or [])
+        size = self.max_transaction_entries
+        if len(entries) <= size:
+            return self._post_bundle(bundle)
+        if bundle["type"] == "transaction":
+            _check_splittable(entries, size)
+        # Over the server's limit: consecutive bundles of at most `size` entries, each all-or-nothing
+        # on its own (a failure leaves the earlier chunks applied: callers re-run idempotent writes).
+        responses: list[Resource] = []
+        for start in range(0, len(entries), size):
+            chunk = {**bundle, "entry": entries[start:start + size]}
+            responses.append(self._post_bundle(chunk))
+        merged = {k: v for k, v in responses[0].items() if k not in ("entry", "link")}
+        merged["entry"] = [entry for response in responses for entry in response.get("entry", [])]
+        return merged
+
+    def _post_bundle(self, bundle: Resource) -> Resource:
         response = self._request("POST", "", json_body=bundle, interaction="transaction", idempotent=False)
         return self._bundle(response, "transaction", "Bundle")
 
@@ -225,6 +252,11 @@ class HttpFhirStore:
         merged["entry"] = entries
         merged.setdefault("total", len(entries))
         return merged
+
+    def capabilities(self) -> Resource:
+        """The server's CapabilityStatement (`GET [base]/metadata`, FHIR R4 §3.1.0.6)."""
+        return self._resource(self._request("GET", "metadata", interaction="capabilities"), "capabilities",
+                              "metadata")
 
     # -- HTTP -----------------------------------------------------------------------------------
 
@@ -476,6 +508,34 @@ def _first_diagnostics(outcome: dict[str, Any] | None) -> str | None:
         return None
     issue = issues[0]
     return issue.get("diagnostics") or (issue.get("details") or {}).get("text") or issue.get("code")
+
+
+def _check_splittable(entries: list[Resource], size: int) -> None:
+    """A transaction split in chunks is atomic per chunk only: refuse to split one whose entries
+    depend on each other (a reference to another entry's `urn:uuid:` fullUrl, two entries on one
+    resource), which would break between chunks."""
+    targets: set[str] = set()
+    for i, entry in enumerate(entries):
+        if str(entry.get("fullUrl") or "").startswith(("urn:uuid:", "urn:oid:")):
+            raise InvalidResource(
+                f"transaction: {len(entries)} entries are over the server's limit of {size} "
+                f"(VIGIL_FHIR_TRANSACTION_SIZE) and entry {i} has a temporary fullUrl other entries may "
+                "refer to; such a transaction cannot be split"
+            )
+        url = str((entry.get("request") or {}).get("url") or "").split("?")[0]
+        if url and url in targets and "/" in url:
+            raise InvalidResource(
+                f"transaction: {len(entries)} entries are over the server's limit of {size} "
+                f"(VIGIL_FHIR_TRANSACTION_SIZE) and two entries write {url}; such a transaction cannot be split"
+            )
+        targets.add(url)
+
+
+def _first_version(response: httpx.Response, body: Resource | None, resource_type: str) -> bool:
+    location = response.headers.get("Content-Location") or response.headers.get("Location")
+    versions = {_location_ids(location, resource_type)[1], _etag_version(response.headers.get("ETag")),
+                _meta_version(body)}
+    return "1" in versions
 
 
 def _meta_version(resource: Resource | None) -> str | None:

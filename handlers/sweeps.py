@@ -7,18 +7,25 @@ episode per gap: the gap's start anchors the episode key, so the next sweep find
 
 The escalation sweep runs every minute over what may be thousands of open Tasks, almost none of
 them due. It asks the store only for the Tasks whose `escalation-due` time has come (and the few
-with no due time yet), so "nothing due" costs an index lookup, not a read of every open Task.
+with no due time yet), so "nothing due" costs an index lookup, not a read of every open Task —
+where the store says it supports that parameter (fhirstore.capabilities). A server that does not
+know it may answer the search with an empty Bundle, which would be a silent "nothing due" forever;
+on such a server the sweep reads every open Task instead, and says so once when it starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from common.clock import iso
+from fhirstore.capabilities import ParamSupport, search_param_support
 from fhirstore.errors import FhirError
 from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
@@ -133,13 +140,50 @@ def run_escalation_sweep(m: Messaging) -> EscalationReport:
 _OPEN = {"status": "requested", "_count": "1000"}
 
 
+DUE_PARAM = "escalation-due"
+_support: weakref.WeakKeyDictionary[Any, ParamSupport] = weakref.WeakKeyDictionary()
+_support_lock = threading.Lock()
+
+
+def due_search_support(store: FhirStore) -> ParamSupport:
+    """Whether `store` supports the Task `escalation-due` search, read from the server once per
+    store (a process's lifetime on Azure) and reported once: a warning when it does not, naming
+    the fallback. A transient failure of the probe raises, like the sweep's own searches would,
+    and the next sweep asks again."""
+    with _support_lock:
+        try:
+            known = _support.get(store)
+        except TypeError:  # a store that cannot be weakly referenced: ask every time
+            known = None
+    if known is not None:
+        return known
+    support = search_param_support(store, "Task", DUE_PARAM)
+    if support.supported:
+        log.info("escalation sweep: %s; it reads only the due Tasks", support.detail)
+    else:
+        log.warning(missing_due_param_message(support))
+    with _support_lock, contextlib.suppress(TypeError):
+        _support[store] = support
+    return support
+
+
+def missing_due_param_message(support: ParamSupport) -> str:
+    """The one line that tells an operator the FHIR server lacks the due-time search, and what then."""
+    return (f"the FHIR server does not support Vigil's Task search parameter '{DUE_PARAM}' ({support.detail}): "
+            "the escalation sweep reads every open Task each minute instead (correct, slower); register it "
+            "as docs/fhir-servers.md describes")
+
+
 def escalation_candidates(store: FhirStore, now: datetime) -> list[dict[str, Any]]:
     """The open Tasks the escalation sweep may have to act on at `now`, each once: those whose
     `escalation-due` time has come, and those without one that are not exhausted (a chain not
     started yet, or a Task indexed before the store knew the parameter). Waiting Tasks are not
     read. `escalation.advance` still decides each one, so reading a few extra is harmless (a
     server that ignores the parameter returns every open Task: slow, still right); missing a due
-    one is not, hence every open Task when the store rejects the parameter."""
+    one is not, hence every open Task when the store does not list the parameter (it might answer
+    an empty Bundle) or rejects it."""
+    if not due_search_support(store).supported:
+        return search_all(store, "Task", _OPEN)
     try:
         due = search_all(store, "Task", {**_OPEN, "escalation-due": f"le{iso(now)}"})
         unscheduled = search_all(store, "Task", {**_OPEN, "escalation-due:missing": "true",

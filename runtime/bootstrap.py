@@ -143,7 +143,8 @@ def _fhir_store(settings: Settings, clock: Clock) -> FhirStore:
         from azure.identity import DefaultAzureCredential
 
         credential = DefaultAzureCredential()
-    return HttpFhirStore(settings.fhir_url, credential=credential, scope=settings.fhir_scope)
+    return HttpFhirStore(settings.fhir_url, credential=credential, scope=settings.fhir_scope,
+                         max_transaction_entries=settings.fhir_transaction_size)
 
 
 def local_token(settings: Settings) -> str:

@@ -173,6 +173,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if not isinstance(clock, SystemClock):
         print(f"  clock:   resumed from the demo's as-of time ({clock.now():%Y-%m-%d %H:%M} UTC); "
               "--catch-up runs on the wall clock", flush=True)
+    from runtime.checks import server_capability_warnings
+
+    for warning in server_capability_warnings(services):
+        print(f"  warning: {warning}", file=sys.stderr, flush=True)
     try:
         host.serve_forever(stop)
     finally:

@@ -21,6 +21,9 @@ DEFAULT_CHAINS = Path(__file__).resolve().parent.parent / "notifications" / "cha
 SEND_LEDGERS = ("sqlite", "fhir")
 
 
+EVENT_SOURCES = ("auto", "eventgrid", "outbox", "poll", "rest-hook")
+
+
 class SettingsError(ValueError):
     """A setting with a value Vigil cannot use; the message names the setting."""
 
@@ -37,6 +40,17 @@ class Settings:
     # VIGIL_RULES_PATH); `rules_shipped = "false"` leaves the shipped library out.
     rules_path: tuple[Path, ...] = ()
     rules_shipped: bool = True
+    # Entries per transaction the HTTP adapter sends (larger ones go in consecutive chunks):
+    # 50 suits Medplum (at most 50 updates) and Health Data Services (at most 500); docs/fhir-servers.md.
+    fhir_transaction_size: int = 50
+    # Where FHIR change events come from (runtime/event_sources.py, docs/fhir-servers.md): auto |
+    # eventgrid | outbox | poll | rest-hook. auto: the embedded store's outbox, Event Grid for Health Data
+    # Services, polling for any other server.
+    event_source: str = "auto"
+    # rest-hook: where the FHIR server posts notifications (the fhir_notification function's URL),
+    # and the function key it sends as x-functions-key (default: the local token).
+    subscription_endpoint: str | None = None
+    subscription_key: str | None = field(default=None, repr=False)
     max_message_bytes: int = 256 * 1024
     # Ingest mapping: MedTech-compatible template files, or a shipped preset (ingest/presets).
     templates_preset: str = "vigil-generic"
@@ -96,6 +110,14 @@ class Settings:
             raise SettingsError("VIGIL_FHIR_URL must start with http:// or https://")
         if self.identity_mode.lower() not in ("lookup", "create", "lookupwithencounter"):
             raise SettingsError("VIGIL_IDENTITY_MODE must be Lookup, Create or LookupWithEncounter")
+        if self.event_source not in EVENT_SOURCES:
+            raise SettingsError(f"VIGIL_EVENT_SOURCE must be one of {', '.join(EVENT_SOURCES)}, "
+                                f"not {self.event_source!r}")
+        if self.event_source == "rest-hook" and (self.embedded or not self.subscription_endpoint):
+            raise SettingsError("VIGIL_EVENT_SOURCE=rest-hook needs VIGIL_FHIR_URL and VIGIL_SUBSCRIPTION_ENDPOINT "
+                                "(the URL the FHIR server posts notifications to)")
+        if not 1 <= self.fhir_transaction_size <= 10_000:
+            raise SettingsError("VIGIL_FHIR_TRANSACTION_SIZE must be between 1 and 10000 entries")
         if self.max_message_bytes < 1024:
             raise SettingsError("VIGIL_MAX_MESSAGE_BYTES must be at least 1024")
         if self.ack_sms_max_failures < 1:

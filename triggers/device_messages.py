@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import azure.functions as func
@@ -23,7 +24,10 @@ bp = func.Blueprint()
     event_hub_name="%VIGIL_EVENT_HUB_NAME%",
     cardinality="many",
 )
-def ingest_device_messages(events: list[func.EventHubEvent]) -> None:
+# `typing.List`, not `list[...]`: the worker's loader and azure-functions' EventHub converter
+# (`check_input_type_annotation`) recognise only `typing` generics and refuse the builtin generic
+# alias, so the worker would refuse the whole app (docs/deploy-azure.md, "Indexing").
+def ingest_device_messages(events: typing.List[func.EventHubEvent]) -> None:  # noqa: UP006
     handle_device_messages([_raw(e, i) for i, e in enumerate(events)], ingest_deps(current()))
 
 

@@ -141,10 +141,16 @@ def test_tasks_indexed_before_the_store_knew_the_parameter_still_escalate(servic
 
 
 class NoCustomParams:
-    """A FHIR server without Vigil's SearchParameter registered, in strict mode: 400 for it."""
+    """A FHIR server in strict mode that rejects Vigil's SearchParameter with a 400 although its
+    CapabilityStatement lists it (say, registered but not reindexed yet)."""
 
     def __init__(self, store: Any) -> None:
         self.store = store
+
+    def capabilities(self) -> dict[str, Any]:
+        from fhirstore.rest import capability_statement
+
+        return capability_statement("")
 
     def search(self, resource_type: str, params: SearchParams | None = None) -> SearchResult:
         if any(key.startswith("escalation-due") for key in params or {}):

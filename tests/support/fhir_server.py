@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from fhirstore import rest
 from fhirstore.errors import operation_outcome
@@ -22,10 +22,15 @@ MAX_BODY = 32 * 1024 * 1024
 
 
 @contextmanager
-def serve_store(store: FhirStore, token: str | None = None) -> Iterator[str]:
+def serve_store(store: FhirStore, token: str | None = None, *,
+                unknown_params: dict[str, set[str]] | None = None) -> Iterator[str]:
     """Serve `store` on 127.0.0.1 (a free port) and yield its FHIR base URL `http://127.0.0.1:PORT/fhir`.
-    With `token`, every request must carry `Authorization: Bearer <token>` (401 otherwise)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(store, token))
+    With `token`, every request must carry `Authorization: Bearer <token>` (401 otherwise).
+
+    `unknown_params` (type -> parameter codes) makes it a server that does not know those search
+    parameters, the way Medplum treats one: `/metadata` does not list them, and a search that uses
+    one (with or without a modifier) answers an empty searchset Bundle instead of an error."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(store, token, unknown_params or {}))
     server.daemon_threads = True
     base_url = f"http://127.0.0.1:{server.server_address[1]}{PREFIX}"
     server.base_url = base_url  # type: ignore[attr-defined]
@@ -40,7 +45,8 @@ def serve_store(store: FhirStore, token: str | None = None) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-def _handler_class(store: FhirStore, token: str | None) -> type[BaseHTTPRequestHandler]:
+def _handler_class(store: FhirStore, token: str | None,
+                   unknown_params: dict[str, set[str]]) -> type[BaseHTTPRequestHandler]:
     class FhirHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -59,8 +65,15 @@ def _handler_class(store: FhirStore, token: str | None) -> type[BaseHTTPRequestH
                 self._send(401, _outcome("login", "missing or invalid bearer token"),
                            {"WWW-Authenticate": "Bearer"})
                 return
-            response = rest.handle(store, self.command, url.path[len(PREFIX):], url.query,
+            path = url.path[len(PREFIX):]
+            if self.command == "GET" and _uses_unknown(path, url.query, unknown_params):
+                empty = {"resourceType": "Bundle", "type": "searchset", "total": 0, "entry": []}
+                self._send(200, json.dumps(empty).encode(), {})
+                return
+            response = rest.handle(store, self.command, path, url.query,
                                    dict(self.headers.items()), body, self.server.base_url)  # type: ignore[attr-defined]
+            if self.command == "GET" and path.strip("/") == "metadata" and unknown_params and response.status == 200:
+                response = rest.RestResponse(200, response.headers, _without_params(response.body, unknown_params))
             self._send(response.status, response.body, response.headers)
 
         do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _serve
@@ -80,6 +93,20 @@ def _handler_class(store: FhirStore, token: str | None) -> type[BaseHTTPRequestH
             """Silent: request lines carry search values (identifiers, phone numbers)."""
 
     return FhirHandler
+
+
+def _uses_unknown(path: str, query: str, unknown: dict[str, set[str]]) -> bool:
+    codes = unknown.get(path.strip("/"))
+    return bool(codes) and any(name.split(":")[0] in codes for name, _ in parse_qsl(query, keep_blank_values=True))
+
+
+def _without_params(body: bytes, unknown: dict[str, set[str]]) -> bytes:
+    statement = json.loads(body)
+    for rest_entry in statement.get("rest", []):
+        for resource in rest_entry.get("resource", []):
+            codes = unknown.get(resource.get("type"), set())
+            resource["searchParam"] = [p for p in resource.get("searchParam", []) if p.get("name") not in codes]
+    return json.dumps(statement).encode()
 
 
 def _authorized(header: str | None, token: str) -> bool:
