@@ -28,6 +28,7 @@ from hypercorn.utils import wrap_app
 
 from fhirstore import rest
 from fhirstore.errors import operation_outcome
+from runtime.event_webhook import add_event_grid_webhook
 from runtime.host import FunctionSpec, LocalHost
 from runtime.http_app import ALL_METHODS, HttpApp, Limits, Request, Response, RouteRegistry, json_error
 from runtime.settings import Settings
@@ -59,6 +60,7 @@ def build_app(host: LocalHost, token: str, limits: Limits | None = None) -> Http
         return Response(resp.status, dict(resp.headers), resp.body)
 
     registry.add("/fhir", fhir, methods=ALL_METHODS, auth="key", prefix=True, name="fhir", errors=fhir_error)
+    add_event_grid_webhook(registry, host)
     for spec in host.http_functions():
         add_function_route(registry, host, spec)
     return HttpApp(token, registry, limits)
