@@ -255,8 +255,9 @@ def _base_url(scope: Mapping[str, Any], headers: Mapping[str, str]) -> str:
 
 
 async def _send(send: Callable[[Any], Any], response: Response, *, head: bool) -> None:
-    headers = [(k.lower().encode("latin-1"), str(v).encode("latin-1")) for k, v in response.headers.items()
-               if k.lower() != "content-length"]
+    # HTTP header values are octets (RFC 9110 §5.5); a handler's stray non-Latin-1 character becomes "?".
+    headers = [(k.lower().encode("latin-1", "replace"), str(v).encode("latin-1", "replace"))
+               for k, v in response.headers.items() if k.lower() != "content-length"]
     headers.append((b"content-length", str(len(response.body)).encode()))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": b"" if head else response.body})

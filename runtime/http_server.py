@@ -18,6 +18,7 @@ import re
 import resource
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ from runtime.settings import Settings
 log = logging.getLogger(__name__)
 
 DEFAULT_IDLE_TIMEOUT_S = 10.0
+HANDLER_THREADS = 32
 # The request line and headers together (h11's incomplete-event limit): a client that sends more
 # without finishing its headers gets 431/400 and is disconnected.
 MAX_HEADER_BYTES = 64 * 1024
@@ -155,6 +157,9 @@ class HttpServer:
 
     async def _serve(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # Handlers run here (runtime/http_app.py); asyncio's default pool is cpu + 4 threads, which a
+        # few slow ingest batches would fill ahead of a health check.
+        self._loop.set_default_executor(ThreadPoolExecutor(max_workers=HANDLER_THREADS, thread_name_prefix="vigil-http"))
         self._stop = asyncio.Event()
         self._started.set()
         await worker_serve(wrap_app(self.app, self.config.wsgi_max_body_size, "asgi"), self.config,
