@@ -29,9 +29,10 @@ from hypercorn.utils import wrap_app
 
 from fhirstore import rest
 from fhirstore.errors import operation_outcome
+from fhirstore.port import FhirStore
 from runtime.event_webhook import add_event_grid_webhook
 from runtime.host import FunctionSpec, LocalHost
-from runtime.http_app import ALL_METHODS, HttpApp, Limits, Request, Response, RouteRegistry, json_error
+from runtime.http_app import ALL_METHODS, Auth, HttpApp, Limits, Request, Response, RouteRegistry, json_error
 from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -54,18 +55,22 @@ class ServerLimits:
 def build_app(host: LocalHost, token: str, limits: Limits | None = None) -> HttpApp:
     """Vigil's routes on one registry: /fhir, then every HTTP-trigger function under /api."""
     registry = RouteRegistry()
-    store = host.services.store
-
-    def fhir(request: Request) -> Response:
-        resp = rest.handle(store, request.method, request.route_params.get("rest", ""), request.query,
-                           request.headers, request.body, request.base_url + "/fhir")
-        return Response(resp.status, dict(resp.headers), resp.body)
-
-    registry.add("/fhir", fhir, methods=ALL_METHODS, auth="key", prefix=True, name="fhir", errors=fhir_error)
+    add_fhir_route(registry, host.services.store)
     add_event_grid_webhook(registry, host)
     for spec in host.http_functions():
         add_function_route(registry, host, spec)
     return HttpApp(token, registry, limits)
+
+
+def add_fhir_route(registry: RouteRegistry, store: FhirStore, *, path: str = "/fhir", auth: Auth = "key") -> None:
+    """The store's FHIR REST facade (fhirstore/rest.py) under `path`."""
+
+    def fhir(request: Request) -> Response:
+        resp = rest.handle(store, request.method, request.route_params.get("rest", ""), request.query,
+                           request.headers, request.body, request.base_url + path)
+        return Response(resp.status, dict(resp.headers), resp.body)
+
+    registry.add(path, fhir, methods=ALL_METHODS, auth=auth, prefix=True, name="fhir", errors=fhir_error)
 
 
 def add_function_route(registry: RouteRegistry, host: LocalHost, spec: FunctionSpec) -> None:

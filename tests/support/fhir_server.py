@@ -1,21 +1,18 @@
 """A loopback HTTP server that serves a `FhirStore` through `fhirstore.rest.handle`.
 
-Used by integration tests to point real FHIR clients (fhirpy, httpx) at the embedded store.
+Used by integration tests to point real FHIR clients (fhirpy, httpx, the HTTP adapter) at the
+embedded store. It is the production server (runtime/http_server.py: the ASGI app on hypercorn)
+with only the /fhir route, so the facade is tested as `vigil serve` serves it.
 """
 
 from __future__ import annotations
 
-import hmac
-import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
 
-from fhirstore import rest
-from fhirstore.errors import operation_outcome
 from fhirstore.port import FhirStore
+from runtime.http_app import HttpApp, Limits, RouteRegistry
+from runtime.http_server import HttpServer, add_fhir_route
 
 PREFIX = "/fhir"
 MAX_BODY = 32 * 1024 * 1024
@@ -24,68 +21,12 @@ MAX_BODY = 32 * 1024 * 1024
 @contextmanager
 def serve_store(store: FhirStore, token: str | None = None) -> Iterator[str]:
     """Serve `store` on 127.0.0.1 (a free port) and yield its FHIR base URL `http://127.0.0.1:PORT/fhir`.
-    With `token`, every request must carry `Authorization: Bearer <token>` (401 otherwise)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(store, token))
-    server.daemon_threads = True
-    base_url = f"http://127.0.0.1:{server.server_address[1]}{PREFIX}"
-    server.base_url = base_url  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fhir-test-server",
-                              daemon=True)
-    thread.start()
+    With `token`, every request must carry it (`Authorization: Bearer <token>`; 401 otherwise)."""
+    registry = RouteRegistry()
+    add_fhir_route(registry, store, path=PREFIX, auth="key" if token is not None else "anonymous")
+    server = HttpServer(HttpApp(token or "", registry, Limits(max_body_bytes=MAX_BODY)), ("127.0.0.1", 0))
+    server.start()
     try:
-        yield base_url
+        yield server.url + PREFIX
     finally:
         server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-
-
-def _handler_class(store: FhirStore, token: str | None) -> type[BaseHTTPRequestHandler]:
-    class FhirHandler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def _serve(self) -> None:
-            url = urlsplit(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                self._send(413, _outcome("too-costly", f"request body over {MAX_BODY} bytes"), {})
-                self.close_connection = True
-                return
-            body = self.rfile.read(length) if length else b""
-            if url.path != PREFIX and not url.path.startswith(PREFIX + "/"):
-                self._send(404, _outcome("not-found", f"FHIR lives under {PREFIX}/"), {})
-                return
-            if token is not None and not _authorized(self.headers.get("Authorization"), token):
-                self._send(401, _outcome("login", "missing or invalid bearer token"),
-                           {"WWW-Authenticate": "Bearer"})
-                return
-            response = rest.handle(store, self.command, url.path[len(PREFIX):], url.query,
-                                   dict(self.headers.items()), body, self.server.base_url)  # type: ignore[attr-defined]
-            self._send(response.status, response.body, response.headers)
-
-        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _serve
-
-        def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            if body and "Content-Type" not in headers:
-                self.send_header("Content-Type", rest.FHIR_JSON)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            """Silent: request lines carry search values (identifiers, phone numbers)."""
-
-    return FhirHandler
-
-
-def _authorized(header: str | None, token: str) -> bool:
-    scheme, _, presented = (header or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode())
-
-
-def _outcome(code: str, text: str) -> bytes:
-    return json.dumps(operation_outcome("error", code, text)).encode()
