@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhirstore.errors import ResourceGone, ResourceNotFound
-from fhirstore.events import InvalidEvent, parse_event
+from fhirstore.events import EVENT_TYPES, InvalidEvent, parse_event
 from fhirstore.port import FhirStore
 from handlers.alerting import act_on_firing
 from handlers.messaging import Messaging
@@ -51,7 +51,19 @@ class EventDeps:
         return self.messaging.store
 
 
+# Events of types Vigil does not handle, by type, in this process: a topic shared with other
+# services (DICOM events on a Health Data Services workspace) or Event Grid's own subscription
+# validation event. They are well-formed events meant for someone else: counted, not dead-lettered.
+IGNORED_EVENT_TYPES: Counter[str] = Counter()
+
+
 def handle_fhir_event(payload: dict[str, Any], deps: EventDeps) -> EventOutcome:
+    event_type = (payload.get("eventType") or payload.get("type")) if isinstance(payload, dict) else None
+    if isinstance(event_type, str) and event_type and event_type not in EVENT_TYPES:
+        name = event_type[:120]
+        IGNORED_EVENT_TYPES[name] += 1
+        log.info("ignored an event of type %s (%d of that type so far)", name, IGNORED_EVENT_TYPES[name])
+        return EventOutcome("ignored")
     try:
         event = parse_event(payload)
     except InvalidEvent as exc:

@@ -143,7 +143,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     settings.require_contact_phone()
     from runtime.bootstrap import bootstrap, local_token
     from runtime.host import HostAlreadyRunning, LocalHost
-    from runtime.http_server import make_server
+    from runtime.http_server import make_server, server_limits
 
     clock = serve_clock(settings, catch_up=args.catch_up)
     services = bootstrap(settings, clock=clock)
@@ -155,7 +155,13 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     token = local_token(settings)
     address = (args.host or settings.http_host, args.port if args.port is not None else settings.http_port)
-    server = make_server(host, token, address)
+    try:
+        server = make_server(host, token, address, server_limits(settings))
+    except OSError as exc:
+        print(f"vigil: cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}", file=sys.stderr)
+        host.release()
+        services.close()
+        return 1
     stop = threading.Event()
 
     def _stop(*_: object) -> None:
@@ -163,9 +169,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    http_thread = threading.Thread(target=server.serve_forever, name="vigil-http", daemon=True)
-    http_thread.start()
-    bound = f"http://{server.server_address[0]}:{server.server_address[1]}"
+    server.start()
+    bound = server.url
     print(f"Vigil local host on {bound}  (data: {settings.data_dir})", flush=True)
     print(f"  FHIR:    {bound}/fhir   functions: {bound}/api/<route>", flush=True)
     print(f"  token:   in {settings.path('local-token')} (send as 'Authorization: Bearer <token>')", flush=True)
@@ -181,7 +186,6 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         host.serve_forever(stop)
     finally:
         server.shutdown()
-        server.server_close()
         host.release()
         services.close()
     return 0

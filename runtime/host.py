@@ -5,7 +5,7 @@ way the Azure Functions host would, building the same `azure.functions` binding 
   eventHubTrigger  <- the local bus queue "eh:<event hub name>" (batches for cardinality many)
   eventGridTrigger <- the embedded FHIR store's event outbox, relayed to "eg:<function name>"
   timerTrigger     <- a scheduler honouring the 6-field NCRONTAB schedule (seconds first)
-  httpTrigger      <- runtime.http_server (routes /api/<route>)
+  httpTrigger      <- runtime.http_server's ASGI app (routes /api/<route>, served by hypercorn)
 A failed invocation is retried by the bus with backoff and dead-lettered after the last attempt.
 """
 
@@ -31,6 +31,7 @@ from croniter import croniter
 
 from runtime.bootstrap import WORKFLOW_EVENTS, Services, install
 from runtime.bus import Lease
+from runtime.http_app import route_pattern
 
 log = logging.getLogger(__name__)
 
@@ -365,12 +366,4 @@ def ncrontab_to_croniter(schedule: str) -> str:
 
 def route_regex(route: str) -> re.Pattern[str]:
     """Functions route templates: {name}, {name?} and {name:constraint} segments."""
-    pattern = ""
-    for segment in route.strip("/").split("/"):
-        m = re.fullmatch(r"\{(\w+)(?::[^}?]+)?(\?)?\}", segment)
-        if m:
-            name, optional = m.group(1), m.group(2)
-            pattern += f"(?:/(?P<{name}>[^/]+))?" if optional else f"/(?P<{name}>[^/]+)"
-        else:
-            pattern += "/" + re.escape(segment)
-    return re.compile("^" + pattern + "/?$")
+    return route_pattern(route)

@@ -1,147 +1,208 @@
-"""The local HTTP server: /api/<route> to the app's HTTP-trigger functions, /fhir to the store.
+"""The local HTTP server: Vigil's ASGI app (runtime/http_app.py) served by hypercorn.
 
+Routes: /api/<route> to the app's HTTP-trigger functions, /fhir to the store's REST facade.
 Authentication mirrors Azure: functions with auth level "function" or "admin" need the key (here
 the local token) in `x-functions-key`, a `code` query parameter, or `Authorization: Bearer`;
 "anonymous" functions do not. /fhir always needs the token.
+
+Why hypercorn, and which limits bound a slow or hostile client: docs/decisions.md
+("The local HTTP server").
 """
 
 from __future__ import annotations
 
-import hmac
+import asyncio
 import json
 import logging
+import re
+import resource
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from dataclasses import dataclass
 
 import azure.functions as func
+from hypercorn.asyncio.run import worker_serve
+from hypercorn.config import Config
+from hypercorn.utils import wrap_app
 
 from fhirstore import rest
-from runtime.host import LocalHost
+from fhirstore.errors import operation_outcome
+from fhirstore.port import FhirStore
+from runtime.event_webhook import add_event_grid_webhook
+from runtime.host import FunctionSpec, LocalHost
+from runtime.http_app import ALL_METHODS, Auth, HttpApp, Limits, Request, Response, RouteRegistry, json_error
+from runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 16 * 1024 * 1024
+DEFAULT_IDLE_TIMEOUT_S = 10.0
+HANDLER_THREADS = 32
+# The request line and headers together (h11's incomplete-event limit): a client that sends more
+# without finishing its headers gets 431/400 and is disconnected.
+MAX_HEADER_BYTES = 64 * 1024
 
 
-def make_server(host: LocalHost, token: str, address: tuple[str, int]) -> ThreadingHTTPServer:
-    services = host.services
+@dataclass(frozen=True)
+class ServerLimits:
+    # A connection that has not completed its request headers this long after connecting (or
+    # after its previous response) is closed, and so is one whose socket goes silent this long.
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    body: Limits = Limits()
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-            # Paths can carry identifiers: log the method and status only.
-            log.debug("http %s", self.command)
+def build_app(host: LocalHost, token: str, limits: Limits | None = None) -> HttpApp:
+    """Vigil's routes on one registry: /fhir, then every HTTP-trigger function under /api."""
+    registry = RouteRegistry()
+    add_fhir_route(registry, host.services.store)
+    add_event_grid_webhook(registry, host)
+    for spec in host.http_functions():
+        add_function_route(registry, host, spec)
+    return HttpApp(token, registry, limits)
 
-        def _authorized(self, query: dict[str, str]) -> bool:
-            supplied = self.headers.get("x-functions-key") or query.get("code") or ""
-            auth = self.headers.get("Authorization", "")
-            if auth.lower().startswith("bearer "):
-                supplied = auth[7:].strip()
-            return hmac.compare_digest(supplied.encode(), token.encode())
 
-        def _send(self, status: int, headers: dict[str, str], body: bytes) -> None:
-            self.send_response(status)
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+def add_fhir_route(registry: RouteRegistry, store: FhirStore, *, path: str = "/fhir", auth: Auth = "key") -> None:
+    """The store's FHIR REST facade (fhirstore/rest.py) under `path`."""
 
-        def _error(self, status: int, message: str) -> None:
-            self._send(status, {"Content-Type": "application/json"}, json.dumps({"error": message}).encode())
+    def fhir(request: Request) -> Response:
+        resp = rest.handle(store, request.method, request.route_params.get("rest", ""), request.query,
+                           request.headers, request.body, request.base_url + path)
+        return Response(resp.status, dict(resp.headers), resp.body)
 
-        def _body(self) -> bytes | None:
-            text = self.headers.get("Content-Length") or "0"
-            if not text.isdigit():
-                self._refuse(400, "Content-Length must be a non-negative integer")
-                return None
-            length = int(text)
-            if length > MAX_BODY:
-                self._refuse(413, f"request body over {MAX_BODY} bytes")
-                return None
-            return self.rfile.read(length) if length else b""
+    registry.add(path, fhir, methods=ALL_METHODS, auth=auth, prefix=True, name="fhir", errors=fhir_error)
 
-        def _refuse(self, status: int, message: str) -> None:
-            # The body was not read: close the connection rather than parse it as the next request.
-            self.close_connection = True
-            self._error(status, message)
 
-        def _handle(self) -> None:
-            parts = urlsplit(self.path)
-            query = dict(parse_qsl(parts.query, keep_blank_values=True))
-            # Route and authenticate before reading a body: no one gets 16 MB read without the key.
-            if parts.path == "/fhir" or parts.path.startswith("/fhir/"):
-                if not self._authorized(query):
-                    self._refuse(401, "missing or wrong token")
-                    return
-                body = self._body()
-                if body is None:
-                    return
-                base = "http://" + self.headers.get("Host", f"{address[0]}:{address[1]}") + "/fhir"
-                resp = rest.handle(services.store, self.command, parts.path[len("/fhir"):].lstrip("/"),
-                                   parts.query, dict(self.headers.items()), body, base)
-                self._send(resp.status, resp.headers, resp.body)
-                return
-            if not parts.path.startswith("/api/"):
-                self._refuse(404, "not found")
-                return
-            sub = parts.path[len("/api"):]
-            for spec in host.http_functions():
-                assert spec.route_regex is not None
-                m = spec.route_regex.match(sub)
-                if not m:
-                    continue
-                if self.command not in spec.methods:
-                    self._refuse(405, f"method {self.command} not allowed")
-                    return
-                if spec.auth_level != "anonymous" and not self._authorized(query):
-                    self._refuse(401, "missing or wrong function key")
-                    return
-                body = self._body()
-                if body is None:
-                    return
-                request = func.HttpRequest(
-                    method=self.command,
-                    url=f"http://{address[0]}:{address[1]}{self.path}",
-                    headers=dict(self.headers.items()),
-                    params=query,
-                    route_params={k: v for k, v in m.groupdict().items() if v is not None},
-                    body=body,
-                )
-                try:
-                    response = spec.call(**{spec.arg_name: request})
-                except Exception as exc:
-                    host.stats.count(spec.name, ok=False)
-                    log.warning("http function %s failed: %s", spec.name, type(exc).__name__)
-                    self._error(500, "internal error")
-                    return
-                host.stats.count(spec.name, ok=True)
-                headers = dict(response.headers.items())
-                headers.setdefault("Content-Type", response.mimetype or "text/plain")
-                self._send(response.status_code, headers, response.get_body())
-                return
-            self._refuse(404, "no function has that route")
+def add_function_route(registry: RouteRegistry, host: LocalHost, spec: FunctionSpec) -> None:
+    """An HTTP-trigger function of function_app.py, called with the `azure.functions` request the
+    Functions host would build, under /api as on Azure."""
+    assert spec.route_regex is not None
+    regex = re.compile("^/api" + spec.route_regex.pattern.removeprefix("^"))
 
-        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
+    def call(request: Request) -> Response:
+        req = func.HttpRequest(method=request.method, url=request.url, headers=dict(request.headers),
+                               params=request.params, route_params=dict(request.route_params), body=request.body)
+        try:
+            response = spec.call(**{spec.arg_name: req})
+        except Exception as exc:
+            host.stats.count(spec.name, ok=False)
+            log.warning("http function %s failed: %s", spec.name, type(exc).__name__)
+            return json_error(500, "internal error")
+        host.stats.count(spec.name, ok=True)
+        headers = dict(response.headers.items())
+        headers.setdefault("Content-Type", response.mimetype or "text/plain")
+        return Response(response.status_code, headers, response.get_body())
 
-    server = ThreadingHTTPServer(address, Handler)
-    server.daemon_threads = True
-    return server
+    auth = "anonymous" if spec.auth_level == "anonymous" else "key"
+    registry.add_pattern(regex, call, methods=spec.methods, auth=auth, name=spec.name)
+
+
+def fhir_error(status: int, message: str) -> Response:
+    code = {401: "login", 405: "not-supported", 408: "timeout", 413: "too-costly"}.get(status, "exception")
+    body = json.dumps(operation_outcome("error", code, message)).encode()
+    headers = {"Content-Type": rest.FHIR_JSON}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return Response(status, headers, body)
+
+
+def connection_capacity() -> int:
+    """How many connections this process can hold open: its file-descriptor limit, raised to the
+    hard limit. Hypercorn runs each connection as an asyncio task, not a thread, so descriptors,
+    not threads, are what runs out; the idle timeout gives them back."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return int(soft)
+
+
+class HttpServer:
+    """Hypercorn serving an ASGI app on its own thread and event loop.
+
+    The socket is bound in the constructor, so `address` is known (port 0 picks a free port)."""
+
+    def __init__(self, app: HttpApp, address: tuple[str, int], limits: ServerLimits | None = None) -> None:
+        limits = limits or ServerLimits()
+        config = Config()
+        host, port = address
+        config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        config.keep_alive_timeout = limits.idle_timeout_s  # also bounds the wait for a request's headers
+        config.read_timeout = limits.idle_timeout_s  # type: ignore[assignment]  # a silent socket
+        config.h11_max_incomplete_size = MAX_HEADER_BYTES
+        config.backlog = 1024  # a burst of connects waits in the kernel, not refused
+        config.accesslog = None  # request lines carry identifiers and search values: no access log
+        config.errorlog = logging.getLogger("hypercorn.error")
+        config.include_server_header = False
+        config.graceful_timeout = 5.0
+        self.app = app
+        self.config = config
+        self.capacity = connection_capacity()
+        self._sockets = config.create_sockets()
+        for sock in self._sockets.insecure_sockets:
+            sock.listen(config.backlog)  # connects from now on wait in the kernel until the loop accepts
+        name = self._sockets.insecure_sockets[0].getsockname()
+        self.address: tuple[str, int] = (name[0], name[1])
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.address[0]}]" if ":" in self.address[0] else self.address[0]
+        return f"http://{host}:{self.address[1]}"
+
+    def serve_forever(self) -> None:
+        """Serve until `shutdown()`; blocks the calling thread."""
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        # Handlers run here (runtime/http_app.py); asyncio's default pool is cpu + 4 threads, which a
+        # few slow ingest batches would fill ahead of a health check.
+        self._loop.set_default_executor(ThreadPoolExecutor(max_workers=HANDLER_THREADS, thread_name_prefix="vigil-http"))
+        self._stop = asyncio.Event()
+        self._started.set()
+        await worker_serve(wrap_app(self.app, self.config.wsgi_max_body_size, "asgi"), self.config,
+                           sockets=self._sockets, shutdown_trigger=self._stop.wait)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.serve_forever, name="vigil-http", daemon=True)
+        self._thread.start()
+        self._started.wait(10)
+
+    def shutdown(self) -> None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout=self.config.graceful_timeout + 5)
+        for sock in self._sockets.insecure_sockets:
+            sock.close()
+
+
+def server_limits(settings: Settings) -> ServerLimits:
+    return ServerLimits(idle_timeout_s=settings.http_idle_timeout_s,
+                        body=Limits(max_body_bytes=settings.http_max_body_bytes,
+                                    body_timeout_s=settings.http_body_timeout_s))
+
+
+def make_server(host: LocalHost, token: str, address: tuple[str, int],
+                limits: ServerLimits | None = None) -> HttpServer:
+    limits = limits or ServerLimits()
+    return HttpServer(build_app(host, token, limits.body), address, limits)
 
 
 @contextmanager
-def running_server(host: LocalHost, token: str, address: tuple[str, int] = ("127.0.0.1", 0)) -> Iterator[str]:
-    """Run the server in a thread; yields its base URL (http://127.0.0.1:PORT)."""
-    server = make_server(host, token, address)
-    thread = threading.Thread(target=server.serve_forever, name="vigil-http", daemon=True)
-    thread.start()
+def running_server(host: LocalHost, token: str, address: tuple[str, int] = ("127.0.0.1", 0),
+                   limits: ServerLimits | None = None) -> Iterator[str]:
+    """Run the server on a thread; yields its base URL (http://127.0.0.1:PORT)."""
+    server = make_server(host, token, address, limits)
+    server.start()
     try:
-        yield f"http://{server.server_address[0]}:{server.server_address[1]}"
+        yield server.url
     finally:
         server.shutdown()
-        server.server_close()

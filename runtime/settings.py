@@ -61,6 +61,12 @@ class Settings:
     event_hub_name: str = "device-messages"
     http_host: str = "127.0.0.1"
     http_port: int = 7071
+    # `vigil serve` limits (docs/decisions.md, "The local HTTP server"): a connection that has not
+    # sent its request headers within the idle timeout (or goes silent that long) is closed; a body
+    # must arrive within the body timeout; a body over the limit is refused with 413 unread.
+    http_idle_timeout_s: float = 10.0
+    http_body_timeout_s: float = 60.0
+    http_max_body_bytes: int = 16 * 1024 * 1024
     local_token: str | None = field(default=None, repr=False)
     bus_max_attempts: int = 5
     bus_visibility_timeout_s: float = 60.0
@@ -124,6 +130,10 @@ class Settings:
             raise SettingsError("VIGIL_ACK_SMS_MAX_FAILURES must be at least 1")
         if self.ack_sms_failure_window_s <= 0 or self.ack_sms_lockout_s <= 0:
             raise SettingsError("VIGIL_ACK_SMS_FAILURE_WINDOW_S and VIGIL_ACK_SMS_LOCKOUT_S must be positive")
+        if self.http_idle_timeout_s <= 0 or self.http_body_timeout_s <= 0:
+            raise SettingsError("VIGIL_HTTP_IDLE_TIMEOUT_S and VIGIL_HTTP_BODY_TIMEOUT_S must be positive")
+        if self.http_max_body_bytes < 1024:
+            raise SettingsError("VIGIL_HTTP_MAX_BODY_BYTES must be at least 1024")
         if self.send_ledger is not None and self.send_ledger.strip().lower() not in SEND_LEDGERS:
             raise SettingsError(f"VIGIL_SEND_LEDGER must be 'sqlite' or 'fhir', not {self.send_ledger!r}")
 

@@ -1,21 +1,21 @@
 """A loopback HTTP server that serves a `FhirStore` through `fhirstore.rest.handle`.
 
-Used by integration tests to point real FHIR clients (fhirpy, httpx) at the embedded store.
+Used by integration tests to point real FHIR clients (fhirpy, httpx, the HTTP adapter) at the
+embedded store. It is the production server (runtime/http_server.py: the ASGI app on hypercorn)
+with only the /fhir route, so the facade is tested as `vigil serve` serves it.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 from fhirstore import rest
-from fhirstore.errors import operation_outcome
 from fhirstore.port import FhirStore
+from runtime.http_app import ALL_METHODS, HttpApp, Limits, Request, Response, RouteRegistry
+from runtime.http_server import HttpServer, add_fhir_route, fhir_error
 
 PREFIX = "/fhir"
 MAX_BODY = 32 * 1024 * 1024
@@ -25,74 +25,41 @@ MAX_BODY = 32 * 1024 * 1024
 def serve_store(store: FhirStore, token: str | None = None, *,
                 unknown_params: dict[str, set[str]] | None = None) -> Iterator[str]:
     """Serve `store` on 127.0.0.1 (a free port) and yield its FHIR base URL `http://127.0.0.1:PORT/fhir`.
-    With `token`, every request must carry `Authorization: Bearer <token>` (401 otherwise).
+    With `token`, every request must carry it (`Authorization: Bearer <token>`; 401 otherwise).
 
     `unknown_params` (type -> parameter codes) makes it a server that does not know those search
     parameters, the way Medplum treats one: `/metadata` does not list them, and a search that uses
     one (with or without a modifier) answers an empty searchset Bundle instead of an error."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(store, token, unknown_params or {}))
-    server.daemon_threads = True
-    base_url = f"http://127.0.0.1:{server.server_address[1]}{PREFIX}"
-    server.base_url = base_url  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fhir-test-server",
-                              daemon=True)
-    thread.start()
+    registry = RouteRegistry()
+    auth = "key" if token is not None else "anonymous"
+    if unknown_params:
+        _add_forgetful_fhir_route(registry, store, unknown_params, auth=auth)
+    else:
+        add_fhir_route(registry, store, path=PREFIX, auth=auth)
+    server = HttpServer(HttpApp(token or "", registry, Limits(max_body_bytes=MAX_BODY)), ("127.0.0.1", 0))
+    server.start()
     try:
-        yield base_url
+        yield server.url + PREFIX
     finally:
         server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
-def _handler_class(store: FhirStore, token: str | None,
-                   unknown_params: dict[str, set[str]]) -> type[BaseHTTPRequestHandler]:
-    class FhirHandler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+def _add_forgetful_fhir_route(registry: RouteRegistry, store: FhirStore, unknown: dict[str, set[str]],
+                              *, auth: str) -> None:
+    def fhir(request: Request) -> Response:
+        path = request.route_params.get("rest", "")
+        if request.method == "GET" and _uses_unknown(path, request.query, unknown):
+            empty = {"resourceType": "Bundle", "type": "searchset", "total": 0, "entry": []}
+            return Response(200, {"Content-Type": rest.FHIR_JSON}, json.dumps(empty).encode())
+        resp = rest.handle(store, request.method, path, request.query, request.headers, request.body,
+                           request.base_url + PREFIX)
+        body = resp.body
+        if request.method == "GET" and path.strip("/") == "metadata" and resp.status == 200:
+            body = _without_params(body, unknown)
+        return Response(resp.status, dict(resp.headers), body)
 
-        def _serve(self) -> None:
-            url = urlsplit(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_BODY:
-                self._send(413, _outcome("too-costly", f"request body over {MAX_BODY} bytes"), {})
-                self.close_connection = True
-                return
-            body = self.rfile.read(length) if length else b""
-            if url.path != PREFIX and not url.path.startswith(PREFIX + "/"):
-                self._send(404, _outcome("not-found", f"FHIR lives under {PREFIX}/"), {})
-                return
-            if token is not None and not _authorized(self.headers.get("Authorization"), token):
-                self._send(401, _outcome("login", "missing or invalid bearer token"),
-                           {"WWW-Authenticate": "Bearer"})
-                return
-            path = url.path[len(PREFIX):]
-            if self.command == "GET" and _uses_unknown(path, url.query, unknown_params):
-                empty = {"resourceType": "Bundle", "type": "searchset", "total": 0, "entry": []}
-                self._send(200, json.dumps(empty).encode(), {})
-                return
-            response = rest.handle(store, self.command, path, url.query,
-                                   dict(self.headers.items()), body, self.server.base_url)  # type: ignore[attr-defined]
-            if self.command == "GET" and path.strip("/") == "metadata" and unknown_params and response.status == 200:
-                response = rest.RestResponse(200, response.headers, _without_params(response.body, unknown_params))
-            self._send(response.status, response.body, response.headers)
-
-        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _serve
-
-        def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-            self.send_response(status)
-            for name, value in headers.items():
-                self.send_header(name, value)
-            if body and "Content-Type" not in headers:
-                self.send_header("Content-Type", rest.FHIR_JSON)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            """Silent: request lines carry search values (identifiers, phone numbers)."""
-
-    return FhirHandler
+    registry.add(PREFIX, fhir, methods=ALL_METHODS, auth=auth, prefix=True, name="fhir",  # type: ignore[arg-type]
+                 errors=fhir_error)
 
 
 def _uses_unknown(path: str, query: str, unknown: dict[str, set[str]]) -> bool:
@@ -107,12 +74,3 @@ def _without_params(body: bytes, unknown: dict[str, set[str]]) -> bytes:
             codes = unknown.get(resource.get("type"), set())
             resource["searchParam"] = [p for p in resource.get("searchParam", []) if p.get("name") not in codes]
     return json.dumps(statement).encode()
-
-
-def _authorized(header: str | None, token: str) -> bool:
-    scheme, _, presented = (header or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), token.encode())
-
-
-def _outcome(code: str, text: str) -> bytes:
-    return json.dumps(operation_outcome("error", code, text)).encode()
