@@ -62,6 +62,7 @@ def test_ingest_then_dead_letters_list_show_and_replay_after_the_fix(data_dir: P
     assert main([*base, "ingest", str(f)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["new_observations"], report["dead_lettered"]) == (1, 1)
+    assert (report["received"], report["written"], report["superseded"], report["unaccounted"]) == (2, 1, 0, 0)
 
     assert main([*base, "dead-letters", "list"]) == 0
     listing = capsys.readouterr().out
