@@ -272,28 +272,48 @@ class _Batch:
         while ms:
             [group] = group_measurements(ms)
             sources = list(dict.fromkeys(self.owner[id(m)] for m in group.measurements))
-            culprits: dict[int, MessageError]
-            try:
-                who = self.deps.identity.resolve(group)
-            except MappingFailure as failure:  # identity is the key's: every reading of it fails alike
-                culprits = dict.fromkeys({self.owner[id(m)] for m in ms}, failure.to_error(type_name=group.type))
-            except POISON_AT_STORE as exc:
-                culprits = dict.fromkeys({self.owner[id(m)] for m in ms}, poison_error(exc, "resolving identities"))
-            else:
-                try:
-                    changes = self._changes(group, who, plan)
-                except (MappingFailure, *POISON_AT_STORE) as exc:
-                    culprits = self._culprits(group, who, sources, plan, _error(exc, group))
-                else:
-                    plan.add(changes, set(sources))
-                    self._record(ms, group, plan)
-                    return True
+            culprits = self._invalid_replaced(ms, group) or self._map_group(ms, group, sources, plan)
+            if not culprits:
+                return True
             for i, error in culprits.items():
                 self.park(i, error)
             if plan.contributors & culprits.keys():
                 return False
             ms = [m for m in ms if not self.dead(self.owner[id(m)])]
         return True
+
+    def _map_group(self, ms: list[Measurement], group: MeasurementGroup, sources: list[int],
+                   plan: _Plan) -> dict[int, MessageError]:
+        """Add the group's changes to the plan, or say which messages to park and why."""
+        try:
+            who = self.deps.identity.resolve(group)
+        except MappingFailure as failure:  # identity is the key's: every reading of it fails alike
+            return dict.fromkeys({self.owner[id(m)] for m in ms}, failure.to_error(type_name=group.type))
+        except POISON_AT_STORE as exc:
+            return dict.fromkeys({self.owner[id(m)] for m in ms}, poison_error(exc, "resolving identities"))
+        try:
+            changes = self._changes(group, who, plan)
+        except (MappingFailure, *POISON_AT_STORE) as exc:
+            return self._culprits(group, who, sources, plan, _error(exc, group))
+        plan.add(changes, set(sources))
+        self._record(ms, group, plan)
+        return {}
+
+    def _invalid_replaced(self, ms: list[Measurement], group: MeasurementGroup) -> dict[int, MessageError]:
+        """Readings replaced by a later one are checked all the same: whether a message is dead-lettered
+        depends on the message, not on which other messages share its batch (a re-delivery may not)."""
+        kept = {id(m) for m in group.measurements}
+        found: dict[int, MessageError] = {}
+        for m in ms:
+            if id(m) in kept or self.owner[id(m)] in found:
+                continue
+            [alone] = group_measurements([m])
+            try:  # ids do not matter to what is checked: the mapping and the plausible ranges
+                for change in self.pair.fhir.observations(alone, patient_id="check", device_id="check", now=self.now):
+                    check_observation(change.resource)
+            except (MappingFailure, *POISON_AT_STORE) as exc:
+                found[self.owner[id(m)]] = _error(exc, alone)
+        return found
 
     def _changes(self, group: MeasurementGroup, who: Any, plan: _Plan) -> list[ObservationChange]:
         changes = self.pair.fhir.observations(group, patient_id=who.patient_id, device_id=who.device_id,
