@@ -171,7 +171,7 @@ class _Plan:
     writes: dict[str, _Write] = field(default_factory=dict)  # Observation id -> what is written there
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # Observation id -> resource as merged
     contributors: set[int] = field(default_factory=set)  # messages with readings in `writes`
-    kept: set[int] = field(default_factory=set)  # messages with at least one reading written
+    slots: dict[tuple[str, Any], int] = field(default_factory=dict)  # (Observation id, time) -> message
     superseded_by: dict[int, set[int]] = field(default_factory=dict)  # message -> the messages replacing it
 
     def existing(self, oid: str) -> dict[str, Any] | None:
@@ -269,10 +269,21 @@ class _Batch:
     def _map_key(self, ms: list[Measurement], plan: _Plan) -> bool:
         """Map one group key. On failure the culprits are parked and the key is mapped again without
         them, so a reading they superseded gets its turn. False: start the pass again."""
+        ms = [m for m in ms if not self.dead(self.owner[id(m)])]  # parked while mapping an earlier key
+        cross: dict[int, int] = {}  # id(reading) -> the later message holding its (Observation, time)
         while ms:
-            [group] = group_measurements(ms)
-            sources = list(dict.fromkeys(self.owner[id(m)] for m in group.measurements))
-            culprits = self._invalid_replaced(ms, group) or self._map_group(ms, group, sources, plan)
+            active = [m for m in ms if id(m) not in cross]
+            if active:
+                [group] = group_measurements(active)
+                kept = {id(m) for m in group.measurements}
+                culprits = self._invalid_replaced(ms, kept) or self._map_group(ms, group, plan, cross)
+            else:  # every reading replaced by later messages' readings merged into the same slots
+                culprits = self._invalid_replaced(ms, set())
+                if not culprits:
+                    for m in ms:
+                        plan.superseded_by.setdefault(self.owner[id(m)], set()).add(cross[id(m)])
+            if culprits is None:
+                continue  # some readings are replaced by later ones of another key: map the rest
             if not culprits:
                 return True
             for i, error in culprits.items():
@@ -282,9 +293,11 @@ class _Batch:
             ms = [m for m in ms if not self.dead(self.owner[id(m)])]
         return True
 
-    def _map_group(self, ms: list[Measurement], group: MeasurementGroup, sources: list[int],
-                   plan: _Plan) -> dict[int, MessageError]:
-        """Add the group's changes to the plan, or say which messages to park and why."""
+    def _map_group(self, ms: list[Measurement], group: MeasurementGroup, plan: _Plan,
+                   cross: dict[int, int]) -> dict[int, MessageError] | None:
+        """Add the group's changes to the plan ({}), say which messages to park and why, or None when
+        some of its readings turned out replaced by later messages (`cross`) and it must be regrouped."""
+        sources = list(dict.fromkeys(self.owner[id(m)] for m in group.measurements))
         try:
             who = self.deps.identity.resolve(group)
         except MappingFailure as failure:  # identity is the key's: every reading of it fails alike
@@ -292,17 +305,31 @@ class _Batch:
         except POISON_AT_STORE as exc:
             return dict.fromkeys({self.owner[id(m)] for m in ms}, poison_error(exc, "resolving identities"))
         try:
+            taken = {id(m): holder for m, slot in self._slots(group, who)
+                     if (holder := plan.slots.get(slot, -1)) > self.owner[id(m)]}
+            if taken:
+                cross.update(taken)
+                return None
             changes = self._changes(group, who, plan)
         except (MappingFailure, *POISON_AT_STORE) as exc:
             return self._culprits(group, who, sources, plan, _error(exc, group))
         plan.add(changes, set(sources))
-        self._record(ms, group, plan)
+        self._record(ms, group, who, plan, cross)
         return {}
 
-    def _invalid_replaced(self, ms: list[Measurement], group: MeasurementGroup) -> dict[int, MessageError]:
+    def _slots(self, group: MeasurementGroup, who: Any) -> list[tuple[Measurement, tuple[str, Any]]]:
+        """Each reading's (Observation id, time): where the merge puts it."""
+        out = []
+        for obs_group in self.pair.fhir.observation_groups(group):
+            _, _, obs_id = self.pair.fhir.observation_key(obs_group, patient_id=who.patient_id,
+                                                          device_id=who.device_id)
+            out += [(m, (obs_id, m.occurrence_time)) for m in group.measurements
+                    if obs_group.start <= m.occurrence_time <= obs_group.end]
+        return out
+
+    def _invalid_replaced(self, ms: list[Measurement], kept: set[int]) -> dict[int, MessageError]:
         """Readings replaced by a later one are checked all the same: whether a message is dead-lettered
         depends on the message, not on which other messages share its batch (a re-delivery may not)."""
-        kept = {id(m) for m in group.measurements}
         found: dict[int, MessageError] = {}
         for m in ms:
             if id(m) in kept or self.owner[id(m)] in found:
@@ -336,18 +363,26 @@ class _Batch:
                 found[i] = _error(exc, sub)
         return found or dict.fromkeys(sources, error)  # only together do they fail: none goes in
 
-    def _record(self, ms: list[Measurement], group: MeasurementGroup, plan: _Plan) -> None:
-        """Who is written, and who was replaced by whom (same key and time, the later one kept)."""
+    def _record(self, ms: list[Measurement], group: MeasurementGroup, who: Any, plan: _Plan,
+                cross: dict[int, int]) -> None:
+        """Which reading holds each (Observation, time) slot, and who was replaced by whom: by a reading
+        of the same key and time (the later message's is kept), or by a later message's reading of
+        another key merged into the same slot (readings of one hour with and without a patient id)."""
         kept = {id(m) for m in group.measurements}
         at: dict[Any, set[int]] = {}
         for m in group.measurements:
-            plan.kept.add(self.owner[id(m)])
             at.setdefault(m.occurrence_time, set()).add(self.owner[id(m)])
         everyone = {self.owner[id(m)] for m in group.measurements}
         for m in ms:
             if id(m) not in kept:
-                by = at.get(m.occurrence_time, everyone)
+                by = {cross[id(m)]} if id(m) in cross else at.get(m.occurrence_time, everyone)
                 plan.superseded_by.setdefault(self.owner[id(m)], set()).update(by)
+        for m, slot in self._slots(group, who):
+            owner = self.owner[id(m)]
+            earlier = plan.slots.get(slot)
+            if earlier is not None and earlier != owner:
+                plan.superseded_by.setdefault(earlier, set()).add(owner)
+            plan.slots[slot] = owner
 
     # -- writing ----------------------------------------------------------------------------------
     def write(self, plan: _Plan) -> None:
@@ -403,13 +438,14 @@ class _Batch:
         """Each message of the pass gets its outcome; those whose replacement was refused on writing
         go round again (their own readings are then written)."""
         again = []
+        written = set(plan.slots.values())
         for i in plan.messages:
             if self.dead(i):
                 continue
             if any(self.dead(j) for j in plan.superseded_by.get(i, ())):
                 again.append(i)
             else:
-                self.outcome[i] = WRITTEN if i in plan.kept else SUPERSEDED
+                self.outcome[i] = WRITTEN if i in written else SUPERSEDED
         return again
 
 

@@ -39,6 +39,7 @@ def check(preset: str, batch) -> None:
             world.close()
     assert "unaccounted" not in seen.outcomes, seen.outcomes
     assert not seen.unspecific, seen.reasons
+    assert not seen.phantoms  # nothing of a dead-lettered message was written
     assert report.outcomes == seen.outcomes  # the report says what the stores hold
     assert report.written + report.superseded + report.dead_lettered == report.received == len(batch)
 

@@ -18,11 +18,12 @@ Used by the property test (tests/integration/test_ingest_fuzz.py) and by `bench/
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,8 @@ def _message(draw: st.DrawFn, preset: str, nonce: int) -> list[RawMessage]:
     samples = SAMPLES[preset]
     body, props, system = copy.deepcopy(samples[draw(st.integers(0, len(samples) - 1))])
     kind = draw(st.sampled_from(["sample", "mutated", "mutated", "repeat", "repeat_invalid", "poison"]))
+    # Another time for most messages: readings at the same time of the same device replace each other.
+    body = _shift_times(body, draw(st.sampled_from([0, 0, 1, 7, 59, 61, 600, 1440, 4000])))
     if kind == "poison":
         return [poison(draw(st.sampled_from(POISON_CLASSES)), preset, nonce)]
     if kind == "mutated":
@@ -214,6 +217,27 @@ def _message(draw: st.DrawFn, preset: str, nonce: int) -> list[RawMessage]:
         new = draw(st.sampled_from([9999, -5, 10**6])) if kind == "repeat_invalid" else _get(body, path) + 1
         body = _set(body, path, new)
     return [first, RawMessage(json.dumps({**body, "fuzzNonce": nonce + 1}).encode(), props, system)]
+
+
+def _shift_times(value: Any, minutes: int) -> Any:
+    """The message with its timestamps (ISO 8601, nanoseconds since the epoch) `minutes` later."""
+    if not minutes:
+        return value
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if k in _TIME_KEYS and isinstance(v, str) and "T" in v:
+                with contextlib.suppress(ValueError):
+                    v = (datetime.fromisoformat(v) + timedelta(minutes=minutes)).isoformat()
+            elif k in ("startTimeNanos", "endTimeNanos") and isinstance(v, str) and v.isdigit():
+                v = str(int(v) + minutes * 60 * 10**9)
+            elif k == "time" and isinstance(v, str) and len(v) == 8 and v[2] == ":":
+                v = f"{(int(v[:2]) + minutes // 60) % 24:02d}:{int(v[3:5]) + 0:02d}:{minutes % 60:02d}"
+            out[k] = _shift_times(v, minutes)
+        return out
+    if isinstance(value, list):
+        return [_shift_times(v, minutes) for v in value]
+    return value
 
 
 def _get(value: Any, path: tuple) -> Any:
@@ -234,11 +258,11 @@ def batches(draw: st.DrawFn, preset: str, max_messages: int = 8) -> list[RawMess
 class World:
     """A real SQLite FHIR store and dead-letter store, the preset's templates, its devices registered."""
 
-    def __init__(self, directory: Path, preset: str) -> None:
+    def __init__(self, directory: Path, preset: str, templates: TemplateFiles | None = None) -> None:
         self.preset = preset
         self.store = SqliteFhirStore(directory / "fhir.db")
         self.dead_letters = SqliteDeadLetterStore(directory / "deadletters.db")
-        self.templates = TemplateFiles(*preset_paths(preset))
+        self.templates = templates or TemplateFiles(*preset_paths(preset))
         self.identity = IdentityResolver(self.store, "Lookup")
         self.store.update({"resourceType": "Patient", "id": PATIENT, "active": True,
                            "identifier": [{"value": v} for v in PATIENT_IDENTIFIERS]})
@@ -263,8 +287,9 @@ class World:
 @dataclass
 class Accounting:
     outcomes: list[str] = field(default_factory=list)  # per message: written | superseded | dead_lettered | unaccounted
-    reasons: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)  # dead-lettered messages by their letter's reason
     unspecific: list[str] = field(default_factory=list)  # dead-letter reasons that name no cause
+    phantoms: list[str] = field(default_factory=list)  # Observations no message that was not parked explains
 
     def count(self, outcome: str) -> int:
         return self.outcomes.count(outcome)
@@ -274,14 +299,13 @@ def account(world: World, batch: list[RawMessage]) -> Accounting:
     """What the stores say happened to each message of `batch` (see the module docstring)."""
     letters = {bytes(d.payload): d.reason for d in world.dead_letters.list(limit=100_000)}
     out = Accounting()
-    for reason in letters.values():
-        out.reasons[reason] = out.reasons.get(reason, 0) + 1
-        if reason in UNSPECIFIC_REASONS:
-            out.unspecific.append(reason)
+    out.unspecific = [r for r in letters.values() if r in UNSPECIFIC_REASONS]
     readings = [None if m.body in letters else _readings(world, m) for m in batch]
     for i, message in enumerate(batch):
         if message.body in letters:
             out.outcomes.append(DEAD_LETTERED)
+            reason = letters[message.body]
+            out.reasons[reason] = out.reasons.get(reason, 0) + 1
             continue
         mine = readings[i]
         if not mine:
@@ -295,6 +319,9 @@ def account(world: World, batch: list[RawMessage]) -> Accounting:
             out.outcomes.append(WRITTEN)
         else:
             out.outcomes.append("unaccounted")
+    explained = {obs_id for rs in readings if rs for r in rs for obs_id, _ in r.observations}
+    out.phantoms = [o["id"] for o in world.store.search("Observation", {"_count": "1000"}).resources
+                    if o["id"] not in explained]
     return out
 
 
@@ -336,7 +363,9 @@ def _present(world: World, reading: _Reading) -> bool:
 
 
 def _replaced(world: World, reading: _Reading, later: list[list[_Reading] | None]) -> bool:
-    return any(r.key == reading.key and r.time == reading.time and _present(world, r)
+    """A later message's reading of the same time in the same Observation is in the store."""
+    ids = {obs_id for obs_id, _ in reading.observations}
+    return any(r.time == reading.time and ids & {obs_id for obs_id, _ in r.observations} and _present(world, r)
                for rs in later if rs for r in rs)
 
 
