@@ -16,6 +16,7 @@ was hit and where (the stage), never the value.
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 from typing import Any
@@ -115,3 +116,55 @@ def storable_text(text: str) -> str:
     if not _has_lone_surrogate(text):
         return text
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def payload_bytes(payload: Any) -> tuple[bytes, str | None]:
+    """A decoded payload (what an Event Grid binding hands over) as JSON bytes to keep in a dead
+    letter, and a note when it could not be kept as-is: integers longer than Python converts to
+    decimal are kept in hexadecimal ("0x..."), and nesting past the encoder's recursion limit is
+    written by an iterative encoder (the same JSON)."""
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload), None
+    try:
+        return json.dumps(payload, default=str).encode(), None
+    except (ValueError, RecursionError):
+        pass
+    notes: set[str] = set()
+    return _iterative_json(payload, notes).encode(), "; ".join(sorted(notes)) or None
+
+
+def _iterative_json(value: Any, notes: set[str]) -> str:
+    out: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Raw):
+            out.append(item.text)
+        elif isinstance(item, dict):
+            parts: list[Any] = [_Raw("{")]
+            for n, (k, v) in enumerate(item.items()):
+                parts += [_Raw(("," if n else "") + json.dumps(str(k)) + ":"), v]
+            stack.extend(reversed([*parts, _Raw("}")]))
+        elif isinstance(item, list | tuple):
+            parts = [_Raw("[")]
+            for n, v in enumerate(item):
+                parts += ([_Raw(",")] if n else []) + [v]
+            stack.extend(reversed([*parts, _Raw("]")]))
+        elif isinstance(item, bool) or item is None or isinstance(item, float | str):
+            out.append(json.dumps(item))
+        elif isinstance(item, int):
+            try:
+                out.append(str(item))
+            except ValueError:
+                notes.add("integers too long for decimal are kept in hexadecimal")
+                out.append(json.dumps(hex(item)))
+        else:
+            out.append(json.dumps(str(item)))
+    return "".join(out)
+
+
+class _Raw:
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
