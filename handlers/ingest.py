@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -35,6 +33,7 @@ from ingest.deadletter import DeadLetterSink
 from ingest.identity import IdentityResolver
 from ingest.plausibility import check_observation
 from ingest.poison import INVALID_UNICODE, POISON, POISON_AT_STORE, lone_surrogate_path, poison_error
+from ingest.report import DEAD_LETTERED, SUPERSEDED, WRITTEN, IngestReport, notify, reports_to
 from ingest.templates import group_measurements
 from ingest.templates.errors import INVALID_JSON, MappingFailure, MessageError
 from ingest.templates.fhir import ObservationChange
@@ -44,17 +43,15 @@ from ingest.templates.reload import TemplatePair
 
 log = logging.getLogger(__name__)
 
+__all__ = ["DEAD_LETTERED", "SUPERSEDED", "WRITTEN", "IngestDeps", "IngestReport", "RawMessage",
+           "handle_device_messages", "reports_to"]
+
 # FHIR errors worth retrying the whole batch for (the server, not the message, is the problem).
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # Also retried: 412, another writer changed an Observation this batch merged into (If-Match). The
 # re-delivered batch reads the new version and merges again, so neither writer's values are lost.
 # (A *create* racing another create of the same Observation is not guarded: docs/decisions.md.)
 RETRY_BATCH_STATUSES = TRANSIENT_STATUSES | {412}
-
-WRITTEN = "written"
-SUPERSEDED = "superseded"
-DEAD_LETTERED = "dead_lettered"
-
 
 @dataclass(frozen=True)
 class RawMessage:
@@ -74,59 +71,6 @@ class IngestDeps:
     clock: Clock
     topic: str = "device-messages"
     max_bytes: int = 256 * 1024
-
-
-@dataclass
-class IngestReport:
-    """Message outcomes (they add up to `received`) and, separately, what happened to Observations."""
-
-    received: int = 0
-    written: int = 0
-    superseded: int = 0
-    dead_lettered: int = 0
-    created: int = 0  # Observations
-    updated: int = 0
-    unchanged: int = 0
-    reasons: Counter[str] = field(default_factory=Counter)
-    outcomes: list[str | None] = field(default_factory=list, repr=False)  # per message, in batch order
-
-    @property
-    def accepted(self) -> int:
-        return self.written + self.superseded
-
-    @property
-    def unaccounted(self) -> int:
-        return self.received - self.written - self.superseded - self.dead_lettered
-
-    def add(self, other: IngestReport) -> None:
-        for name in ("received", "written", "superseded", "dead_lettered", "created", "updated", "unchanged"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.reasons.update(other.reasons)
-        self.outcomes.extend(other.outcomes)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "received": self.received, "written": self.written, "superseded": self.superseded,
-            "dead_lettered": self.dead_lettered, "unaccounted": self.unaccounted, "reasons": dict(self.reasons),
-            "observations": {"created": self.created, "updated": self.updated, "unchanged": self.unchanged},
-        }
-
-
-_listeners: list[Callable[[IngestReport], None]] = []
-_listeners_lock = threading.Lock()
-
-
-@contextmanager
-def reports_to(listener: Callable[[IngestReport], None]) -> Iterator[None]:
-    """While inside, `listener` gets the report of every batch this process ingests: how `vigil
-    ingest` adds up the batches the local host ran for it off the bus."""
-    with _listeners_lock:
-        _listeners.append(listener)
-    try:
-        yield
-    finally:
-        with _listeners_lock:
-            _listeners.remove(listener)
 
 
 def handle_device_messages(messages: list[RawMessage], deps: IngestDeps) -> IngestReport:
@@ -149,10 +93,7 @@ def handle_device_messages(messages: list[RawMessage], deps: IngestDeps) -> Inge
                     dict(report.reasons))
     if report.unaccounted:  # a bug, not an input problem: say so loudly
         log.error("ingest batch: %d of %d messages without an outcome", report.unaccounted, report.received)
-    with _listeners_lock:
-        listeners = list(_listeners)
-    for listener in listeners:
-        listener(report)
+    notify(report)
     return report
 
 
@@ -171,7 +112,8 @@ class _Plan:
     writes: dict[str, _Write] = field(default_factory=dict)  # Observation id -> what is written there
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # Observation id -> resource as merged
     contributors: set[int] = field(default_factory=set)  # messages with readings in `writes`
-    slots: dict[tuple[str, Any], int] = field(default_factory=dict)  # (Observation id, time) -> message
+    slots: dict[tuple[Any, ...], int] = field(default_factory=dict)  # (Observation id, time) -> message
+    shared: set[tuple[str, str]] = field(default_factory=set)  # (device, type) of several group keys
     superseded_by: dict[int, set[int]] = field(default_factory=dict)  # message -> the messages replacing it
 
     def existing(self, oid: str) -> dict[str, Any] | None:
@@ -263,6 +205,9 @@ class _Batch:
             for i in plan.messages:  # batch order: among same-time readings the later message wins
                 for m in self.readings[i]:
                     by_key.setdefault(_key(m), []).append(m)
+            # Only groups sharing device and type with another group can write the same Observation.
+            per_source = Counter((key[0], key[1]) for key in by_key)
+            plan.shared = {source for source, n in per_source.items() if n > 1}
             if all(self._map_key(ms, plan) for ms in by_key.values()):
                 return plan
 
@@ -305,8 +250,8 @@ class _Batch:
         except POISON_AT_STORE as exc:
             return dict.fromkeys({self.owner[id(m)] for m in ms}, poison_error(exc, "resolving identities"))
         try:
-            taken = {id(m): holder for m, slot in self._slots(group, who)
-                     if (holder := plan.slots.get(slot, -1)) > self.owner[id(m)]}
+            slots = self._slots(group, who, plan)
+            taken = {id(m): holder for m, slot in slots if (holder := plan.slots.get(slot, -1)) > self.owner[id(m)]}
             if taken:
                 cross.update(taken)
                 return None
@@ -314,12 +259,15 @@ class _Batch:
         except (MappingFailure, *POISON_AT_STORE) as exc:
             return self._culprits(group, who, sources, plan, _error(exc, group))
         plan.add(changes, set(sources))
-        self._record(ms, group, who, plan, cross)
+        self._record(ms, group, slots, plan, cross)
         return {}
 
-    def _slots(self, group: MeasurementGroup, who: Any) -> list[tuple[Measurement, tuple[str, Any]]]:
-        """Each reading's (Observation id, time): where the merge puts it."""
-        out = []
+    def _slots(self, group: MeasurementGroup, who: Any, plan: _Plan) -> list[tuple[Measurement, tuple[Any, ...]]]:
+        """Each reading's (Observation id, time): where the merge puts it. A group no other group of
+        the pass can meet in an Observation gets slots of its own (saving the ids' computation)."""
+        if (group.device_id, group.type) not in plan.shared:
+            return [(m, (group.key, m.occurrence_time)) for m in group.measurements]
+        out: list[tuple[Measurement, tuple[Any, ...]]] = []
         for obs_group in self.pair.fhir.observation_groups(group):
             _, _, obs_id = self.pair.fhir.observation_key(obs_group, patient_id=who.patient_id,
                                                           device_id=who.device_id)
@@ -363,8 +311,8 @@ class _Batch:
                 found[i] = _error(exc, sub)
         return found or dict.fromkeys(sources, error)  # only together do they fail: none goes in
 
-    def _record(self, ms: list[Measurement], group: MeasurementGroup, who: Any, plan: _Plan,
-                cross: dict[int, int]) -> None:
+    def _record(self, ms: list[Measurement], group: MeasurementGroup,
+                slots: list[tuple[Measurement, tuple[Any, ...]]], plan: _Plan, cross: dict[int, int]) -> None:
         """Which reading holds each (Observation, time) slot, and who was replaced by whom: by a reading
         of the same key and time (the later message's is kept), or by a later message's reading of
         another key merged into the same slot (readings of one hour with and without a patient id)."""
@@ -377,7 +325,7 @@ class _Batch:
             if id(m) not in kept:
                 by = {cross[id(m)]} if id(m) in cross else at.get(m.occurrence_time, everyone)
                 plan.superseded_by.setdefault(self.owner[id(m)], set()).update(by)
-        for m, slot in self._slots(group, who):
+        for m, slot in slots:
             owner = self.owner[id(m)]
             earlier = plan.slots.get(slot)
             if earlier is not None and earlier != owner:
