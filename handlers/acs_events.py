@@ -23,7 +23,6 @@ dead-lettered with a reason that names the field; log lines never carry a phone 
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from handlers.acknowledge import CodeAckResult
 from handlers.messaging import OPENING, patient_message_key
 from ingest.deadletter import DeadLetterSink
 from notifications.ack_lockout import COUNTED_REASONS, AckSenderLimit, SenderState
+from ingest.poison import payload_bytes
 from notifications.channels.base import Channel
 from notifications.consent import (
     OPT_OUT_KEYWORDS_ES,
@@ -500,6 +500,7 @@ def _instant(value: Any, where: str) -> datetime | None:
 
 
 def _park(deps: AcsEventDeps, payload: Any, reason: str, detail: str) -> None:
-    body = payload if isinstance(payload, bytes) else json.dumps(payload, default=str).encode()
-    deps.dead_letters.add(topic=deps.topic, reason=reason, detail=detail, payload=body, source="acs-events")
+    body, note = payload_bytes(payload)  # kept even with integers too long for decimal or deep nesting
+    deps.dead_letters.add(topic=deps.topic, reason=reason, detail=detail + (f" ({note})" if note else ""),
+                          payload=body, source="acs-events")
     log.warning("ACS event dead-lettered: %s", reason)

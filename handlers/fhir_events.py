@@ -9,7 +9,6 @@ so a re-delivered event opens nothing new and sends nothing again.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from handlers.alerting import act_on_firing
 from handlers.messaging import Messaging
 from handlers.patient_data import history_window, load_patient_rules, load_readings
 from ingest.deadletter import DeadLetterSink
+from ingest.poison import POISON, POISON_AT_STORE, payload_bytes, poison_error
 from rules.evaluate import evaluate
 from rules.model import Ruleset
 from rules.pro import ScoringError, score_observation, score_response
@@ -69,12 +69,20 @@ def handle_fhir_event(payload: dict[str, Any], deps: EventDeps) -> EventOutcome:
     except InvalidEvent as exc:
         _park(deps, payload, "invalid_event", str(exc))
         return EventOutcome("dead-lettered")
+    except POISON as exc:  # a field of a type or size the envelope never has (ingest.poison)
+        error = poison_error(exc, "reading the event envelope")
+        _park(deps, payload, error.reason, error.detail)
+        return EventOutcome("dead-lettered")
     if event.action == "deleted" or event.resource_type not in ("Observation", "QuestionnaireResponse"):
         return EventOutcome("ignored")
     try:
         resource = deps.store.vread(event.resource_type, event.resource_id, event.version_id)
     except (ResourceNotFound, ResourceGone):
         return EventOutcome("gone")  # deleted or purged since: nothing left to act on
+    except POISON_AT_STORE as exc:  # an id the store cannot even look up (e.g. a lone surrogate)
+        error = poison_error(exc, "reading the resource the event names")
+        _park(deps, payload, error.reason, error.detail)
+        return EventOutcome("dead-lettered")
     if event.resource_type == "QuestionnaireResponse":
         return score_questionnaire_response(resource, deps, payload)
     return evaluate_observation(resource, deps, payload)
@@ -132,6 +140,7 @@ def _questionnaire(store: FhirStore, canonical: Any) -> dict[str, Any] | None:
     return found.resources[0] if found.resources else None
 
 
-def _park(deps: EventDeps, payload: dict[str, Any], reason: str, detail: str) -> None:
-    deps.dead_letters.add(topic=deps.topic, reason=reason, detail=detail,
-                          payload=json.dumps(payload, default=str).encode(), source="fhir-events")
+def _park(deps: EventDeps, payload: Any, reason: str, detail: str) -> None:
+    body, note = payload_bytes(payload)
+    deps.dead_letters.add(topic=deps.topic, reason=reason, detail=detail + (f" ({note})" if note else ""),
+                          payload=body, source="fhir-events")

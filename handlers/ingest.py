@@ -1,10 +1,20 @@
-"""Device messages in → FHIR Observations out, with every rejected message dead-lettered.
+"""Device messages in → FHIR Observations out, with every message accounted for.
 
 The same handler serves the Event Hubs trigger (a batch), the local bus and the HTTP ingest
 endpoint. Messages are mapped with MedTech-compatible templates (ingest/templates), identities are
 resolved against the FHIR store on every batch (no stale device→patient cache), and the batch's
 Observations are written in ONE FHIR transaction where the server allows. Safe to re-deliver:
 Observation ids are deterministic and an unchanged merge writes nothing.
+
+Every received message ends in exactly one outcome (docs/ingest-accounting.md):
+
+* **written** — its values are in the store (new, merged, or already there);
+* **superseded** — every reading it carried was replaced by a later message of the same batch with
+  the same device, type and time (MedTech keeps the one ingested last), and that message was written;
+* **dead-lettered** — with a specific reason (templates, identity, plausibility, or `ingest.poison`).
+
+A message that is dead-lettered contributes nothing: its readings are taken out and the batch is
+mapped again without them, so an invalid later message never erases a valid earlier one.
 """
 
 from __future__ import annotations
@@ -23,13 +33,19 @@ from fhirstore.port import FhirStore
 from ingest.deadletter import DeadLetterSink
 from ingest.identity import IdentityResolver
 from ingest.plausibility import check_observation
+from ingest.poison import INVALID_UNICODE, POISON, POISON_AT_STORE, lone_surrogate_path, poison_error
+from ingest.report import DEAD_LETTERED, SUPERSEDED, WRITTEN, IngestReport, notify, reports_to
 from ingest.templates import group_measurements
-from ingest.templates.errors import MappingFailure, MessageError
+from ingest.templates.errors import INVALID_JSON, MappingFailure, MessageError
 from ingest.templates.fhir import ObservationChange
 from ingest.templates.grouping import MeasurementGroup
+from ingest.templates.measurement import Measurement
 from ingest.templates.reload import TemplatePair
 
 log = logging.getLogger(__name__)
+
+__all__ = ["DEAD_LETTERED", "SUPERSEDED", "WRITTEN", "IngestDeps", "IngestReport", "RawMessage",
+           "handle_device_messages", "reports_to"]
 
 # FHIR errors worth retrying the whole batch for (the server, not the message, is the problem).
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -37,7 +53,6 @@ TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 # re-delivered batch reads the new version and merges again, so neither writer's values are lost.
 # (A *create* racing another create of the same Observation is not guarded: docs/decisions.md.)
 RETRY_BATCH_STATUSES = TRANSIENT_STATUSES | {412}
-
 
 @dataclass(frozen=True)
 class RawMessage:
@@ -59,25 +74,28 @@ class IngestDeps:
     max_bytes: int = 256 * 1024
 
 
-@dataclass
-class IngestReport:
-    received: int = 0
-    dead_lettered: int = 0
-    created: int = 0  # Observations
-    updated: int = 0
-    unchanged: int = 0
-    reasons: Counter[str] = field(default_factory=Counter)
-
-    @property
-    def accepted(self) -> int:
-        return self.received - self.dead_lettered
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "received": self.received, "accepted": self.accepted, "dead_lettered": self.dead_lettered,
-            "created": self.created, "updated": self.updated, "unchanged": self.unchanged,
-            "reasons": dict(self.reasons),
-        }
+def handle_device_messages(messages: list[RawMessage], deps: IngestDeps) -> IngestReport:
+    """Ingest a batch. Bad messages are parked with a reason; the rest of the batch goes on.
+    A transient FHIR failure raises, so the trigger fails and the batch is delivered again."""
+    batch = _Batch(messages, deps)
+    for i, message in enumerate(messages):
+        batch.decode(i, message)
+    todo = sorted(batch.readings)
+    while todo:  # a second pass only when a write refused a message that superseded another one
+        plan = batch.plan(todo)
+        batch.write(plan)
+        todo = batch.settle(plan)
+    report = batch.report
+    report.outcomes = [batch.outcome.get(i) for i in range(len(messages))]
+    report.written = report.outcomes.count(WRITTEN)
+    report.superseded = report.outcomes.count(SUPERSEDED)
+    if report.dead_lettered:
+        log.warning("ingest batch: %d of %d messages dead-lettered %s", report.dead_lettered, report.received,
+                    dict(report.reasons))
+    if report.unaccounted:  # a bug, not an input problem: say so loudly
+        log.error("ingest batch: %d of %d messages without an outcome", report.unaccounted, report.received)
+    notify(report)
+    return report
 
 
 @dataclass
@@ -86,95 +104,304 @@ class _Write:
     messages: set[int]
 
 
-def handle_device_messages(messages: list[RawMessage], deps: IngestDeps) -> IngestReport:
-    """Ingest a batch. Bad messages are parked with a reason; the rest of the batch goes on.
-    A transient FHIR failure raises, so the trigger fails and the batch is delivered again."""
-    report = IngestReport(received=len(messages))
-    parked: set[int] = set()
-    pair = deps.templates()
-    now = deps.clock.now()
+@dataclass
+class _Plan:
+    """What one mapping pass over some of the batch's messages decided to write."""
 
-    def park(i: int, error: MessageError) -> None:
-        if i in parked:
+    messages: list[int]
+    store: FhirStore
+    writes: dict[str, _Write] = field(default_factory=dict)  # Observation id -> what is written there
+    pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # Observation id -> resource as merged
+    contributors: set[int] = field(default_factory=set)  # messages with readings in `writes`
+    slots: dict[tuple[Any, ...], int] = field(default_factory=dict)  # (Observation id, time) -> message
+    shared: set[tuple[str, str]] = field(default_factory=set)  # (device, type) of several group keys
+    superseded_by: dict[int, set[int]] = field(default_factory=dict)  # message -> the messages replacing it
+
+    def existing(self, oid: str) -> dict[str, Any] | None:
+        # Two groups of one batch can land in one Observation (e.g. readings of the same hour with
+        # and without a patient id): the later one merges onto what the earlier one will write, and
+        # the batch writes each Observation once (If-Match on the stored version, see _put).
+        return self.pending[oid] if oid in self.pending else _existing(self.store, oid)
+
+    def add(self, changes: list[ObservationChange], sources: set[int]) -> None:
+        for change in changes:
+            earlier = self.writes.get(change.id)
+            if earlier is None:
+                self.writes[change.id] = _Write(change, set(sources))
+                continue
+            # Merged onto the earlier change (see existing()): it holds both. A create stays a create.
+            kept = earlier.change if change.action == "noop" else _combine(earlier.change, change)
+            self.writes[change.id] = _Write(kept, earlier.messages | sources)
+        for change in changes:
+            if change.action != "noop":
+                self.pending[change.id] = change.resource
+        self.contributors |= sources
+
+
+def _key(m: Measurement) -> tuple[str, str, str | None, str | None, str | None]:
+    """MedTech's grouping key (ingest/templates/grouping.py)."""
+    return (m.device_id, m.type, m.patient_id, m.encounter_id, m.correlation_id)
+
+
+class _Batch:
+    def __init__(self, messages: list[RawMessage], deps: IngestDeps) -> None:
+        self.messages = messages
+        self.deps = deps
+        self.pair = deps.templates()
+        self.now = deps.clock.now()
+        self.report = IngestReport(received=len(messages))
+        self.outcome: dict[int, str] = {}
+        self.readings: dict[int, list[Measurement]] = {}  # message -> its measurements
+        self.owner: dict[int, int] = {}  # id(measurement) -> message
+
+    def dead(self, i: int) -> bool:
+        return self.outcome.get(i) == DEAD_LETTERED
+
+    def park(self, i: int, error: MessageError) -> None:
+        if self.dead(i):
             return
-        parked.add(i)
-        _park(deps, messages[i], error, pair.version, report)
+        self.outcome[i] = DEAD_LETTERED
+        _park(self.deps, self.messages[i], error, self.pair.version, self.report)
 
-    owners: dict[int, int] = {}  # id(measurement) -> index of the message it came from
-    measurements = []
-    for i, message in enumerate(messages):
-        if len(message.body) > deps.max_bytes:
-            park(i, MessageError("oversized", f"message is {len(message.body)} bytes; the limit is {deps.max_bytes}"))
-            continue
+    # -- one message at a time: nothing it holds may stop the batch --------------------------------
+    def decode(self, i: int, message: RawMessage) -> None:
+        if len(message.body) > self.deps.max_bytes:
+            self.park(i, MessageError("oversized", f"message is {len(message.body)} bytes; "
+                                                   f"the limit is {self.deps.max_bytes}"))
+            return
         try:
             parsed = jsonnum.loads(message.body)  # numbers as written: a device's 22.40 stays 22.40
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-            park(i, MessageError("invalid_json", f"not valid JSON{where}"))
-            continue
-        result = pair.devices.normalize(parsed, properties=message.properties,
-                                        system_properties=message.system_properties, ingested_at=now)
+            self.park(i, MessageError(INVALID_JSON, f"not valid JSON{where}"))
+            return
+        except POISON as exc:
+            self.park(i, poison_error(exc, "decoding JSON"))
+            return
+        surrogate = lone_surrogate_path(message.body, parsed)
+        if surrogate is not None:
+            self.park(i, MessageError(INVALID_UNICODE, f"the string at {surrogate} holds a lone UTF-16 surrogate, "
+                                                       "which is not Unicode text (RFC 8259 §8.2, RFC 7493 §2.1)"))
+            return
+        try:
+            result = self.pair.devices.normalize(parsed, properties=message.properties,
+                                                 system_properties=message.system_properties, ingested_at=self.now)
+        except POISON as exc:  # the templates do no I/O: whatever they raise, this message caused
+            self.park(i, poison_error(exc, "applying the device templates"))
+            return
         if not result.ok:
-            park(i, result.errors[0])
-            continue
-        for m in result.measurements:
-            owners[id(m)] = i
-        measurements.extend(result.measurements)
+            self.park(i, result.errors[0])
+            return
+        self.readings[i] = list(result.measurements)
+        for m in self.readings[i]:
+            self.owner[id(m)] = i
 
-    # Two groups of one batch can land in one Observation (e.g. readings of the same hour with and
-    # without a patient id): the later one merges onto what the earlier one will write, and the
-    # batch writes each Observation once (If-Match on the stored version, see _put).
-    pending: dict[str, dict[str, Any]] = {}
+    # -- mapping ----------------------------------------------------------------------------------
+    def plan(self, todo: list[int]) -> _Plan:
+        """Map the readings of `todo` to Observation changes. A message parked after its readings
+        were merged into a change makes the pass start again without it."""
+        while True:
+            plan = _Plan(messages=[i for i in todo if not self.dead(i)], store=self.deps.store)
+            by_key: dict[tuple, list[Measurement]] = {}
+            for i in plan.messages:  # batch order: among same-time readings the later message wins
+                for m in self.readings[i]:
+                    by_key.setdefault(_key(m), []).append(m)
+            # Only groups sharing device and type with another group can write the same Observation.
+            per_source = Counter((key[0], key[1]) for key in by_key)
+            plan.shared = {source for source, n in per_source.items() if n > 1}
+            if all(self._map_key(ms, plan) for ms in by_key.values()):
+                return plan
 
-    def existing(oid: str) -> dict[str, Any] | None:
-        return pending[oid] if oid in pending else _existing(deps.store, oid)
+    def _map_key(self, ms: list[Measurement], plan: _Plan) -> bool:
+        """Map one group key. On failure the culprits are parked and the key is mapped again without
+        them, so a reading they superseded gets its turn. False: start the pass again."""
+        ms = [m for m in ms if not self.dead(self.owner[id(m)])]  # parked while mapping an earlier key
+        cross: dict[int, int] = {}  # id(reading) -> the later message holding its (Observation, time)
+        while ms:
+            active = [m for m in ms if id(m) not in cross]
+            if active:
+                [group] = group_measurements(active)
+                kept = {id(m) for m in group.measurements}
+                culprits = self._invalid_replaced(ms, kept) or self._map_group(ms, group, plan, cross)
+            else:  # every reading replaced by later messages' readings merged into the same slots
+                culprits = self._invalid_replaced(ms, set())
+                if not culprits:
+                    for m in ms:
+                        plan.superseded_by.setdefault(self.owner[id(m)], set()).add(cross[id(m)])
+            if culprits is None:
+                continue  # some readings are replaced by later ones of another key: map the rest
+            if not culprits:
+                return True
+            for i, error in culprits.items():
+                self.park(i, error)
+            if plan.contributors & culprits.keys():
+                return False
+            ms = [m for m in ms if not self.dead(self.owner[id(m)])]
+        return True
 
-    def changes_for(group: MeasurementGroup) -> list[ObservationChange]:
-        who = deps.identity.resolve(group)
-        changes = pair.fhir.observations(group, patient_id=who.patient_id, device_id=who.device_id,
-                                         encounter_id=who.encounter_id, existing=existing, now=now)
+    def _map_group(self, ms: list[Measurement], group: MeasurementGroup, plan: _Plan,
+                   cross: dict[int, int]) -> dict[int, MessageError] | None:
+        """Add the group's changes to the plan ({}), say which messages to park and why, or None when
+        some of its readings turned out replaced by later messages (`cross`) and it must be regrouped."""
+        sources = list(dict.fromkeys(self.owner[id(m)] for m in group.measurements))
+        try:
+            who = self.deps.identity.resolve(group)
+        except MappingFailure as failure:  # identity is the key's: every reading of it fails alike
+            return dict.fromkeys({self.owner[id(m)] for m in ms}, failure.to_error(type_name=group.type))
+        except POISON_AT_STORE as exc:
+            return dict.fromkeys({self.owner[id(m)] for m in ms}, poison_error(exc, "resolving identities"))
+        try:
+            slots = self._slots(group, who, plan)
+            taken = {id(m): holder for m, slot in slots if (holder := plan.slots.get(slot, -1)) > self.owner[id(m)]}
+            if taken:
+                cross.update(taken)
+                return None
+            changes = self._changes(group, who, plan)
+        except (MappingFailure, *POISON_AT_STORE) as exc:
+            return self._culprits(group, who, sources, plan, _error(exc, group))
+        plan.add(changes, set(sources))
+        self._record(ms, group, slots, plan, cross)
+        return {}
+
+    def _slots(self, group: MeasurementGroup, who: Any, plan: _Plan) -> list[tuple[Measurement, tuple[Any, ...]]]:
+        """Each reading's (Observation id, time): where the merge puts it. A group no other group of
+        the pass can meet in an Observation gets slots of its own (saving the ids' computation)."""
+        if (group.device_id, group.type) not in plan.shared:
+            return [(m, (group.key, m.occurrence_time)) for m in group.measurements]
+        out: list[tuple[Measurement, tuple[Any, ...]]] = []
+        for obs_group in self.pair.fhir.observation_groups(group):
+            _, _, obs_id = self.pair.fhir.observation_key(obs_group, patient_id=who.patient_id,
+                                                          device_id=who.device_id)
+            out += [(m, (obs_id, m.occurrence_time)) for m in group.measurements
+                    if obs_group.start <= m.occurrence_time <= obs_group.end]
+        return out
+
+    def _invalid_replaced(self, ms: list[Measurement], kept: set[int]) -> dict[int, MessageError]:
+        """Readings replaced by a later one are checked all the same: whether a message is dead-lettered
+        depends on the message, not on which other messages share its batch (a re-delivery may not)."""
+        found: dict[int, MessageError] = {}
+        for m in ms:
+            if id(m) in kept or self.owner[id(m)] in found:
+                continue
+            [alone] = group_measurements([m])
+            try:  # ids do not matter to what is checked: the mapping and the plausible ranges
+                for change in self.pair.fhir.observations(alone, patient_id="check", device_id="check", now=self.now):
+                    check_observation(change.resource)
+            except (MappingFailure, *POISON_AT_STORE) as exc:
+                found[self.owner[id(m)]] = _error(exc, alone)
+        return found
+
+    def _changes(self, group: MeasurementGroup, who: Any, plan: _Plan) -> list[ObservationChange]:
+        changes = self.pair.fhir.observations(group, patient_id=who.patient_id, device_id=who.device_id,
+                                              encounter_id=who.encounter_id, existing=plan.existing, now=self.now)
         for change in changes:
             check_observation(change.resource)
         return changes
 
-    writes: dict[str, _Write] = {}  # Observation id -> what the batch writes there
+    def _culprits(self, group: MeasurementGroup, who: Any, sources: list[int], plan: _Plan,
+                  error: MessageError) -> dict[int, MessageError]:
+        """Several messages share the group: map them one by one so only the culprit is parked."""
+        if len(sources) == 1:
+            return {sources[0]: error}
+        found: dict[int, MessageError] = {}
+        for i in sources:
+            [sub] = group_measurements([m for m in group.measurements if self.owner[id(m)] == i])
+            try:
+                self._changes(sub, who, plan)
+            except (MappingFailure, *POISON_AT_STORE) as exc:
+                found[i] = _error(exc, sub)
+        return found or dict.fromkeys(sources, error)  # only together do they fail: none goes in
 
-    def add(changes: list[ObservationChange], sources: set[int]) -> None:
-        for change in changes:
-            earlier = writes.get(change.id)
-            if earlier is None:
-                writes[change.id] = _Write(change, set(sources))
-                continue
-            # Merged onto the earlier change (see existing()): it holds both. A create stays a create.
-            kept = earlier.change if change.action == "noop" else _combine(earlier.change, change)
-            writes[change.id] = _Write(kept, earlier.messages | sources)
-        for change in changes:
-            if change.action != "noop":
-                pending[change.id] = change.resource
+    def _record(self, ms: list[Measurement], group: MeasurementGroup,
+                slots: list[tuple[Measurement, tuple[Any, ...]]], plan: _Plan, cross: dict[int, int]) -> None:
+        """Which reading holds each (Observation, time) slot, and who was replaced by whom: by a reading
+        of the same key and time (the later message's is kept), or by a later message's reading of
+        another key merged into the same slot (readings of one hour with and without a patient id)."""
+        kept = {id(m) for m in group.measurements}
+        at: dict[Any, set[int]] = {}
+        for m in group.measurements:
+            at.setdefault(m.occurrence_time, set()).add(self.owner[id(m)])
+        everyone = {self.owner[id(m)] for m in group.measurements}
+        for m in ms:
+            if id(m) not in kept:
+                by = {cross[id(m)]} if id(m) in cross else at.get(m.occurrence_time, everyone)
+                plan.superseded_by.setdefault(self.owner[id(m)], set()).update(by)
+        for m, slot in slots:
+            owner = self.owner[id(m)]
+            earlier = plan.slots.get(slot)
+            if earlier is not None and earlier != owner:
+                plan.superseded_by.setdefault(earlier, set()).add(owner)
+            plan.slots[slot] = owner
 
-    for group in group_measurements(measurements):
-        sources = {owners[id(m)] for m in group.measurements if id(m) in owners} - parked
+    # -- writing ----------------------------------------------------------------------------------
+    def write(self, plan: _Plan) -> None:
+        writes = list(plan.writes.values())
+        todo = [w for w in writes if w.change.action != "noop"]
+        self.report.unchanged += len(writes) - len(todo)
+        if not todo:
+            return
+        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": w.change.resource, "request": _put(w.change)} for w in todo
+        ]}
         try:
-            add(changes_for(group), sources)
-            continue
-        except MappingFailure as failure:
-            if len(sources) <= 1:
-                for i in sources:
-                    park(i, failure.to_error(type_name=group.type))
-                continue
-        # Several messages share the group: map them one by one so only the culprit is parked.
-        for i in sorted(sources):
-            for sub in group_measurements([m for m in group.measurements if owners.get(id(m)) == i]):
-                try:
-                    add(changes_for(sub), {i})
-                except MappingFailure as failure:
-                    park(i, failure.to_error(type_name=sub.type))
+            response = self.deps.store.transaction(bundle)
+        except FhirError as exc:
+            if exc.status in RETRY_BATCH_STATUSES:
+                raise
+            response = None
+        except POISON_AT_STORE:
+            response = None
+        if response is None:  # one entry spoiled the all-or-nothing transaction: write one by one
+            for w in todo:
+                if not (w.messages and all(self.dead(i) for i in w.messages)):
+                    self._write_one(w)
+            return
+        for entry in response.get("entry", []):
+            status = str((entry.get("response") or {}).get("status", ""))
+            if status.startswith("201"):
+                self.report.created += 1
+            else:
+                self.report.updated += 1
 
-    _write(deps, list(writes.values()), messages, parked, report, pair.version)
-    if report.dead_lettered:
-        log.warning("ingest batch: %d of %d messages dead-lettered %s", report.dead_lettered, report.received,
-                    dict(report.reasons))
-    return report
+    def _write_one(self, w: _Write) -> None:
+        try:
+            result = self.deps.store.update(w.change.resource, if_match=_merged_version(w.change))
+        except FhirError as exc:
+            if exc.status in RETRY_BATCH_STATUSES:
+                raise
+            error = MessageError("fhir_rejected", f"FHIR server answered {exc.status}: {exc}")
+        except POISON_AT_STORE as exc:
+            error = poison_error(exc, "writing the Observation")
+        else:
+            if result.outcome == "created":
+                self.report.created += 1
+            elif result.outcome == "updated":
+                self.report.updated += 1
+            else:
+                self.report.unchanged += 1
+            return
+        for i in sorted(w.messages):
+            self.park(i, error)
+
+    def settle(self, plan: _Plan) -> list[int]:
+        """Each message of the pass gets its outcome; those whose replacement was refused on writing
+        go round again (their own readings are then written)."""
+        again = []
+        written = set(plan.slots.values())
+        for i in plan.messages:
+            if self.dead(i):
+                continue
+            if any(self.dead(j) for j in plan.superseded_by.get(i, ())):
+                again.append(i)
+            else:
+                self.outcome[i] = WRITTEN if i in written else SUPERSEDED
+        return again
+
+
+def _error(exc: Exception, group: MeasurementGroup) -> MessageError:
+    if isinstance(exc, MappingFailure):
+        return exc.to_error(type_name=group.type)
+    return replace(poison_error(exc, "mapping to FHIR"), type_name=group.type)
 
 
 def _combine(earlier: ObservationChange, later: ObservationChange) -> ObservationChange:
@@ -192,32 +419,6 @@ def _existing(store: FhirStore, obs_id: str) -> dict[str, Any] | None:
         return None
 
 
-def _write(deps: IngestDeps, writes: list[_Write], messages: list[RawMessage], parked: set[int],
-           report: IngestReport, version: int) -> None:
-    todo = [w for w in writes if w.change.action != "noop" and not (w.messages and w.messages <= parked)]
-    report.unchanged += len(writes) - len(todo)
-    if not todo:
-        return
-    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": w.change.resource, "request": _put(w.change)} for w in todo
-    ]}
-    try:
-        response = deps.store.transaction(bundle)
-    except FhirError as exc:
-        if exc.status in RETRY_BATCH_STATUSES:
-            raise
-        # One entry spoiled the all-or-nothing transaction: write one by one to find it.
-        for w in todo:
-            _write_one(deps, w, messages, parked, report, version)
-        return
-    for entry in response.get("entry", []):
-        status = str((entry.get("response") or {}).get("status", ""))
-        if status.startswith("201"):
-            report.created += 1
-        else:
-            report.updated += 1
-
-
 def _merged_version(change: ObservationChange) -> str | None:
     """The version a merge was computed from: written back only if it is still the current one."""
     if change.action != "update":
@@ -231,26 +432,6 @@ def _put(change: ObservationChange) -> dict[str, Any]:
     if version is not None:
         request["ifMatch"] = f'W/"{version}"'
     return request
-
-
-def _write_one(deps: IngestDeps, w: _Write, messages: list[RawMessage], parked: set[int], report: IngestReport,
-               version: int) -> None:
-    try:
-        result = deps.store.update(w.change.resource, if_match=_merged_version(w.change))
-    except FhirError as exc:
-        if exc.status in RETRY_BATCH_STATUSES:
-            raise
-        for i in sorted(w.messages - parked):
-            parked.add(i)
-            _park(deps, messages[i], MessageError("fhir_rejected", f"FHIR server answered {exc.status}: {exc}"),
-                  version, report)
-        return
-    if result.outcome == "created":
-        report.created += 1
-    elif result.outcome == "updated":
-        report.updated += 1
-    else:
-        report.unchanged += 1
 
 
 def _park(deps: IngestDeps, message: RawMessage, error: MessageError, version: int, report: IngestReport) -> None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from ingest.poison import storable_text
+
 
 @dataclass(frozen=True)
 class DeadLetter:
@@ -52,11 +54,22 @@ class DeadLetterSink(Protocol):
         topic: str,
         reason: str,
         detail: str,
-        payload: bytes,
+        payload: bytes | str,
         source: str,
         properties: dict[str, Any] | None = None,
     ) -> int:
         ...
+
+
+def storable_payload(payload: bytes | str) -> tuple[bytes, bool]:
+    """The payload as bytes, and whether it had to be escaped: a text payload holding lone UTF-16
+    surrogates (not valid Unicode, so not encodable as UTF-8) is kept with them escaped as `\\udXXX`."""
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return bytes(payload), False
+    try:
+        return payload.encode("utf-8"), False
+    except UnicodeEncodeError:
+        return payload.encode("utf-8", "backslashreplace"), True
 
 
 class SqliteDeadLetterStore:
@@ -107,10 +120,15 @@ class SqliteDeadLetterStore:
         topic: str,
         reason: str,
         detail: str,
-        payload: bytes,
+        payload: bytes | str,
         source: str,
         properties: dict[str, Any] | None = None,
     ) -> int:
+        payload, escaped = storable_payload(payload)
+        if escaped:
+            detail += " (payload stored with lone surrogates escaped as \\udXXX: it was not valid Unicode)"
+            properties = {**(properties or {}), "payload_escaped": "backslashreplace"}
+        topic, reason, detail = storable_text(topic), storable_text(reason), storable_text(detail)
         sha = hashlib.sha256(payload).hexdigest()
         with self._tx() as conn:
             cur = conn.execute(
@@ -142,11 +160,22 @@ class SqliteDeadLetterStore:
         with self._tx() as conn:
             conn.execute("UPDATE dead_letters SET replayed_at = ? WHERE id = ?", (time.time(), id))
 
-    def count(self, *, include_replayed: bool = False) -> int:
-        sql = "SELECT count(*) FROM dead_letters"
+    def count(self, *, include_replayed: bool = False, after_id: int | None = None, source: str | None = None,
+              topic: str | None = None) -> int:
+        """How many dead letters, optionally only those added after `after_id` from a source/topic."""
+        where, args = [], []
         if not include_replayed:
-            sql += " WHERE replayed_at IS NULL"
-        return int(self._conn().execute(sql).fetchone()[0])
+            where.append("replayed_at IS NULL")
+        for column, value in (("id >", after_id), ("source =", source), ("topic =", topic)):
+            if value is not None:
+                where.append(f"{column} ?")
+                args.append(value)
+        sql = "SELECT count(*) FROM dead_letters" + (" WHERE " + " AND ".join(where) if where else "")
+        return int(self._conn().execute(sql, args).fetchone()[0])
+
+    def last_id(self) -> int:
+        """The id of the newest dead letter (0 when there is none)."""
+        return int(self._conn().execute("SELECT coalesce(max(id), 0) FROM dead_letters").fetchone()[0])
 
     def counts_by_reason(self) -> dict[str, int]:
         rows = self._conn().execute(

@@ -12,6 +12,7 @@ import threading
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from common.clock import Clock, SystemClock
 from runtime.settings import Settings, SettingsError
@@ -192,7 +193,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _read_messages(path: str) -> list[bytes]:
-    from triggers.http_api import split_messages
+    from ingest.batches import split_messages
 
     data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     return split_messages(data)
@@ -207,11 +208,11 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
     if args.url:
         return _ingest_http(args.url, messages, settings)
     settings.require_contact_phone()
+    from handlers.ingest import IngestReport, reports_to
     from runtime.host import HostAlreadyRunning, LocalHost
 
     services = _services(settings)
     host = LocalHost(services)
-    before_dl = services.dead_letters.count()
     before_obs = services.store.search("Observation", {"_summary": "count"}).total or 0
     try:
         host.acquire()
@@ -221,43 +222,74 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
         print(f"queued {n} messages for the running Vigil host on {settings.data_dir}")
         services.close()
         return 0
+    total = IngestReport()
     try:
+        # Count what the handler decided for each message, batch by batch, as the host runs them;
+        # a message the bus itself gave up on (every delivery raised) is a dead letter of the bus.
+        last_letter = services.dead_letters.last_id()
         host.publish_device_messages(messages)
-        drained = host.run_until_idle()
+        with reports_to(total.add):
+            drained = host.run_until_idle()
+        gave_up = services.dead_letters.count(after_id=last_letter, source="bus", topic=host.device_queue)
         after_obs = services.store.search("Observation", {"_summary": "count"}).total or 0
-        report = {
-            "messages": len(messages),
-            "new_observations": after_obs - before_obs,
-            "dead_lettered": services.dead_letters.count() - before_dl,
-            "drained": drained,
-        }
+        report = ingest_summary(total, len(messages), bus_dead_letters=gave_up)
+        report["new_observations"] = after_obs - before_obs
+        report["drained"] = drained
         print(json.dumps(report, indent=2))
-        return 0 if drained else 1
+        return 0 if drained and report["unaccounted"] == 0 else 1
     finally:
         host.release()
         services.close()
 
 
+def ingest_summary(total: Any, received: int, *, bus_dead_letters: int = 0) -> dict[str, Any]:
+    """`vigil ingest`'s figures: every message's outcome (they add up to `received`), the reasons,
+    and the Observation counts apart; the same keys in-process and with --url."""
+    reasons = dict(total.reasons)
+    if bus_dead_letters:
+        reasons["delivery_failed"] = reasons.get("delivery_failed", 0) + bus_dead_letters
+    dead = total.dead_lettered + bus_dead_letters
+    return {
+        "received": received, "written": total.written, "superseded": total.superseded, "dead_lettered": dead,
+        "unaccounted": received - total.written - total.superseded - dead, "reasons": reasons,
+        "observations": {"created": total.created, "updated": total.updated, "unchanged": total.unchanged},
+    }
+
+
 def _ingest_http(url: str, messages: list[bytes], settings: Settings) -> int:
     import httpx
 
+    from handlers.ingest import IngestReport
     from runtime.bootstrap import local_token
 
     token = local_token(settings)
-    totals: dict[str, int] = {}
+    total = IngestReport()
     with httpx.Client(timeout=120) as client:
         for i in range(0, len(messages), 500):
-            chunk = b"\n".join(messages[i : i + 500])
+            # Posted as JSON Lines: a pretty-printed array element is put on one line (a line break
+            # outside a JSON string is whitespace; inside one it is invalid JSON either way).
+            chunk = b"\n".join(m.replace(b"\r", b" ").replace(b"\n", b" ") for m in messages[i : i + 500])
             resp = client.post(url.rstrip("/") + "/api/ingest", content=chunk,
                                headers={"Authorization": f"Bearer {token}"})
             if resp.status_code not in (200, 207):
                 print(f"vigil: server answered {resp.status_code}: {resp.text[:200]}", file=sys.stderr)
                 return 1
-            for k, v in resp.json().items():
-                if isinstance(v, int):
-                    totals[k] = totals.get(k, 0) + v
-    print(json.dumps(totals, indent=2))
-    return 0
+            total.add(_report_from(resp.json()))
+    report = ingest_summary(total, len(messages))
+    print(json.dumps(report, indent=2))
+    return 0 if report["unaccounted"] == 0 else 1
+
+
+def _report_from(body: dict[str, Any]) -> Any:
+    from handlers.ingest import IngestReport
+
+    obs = body.get("observations") or {}
+    report = IngestReport(received=int(body.get("received", 0)), written=int(body.get("written", 0)),
+                          superseded=int(body.get("superseded", 0)), dead_lettered=int(body.get("dead_lettered", 0)),
+                          created=int(obs.get("created", 0)), updated=int(obs.get("updated", 0)),
+                          unchanged=int(obs.get("unchanged", 0)))
+    report.reasons.update({str(k): int(v) for k, v in (body.get("reasons") or {}).items()})
+    return report
 
 
 def _dl_list(args: argparse.Namespace, settings: Settings) -> int:

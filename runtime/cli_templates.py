@@ -29,9 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:
     from common.jsonnum import dumps
+    from ingest.batches import split_messages
     from ingest.templates.check import check_templates
     from ingest.templates.presets import preset_paths
-    from triggers.http_api import split_messages
 
     if args.preset:
         try:

@@ -9,8 +9,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from common.clock import FixedClock
+
+# Property tests (hypothesis): reproducible in CI (the same examples on every run, no example
+# database), randomized locally so new cases keep being tried. https://hypothesis.readthedocs.io/en/latest/settings.html
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("dev", deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 # Every test's log records are checked for PHI (DESIGN §9); see tests/support/phi_guard.py.
 # pytester runs the guard on inner test sessions in tests/unit/test_phi_guard.py.

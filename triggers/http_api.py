@@ -8,6 +8,7 @@ import azure.functions as func
 
 from handlers.acknowledge import acknowledge_by_token
 from handlers.ingest import RawMessage, handle_device_messages
+from ingest.batches import split_messages
 from runtime.bootstrap import current
 from triggers.device_messages import ingest_deps
 from triggers.fhir_events import messaging
@@ -23,6 +24,8 @@ def http_ingest(req: func.HttpRequest) -> func.HttpResponse:
     """Accepts one JSON message, a JSON array of messages, or JSON Lines; answers with the report."""
     messages = [RawMessage(body=chunk) for chunk in split_messages(req.get_body())]
     report = handle_device_messages(messages, ingest_deps(current()))
+    # The body: every message's outcome, adding up to "received" (written + superseded +
+    # dead_lettered), reasons by code, and the Observation counts apart (docs/ingest-accounting.md).
     status = 200 if report.dead_lettered == 0 else 207
     return func.HttpResponse(json.dumps(report.as_dict()), status_code=status, mimetype=_JSON)
 
@@ -51,18 +54,3 @@ _ACK_FORM = ("<!doctype html><title>Acknowledge alert</title><form method=post>"
 
 def _page(message: str) -> str:
     return f"<!doctype html><title>Vigil</title><p>{message}</p>"
-
-
-def split_messages(body: bytes) -> list[bytes]:
-    """A JSON array becomes one message per element; otherwise one message per non-empty line.
-
-    Malformed content is kept as-is so the handler dead-letters it with the reason."""
-    text = body.strip()
-    if text.startswith(b"["):
-        try:
-            items = json.loads(text)
-        except json.JSONDecodeError:
-            return [body]
-        return [json.dumps(item).encode() for item in items]
-    lines = [line for line in body.splitlines() if line.strip()]
-    return lines or [body]

@@ -63,6 +63,7 @@ def test_ingest_then_dead_letters_list_show_and_replay_after_the_fix(data_dir: P
     assert main([*base, "ingest", str(f)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert (report["new_observations"], report["dead_lettered"]) == (1, 1)
+    assert (report["received"], report["written"], report["superseded"], report["unaccounted"]) == (2, 1, 0, 0)
 
     assert main([*base, "dead-letters", "list"]) == 0
     listing = capsys.readouterr().out
@@ -94,3 +95,52 @@ def test_bad_arguments_exit_with_usage(bad: list[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main(bad)
     assert exc.value.code == 2
+
+
+REPRO = (b'{"deviceId":"demo-001-cuff","type":"heart_rate","time":"2026-11-28T09:00:00Z","values":{"bpm":60}}\n'
+         b'{"deviceId":"demo-001-cuff","type":"heart_rate","time":"2026-11-28T09:00:00Z","values":{"bpm":999}}\n')
+
+
+def test_ingest_from_stdin_keeps_the_valid_reading_and_dead_letters_the_invalid_one(data_dir: Path) -> None:
+    """`vigil ingest -` as a user runs it: two readings of the same time, the later one implausible."""
+    import os
+    import subprocess
+    import sys
+
+    from fhirstore.sqlite_store import SqliteFhirStore
+
+    _patient(data_dir, "demo-001", "demo-001-cuff")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-m", "runtime.cli", "--data-dir", str(data_dir), "ingest", "-"],
+                          input=REPRO, capture_output=True, env=env, cwd=root, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    report = json.loads(done.stdout)
+    assert (report["received"], report["written"], report["superseded"], report["dead_lettered"]) == (2, 1, 0, 1)
+    assert (report["unaccounted"], report["new_observations"], report["reasons"]) == (0, 1, {"out_of_range": 1})
+    store = SqliteFhirStore(data_dir / "fhir.db")
+    [obs] = store.search("Observation", {"code": "http://loinc.org|8867-4"}).resources
+    assert obs["valueQuantity"]["value"] == 60
+    listing = subprocess.run([sys.executable, "-m", "runtime.cli", "--data-dir", str(data_dir), "dead-letters",
+                              "list"], capture_output=True, env=env, cwd=root, timeout=60).stdout.decode()
+    assert "out_of_range" in listing and len(listing.strip().splitlines()) == 1
+
+
+def test_ingest_of_poison_lines_dead_letters_each_with_its_reason_and_writes_the_rest(data_dir: Path, tmp_path: Path,
+                                                                                     capsys) -> None:
+    _patient(data_dir, "p1", "d1")
+    good = json.dumps({"deviceId": "d1", "type": "heart_rate", "time": "2026-11-20T07:00:00Z",
+                       "values": {"bpm": 64}}).encode()
+    f = tmp_path / "poison.json"
+    f.write_bytes(b"[" + b",".join([
+        b'{"deviceId": "d1", "x": ' + b"[" * 20_000 + b"]" * 20_000 + b"}",
+        good.replace(b'"bpm": 64', b'"bpm": ' + b"1" * 5000),
+        good.replace(b'"d1"', b'"d\\udc01"'),
+        good.replace(b"2026-11-20T07:00:00Z", b"9999-12-31T23:59:59-23:59"),
+        good,
+    ]) + b"]")
+    assert main(["--data-dir", str(data_dir), "ingest", str(f)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["received"], report["written"], report["dead_lettered"], report["unaccounted"]) == (5, 1, 4, 0)
+    assert report["reasons"] == {"nesting_too_deep": 1, "number_too_large": 1, "invalid_unicode": 1,
+                                 "value_out_of_range": 1}

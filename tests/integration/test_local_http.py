@@ -45,10 +45,11 @@ def test_ingest_endpoint_reports_what_it_accepted_and_parked(served) -> None:
     resp = httpx.post(f"{url}/api/ingest", content=lines, headers={"Authorization": f"Bearer {TOKEN}"})
     assert resp.status_code == 207
     report = resp.json()
-    assert (report["received"], report["created"], report["dead_lettered"]) == (3, 2, 1)
+    assert (report["received"], report["written"], report["superseded"], report["dead_lettered"]) == (3, 2, 0, 1)
+    assert (report["unaccounted"], report["observations"]["created"]) == (0, 2)
     assert report["reasons"] == {"invalid_json": 1}
     again = httpx.post(f"{url}/api/ingest?code={TOKEN}", content=lines).json()
-    assert (again["created"], again["unchanged"]) == (0, 2)
+    assert (again["written"], again["observations"]["created"], again["observations"]["unchanged"]) == (2, 0, 2)
     assert count(host.services, "Observation") == 2
 
 
@@ -91,4 +92,5 @@ def test_cli_ingest_posts_to_a_running_server(served, capsys, monkeypatch, data_
     f = tmp_path / "m.jsonl"
     f.write_bytes(reading("p1", "heart_rate", "2026-11-21T07:30:00Z", {"bpm": 61}) + b"\n")
     assert main(["--data-dir", str(data_dir), "ingest", str(f), "--url", url]) == 0
-    assert json.loads(capsys.readouterr().out)["created"] == 1
+    out = json.loads(capsys.readouterr().out)
+    assert (out["received"], out["written"], out["unaccounted"], out["observations"]["created"]) == (1, 1, 0, 1)
