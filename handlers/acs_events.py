@@ -37,8 +37,8 @@ from fhirstore.port import FhirStore
 from handlers.acknowledge import CodeAckResult
 from handlers.messaging import OPENING, patient_message_key
 from ingest.deadletter import DeadLetterSink
-from notifications.ack_lockout import COUNTED_REASONS, AckSenderLimit, SenderState
 from ingest.poison import payload_bytes
+from notifications.ack_lockout import COUNTED_REASONS, AckSenderLimit, SenderState
 from notifications.channels.base import Channel
 from notifications.consent import (
     OPT_OUT_KEYWORDS_ES,
