@@ -97,8 +97,9 @@ def _sweep_patient(m: Messaging, rulesets: list[Ruleset], patient_ref: str, now:
             report.closed += 1
         elif "patient" in rule.actions.notify:
             # A patient message held back by quiet hours goes out once they end (same key: once).
+            severity = issue.get("severity", "moderate")
             notify_patient(m, episode_key=issue["identifier"][0]["value"], patient_ref=patient_ref,
-                           severity=issue.get("severity", "moderate"), phase=OPENING)
+                           severity=severity, phase=OPENING, urgent=rule.patient_message_now(severity))
 
 
 @dataclass

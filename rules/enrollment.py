@@ -19,15 +19,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from common.clock import parse_instant
 from common.codes import UCUM
+from common.patient_time import TIME_ZONE_EXTS, patient_time_zone
 from rules.model import Program, Rule, Ruleset
 from rules.quantity import Quantity, check_unit
 
 OVERRIDE_URL = "urn:vigil:extension:rule-override"
-TIMEZONE_URL = "http://hl7.org/fhir/StructureDefinition/timezone"
+TIMEZONE_URL = TIME_ZONE_EXTS[0]
 
 
 @dataclass(frozen=True)
@@ -74,14 +74,8 @@ def enrolled_rulesets(careplans: Iterable[dict[str, Any]], rulesets: Sequence[Ru
 
 
 def patient_timezone(patient: dict[str, Any] | None, default: str = "UTC") -> tzinfo:
-    """The patient's IANA zone from the core `timezone` extension, else `default`."""
-    for ext in (patient or {}).get("extension") or []:
-        if ext.get("url") == TIMEZONE_URL and isinstance(ext.get("valueCode"), str):
-            try:
-                return ZoneInfo(ext["valueCode"])
-            except (ZoneInfoNotFoundError, ValueError):
-                break
-    return ZoneInfo(default)
+    """The patient's IANA zone (every accepted extension form, `common.patient_time`), else `default`."""
+    return patient_time_zone(patient, default)
 
 
 def overrides_from_careplans(careplans: Iterable[dict[str, Any]], rulesets: Sequence[Ruleset],
