@@ -66,7 +66,7 @@ def run_alert_sweep(m: Messaging, rulesets: list[Ruleset]) -> SweepReport:
 
 def _sweep_patient(m: Messaging, rulesets: list[Ruleset], patient_ref: str, now: datetime, report: SweepReport) -> None:
     store = m.store
-    enrolled = load_patient_rules(store, patient_ref, rulesets, now)
+    enrolled = load_patient_rules(store, patient_ref, rulesets, now, default_tz=m.defaults.time_zone)
     if enrolled is None:
         return
     report.patients += 1

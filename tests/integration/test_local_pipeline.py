@@ -273,3 +273,39 @@ def test_a_repeat_reading_corrected_to_a_worse_severity_reaches_the_patient_agai
     assert sorted(c["status"] for c in to_patient) == ["completed", "completed", "completed"]
     [issue] = search_all(s.store, "DetectedIssue", {})
     assert issue["severity"] == "high"
+
+
+def test_a_careplan_naming_an_unknown_program_is_dead_lettered_and_logged(host, caplog) -> None:
+    """A typo in the program id once left the patient silently not enrolled."""
+    s = host.services
+    s.store.update({"resourceType": "CarePlan", "id": "p1-typo", "status": "active", "intent": "plan",
+                    "instantiatesCanonical": ["urn:vigil:program:post-discharg"],
+                    "category": [{"coding": [{"system": "urn:vigil:program", "code": "heart-failur"}]}],
+                    "subject": {"reference": "Patient/p1"}, "period": {"start": "2026-10-01"}})
+    # A CarePlan of another system (not a Vigil program) is not Vigil's to judge.
+    s.store.update({"resourceType": "CarePlan", "id": "p1-other", "status": "active", "intent": "plan",
+                    "instantiatesCanonical": ["http://example.org/PlanDefinition/wound-care"],
+                    "subject": {"reference": "Patient/p1"}})
+    with caplog.at_level("WARNING"):
+        assert host.run_until_idle(timeout_s=60)
+    [letter] = [d for d in s.dead_letters.list() if d.reason == "unknown_program"]
+    assert "'post-discharg'" in letter.detail and "'heart-failur'" in letter.detail
+    assert "post-discharge" in letter.detail  # the known programs are listed
+    assert "CarePlan/p1-typo names 2 unknown program id(s)" in caplog.text
+    assert "post-discharg" not in caplog.text
+    # Replaying the event changes nothing (one dead letter per payload).
+    assert host.run_until_idle(timeout_s=60)
+    assert len([d for d in s.dead_letters.list() if d.reason == "unknown_program"]) == 1
+
+
+def test_the_post_discharge_program_enrolls_by_careplan_and_alerts_on_fever(host) -> None:
+    s = host.services
+    s.store.update({"resourceType": "CarePlan", "id": "p1-pd", "status": "active", "intent": "plan",
+                    "instantiatesCanonical": ["urn:vigil:program:post-discharge"],
+                    "subject": {"reference": "Patient/p1"}, "period": {"start": "2026-10-01"}})
+    host.publish_device_messages([reading("p1", "body_temp", "2026-11-20T14:50:00Z",
+                                          {"temperature": 100.6, "unit": "[degF]"})])
+    assert host.run_until_idle(timeout_s=60)
+    [issue] = search_all(s.store, "DetectedIssue", {"patient": "Patient/p1"})
+    assert (issue["code"]["coding"][0]["code"], issue["severity"]) == ("pd-fever", "moderate")
+    assert not [d for d in s.dead_letters.list() if d.reason == "unknown_program"]
