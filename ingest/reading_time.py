@@ -4,7 +4,7 @@ A device whose clock is wrong (a reset to a default date, a wrong year, an offse
 can send readings dated months ahead. Stored, they would sit in every window of the rules until
 that date and hold off absence alerts. A reading whose time is more than `max_skew` after the
 message arrived (`Measurement.ingestion_time`, else the clock) is dead-lettered as
-`future_reading`; the skew is the `VIGIL_MAX_FUTURE_SKEW_S` setting (docs/templates.md, "Reading
+`future_reading`; the skew is the `VIGIL_MAX_FUTURE_SKEW_S` setting (docs/rules.md §2, "Reading
 times"). Readings from the past are accepted however old: a scale that syncs weeks at once is
 normal, and the rules judge each reading as of the time it was taken.
 """

@@ -1,4 +1,4 @@
-"""Pure builders of the FHIR resources of an alert episode (clinical.md §5.1, DESIGN §7).
+"""Pure builders of the FHIR resources of an alert episode (FHIR R4 DetectedIssue, Task, Flag; DESIGN §7).
 
 - DetectedIssue: the alert itself. `status` is `preliminary` while the episode is open and `final`
   once closed; `identifiedPeriod` spans the episode; `implicated` lists the readings; `detail` is
