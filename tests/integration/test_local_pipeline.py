@@ -85,7 +85,7 @@ def test_replaying_messages_and_events_creates_nothing_and_sends_nothing(host) -
 def test_a_second_crossing_within_the_open_episode_updates_it_without_new_messages(host) -> None:
     host.publish_device_messages([
         reading("p1", "blood_pressure", "2026-11-20T07:30:00-05:00", {"systolic": 181, "diastolic": 100}),
-        reading("p1", "blood_pressure", "2026-11-20T12:30:00-05:00", {"systolic": 190, "diastolic": 104}),
+        reading("p1", "blood_pressure", "2026-11-20T09:30:00-05:00", {"systolic": 190, "diastolic": 104}),
     ])
     host.run_until_idle(timeout_s=60)
     [issue] = search_all(host.services.store, "DetectedIssue", {})
