@@ -16,7 +16,13 @@ from common.codes import ALTERNATE_CODES, LOINC
 from fhirstore.errors import ResourceGone, ResourceNotFound
 from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
-from rules.enrollment import PatientContext, enrolled_rulesets, patient_context
+from rules.enrollment import (
+    PatientContext,
+    careplan_active,
+    enrolled_rulesets,
+    patient_context,
+    unknown_programs,
+)
 from rules.evaluate import data_needed
 from rules.model import Ruleset
 from rules.readings import Reading, ReadingError, observation_code_for, readings_from_observation
@@ -39,6 +45,12 @@ def load_patient_rules(store: FhirStore, patient_ref: str, rulesets: list[Rulese
     careplans = search_all(store, "CarePlan", {"subject": patient_ref, "status": "active"})
     enrolled = enrolled_rulesets(careplans, rulesets, now)
     if not enrolled:
+        unknown = sum(len(unknown_programs(cp, (rs.program for rs in rulesets))) for cp in careplans
+                      if careplan_active(cp, now))
+        if unknown:
+            # Not silence: the CarePlan's own event was dead-lettered (unknown_program); say it again
+            # here, for CarePlans written before that check. No program ids: they name the condition.
+            log.warning("a patient's active CarePlan names %d unknown program id(s); not enrolled", unknown)
         return None
     try:
         patient = store.read("Patient", patient_ref.partition("/")[2])

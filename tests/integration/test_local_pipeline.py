@@ -298,6 +298,25 @@ def test_a_careplan_naming_an_unknown_program_is_dead_lettered_and_logged(host, 
     assert len([d for d in s.dead_letters.list() if d.reason == "unknown_program"]) == 1
 
 
+def test_readings_of_a_patient_enrolled_only_by_an_unknown_program_say_so(data_dir, caplog) -> None:
+    h = make_host(data_dir)
+    h.acquire()
+    try:
+        add_patient(h.services, "p9", programs=())
+        h.services.store.update({"resourceType": "CarePlan", "id": "p9-typo", "status": "active", "intent": "plan",
+                                 "instantiatesCanonical": ["urn:vigil:program:hypertensoin"],
+                                 "subject": {"reference": "Patient/p9"}})
+        h.publish_device_messages([reading("p9", "blood_pressure", "2026-11-20T07:30:00-05:00",
+                                           {"systolic": 186, "diastolic": 112})])
+        with caplog.at_level("WARNING"):
+            assert h.run_until_idle(timeout_s=60)
+        assert "active CarePlan names 1 unknown program id(s); not enrolled" in caplog.text
+        assert [d.reason for d in h.services.dead_letters.list()] == ["unknown_program"]
+    finally:
+        h.release()
+        h.services.close()
+
+
 def test_the_post_discharge_program_enrolls_by_careplan_and_alerts_on_fever(host) -> None:
     s = host.services
     s.store.update({"resourceType": "CarePlan", "id": "p1-pd", "status": "active", "intent": "plan",
