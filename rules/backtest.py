@@ -2,8 +2,9 @@
 
 Each patient's Observations are replayed in effective-time order (as if each arrived when taken),
 with the absence/closing sweep run once a day at `sweep_hour` in the patient's time zone and, as
-the live timer would, on the 15-minute grid right after each moment an absence gap can open (a
-reading's time plus the rule's gap). The same evaluator and episode decisions as live are used,
+the live timer would, on the 15-minute grid right after each moment an absence gap opens (a
+reading's time plus the rule's gap, when no reading came sooner); before each reading, open
+episodes are reviewed as of the last 15-minute tick, as the live sweep would have. The same evaluator and episode decisions as live are used,
 so "alerts" are episodes staff would have seen and "firings" every time a rule held. Disabled
 rules (`enabled: false`) are included, because measuring them is the point.
 
@@ -131,6 +132,7 @@ def _replay_patient(rulesets: Sequence[Ruleset], patient: str, data: PatientData
     report.readings += sum(len(group) for group in events)
     sweeps = _sweep_times(since, until, data.ctx, sweep_hour)
     sweeps = sorted({*sweeps, *_gap_sweeps(rulesets, readings, since, until)})
+    previous = since
     for trigger in _merge(events, sweeps):
         if isinstance(trigger, datetime):
             now = trigger
@@ -138,7 +140,12 @@ def _replay_patient(rulesets: Sequence[Ruleset], patient: str, data: PatientData
             _closing(rules, episodes, history, data.ctx, now)
         else:
             now = trigger[0].effective
+            # Live, the 15-minute sweep has reviewed open episodes since the previous input: one
+            # that stopped holding long enough closed at the first tick that allowed it, so a new
+            # firing now is a new alert (and its cool-down counts from that tick).
+            _closing_between(rules, episodes, history, data.ctx, previous, now)
             firings = evaluate(rulesets, trigger, history, data.ctx, include_later=False, include_disabled=True)
+        previous = now
         for firing in firings:
             _apply(firing.rule, firing, episodes, now, patient, report, data.ctx)
 
@@ -168,12 +175,20 @@ def _gap_sweeps(rulesets: Sequence[Ruleset], readings: Sequence[Reading], since:
             for m in rule.absence_metrics}
     out = set()
     for metric, gap in gaps:
-        for reading in readings:
-            if reading.metric == metric:
-                t = _next_tick(reading.effective + gap)
-                if since <= t <= until:
-                    out.add(t)
+        times = sorted({r.effective for r in readings if r.metric == metric})
+        # Only where a gap really follows: the next reading came later than `gap`, or never.
+        for t, following in zip(times, [*times[1:], None], strict=False):
+            if following is None or following - t > gap:
+                tick = _next_tick(t + gap)
+                if since <= tick <= until:
+                    out.add(tick)
     return out
+
+
+def _last_tick(at: datetime) -> datetime:
+    """The latest 15-minute timer tick at or before `at`."""
+    step = SWEEP_EVERY.total_seconds()
+    return datetime.fromtimestamp((at.timestamp() // step) * step, tz=at.tzinfo)
 
 
 def _next_tick(at: datetime) -> datetime:
@@ -191,6 +206,26 @@ def _closing(rules: dict[str, tuple[str, Rule]], episodes: dict[str, Episode], h
             decision, outcome = review_open_episode(ruleset_id, rule, episode, history, ctx, now)
             if decision.action == "close":
                 episodes[rule_id] = apply_decision(decision, outcome, episode, now, episode.patient_ref) or episode
+
+
+def _closing_between(rules: dict[str, tuple[str, Rule]], episodes: dict[str, Episode], history: History,
+                     ctx: PatientContext, after: datetime, until: datetime) -> None:
+    """Review each open episode at the live ticks in (after, until] where it can first close: right
+    after the previous input (a reading that showed the rule no longer holding), right after
+    `resolve_after` has passed since it last held, and the last tick."""
+    for rule_id, episode in list(episodes.items()):
+        if not episode.is_open:
+            continue
+        ruleset_id, rule = rules[rule_id]
+        earliest = episode.last_held + rule.suppression.resolve_after  # no episode closes sooner
+        if earliest > until:
+            continue
+        candidates = {_next_tick(after), _next_tick(earliest), _last_tick(until)}
+        for tick in sorted(t for t in candidates if after < t <= until and t >= earliest):
+            decision, outcome = review_open_episode(ruleset_id, rule, episode, history, ctx, tick)
+            if decision.action == "close":
+                episodes[rule_id] = apply_decision(decision, outcome, episode, tick, episode.patient_ref) or episode
+                break
 
 
 def _apply(rule: Rule, firing: Firing, episodes: dict[str, Episode], now: datetime, patient: str,

@@ -169,3 +169,16 @@ def test_results_text_for_the_cli(tmp_path: Path) -> None:
     text = results_text(run_suite(suite, ruleset), "cases.yaml")
     assert text.startswith("FAIL  quiet\n      unexpected alert of rule gain")
     assert text.endswith("cases.yaml: 0 passed, 1 failed")
+
+
+def test_backtest_closes_episodes_when_the_live_sweep_would_so_a_later_firing_is_a_new_alert() -> None:
+    """hf-heart-rate-high resolves 24 h after it last held. Live, the 15-minute sweep closes it at
+    10:15 the next day, so the reading of 23:00 (past the 12 h cool-down) opens a second alert; a
+    once-a-day sweep (09:00, 23 h after it held) would still have it open and count one."""
+    hf = [rs for rs in load_rulesets("rules/library") if rs.ruleset == "heart-failure"]
+    day0 = datetime(2025, 3, 3, tzinfo=UTC)
+    rates = [(10, 135.0), (11, 70.0), (24 + 23, 136.0)]
+    readings = [Reading("heart_rate", v, day0 + timedelta(hours=h), f"Observation/hr{h}") for h, v in rates]
+    cohort = {"Patient/r": PatientData(PatientContext("Patient/r", enrolled_since=day0), readings)}
+    report = backtest(hf, cohort, day0, day0 + timedelta(days=3))
+    assert sum(n for (rule, _, _), n in report.alerts.items() if rule == "hf-heart-rate-high") == 2
