@@ -156,3 +156,14 @@ def test_home_bp_mean_window_is_a_rolling_7_days() -> None:
     assert _fired("htn-weekly-mean-above-goal", [*readings, (_local(8, 8), {"systolic_bp": 150, "diastolic_bp": 78})])
     assert not _fired("htn-weekly-mean-above-goal",
                       [*readings, (_local(8, 8, 1), {"systolic_bp": 150, "diastolic_bp": 78})])
+
+
+def test_an_absence_written_in_days_is_the_same_gap_length() -> None:
+    from rules.loader import RuleLoadError
+    from tests.unit.rules.helpers import one_rule
+
+    in_days = one_rule({"absence": {"metric": "body_weight", "days": 3}}).rules[0]
+    rolling = one_rule({"absence": {"metric": "body_weight", "within": "3d"}}).rules[0]
+    assert in_days.when == rolling.when and in_days.horizon == timedelta(days=3)
+    with pytest.raises(RuleLoadError, match="at least 1 day"):
+        one_rule({"absence": {"metric": "body_weight", "days": 0}})
