@@ -2,11 +2,11 @@
 
 Each patient's Observations are replayed in effective-time order (as if each arrived when taken),
 with the absence/closing sweep run once a day at `sweep_hour` in the patient's time zone and, as
-the live timer would, on the 15-minute grid right after each moment an absence gap opens (a
-reading's time plus the rule's gap, when no reading came sooner); before each reading, open
-episodes are reviewed as of the last 15-minute tick, as the live sweep would have. The same evaluator and episode decisions as live are used,
-so "alerts" are episodes staff would have seen and "firings" every time a rule held. Disabled
-rules (`enabled: false`) are included, because measuring them is the point.
+the live 15-minute timer would, at the first tick after each absence gap opens (a reading's time
+plus the rule's gap, when no reading came sooner) and at the first tick an open episode may close
+(reviewed before each reading). The same evaluator and episode decisions as live are used, so
+"alerts" are episodes staff would have seen and "firings" every time a rule held. Disabled rules
+(`enabled: false`) are included, because measuring them is the point.
 
 Only the span each patient was enrolled AND sending is replayed and counted in patient-weeks:
 from the latest of `since`, the start of their enrollment and their first stored reading, to the
