@@ -40,6 +40,12 @@ SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 CONDITION_KINDS = ("reading", "count", "change", "aggregate", "consecutive", "absence", "pro", "all", "any", "not")
 Op = Literal[">", ">=", "<", "<=", "==", "!="]
 Severity = Literal["low", "moderate", "high"]
+PRIORITIES = ("routine", "urgent", "asap", "stat")  # FHIR request-priority, lowest first
+Priority = Literal["routine", "urgent", "asap", "stat"]
+# Severity decides the default Task priority; a rule (or a tier) may ask for more (docs/rules.md §5).
+DEFAULT_PRIORITY = {"high": "urgent", "moderate": "routine", "low": "routine"}
+# Priorities whose patient message cannot wait for the end of quiet hours ("treat a low now").
+PATIENT_NOW = frozenset({"asap", "stat"})
 _COMPARISON = re.compile(r"^\s*([A-Za-z0-9_]+)\s*(>=|<=|==|!=|>|<)\s*(\S.*?)\s*$")
 _RULE_ID = r"^[a-z0-9][a-z0-9-]{0,63}$"
 
@@ -365,14 +371,6 @@ class Actions(StrictModel):
     task: bool | None = None  # care-team Task; default: for moderate and high severity
     flag: bool = False  # a Flag for a lasting state
     priority: Priority | None = None
-
-
-PRIORITIES = ("routine", "urgent", "asap", "stat")  # FHIR request-priority, lowest first
-Priority = Literal["routine", "urgent", "asap", "stat"]
-# Severity decides the default Task priority; a rule (or a tier) may ask for more (docs/rules.md §5).
-DEFAULT_PRIORITY = {"high": "urgent", "moderate": "routine", "low": "routine"}
-# Priorities whose patient message cannot wait for the end of quiet hours ("treat a low now").
-PATIENT_NOW = frozenset({"asap", "stat"})
 
 
 class SeverityTier(StrictModel):
