@@ -130,7 +130,7 @@ def bench_backtest(patients: int) -> None:
     cohort = {f"Patient/{i}": PatientData(PatientContext(f"Patient/{i}", tz=TZ, enrolled_since=START),
                                          patient_readings(rng, str(i))) for i in range(patients)}
     until = START + timedelta(days=90)
-    for label, rulesets in (("default library (5 rulesets, 23 rules)", load_rulesets("rules/library")),
+    for label, rulesets in (("default library (6 rulesets, 38 rules)", load_rulesets("rules/library")),
                             ("100-rule bench ruleset", [parse_ruleset(hundred_rules(), "bench.yaml")])):
         t0 = time.perf_counter()
         report = backtest(rulesets, cohort, START, until)

@@ -24,6 +24,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any
 
 from common import jsonnum
@@ -34,6 +35,7 @@ from ingest.deadletter import DeadLetterSink
 from ingest.identity import IdentityResolver
 from ingest.plausibility import check_observation
 from ingest.poison import INVALID_UNICODE, POISON, POISON_AT_STORE, lone_surrogate_path, poison_error
+from ingest.reading_time import DEFAULT_MAX_FUTURE_SKEW, check_reading_times
 from ingest.report import DEAD_LETTERED, SUPERSEDED, WRITTEN, IngestReport, notify, reports_to
 from ingest.templates import group_measurements
 from ingest.templates.errors import INVALID_JSON, MappingFailure, MessageError
@@ -72,6 +74,7 @@ class IngestDeps:
     clock: Clock
     topic: str = "device-messages"
     max_bytes: int = 256 * 1024
+    max_future_skew: timedelta = DEFAULT_MAX_FUTURE_SKEW  # readings dated further ahead are dead-lettered
 
 
 def handle_device_messages(messages: list[RawMessage], deps: IngestDeps) -> IngestReport:
@@ -191,6 +194,11 @@ class _Batch:
             return
         if not result.ok:
             self.park(i, result.errors[0])
+            return
+        try:  # a device clock ahead of the arrival time (ingest/reading_time.py)
+            check_reading_times(result.measurements, self.now, self.deps.max_future_skew)
+        except MappingFailure as failure:
+            self.park(i, failure.to_error())
             return
         self.readings[i] = list(result.measurements)
         for m in self.readings[i]:

@@ -16,7 +16,13 @@ from common.codes import ALTERNATE_CODES, LOINC
 from fhirstore.errors import ResourceGone, ResourceNotFound
 from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
-from rules.enrollment import PatientContext, enrolled_rulesets, patient_context
+from rules.enrollment import (
+    PatientContext,
+    careplan_active,
+    enrolled_rulesets,
+    patient_context,
+    unknown_programs,
+)
 from rules.evaluate import data_needed
 from rules.model import Ruleset
 from rules.readings import Reading, ReadingError, observation_code_for, readings_from_observation
@@ -32,11 +38,19 @@ class PatientRules:
     context: PatientContext
 
 
-def load_patient_rules(store: FhirStore, patient_ref: str, rulesets: list[Ruleset], now: datetime) -> PatientRules | None:
-    """None when the patient is not enrolled in any program (no active CarePlan naming one)."""
+def load_patient_rules(store: FhirStore, patient_ref: str, rulesets: list[Ruleset], now: datetime, *,
+                       default_tz: str = "UTC") -> PatientRules | None:
+    """None when the patient is not enrolled in any program (no active CarePlan naming one).
+    `default_tz` is the zone of a patient who records none: the same default their messages use."""
     careplans = search_all(store, "CarePlan", {"subject": patient_ref, "status": "active"})
     enrolled = enrolled_rulesets(careplans, rulesets, now)
     if not enrolled:
+        unknown = sum(len(unknown_programs(cp, (rs.program for rs in rulesets))) for cp in careplans
+                      if careplan_active(cp, now))
+        if unknown:
+            # Not silence: the CarePlan's own event was dead-lettered (unknown_program); say it again
+            # here, for CarePlans written before that check. No program ids: they name the condition.
+            log.warning("a patient's active CarePlan names %d unknown program id(s); not enrolled", unknown)
         return None
     try:
         patient = store.read("Patient", patient_ref.partition("/")[2])
@@ -44,7 +58,7 @@ def load_patient_rules(store: FhirStore, patient_ref: str, rulesets: list[Rulese
         patient = None
     goals = search_all(store, "Goal", {"subject": patient_ref, "lifecycle-status": "active"})
     context, problems = patient_context(patient_ref, now=now, rulesets=enrolled, patient=patient,
-                                        careplans=careplans, goals=goals)
+                                        careplans=careplans, goals=goals, default_tz=default_tz)
     for problem in problems:
         # Problems name the rule and the override field, never values.
         log.warning("care plan override ignored: %s", problem)

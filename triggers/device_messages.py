@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typing
+from datetime import timedelta
 from typing import Any
 
 import azure.functions as func
@@ -63,4 +64,5 @@ def ingest_deps(services: Services) -> IngestDeps:
         clock=services.clock,
         topic=services.settings.event_hub_name,
         max_bytes=services.settings.max_message_bytes,
+        max_future_skew=timedelta(seconds=services.settings.max_future_skew_s),
     )

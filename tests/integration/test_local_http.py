@@ -90,7 +90,7 @@ def test_cli_ingest_posts_to_a_running_server(served, capsys, monkeypatch, data_
     from runtime.cli import main
 
     f = tmp_path / "m.jsonl"
-    f.write_bytes(reading("p1", "heart_rate", "2026-11-21T07:30:00Z", {"bpm": 61}) + b"\n")
+    f.write_bytes(reading("p1", "heart_rate", "2026-11-20T07:30:00Z", {"bpm": 61}) + b"\n")
     assert main(["--data-dir", str(data_dir), "ingest", str(f), "--url", url]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["received"], out["written"], out["unaccounted"], out["observations"]["created"]) == (1, 1, 0, 1)
