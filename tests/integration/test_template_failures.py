@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from common.clock import FixedClock
 from fhirstore.paging import search_all
 from notifications.dispatch import WITHHELD_SYSTEM
 from notifications.templates import TemplateLibrary
@@ -24,12 +25,17 @@ from tests.integration.test_sms_ack import (
     texts,
 )
 from tests.support.acs_server import FakeAcsServer, write_channels_config
-from tests.support.pipeline import add_patient, make_host
+from tests.support.pipeline import DAYTIME, add_patient, make_host
 
 BOMBS = {
     "alert_high.sms.j2": "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
     "escalation.sms.j2": "{{ 'x' * 10**9 }}",
 }
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(DAYTIME)  # after the crisis reading (a reading dated ahead of the clock is refused)
 
 
 @pytest.fixture
@@ -71,7 +77,8 @@ def test_a_failing_template_is_recorded_and_the_escalation_uses_the_shipped_one(
     [nurse_text] = texts(acs, NURSE_PHONE)
     assert "x" * 100 not in nurse_text and "/api/ack/" in nurse_text
     shipped = TemplateLibrary().render("escalation", "sms", "en", {
-        "org_name": "Acme Clinic", "severity": "high", "level": 1, "ack_link": "LINK", "ack_code": "CODE"}).body
+        "org_name": "Acme Clinic", "severity": "stat", "level": 1,  # a BP crisis pages as STAT
+        "ack_link": "LINK", "ack_code": "CODE"}).body
     assert nurse_text.split("http")[0] == shipped.split("LINK")[0].split("http")[0]
     [nurse_msg] = [c for c in search_all(s.store, "Communication", {})
                    if c.get("recipient", [{}])[0].get("reference") == "Practitioner/nurse-1"]
