@@ -27,6 +27,7 @@ from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl
 
 from common.clock import Clock, SystemClock, iso, parse_instant
+from common.storage import connect as private_sqlite
 from fhirstore.errors import (
     FhirError,
     InvalidResource,
@@ -208,8 +209,8 @@ class SqliteFhirStore:
         if handle is not None and handle.pid == os.getpid():
             return handle.db
         # After a fork the parent's handle must never be used (nor closed) in the child.
-        db = sqlite3.connect(self._path, timeout=30, isolation_level=None, check_same_thread=False,
-                             cached_statements=256)
+        db = private_sqlite(self._path, timeout=30, isolation_level=None, check_same_thread=False,
+                            cached_statements=256)
         try:
             db.execute("PRAGMA busy_timeout = 30000")
             db.execute("PRAGMA synchronous = NORMAL")  # with WAL, commits survive a crashed process

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -24,7 +25,21 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"vigil: {exc}", file=sys.stderr)
         return 2
-    return int(args.func(args, settings) or 0)
+    # Anything this process creates is private to its user (health data), whatever the caller's
+    # umask; the stores also set 0600/0700 explicitly (common/storage.py). Restored on return for
+    # callers that run `main` in-process.
+    previous_umask = os.umask(0o077)
+    try:
+        return int(args.func(args, settings) or 0)
+    except Exception as exc:
+        from runtime.storage_faults import report_storage_fault
+
+        code = report_storage_fault(exc, settings.data_dir, verbose=args.verbose)
+        if code is None:
+            raise
+        return code
+    finally:
+        os.umask(previous_umask)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,11 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--reason", help="only this reason")
     replay.set_defaults(func=_dl_replay)
 
-    from runtime import cli_events, cli_rules, cli_templates
+    from runtime import cli_events, cli_purge, cli_rules, cli_templates
 
     cli_rules.register(sub)
     cli_templates.register(sub)
     cli_events.register(sub)
+    cli_purge.register(sub)
     return p
 
 
@@ -218,6 +234,8 @@ def _dl_list(args: argparse.Namespace, settings: Settings) -> int:
             print("no dead letters")
         for r in rows:
             replayed = " (replayed)" if r.replayed_at else ""
+            if r.purged_at:
+                replayed += " (payload purged)"
             print(f"{r.id:>6}  {r.source:<8} {r.reason:<20} {r.detail[:90]}{replayed}")
     finally:
         services.close()
@@ -232,8 +250,11 @@ def _dl_show(args: argparse.Namespace, settings: Settings) -> int:
             print(f"vigil: no dead letter {args.id}", file=sys.stderr)
             return 1
         print(json.dumps(letter.summary(), indent=2))
-        print("payload:")
-        print(letter.payload.decode("utf-8", errors="replace")[:20000])
+        if letter.purged_at:
+            print("payload: erased by retention (VIGIL_RETENTION_DEAD_LETTER_DAYS); the record stays")
+        else:
+            print("payload:")
+            print(letter.payload.decode("utf-8", errors="replace")[:20000])
     finally:
         services.close()
     return 0
@@ -257,6 +278,10 @@ def _dl_replay(args: argparse.Namespace, settings: Settings) -> int:
         letters = [x for x in letters if x is not None and x.replayed_at is None]
         if args.reason:
             letters = [x for x in letters if x.reason == args.reason]
+        purged = [x for x in letters if x.purged_at]
+        if purged:
+            print(f"skipping {len(purged)} dead letters whose payload retention erased: nothing to replay")
+            letters = [x for x in letters if not x.purged_at]
         for letter in letters:
             queue = _replay_queue(letter.topic)
             host.bus.publish(queue, letter.payload)

@@ -29,6 +29,7 @@ import azure.functions as func
 from azure.functions.timer import TimerRequest
 from croniter import croniter
 
+from common.storage import describe as storage_fault
 from runtime.bootstrap import WORKFLOW_EVENTS, Services, install
 from runtime.bus import Lease
 
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 # subscription on the Health Data Services topic). Other Event Grid functions (Communication
 # Services events) are fed from their own queue, `eg:<function name>`.
 FHIR_EVENT_SUBSCRIBERS = frozenset({"on_fhir_event"})
-WORKFLOW_EVENTS_RETENTION_S = 7 * 24 * 3600  # locally published workflow events kept a week
 
 
 @dataclass
@@ -151,7 +151,8 @@ class LocalHost:
         """Claim the data directory: one host per data dir. Leases of a host that died are
         released at once instead of waiting out their visibility timeout."""
         path = Path(self.services.settings.data_dir) / "host.lock"
-        self._lock_file = open(path, "w")  # noqa: SIM115 - held for the host's lifetime
+        # Created 0600 like every file of the data directory; held open for the host's lifetime.
+        self._lock_file = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -185,7 +186,9 @@ class LocalHost:
         done += self.run_due_timers()
         if time.monotonic() - self._last_trim > 60:
             self._last_trim = time.monotonic()
-            self.bus.trim(WORKFLOW_EVENTS, older_than_s=WORKFLOW_EVENTS_RETENTION_S)
+            keep_s = self.services.settings.retention_s("bus")
+            if keep_s is not None:
+                self.bus.trim(WORKFLOW_EVENTS, older_than_s=keep_s)
         return done
 
     def run_until_idle(self, *, timeout_s: float = 600.0, on_progress: Callable[[], None] | None = None) -> bool:
@@ -211,6 +214,8 @@ class LocalHost:
             try:
                 handled = self.run_once()
             except Exception as exc:  # keep the host alive; the failure is logged
+                if storage_fault(exc) is not None:
+                    raise  # a full disk or a corrupt file is not a passing failure: stop, say which
                 # The type and where, not the message: a library's message can quote a value it
                 # was handed (a reading, a phone number), as in _invoke.
                 where = "".join(traceback.format_tb(exc.__traceback__, limit=-3)).strip()
@@ -308,6 +313,11 @@ class LocalHost:
         try:
             spec.call(**{spec.arg_name: arg})
         except Exception as exc:
+            if lease_list and storage_fault(exc) is not None:
+                # Vigil's own storage failed (full disk, read-only, corrupt file): the input is not
+                # at fault, so it must not use up its attempts and end as a dead letter (which could
+                # not be written either). Stop here; the lease is released when a host starts again.
+                raise
             self.stats.count(spec.name, ok=False)
             # Type and message only: handlers keep values out of exception messages.
             # The dead letter keeps the message (an operator's record, next to the payload); the log
