@@ -15,6 +15,7 @@ the bus and the send ledger live in four packages and must all create their file
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -107,8 +108,17 @@ def write_private(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def replace_private(path: str | Path, data: bytes) -> None:
+    """Write `path` (new or existing) with mode 0600: a private temp file renamed over it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    write_private(tmp, data)
+    os.replace(tmp, path)
+
+
 # -- SQLite connections that name their file in errors -------------------------------------------
-def _tag(exc: sqlite3.Error, path: str) -> sqlite3.Error:
+def tag_error(exc: sqlite3.Error, path: str) -> sqlite3.Error:
     if getattr(exc, "vigil_path", None) is None:
         exc.vigil_path = path  # type: ignore[attr-defined]
         exc.add_note(f"database file: {path}")
@@ -123,42 +133,42 @@ class _Cursor(sqlite3.Cursor):
         try:
             return super().execute(sql, parameters)
         except sqlite3.Error as exc:
-            _tag(exc, self._path())
+            tag_error(exc, self._path())
             raise
 
     def executemany(self, sql: str, seq_of_parameters: Any, /) -> _Cursor:
         try:
             return super().executemany(sql, seq_of_parameters)
         except sqlite3.Error as exc:
-            _tag(exc, self._path())
+            tag_error(exc, self._path())
             raise
 
     def fetchone(self) -> Any:
         try:
             return super().fetchone()
         except sqlite3.Error as exc:
-            _tag(exc, self._path())
+            tag_error(exc, self._path())
             raise
 
     def fetchmany(self, size: int | None = None) -> list[Any]:
         try:
             return super().fetchmany(self.arraysize if size is None else size)
         except sqlite3.Error as exc:
-            _tag(exc, self._path())
+            tag_error(exc, self._path())
             raise
 
     def fetchall(self) -> list[Any]:
         try:
             return super().fetchall()
         except sqlite3.Error as exc:
-            _tag(exc, self._path())
+            tag_error(exc, self._path())
             raise
 
     def __next__(self) -> Any:
         try:
             return super().__next__()
         except sqlite3.Error as exc:
-            _tag(exc, self._path())
+            tag_error(exc, self._path())
             raise
 
 
@@ -180,14 +190,14 @@ class TaggedConnection(sqlite3.Connection):
         try:
             return super().executescript(script)
         except sqlite3.Error as exc:
-            _tag(exc, self.vigil_path)
+            tag_error(exc, self.vigil_path)
             raise
 
     def commit(self) -> None:
         try:
             super().commit()
         except sqlite3.Error as exc:
-            _tag(exc, self.vigil_path)
+            tag_error(exc, self.vigil_path)
             raise
 
 
@@ -195,11 +205,13 @@ def connect(path: str | Path, **kwargs: Any) -> sqlite3.Connection:
     """`sqlite3.connect` for a store's own file: created 0600 first, errors name the file."""
     text = str(path)
     if text != ":memory:" and not text.startswith("file:"):
-        private_file(text)
+        # A missing or unwritable directory: SQLite's own error (tagged below) says so.
+        with contextlib.suppress(OSError):
+            private_file(text)
     try:
         conn = sqlite3.connect(text, factory=TaggedConnection, **kwargs)
     except sqlite3.Error as exc:
-        _tag(exc, text)
+        tag_error(exc, text)
         raise
     conn.vigil_path = text  # type: ignore[attr-defined]
     return conn
