@@ -56,6 +56,7 @@ class FunctionSpec:
     route_regex: re.Pattern[str] | None = None
     methods: tuple[str, ...] = ()
     auth_level: str = "function"
+    disabled: bool = False  # the app setting AzureWebJobs.<name>.Disabled (as the Functions host)
 
 
 @dataclass
@@ -115,6 +116,7 @@ class LocalHost:
             arg_name=trigger["name"],
             call=fn.get_user_function(),
         )
+        spec.disabled = function_disabled(spec.name)
         if kind == "eventHubTrigger":
             spec.source = "eh:" + self._resolve(str(trigger["eventHubName"]))
         elif kind == "eventGridTrigger":
@@ -139,7 +141,8 @@ class LocalHost:
         return re.sub(r"%([^%]+)%", lookup, value)
 
     def of_kind(self, kind: str) -> list[FunctionSpec]:
-        return [f for f in self.functions if f.trigger == kind]
+        """The enabled functions of a trigger kind (a disabled one's input waits on its queue)."""
+        return [f for f in self.functions if f.trigger == kind and not f.disabled]
 
     @property
     def device_queue(self) -> str:
@@ -200,10 +203,11 @@ class LocalHost:
                 on_progress()
             if handled == 0:
                 if self.pending_store_events() or any(
-                    self.bus.next_visible_in(s.source) == 0 for s in self.functions if s.source
+                    self.bus.next_visible_in(s.source) == 0 for s in self.functions if s.source and not s.disabled
                 ):
                     continue
-                waits = [w for s in self.functions if s.source and (w := self.bus.next_visible_in(s.source)) is not None]
+                waits = [w for s in self.functions if s.source and not s.disabled
+                         and (w := self.bus.next_visible_in(s.source)) is not None]
                 if not waits:
                     return True
                 time.sleep(min(min(waits), 0.5))
@@ -303,7 +307,8 @@ class LocalHost:
 
     def run_timer(self, name: str) -> None:
         """Invoke one timer function now, whatever its schedule (tests, simulations, operators)."""
-        spec = next((s for s in self.of_kind("timerTrigger") if s.name == name), None)
+        # Disabled or not: the Functions host too lets an operator run a disabled function by hand.
+        spec = next((s for s in self.functions if s.trigger == "timerTrigger" and s.name == name), None)
         if spec is None:
             raise KeyError(f"no timer function named {name!r}")
         self._invoke(spec, lease_list=[], arg=TimerRequest(past_due=False))
@@ -340,6 +345,17 @@ class LocalHost:
 
     def http_functions(self) -> list[FunctionSpec]:
         return self.of_kind("httpTrigger")
+
+
+def function_disabled(name: str, environ: dict[str, str] | None = None) -> bool:
+    """The Functions host's switch: the app setting `AzureWebJobs.<name>.Disabled` set to true
+    (learn.microsoft.com/azure/azure-functions/disable-function). Shells cannot export a name
+    with dots, so `AzureWebJobs__<name>__Disabled` is read too."""
+    env = os.environ if environ is None else environ
+    for key in (f"AzureWebJobs.{name}.Disabled", f"AzureWebJobs__{name}__Disabled"):
+        if str(env.get(key, "")).strip().lower() in ("true", "1"):
+            return True
+    return False
 
 
 def event_hub_event(lease: Lease) -> func.EventHubEvent:

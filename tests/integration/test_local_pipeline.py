@@ -238,3 +238,23 @@ def test_a_repeat_reading_corrected_to_a_worse_severity_reaches_the_patient_agai
     assert sorted(c["status"] for c in to_patient) == ["completed", "completed", "completed"]
     [issue] = search_all(s.store, "DetectedIssue", {})
     assert issue["severity"] == "high"
+
+
+def test_a_disabled_timer_is_not_scheduled_but_can_be_run_by_hand(tmp_path, monkeypatch) -> None:
+    import time
+
+    from runtime.bootstrap import bootstrap
+    from runtime.host import LocalHost
+    from runtime.settings import Settings
+
+    monkeypatch.setenv("AzureWebJobs.retention_purge.Disabled", "true")
+    services = bootstrap(Settings.from_env({}, data_dir=tmp_path / "d"))
+    try:
+        host = LocalHost(services)
+        timers = {s.name for s in host.of_kind("timerTrigger")}
+        assert "retention_purge" not in timers and "alert_sweep" in timers
+        assert host.run_due_timers(now=time.time() + 2 * 86400) == len(timers)  # all due but the disabled one
+        host.run_timer("retention_purge")
+        assert host.stats.invocations.get("retention_purge") == 1
+    finally:
+        services.close()
