@@ -108,7 +108,8 @@ def test_a_corrupt_bus_is_named_and_nothing_else_is_touched(seeded: Path, tmp_pa
     assert "Traceback" in verbose.stderr and "database file:" in verbose.stderr
 
 
-@pytest.mark.parametrize("command", [["dead-letters", "list"], ["purge", "--dry-run"], ["events", "tail"]])
+@pytest.mark.parametrize("command", [["dead-letters", "list"], ["purge", "--dry-run"], ["events", "tail"],
+                                     ["serve", "--port", "0"], ["demo", "--patients", "2", "--days", "1"]])
 def test_every_command_names_the_corrupt_file(seeded: Path, command: list[str]) -> None:
     (seeded / "deadletters.db").write_bytes(b"\x00garbage" * 512)
     (seeded / "bus.db").write_bytes(b"\x00garbage" * 512)
