@@ -201,19 +201,23 @@ class TaggedConnection(sqlite3.Connection):
             raise
 
 
-def connect(path: str | Path, **kwargs: Any) -> sqlite3.Connection:
-    """`sqlite3.connect` for a store's own file: created 0600 first, errors name the file."""
+def connect(path: str | Path, *, tag_errors: bool = True, **kwargs: Any) -> sqlite3.Connection:
+    """`sqlite3.connect` for a store's own file: created 0600 first; errors name the file unless
+    `tag_errors` is false (the caller then tags them where they leave it, with `tag_error`)."""
     text = str(path)
     if text != ":memory:" and not text.startswith("file:"):
         # A missing or unwritable directory: SQLite's own error (tagged below) says so.
         with contextlib.suppress(OSError):
             private_file(text)
     try:
-        conn = sqlite3.connect(text, factory=TaggedConnection, **kwargs)
+        if tag_errors:
+            kwargs["factory"] = TaggedConnection
+        conn = sqlite3.connect(text, **kwargs)
     except sqlite3.Error as exc:
         tag_error(exc, text)
         raise
-    conn.vigil_path = text  # type: ignore[attr-defined]
+    if tag_errors:
+        conn.vigil_path = text  # type: ignore[attr-defined]
     return conn
 
 
