@@ -210,3 +210,39 @@ def test_a_chmod_read_only_data_directory_is_refused_clearly(seeded: Path, tmp_p
     assert result.returncode == 74
     assert "cannot write" in _one_line(result.stderr)
     assert _observations(seeded) == []
+
+
+def test_the_serving_host_stops_on_a_full_disk_instead_of_burning_delivery_attempts(
+        seeded: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from common.storage import describe
+    from ingest.deadletter import SqliteDeadLetterStore
+    from runtime.bootstrap import bootstrap
+    from runtime.host import LocalHost
+    from runtime.settings import Settings
+
+    conn = sqlite3.connect(seeded / "fhir.db")
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.close()
+    _limit_fhir_db(monkeypatch, pages + 2)
+    services = bootstrap(Settings.from_env({}, data_dir=seeded))
+    host = LocalHost(services)
+    host.acquire()
+    stop = threading.Event()
+    safety = threading.Timer(60, stop.set)  # the test fails rather than hangs if the host keeps going
+    safety.start()
+    try:
+        host.publish_device_messages(_messages(tmp_path / "m.jsonl").read_bytes().splitlines())
+        with pytest.raises(Exception) as caught:
+            host.serve_forever(stop)
+        assert not stop.is_set()
+        fault = describe(caught.value)
+        assert fault is not None and fault.kind == "full" and fault.path is not None
+        assert fault.path.endswith("fhir.db")
+    finally:
+        safety.cancel()
+        host.release()
+        services.close()
+    assert SqliteDeadLetterStore(seeded / "deadletters.db").count() == 0
+    assert max(host.stats.failures.values(), default=0) <= 1  # no retry loop against a full disk
