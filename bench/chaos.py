@@ -216,10 +216,13 @@ def run(data_dir: Path, messages: list[bytes], *, patients: int, as_of: str, kil
 
 def collect(data_dir: Path, store: SqliteFhirStore) -> dict[str, Any]:
     ids: dict[str, Counter[str]] = {}
+    statuses: Counter[str] = Counter()
     rewritten = 0
     for rtype in KINDS:
         counter: Counter[str] = Counter()
         for resource in search_all(store, rtype, {"_count": "1000"}):
+            if rtype == "Communication":
+                statuses[resource.get("status", "?")] += 1
             keys = [f"{i.get('system')}|{i.get('value')}" for i in resource.get("identifier", [])
                     if i.get("system") not in SECONDARY_SYSTEMS]
             counter.update(keys or [f"id-only:{resource['id']}"])
@@ -230,7 +233,8 @@ def collect(data_dir: Path, store: SqliteFhirStore) -> dict[str, Any]:
     from ingest.deadletter import SqliteDeadLetterStore
 
     dead = SqliteDeadLetterStore(data_dir / "deadletters.db")
-    result = {"ids": ids, "rewritten_observations": rewritten, "dead_letters": dead.count()}
+    result = {"ids": ids, "rewritten_observations": rewritten, "dead_letters": dead.count(),
+              "communication_status": dict(statuses)}
     dead.close()
     return result
 
@@ -285,6 +289,7 @@ def main() -> int:
         "lost": sum(r["lost"] for r in table.values()),
         "duplicated": sum(r["duplicated"] + r["extra"] for r in table.values()),
         "dead_letters": {"clean": clean["dead_letters"], "chaos": chaos["dead_letters"]},
+        "communication_status": {"clean": clean["communication_status"], "chaos": chaos["communication_status"]},
         "elapsed_s": {"clean": clean["elapsed_s"], "chaos": chaos["elapsed_s"]},
         "kill_log": kills,
     }
@@ -301,6 +306,8 @@ def main() -> int:
         for kind, row in table.items():
             print(f"{kind:<14}{row['clean']:>8}{row['chaos']:>8}{row['lost']:>6}{row['duplicated']:>6}{row['extra']:>7}")
         print(f"dead letters: clean {clean['dead_letters']}, chaos {chaos['dead_letters']}")
+        print(f"Communication status: clean {clean['communication_status']}, "
+              f"chaos {chaos['communication_status']}")
         print(f"LOST {summary['lost']}  DUPLICATED {summary['duplicated']}")
     return 0 if summary["lost"] == 0 and summary["duplicated"] == 0 else 1
 
