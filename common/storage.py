@@ -309,7 +309,8 @@ def find_unreadable_database(data_dir: str | Path) -> str | None:
             finally:
                 conn.close()
         except sqlite3.DatabaseError as exc:
-            if describe(exc) is not None and describe(exc).kind == "corrupt":  # type: ignore[union-attr]
+            fault = describe(exc)
+            if fault is not None and fault.kind == "corrupt":
                 return str(db)
         except sqlite3.Error:
             continue
