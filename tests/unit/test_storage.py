@@ -70,3 +70,17 @@ def test_private_file_is_0600_even_with_an_open_umask(tmp_path: Path) -> None:
     finally:
         os.umask(previous)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_an_untagged_corrupt_database_error_is_traced_to_its_file(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from runtime.storage_faults import EXIT_STORAGE_FAULT, report_storage_fault
+
+    good = sqlite3.connect(tmp_path / "fhir.db")
+    good.execute("CREATE TABLE t (v)")
+    good.close()
+    (tmp_path / "sends.db").write_bytes(b"\x01" * 4096)
+    assert report_storage_fault(sqlite3.DatabaseError("file is not a database"), tmp_path) == EXIT_STORAGE_FAULT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sends.db: is not a readable SQLite database" in err
+    assert report_storage_fault(ValueError("not storage"), tmp_path) is None
