@@ -27,6 +27,8 @@ from urllib.parse import parse_qsl
 
 from common import jsonnum  # decimals as written: 22.40 stays 22.40
 from common.clock import Clock, SystemClock, iso, parse_instant
+from common.storage import connect as private_sqlite
+from common.storage import tag_error
 from fhirstore.errors import (
     FhirError,
     InvalidResource,
@@ -163,6 +165,7 @@ def _typed_errors(method: _F) -> _F:
         try:
             return method(self, *args, **kwargs)
         except sqlite3.Error as exc:
+            tag_error(exc, self._path)  # which file, for the CLI's storage-fault line
             raise ServerError(f"the embedded FHIR store failed ({method.__name__}): {exc}") from exc
 
     return wrapper  # type: ignore[return-value]
@@ -208,13 +211,16 @@ class SqliteFhirStore:
         if handle is not None and handle.pid == os.getpid():
             return handle.db
         # After a fork the parent's handle must never be used (nor closed) in the child.
-        db = sqlite3.connect(self._path, timeout=30, isolation_level=None, check_same_thread=False,
-                             cached_statements=256)
+        # Plain connections on this hot path (a wrapped cursor halves read throughput): errors are
+        # tagged with the file where they leave the store instead (_typed_errors, transactions).
+        db = private_sqlite(self._path, tag_errors=False, timeout=30, isolation_level=None,
+                            check_same_thread=False, cached_statements=256)
         try:
             db.execute("PRAGMA busy_timeout = 30000")
             db.execute("PRAGMA synchronous = NORMAL")  # with WAL, commits survive a crashed process
             db.execute("PRAGMA cache_size = -32000")
-        except sqlite3.Error:
+        except sqlite3.Error as exc:
+            tag_error(exc, self._path)
             db.close()
             raise
         handle = _Handle(db)
@@ -255,6 +261,7 @@ class SqliteFhirStore:
             self._ensure_types(REGISTRY)
             self._spans.update(self._db().execute("SELECT pid, span FROM spans"))
         except sqlite3.Error as exc:
+            tag_error(exc, self._path)
             raise ServerError(f"cannot open the FHIR store at {self._path}: {exc}") from exc
 
     @contextmanager
@@ -264,6 +271,7 @@ class SqliteFhirStore:
         try:
             db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
+            tag_error(exc, self._path)
             raise ServerError(f"the embedded FHIR store is unavailable: {exc}") from exc
         try:
             now = self._clock.now().astimezone(UTC)
@@ -277,6 +285,7 @@ class SqliteFhirStore:
         try:
             db.execute("COMMIT")
         except sqlite3.Error as exc:
+            tag_error(exc, self._path)
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise ServerError(f"the embedded FHIR store could not commit: {exc}") from exc

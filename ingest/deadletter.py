@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from common.storage import connect as private_sqlite
 from ingest.poison import storable_text
 
 
@@ -33,6 +34,7 @@ class DeadLetter:
     created_at: float
     source: str  # which stage parked it: "ingest", "bus", "fhir-events", ...
     replayed_at: float | None = None
+    purged_at: float | None = None  # when retention erased the payload (the record stays)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -44,6 +46,7 @@ class DeadLetter:
             "bytes": len(self.payload),
             "created_at": self.created_at,
             "replayed_at": self.replayed_at,
+            "purged_at": self.purged_at,
         }
 
 
@@ -89,6 +92,9 @@ class SqliteDeadLetterStore:
             )
             # The same input failing the same way again (a re-delivery, a second demo run) is one
             # dead letter, not two; once replayed, a new failure is recorded afresh.
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(dead_letters)")}
+            if "purged_at" not in columns:  # files made before retention existed
+                conn.execute("ALTER TABLE dead_letters ADD COLUMN purged_at REAL")
             conn.execute(
                 "CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_once ON dead_letters (topic, reason, payload_sha)"
                 " WHERE replayed_at IS NULL"
@@ -97,7 +103,7 @@ class SqliteDeadLetterStore:
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn = private_sqlite(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
@@ -183,6 +189,34 @@ class SqliteDeadLetterStore:
         )
         return {r[0]: int(r[1]) for r in rows}
 
+    def purge(self, *, older_than_s: float, now: float | None = None, dry_run: bool = False) -> dict[str, int]:
+        """Retention. A replayed dead letter older than the retention is deleted: its input went back
+        through the pipeline and the failure is settled. One never replayed is the record of a
+        failure nobody acted on: it stays (topic, reason, detail, times, size) but its payload and
+        properties, the health data, are erased. Deleted bytes are overwritten (secure_delete) and
+        the write-ahead log is truncated, so the data does not linger in free pages."""
+        cutoff = (time.time() if now is None else now) - older_than_s
+        conn = self._conn()
+        old = "created_at < ?"
+        deleted = int(conn.execute(f"SELECT count(*) FROM dead_letters WHERE replayed_at IS NOT NULL AND {old}",
+                                   (cutoff,)).fetchone()[0])
+        erased = int(conn.execute(f"SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL"
+                                  f" AND purged_at IS NULL AND {old}", (cutoff,)).fetchone()[0])
+        if not dry_run and (deleted or erased):
+            conn.execute("PRAGMA secure_delete = ON")
+            try:
+                with self._tx() as tx:
+                    tx.execute(f"DELETE FROM dead_letters WHERE replayed_at IS NOT NULL AND {old}", (cutoff,))
+                    # payload_sha goes too: the same input failing again must be recorded afresh
+                    # (with its payload), not matched to this erased record.
+                    tx.execute(f"UPDATE dead_letters SET payload = X'', properties = '{{}}', payload_sha = NULL,"
+                               f" purged_at = ? WHERE replayed_at IS NULL AND purged_at IS NULL AND {old}",
+                               (time.time(), cutoff))
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.execute("PRAGMA secure_delete = OFF")
+        return {"deleted": deleted, "payloads_erased": erased}
+
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
         if conn is not None:
@@ -194,4 +228,5 @@ class SqliteDeadLetterStore:
         return DeadLetter(
             id=r[0], topic=r[1], source=r[2], reason=r[3], detail=r[4], payload=bytes(r[5]),
             properties=json.loads(r[6]), created_at=r[7], replayed_at=r[8],
+            purged_at=r[10] if len(r) > 10 else None,
         )

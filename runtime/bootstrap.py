@@ -12,7 +12,8 @@ from typing import Any
 
 import yaml
 
-from common.clock import Clock, SystemClock
+from common.clock import Clock, FixedClock, SystemClock, parse_instant
+from common.storage import private_dir
 from fhirstore.port import FhirStore
 from ingest.deadletter import SqliteDeadLetterStore
 from ingest.identity import IdentityResolver
@@ -61,9 +62,10 @@ class Services:
 
 
 def bootstrap(settings: Settings, *, clock: Clock | None = None) -> Services:
-    clock = clock or SystemClock()
+    if clock is None:
+        clock = FixedClock(parse_instant(settings.as_of)) if settings.as_of else SystemClock()
     data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)  # 0700, or one warning if an existing directory is looser
     dead_letters = SqliteDeadLetterStore(settings.path("deadletters.db"))
     store = _fhir_store(settings, clock)
     bus = LocalBus(settings.path("bus.db"), dead_letters=dead_letters, max_attempts=settings.bus_max_attempts)
@@ -156,7 +158,7 @@ def _secret_file(settings: Settings, name: str, make: Callable[[], str]) -> str:
     """A secret made once per data directory, readable by its owner only (the embedded default;
     on Azure secrets come from app settings)."""
     path = settings.path(name)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_dir)
     try:
         # Created with mode 0600 from the start, and only once even if two processes race.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.storage import connect as private_sqlite
 from ingest.deadletter import DeadLetterSink
 
 
@@ -70,9 +71,12 @@ class LocalBus:
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn = private_sqlite(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
+            # An acknowledged message's bytes (a reading) are zeroed where that costs no extra
+            # I/O, instead of lingering in free pages (sqlite.org/pragma.html#pragma_secure_delete).
+            conn.execute("PRAGMA secure_delete=FAST")
             self._local.conn = conn
         return conn
 
@@ -204,6 +208,24 @@ class LocalBus:
             before = conn.total_changes
             conn.execute("DELETE FROM messages WHERE topic = ? AND enqueued_at < ?", (topic, self._now() - older_than_s))
             return conn.total_changes - before
+
+    def purge(self, topic: str, *, older_than_s: float, dry_run: bool = False) -> dict[str, int]:
+        """Retention for a topic nobody consumes (workflow events): remove what is older than the
+        retention, with its bytes overwritten (secure_delete) and the write-ahead log truncated.
+        Messages of every other topic are pending work and are only counted."""
+        conn = self._conn()
+        cutoff = self._now() - older_than_s
+        old = int(conn.execute("SELECT count(*) FROM messages WHERE topic = ? AND enqueued_at < ?",
+                               (topic, cutoff)).fetchone()[0])
+        pending = int(conn.execute("SELECT count(*) FROM messages WHERE topic != ?", (topic,)).fetchone()[0])
+        if old and not dry_run:
+            conn.execute("PRAGMA secure_delete = ON")
+            try:
+                self.trim(topic, older_than_s=older_than_s)
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.execute("PRAGMA secure_delete = FAST")
+        return {"deleted": old, "pending_kept": pending}
 
     # -- inspection --------------------------------------------------------------------------
     def pending(self, topic: str | None = None) -> int:

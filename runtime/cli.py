@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"vigil: {exc}", file=sys.stderr)
         return 2
+    # Anything this process creates is private to its user (health data), whatever the caller's
+    # umask; the stores also set 0600/0700 explicitly (common/storage.py). Restored on return for
+    # callers that run `main` in-process.
+    previous_umask = os.umask(0o077)
     try:
         return int(args.func(args, settings) or 0)
     except SettingsError as exc:
@@ -43,6 +47,15 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
+    except Exception as exc:
+        from runtime.storage_faults import report_storage_fault
+
+        code = report_storage_fault(exc, settings.data_dir, verbose=args.verbose)
+        if code is None:
+            raise
+        return code
+    finally:
+        os.umask(previous_umask)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,11 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--reason", help="only this reason")
     replay.set_defaults(func=_dl_replay)
 
-    from runtime import cli_events, cli_rules, cli_templates
+    from runtime import cli_events, cli_purge, cli_rules, cli_templates
 
     cli_rules.register(sub)
     cli_templates.register(sub)
     cli_events.register(sub)
+    cli_purge.register(sub)
     return p
 
 
@@ -129,8 +143,10 @@ def serve_clock(settings: Settings, *, catch_up: bool) -> Clock:
     """The clock `vigil serve` runs on: the wall clock, except on a demo data directory, which
     resumes from the demo's as-of time unless `--catch-up` (its episodes are dated in the past, and
     on the wall clock every escalation, absence alert and reminder of the gap would go out at once)."""
-    from common.clock import ResumedClock, parse_instant
+    from common.clock import FixedClock, ResumedClock, parse_instant
 
+    if settings.as_of:  # VIGIL_AS_OF: a fixed clock, for simulations and the chaos bench
+        return FixedClock(parse_instant(settings.as_of))
     marker = settings.path(DEMO_AS_OF)
     if catch_up or not marker.is_file():
         return SystemClock()
@@ -176,7 +192,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  FHIR:    {bound}/fhir   functions: {bound}/api/<route>", flush=True)
     print(f"  token:   in {settings.path('local-token')} (send as 'Authorization: Bearer <token>')", flush=True)
     print("  functions: " + ", ".join(f"{s.name} ({s.trigger})" for s in host.functions), flush=True)
-    if not isinstance(clock, SystemClock):
+    if type(clock).__name__ == "ResumedClock":
         print(f"  clock:   resumed from the demo's as-of time ({clock.now():%Y-%m-%d %H:%M} UTC); "
               "--catch-up runs on the wall clock", flush=True)
     from runtime.checks import server_capability_warnings
@@ -304,6 +320,8 @@ def _dl_list(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{'ID':>6}  {'CREATED (UTC)':<20} {'SOURCE':<8} {'REASON':<20} DETAIL")
         for r in rows:
             replayed = " (replayed)" if r.replayed_at else ""
+            if r.purged_at:
+                replayed += " (payload purged)"
             print(f"{r.id:>6}  {_utc(r.created_at):<20} {r.source:<8} {r.reason:<20} {r.detail[:90]}{replayed}")
     finally:
         services.close()
@@ -321,8 +339,11 @@ def _dl_show(args: argparse.Namespace, settings: Settings) -> int:
         for key in ("created_at", "replayed_at"):
             summary[key] = _utc(summary[key]) if summary[key] else None
         print(json.dumps(summary, indent=2))
-        print("payload:")
-        print(letter.payload.decode("utf-8", errors="replace")[:20000])
+        if letter.purged_at:
+            print("payload: erased by retention (VIGIL_RETENTION_DEAD_LETTER_DAYS); the record stays")
+        else:
+            print("payload:")
+            print(letter.payload.decode("utf-8", errors="replace")[:20000])
     finally:
         services.close()
     return 0
@@ -354,6 +375,10 @@ def _dl_replay(args: argparse.Namespace, settings: Settings) -> int:
         letters = [x for x in letters if x is not None and x.replayed_at is None]
         if args.reason:
             letters = [x for x in letters if x.reason == args.reason]
+        purged = [x for x in letters if x.purged_at]
+        if purged:
+            print(f"skipping {len(purged)} dead letters whose payload retention erased: nothing to replay")
+            letters = [x for x in letters if not x.purged_at]
         for letter in letters:
             queue = _replay_queue(letter.topic)
             host.bus.publish(queue, letter.payload)

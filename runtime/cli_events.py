@@ -128,6 +128,11 @@ def _tail(args: argparse.Namespace, settings: Settings) -> int:
         sys.stderr.close()
         return 0
     except sqlite3.Error as exc:
+        from common.storage import describe, tag_error
+
+        if describe(exc) is not None:  # corrupt, unreadable: the CLI's one line says what to do
+            tag_error(exc, str(bus_path))
+            raise
         print(f"vigil: cannot read {bus_path}: {exc}", file=sys.stderr)
         return 1
     return 0

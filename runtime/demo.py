@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, TextIO
 
+from common.storage import private_dir, replace_private
 from fhirstore.paging import search_all
 from runtime.bootstrap import Services
 from runtime.cohort import build_cohort, care_team, staff
@@ -84,8 +85,8 @@ def _run(host: LocalHost, services: Services, patients: int, days: int, start: d
     print(f"Vigil demo: {patients} patients x {days} days from {start}, seed {seed}", file=out)
     cohort = build_cohort(patients=patients, days=days, start=start, seed=seed)
     demo_dir = data_dir / "demo"
-    demo_dir.mkdir(parents=True, exist_ok=True)
-    (demo_dir / "messages.jsonl").write_bytes(b"\n".join(cohort.messages) + b"\n")
+    private_dir(demo_dir)
+    replace_private(demo_dir / "messages.jsonl", b"\n".join(cohort.messages) + b"\n")
     before = snapshot(services)
 
     for resource in staff():

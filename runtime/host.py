@@ -29,6 +29,7 @@ import azure.functions as func
 from azure.functions.timer import TimerRequest
 from croniter import croniter
 
+from common.storage import describe as storage_fault
 from runtime.bootstrap import WORKFLOW_EVENTS, Services, install
 from runtime.bus import Lease
 from runtime.http_app import route_pattern
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 # subscription on the Health Data Services topic). Other Event Grid functions (Communication
 # Services events) are fed from their own queue, `eg:<function name>`.
 FHIR_EVENT_SUBSCRIBERS = frozenset({"on_fhir_event"})
-WORKFLOW_EVENTS_RETENTION_S = 7 * 24 * 3600  # locally published workflow events kept a week
 
 
 @dataclass
@@ -57,6 +57,7 @@ class FunctionSpec:
     route_regex: re.Pattern[str] | None = None
     methods: tuple[str, ...] = ()
     auth_level: str = "function"
+    disabled: bool = False  # the app setting AzureWebJobs.<name>.Disabled (as the Functions host)
 
 
 @dataclass
@@ -116,6 +117,7 @@ class LocalHost:
             arg_name=trigger["name"],
             call=fn.get_user_function(),
         )
+        spec.disabled = function_disabled(spec.name)
         if kind == "eventHubTrigger":
             spec.source = "eh:" + self._resolve(str(trigger["eventHubName"]))
         elif kind == "eventGridTrigger":
@@ -140,7 +142,8 @@ class LocalHost:
         return re.sub(r"%([^%]+)%", lookup, value)
 
     def of_kind(self, kind: str) -> list[FunctionSpec]:
-        return [f for f in self.functions if f.trigger == kind]
+        """The enabled functions of a trigger kind (a disabled one's input waits on its queue)."""
+        return [f for f in self.functions if f.trigger == kind and not f.disabled]
 
     @property
     def device_queue(self) -> str:
@@ -152,7 +155,8 @@ class LocalHost:
         """Claim the data directory: one host per data dir. Leases of a host that died are
         released at once instead of waiting out their visibility timeout."""
         path = Path(self.services.settings.data_dir) / "host.lock"
-        self._lock_file = open(path, "w")  # noqa: SIM115 - held for the host's lifetime
+        # Created 0600 like every file of the data directory; held open for the host's lifetime.
+        self._lock_file = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
         try:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -186,7 +190,9 @@ class LocalHost:
         done += self.run_due_timers()
         if time.monotonic() - self._last_trim > 60:
             self._last_trim = time.monotonic()
-            self.bus.trim(WORKFLOW_EVENTS, older_than_s=WORKFLOW_EVENTS_RETENTION_S)
+            keep_s = self.services.settings.retention_s("bus")
+            if keep_s is not None:
+                self.bus.trim(WORKFLOW_EVENTS, older_than_s=keep_s)
         return done
 
     def run_until_idle(self, *, timeout_s: float = 600.0, on_progress: Callable[[], None] | None = None) -> bool:
@@ -198,10 +204,11 @@ class LocalHost:
                 on_progress()
             if handled == 0:
                 if self.pending_store_events() or any(
-                    self.bus.next_visible_in(s.source) == 0 for s in self.functions if s.source
+                    self.bus.next_visible_in(s.source) == 0 for s in self.functions if s.source and not s.disabled
                 ):
                     continue
-                waits = [w for s in self.functions if s.source and (w := self.bus.next_visible_in(s.source)) is not None]
+                waits = [w for s in self.functions if s.source and not s.disabled
+                         and (w := self.bus.next_visible_in(s.source)) is not None]
                 if not waits:
                     return True
                 time.sleep(min(min(waits), 0.5))
@@ -212,6 +219,8 @@ class LocalHost:
             try:
                 handled = self.run_once()
             except Exception as exc:  # keep the host alive; the failure is logged
+                if storage_fault(exc) is not None:
+                    raise  # a full disk or a corrupt file is not a passing failure: stop, say which
                 # The type and where, not the message: a library's message can quote a value it
                 # was handed (a reading, a phone number), as in _invoke.
                 where = "".join(traceback.format_tb(exc.__traceback__, limit=-3)).strip()
@@ -299,7 +308,8 @@ class LocalHost:
 
     def run_timer(self, name: str) -> None:
         """Invoke one timer function now, whatever its schedule (tests, simulations, operators)."""
-        spec = next((s for s in self.of_kind("timerTrigger") if s.name == name), None)
+        # Disabled or not: the Functions host too lets an operator run a disabled function by hand.
+        spec = next((s for s in self.functions if s.trigger == "timerTrigger" and s.name == name), None)
         if spec is None:
             raise KeyError(f"no timer function named {name!r}")
         self._invoke(spec, lease_list=[], arg=TimerRequest(past_due=False))
@@ -309,6 +319,11 @@ class LocalHost:
         try:
             spec.call(**{spec.arg_name: arg})
         except Exception as exc:
+            if lease_list and storage_fault(exc) is not None:
+                # Vigil's own storage failed (full disk, read-only, corrupt file): the input is not
+                # at fault, so it must not use up its attempts and end as a dead letter (which could
+                # not be written either). Stop here; the lease is released when a host starts again.
+                raise
             self.stats.count(spec.name, ok=False)
             # Type and message only: handlers keep values out of exception messages.
             # The dead letter keeps the message (an operator's record, next to the payload); the log
@@ -331,6 +346,17 @@ class LocalHost:
 
     def http_functions(self) -> list[FunctionSpec]:
         return self.of_kind("httpTrigger")
+
+
+def function_disabled(name: str, environ: dict[str, str] | None = None) -> bool:
+    """The Functions host's switch: the app setting `AzureWebJobs.<name>.Disabled` set to true
+    (learn.microsoft.com/azure/azure-functions/disable-function). Shells cannot export a name
+    with dots, so `AzureWebJobs__<name>__Disabled` is read too."""
+    env = os.environ if environ is None else environ
+    for key in (f"AzureWebJobs.{name}.Disabled", f"AzureWebJobs__{name}__Disabled"):
+        if str(env.get(key, "")).strip().lower() in ("true", "1"):
+            return True
+    return False
 
 
 def event_hub_event(lease: Lease) -> func.EventHubEvent:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from notifications.ack_lockout import AckLimits
 
+from common.clock import parse_instant
+
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules" / "library"
 DEFAULT_CHAINS = Path(__file__).resolve().parent.parent / "notifications" / "chains.yaml"
 SEND_LEDGERS = ("sqlite", "fhir")
@@ -97,6 +99,16 @@ class Settings:
     ack_sms_max_failures: int = 5
     ack_sms_failure_window_s: float = 900.0
     ack_sms_lockout_s: float = 3600.0
+    # Retention (docs/operations.md): after how many days `vigil purge` and the daily
+    # retention_purge timer remove health data no longer needed; 0 keeps it forever. Pending work
+    # (undelivered bus messages) is never removed; a dead letter never replayed keeps its record
+    # (reason, detail, times) and loses only its payload.
+    retention_dead_letter_days: float = 30.0
+    retention_outbox_days: float = 30.0
+    retention_bus_days: float = 7.0  # workflow events on the local bus (`vigil events tail`)
+    # A clock that stands still at this instant (ISO 8601 with offset) instead of the system
+    # clock: simulations, benchmarks and tests of the local host only.
+    as_of: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -139,6 +151,15 @@ class Settings:
             raise SettingsError("VIGIL_HTTP_MAX_BODY_BYTES must be at least 1024")
         if not 0 <= self.max_future_skew_s <= 366 * 86400:
             raise SettingsError("VIGIL_MAX_FUTURE_SKEW_S must be between 0 and 31622400 seconds (366 days)")
+        for name in ("retention_dead_letter_days", "retention_outbox_days", "retention_bus_days"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"VIGIL_{name.upper()} must be 0 (keep forever) or a number of days")
+        if self.as_of is not None:
+            try:
+                parse_instant(self.as_of)
+            except ValueError:
+                raise SettingsError("VIGIL_AS_OF must be an ISO 8601 instant with an offset, "
+                                    f"e.g. 2026-11-15T18:00:00Z, not {self.as_of!r}") from None
         if self.send_ledger is not None and self.send_ledger.strip().lower() not in SEND_LEDGERS:
             raise SettingsError(f"VIGIL_SEND_LEDGER must be 'sqlite' or 'fhir', not {self.send_ledger!r}")
 
@@ -188,6 +209,11 @@ class Settings:
 
         device, fhir = preset_paths(self.templates_preset)
         return (self.device_templates or device, self.fhir_templates or fhir)
+
+    def retention_s(self, store: str) -> float | None:
+        """Seconds a store keeps data ("dead_letter", "outbox", "bus"); None: kept forever."""
+        days = float(getattr(self, f"retention_{store}_days"))
+        return days * 86400 if days > 0 else None
 
     def path(self, name: str) -> Path:
         return Path(self.data_dir) / name

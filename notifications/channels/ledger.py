@@ -36,6 +36,8 @@ from typing import Any, Literal, Protocol
 
 from common.clock import iso, parse_instant
 from common.codes import vigil_system
+from common.storage import connect as private_sqlite
+from common.storage import private_dir
 from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
 from fhirstore.port import FhirStore
 from notifications.channels.base import SendResult
@@ -157,9 +159,9 @@ class SqliteSendLedger:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            private_dir(Path(self.path).parent)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._conn = private_sqlite(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         _enable_wal(self._conn)
         self._conn.execute("PRAGMA synchronous=FULL")  # a recorded send must survive a power cut
         self._conn.execute(

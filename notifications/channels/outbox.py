@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from common.storage import private_dir, write_private
 from notifications.channels.base import OutgoingMessage, SendResult
 
 
@@ -30,7 +31,7 @@ class OutboxChannel:
                 return SendResult("permanent", reason="the SMS address is not a phone number", code="invalid-address")
             if opted_out:
                 return SendResult("permanent", reason="the recipient has opted out of SMS (STOP)", code="opted-out")
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)  # the files hold addresses and working acknowledgement links
         safe_id = "".join(c if c.isalnum() or c in "-_." else "_" for c in message.message_id)
         path = self.directory / f"{safe_id}.json"
         record = {
@@ -42,7 +43,8 @@ class OutboxChannel:
             "tags": message.tags,
         }
         tmp = path.with_name(f".{safe_id}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+        tmp.unlink(missing_ok=True)  # left by a process that was killed with this pid and thread id
+        write_private(tmp, json.dumps(record, indent=2, sort_keys=True).encode())
         try:
             # link() fails if the target exists: atomic "create if absent" with complete content.
             os.link(tmp, path)

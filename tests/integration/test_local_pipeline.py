@@ -328,3 +328,23 @@ def test_the_post_discharge_program_enrolls_by_careplan_and_alerts_on_fever(host
     [issue] = search_all(s.store, "DetectedIssue", {"patient": "Patient/p1"})
     assert (issue["code"]["coding"][0]["code"], issue["severity"]) == ("pd-fever", "moderate")
     assert not [d for d in s.dead_letters.list() if d.reason == "unknown_program"]
+
+
+def test_a_disabled_timer_is_not_scheduled_but_can_be_run_by_hand(tmp_path, monkeypatch) -> None:
+    import time
+
+    from runtime.bootstrap import bootstrap
+    from runtime.host import LocalHost
+    from runtime.settings import Settings
+
+    monkeypatch.setenv("AzureWebJobs.retention_purge.Disabled", "true")
+    services = bootstrap(Settings.from_env({}, data_dir=tmp_path / "d"))
+    try:
+        host = LocalHost(services)
+        timers = {s.name for s in host.of_kind("timerTrigger")}
+        assert "retention_purge" not in timers and "alert_sweep" in timers
+        assert host.run_due_timers(now=time.time() + 2 * 86400) == len(timers)  # all due but the disabled one
+        host.run_timer("retention_purge")
+        assert host.stats.invocations.get("retention_purge") == 1
+    finally:
+        services.close()

@@ -25,6 +25,7 @@ def test_function_names_and_trigger_types() -> None:
         "alert_sweep": "timerTrigger",
         "escalation_sweep": "timerTrigger",
         "reminder_sweep": "timerTrigger",
+        "retention_purge": "timerTrigger",
         "http_ingest": "httpTrigger",
         "health": "httpTrigger",
         "acknowledge_alert": "httpTrigger",

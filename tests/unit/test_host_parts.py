@@ -30,3 +30,12 @@ def test_route_templates_capture_parameters() -> None:
     assert opt.match("/rules/htn/dry-run").groupdict() == {"ruleset": "htn", "patient": None}
     assert opt.match("/rules/htn/dry-run/p1")["patient"] == "p1"
     assert route_regex("items/{id:int}").match("/items/7")["id"] == "7"
+
+
+def test_a_function_is_disabled_by_the_functions_hosts_app_setting() -> None:
+    from runtime.host import function_disabled
+
+    assert function_disabled("alert_sweep", {"AzureWebJobs.alert_sweep.Disabled": "true"})
+    assert function_disabled("alert_sweep", {"AzureWebJobs__alert_sweep__Disabled": "True"})
+    assert not function_disabled("alert_sweep", {"AzureWebJobs.alert_sweep.Disabled": "false"})
+    assert not function_disabled("alert_sweep", {"AzureWebJobs.reminder_sweep.Disabled": "true"})

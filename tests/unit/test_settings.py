@@ -83,3 +83,25 @@ def test_the_clinic_phone_is_required_to_send_messages() -> None:
     with pytest.raises(SettingsError, match="VIGIL_CONTACT_PHONE is required"):
         Settings.from_env({}).require_contact_phone()
     Settings.from_env({"VIGIL_CONTACT_PHONE": "+1-555-010-0100"}).require_contact_phone()
+def test_as_of_fixes_the_clock_of_every_command(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from runtime.bootstrap import bootstrap
+
+    services = bootstrap(Settings.from_env({"VIGIL_AS_OF": "2026-10-26T18:00:00Z"}, data_dir=tmp_path / "d"))
+    try:
+        assert services.clock.now() == datetime(2026, 10, 26, 18, 0, tzinfo=UTC)
+    finally:
+        services.close()
+
+
+def test_as_of_without_an_offset_is_refused() -> None:
+    with pytest.raises(SettingsError, match="VIGIL_AS_OF"):
+        Settings.from_env({"VIGIL_AS_OF": "2026-10-26T18:00:00"})
+
+
+def test_retention_settings_are_days_and_zero_keeps_forever() -> None:
+    s = Settings.from_env({"VIGIL_RETENTION_OUTBOX_DAYS": "0", "VIGIL_RETENTION_DEAD_LETTER_DAYS": "1.5"})
+    assert s.retention_s("outbox") is None
+    assert s.retention_s("dead_letter") == 1.5 * 86400
+    assert s.retention_s("bus") == 7 * 86400
