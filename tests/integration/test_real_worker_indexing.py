@@ -30,6 +30,7 @@ EXPECTED = {
     "alert_sweep": {"timer": ("timerTrigger", "in")},
     "escalation_sweep": {"timer": ("timerTrigger", "in")},
     "reminder_sweep": {"timer": ("timerTrigger", "in")},
+    "retention_purge": {"timer": ("timerTrigger", "in")},
     "http_ingest": {"req": ("httpTrigger", "in"), "$return": ("http", "out")},
     "health": {"req": ("httpTrigger", "in"), "$return": ("http", "out")},
     "acknowledge_alert": {"req": ("httpTrigger", "in"), "$return": ("http", "out")},
