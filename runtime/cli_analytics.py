@@ -1,4 +1,4 @@
-"""`vigil views test` (and the other analytics verbs): thin wrappers over the `analytics` package."""
+"""`vigil views test`, `vigil export`, `vigil deidentify`: thin wrappers over the `analytics` package."""
 
 from __future__ import annotations
 
@@ -18,6 +18,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     test.add_argument("--report", type=Path, help="write the suite's JSON report (test-report.schema.json) here")
     test.set_defaults(func=_views_test)
 
+    export = sub.add_parser("export", help="export what changed since the last run to NDJSON and Parquet")
+    export.add_argument("dest", type=Path, help="destination folder (the data lake root)")
+    export.add_argument("--format", default="ndjson,parquet", help="ndjson, parquet or both (default both)")
+    export.add_argument("--grace", type=float, default=2.0, help="seconds behind now the window ends (default 2)")
+    export.add_argument("--chunk-rows", type=int, default=100_000, help="resources per file (default 100000)")
+    export.add_argument("--deidentify", nargs="?", const="safe-harbor", metavar="CONFIG",
+                        help="de-identify on the way out: safe-harbor (default), research, or a config file")
+    export.add_argument("--no-progress", action="store_true", help="no progress bar")
+    export.add_argument("--json", action="store_true", help="print the summary as JSON")
+    export.set_defaults(func=_export)
+
 
 def _views_test(args: argparse.Namespace, settings: Settings) -> int:
     from analytics.views.suite import report, run_suite
@@ -34,3 +45,33 @@ def _views_test(args: argparse.Namespace, settings: Settings) -> int:
         print(f"FAIL {o.key}: {o.error}")
     print(f"{len(outcomes) - len(failed)}/{len(outcomes)} passed")
     return 1 if failed else 0
+
+
+def _export(args: argparse.Namespace, settings: Settings) -> int:
+    from analytics.export import ExportError, run_export
+
+    if not settings.embedded:
+        print("vigil: export reads the embedded FHIR store; with VIGIL_FHIR_URL set use the server's $export",
+              file=sys.stderr)
+        return 2
+    formats = frozenset(f.strip() for f in args.format.split(",") if f.strip())
+    transform = None
+    try:
+        if args.deidentify:
+            from analytics.deid.cli import transform_for_export
+
+            transform = transform_for_export(args.deidentify, args.dest)
+        summary = run_export(settings.path("fhir.db"), args.dest, formats=formats, grace_s=args.grace,
+                             chunk_rows=args.chunk_rows, transform=transform,
+                             progress=not args.no_progress and sys.stderr.isatty())
+    except (ExportError, FileNotFoundError, ValueError) as exc:
+        print(f"vigil: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=2))
+        return 0
+    print(f"export {summary.run_id}{' (resumed)' if summary.resumed else ''}: "
+          f"{summary.total} changes in {summary.seconds:.1f} s, {summary.files} files")
+    for rtype in sorted(set(summary.resources) | set(summary.deleted)):
+        print(f"  {rtype:<24} {summary.resources.get(rtype, 0):>9} resources {summary.deleted.get(rtype, 0):>7} deleted")
+    return 0
