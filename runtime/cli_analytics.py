@@ -29,6 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     export.add_argument("--json", action="store_true", help="print the summary as JSON")
     export.set_defaults(func=_export)
 
+    deid = sub.add_parser("deidentify", help="de-identify FHIR JSON/NDJSON files (FHIR anonymizer configuration)")
+    deid.add_argument("input", type=Path, help="a .json/.ndjson file or a folder of them")
+    deid.add_argument("output", type=Path, help="output file or folder (NDJSON)")
+    deid.add_argument("--config", default="safe-harbor",
+                      help="safe-harbor (default), research, or an anonymizer configuration file")
+    deid.add_argument("--no-check", action="store_true", help="skip the check that no input identifier remains")
+    deid.set_defaults(func=_deidentify)
+
 
 def _views_test(args: argparse.Namespace, settings: Settings) -> int:
     from analytics.views.suite import report, run_suite
@@ -58,13 +66,14 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
     transform = None
     try:
         if args.deidentify:
-            from analytics.deid.cli import transform_for_export
+            from analytics.deid.files import transform_for_export
 
-            transform = transform_for_export(args.deidentify, args.dest)
+            transform = transform_for_export(args.deidentify, settings.path("deid-keys.json"))
         summary = run_export(settings.path("fhir.db"), args.dest, formats=formats, grace_s=args.grace,
                              chunk_rows=args.chunk_rows, transform=transform,
+                             deidentify=args.deidentify,
                              progress=not args.no_progress and sys.stderr.isatty())
-    except (ExportError, FileNotFoundError, ValueError) as exc:
+    except (ExportError, FileNotFoundError, PermissionError, ValueError) as exc:
         print(f"vigil: {exc}", file=sys.stderr)
         return 1
     if args.json:
@@ -74,4 +83,23 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
           f"{summary.total} changes in {summary.seconds:.1f} s, {summary.files} files")
     for rtype in sorted(set(summary.resources) | set(summary.deleted)):
         print(f"  {rtype:<24} {summary.resources.get(rtype, 0):>9} resources {summary.deleted.get(rtype, 0):>7} deleted")
+    return 0
+
+
+def _deidentify(args: argparse.Namespace, settings: Settings) -> int:
+    from analytics.deid import ConfigError, DeidError
+    from analytics.deid.files import configured, deidentify_path
+
+    try:
+        config = configured(args.config, settings.path("deid-keys.json"))
+        summary = deidentify_path(args.input, args.output, config, check=not args.no_check)
+    except (ConfigError, DeidError, FileNotFoundError, PermissionError, ValueError) as exc:
+        print(f"vigil: {exc}", file=sys.stderr)
+        return 1
+    if summary.leaks:
+        found = ", ".join(f"{n} {kind}" for kind, n in sorted(summary.leaks.items()))
+        print(f"vigil: not written: the output still holds identifiers of the input ({found}); "
+              "add rules for them to the configuration", file=sys.stderr)
+        return 1
+    print(f"de-identified {summary.resources} resources from {summary.files} files with {config.source}")
     return 0

@@ -138,6 +138,7 @@ def run_export(
     grace_s: float = 2.0,
     upto: int | None = None,
     transform: Transform | None = None,
+    deidentify: str | None = None,
     clock: Clock | None = None,
     chunk_rows: int = 100_000,
     progress: bool = False,
@@ -151,6 +152,13 @@ def run_export(
         state = ExportState.load(state_path)
     except ValueError as exc:
         raise ExportError(str(exc)) from exc
+    if (transform is None) != (deidentify is None):
+        raise ExportError("a de-identifying export names its configuration (deidentify=...)")
+    if (state.runs or state.pending) and state.deidentify != deidentify:
+        had = f"de-identified with {state.deidentify}" if state.deidentify else "identified data"
+        now = f"de-identified with {deidentify}" if deidentify else "identified data"
+        raise ExportError(f"{dest} holds {had}; this run would add {now}: use another destination")
+    state.deidentify = deidentify
     source = SqliteSource(store_path)
     try:
         resumed = state.pending is not None

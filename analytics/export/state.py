@@ -24,6 +24,7 @@ class ExportState:
     watermark: int = 0  # every change with updated <= watermark is committed to the lake
     runs: int = 0
     pending: PendingRun | None = None
+    deidentify: str | None = None  # the de-identification the lake was started with (None: identified data)
     last_summary: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -34,7 +35,7 @@ class ExportState:
             raw = json.loads(path.read_text(encoding="utf-8"))
             pending = raw.get("pending")
             return cls(watermark=int(raw["watermark"]), runs=int(raw.get("runs", 0)),
-                       pending=PendingRun(**pending) if pending else None,
+                       pending=PendingRun(**pending) if pending else None, deidentify=raw.get("deidentify"),
                        last_summary=raw.get("last_summary") or {})
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"the export state {path} is unreadable ({exc}); "
