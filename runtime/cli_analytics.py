@@ -11,8 +11,16 @@ from runtime.settings import Settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    views = sub.add_parser("views", help="SQL-on-FHIR v2 ViewDefinitions: conformance suite")
+    views = sub.add_parser("views", help="SQL-on-FHIR v2 ViewDefinitions: list, run into DuckDB, conformance suite")
     actions = views.add_subparsers(required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="list the shipped RPM views")
+    listing.set_defaults(func=_views_list)
+    run = actions.add_parser("run", help="materialize views into DuckDB from an exported lake")
+    run.add_argument("lake", type=Path, help="the export destination (holds result/ and deleted/)")
+    run.add_argument("names", nargs="*", help="views to build (default: all shipped views)")
+    run.add_argument("--view", type=Path, action="append", default=[], help="also a ViewDefinition JSON file")
+    run.add_argument("--db", type=Path, help="DuckDB file (default: LAKE/views.duckdb)")
+    run.set_defaults(func=_views_run)
     test = actions.add_parser("test", help="run a SQL-on-FHIR v2 conformance test folder")
     test.add_argument("dir", type=Path, help="folder of the suite's test files (*.json)")
     test.add_argument("--report", type=Path, help="write the suite's JSON report (test-report.schema.json) here")
@@ -28,6 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     export.add_argument("--no-progress", action="store_true", help="no progress bar")
     export.add_argument("--json", action="store_true", help="print the summary as JSON")
     export.set_defaults(func=_export)
+
+    sql = sub.add_parser("sql", help="run SQL over the materialized views (DuckDB)")
+    sql.add_argument("query", help='e.g. "SELECT code, avg(value) FROM vital_signs GROUP BY code"')
+    sql.add_argument("--db", type=Path, required=True, help="the DuckDB file `vigil views run` built")
+    sql.add_argument("--csv", action="store_true", help="CSV out instead of a table")
+    sql.set_defaults(func=_sql)
 
     deid = sub.add_parser("deidentify", help="de-identify FHIR JSON/NDJSON files (FHIR anonymizer configuration)")
     deid.add_argument("input", type=Path, help="a .json/.ndjson file or a folder of them")
@@ -102,4 +116,58 @@ def _deidentify(args: argparse.Namespace, settings: Settings) -> int:
               "add rules for them to the configuration", file=sys.stderr)
         return 1
     print(f"de-identified {summary.resources} resources from {summary.files} files with {config.source}")
+    return 0
+
+
+def _views_list(args: argparse.Namespace, settings: Settings) -> int:
+    from analytics.views.duck import shipped_views
+
+    for name, view in shipped_views().items():
+        print(f"{name:<16} {view['resource']:<14} {view.get('title', '')}")
+    return 0
+
+
+def _views_run(args: argparse.Namespace, settings: Settings) -> int:
+    from analytics.views import ViewDefinitionError
+    from analytics.views.duck import materialize, shipped_views
+
+    catalog = shipped_views()
+    names = list(args.names)
+    try:
+        for path in args.view:
+            view = json.loads(path.read_text(encoding="utf-8"))
+            name = view.get("name") or path.stem
+            catalog[name] = view
+            names.append(name)
+        counts = materialize(args.lake, args.db or args.lake / "views.duckdb", names=names or None, views=catalog)
+    except (KeyError, ValueError, ViewDefinitionError, OSError) as exc:
+        print(f"vigil: {exc}", file=sys.stderr)
+        return 1
+    for name, n in counts.items():
+        print(f"{name:<16} {n:>9} rows")
+    return 0
+
+
+def _sql(args: argparse.Namespace, settings: Settings) -> int:
+    import csv
+
+    import duckdb
+
+    from analytics.views.duck import query_with_columns
+
+    try:
+        columns, rows = query_with_columns(args.db, args.query)
+    except (duckdb.Error, OSError) as exc:
+        print(f"vigil: {exc}", file=sys.stderr)
+        return 1
+    if args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return 0
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
     return 0
