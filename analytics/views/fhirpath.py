@@ -21,6 +21,7 @@ from fhirpathpy.models import models
 from fhirpathpy.parser import parse
 
 from analytics.views.boundary import high_boundary, low_boundary
+from analytics.views.fastpath import Unsupported, compile_fast
 
 _MODEL = models["r4"]
 
@@ -122,6 +123,16 @@ class Expression:
             self._parsed = parse(text)
         except Exception as exc:  # the ANTLR parser raises plain Exceptions
             raise FhirPathError(f"{where}: {text!r} is not valid FHIRPath ({exc})") from exc
+        self._fast = compile_fast(text)
+
+    def values(self, focus: Any, variables: Mapping[str, Any]) -> list:
+        """The result as plain JSON values: by the fast evaluator when it covers the expression."""
+        if self._fast is not None:
+            try:
+                return self._fast(_data(focus), variables)
+            except Unsupported:
+                pass
+        return [to_json(v) for v in self.nodes(focus, variables)]
 
     def nodes(self, focus: Any, variables: Mapping[str, Any]) -> list:
         """Evaluate on ``focus`` (a resource dict or a node from an earlier evaluation)."""

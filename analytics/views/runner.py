@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from analytics.views.definition import Column, CompiledView, Select, ViewDefinitionError, compile_view
-from analytics.views.fhirpath import FhirPathError, to_json
+from analytics.views.fhirpath import FhirPathError
 
 
 def _evaluate(expr: Any, focus: Any, env: Mapping[str, Any]) -> list:
@@ -21,8 +21,15 @@ def _evaluate(expr: Any, focus: Any, env: Mapping[str, Any]) -> list:
         raise ViewDefinitionError(str(exc)) from exc
 
 
+def _values(expr: Any, focus: Any, env: Mapping[str, Any]) -> list:
+    try:
+        return expr.values(focus, env)
+    except FhirPathError as exc:
+        raise ViewDefinitionError(str(exc)) from exc
+
+
 def _column_value(col: Column, focus: Any, env: Mapping[str, Any]) -> Any:
-    values = [to_json(v) for v in _evaluate(col.path, focus, env)]
+    values = _values(col.path, focus, env)
     if col.collection:
         return values
     if not values:
@@ -89,7 +96,7 @@ def _process(sel: Select, node: Any, env: dict[str, Any]) -> list[dict[str, Any]
 
 def _passes(view: CompiledView, resource: Mapping[str, Any], env: Mapping[str, Any]) -> bool:
     for expr in view.where:
-        result = [to_json(v) for v in _evaluate(expr, resource, env)]
+        result = _values(expr, resource, env)
         if not result:
             return False
         if len(result) > 1 or not isinstance(result[0], bool):
