@@ -52,6 +52,14 @@ class Anonymizer:
         self.partial_ages = bool(p.get("enablePartialAgesForRedact", False))
         self.partial_zips = bool(p.get("enablePartialZipCodesForRedact", False))
         self.restricted = list(p.get("restrictedZipCodeTabulationAreas") or [])
+        self._by_type: dict[str, list[Rule]] = {}
+
+    def _rules(self, resource_type: str) -> list[Rule]:
+        """The rules that can match this type, in order (most rules name another resource type)."""
+        if resource_type not in self._by_type:
+            self._by_type[resource_type] = [
+                r for r in self.config.rules if getattr(r.select, "root_type", None) in (None, resource_type)]
+        return self._by_type[resource_type]
 
     def anonymize(self, resource: dict[str, Any], *, file_name: str = "", folder: str = "") -> dict[str, Any]:
         doc = json_copy(resource)
@@ -76,7 +84,7 @@ class Anonymizer:
         tree = Tree(str(doc.get("resourceType")), walk(doc))
         by_loc = {n.loc: n for n in tree.nodes}
         run = _Run(self, doc, tree, by_loc, self._days(doc, file_name, folder))
-        for rule in self.config.rules:
+        for rule in self._rules(tree.resource_type):
             for node in rule.select(tree):
                 run.apply(rule, node)
         if run.labels:

@@ -86,6 +86,7 @@ def compile_path(path: str) -> Step:
         raise PathError(f"{path!r} has an empty step")
     compiled: list[Step] = []
     first = steps[0].strip()
+    root_type = first if _IDENT.fullmatch(first) and first not in ("Resource", "DomainResource") else None
     if first.startswith("(") and first.endswith(")"):
         compiled.append(_group(compile_path(first[1:-1])))
     else:
@@ -109,6 +110,7 @@ def compile_path(path: str) -> Step:
                 return []
         return current or []
 
+    run.root_type = root_type  # type: ignore[attr-defined]
     return run
 
 
