@@ -1,6 +1,6 @@
 """Materializing ViewDefinitions into DuckDB from an exported lake (`vigil views run`, `vigil sql`).
 
-DuckDB reads the lake's Parquet, keeps the latest version of each resource (by ``meta.lastUpdated``) that no
+DuckDB reads the lake's Parquet, keeps the latest version of each resource (by ``meta.versionId``) that no
 later tombstone deletes, and hands the resources to the ViewDefinition runner in batches; the rows become a
 DuckDB table named after the view. The runner, not generated SQL, defines the rows, so a view means the same
 in DuckDB as in the conformance suite.
@@ -47,11 +47,14 @@ def latest_resources(con: Any, lake: Path, resource_type: str) -> Iterator[dict[
     if not list((lake / "result" / resource_type).rglob("*.parquet")):
         return
     deleted = list((lake / "deleted" / resource_type).rglob("*.parquet"))
-    tomb = (f"LEFT JOIN (SELECT id AS tid, max(meta.lastUpdated) AS gone FROM read_parquet('{_glob(lake, 'deleted', resource_type)}', "
-            "union_by_name = true) GROUP BY id) t ON t.tid = r.id WHERE t.gone IS NULL OR t.gone < r.meta.lastUpdated"
-            if deleted else "")
-    sql = (f"SELECT r.* FROM (SELECT * FROM read_parquet('{live}', union_by_name = true) "
-           "QUALIFY row_number() OVER (PARTITION BY id ORDER BY meta.lastUpdated DESC) = 1) r " + tomb)
+    # Latest by versionId (the store's integers), then lastUpdated: a de-identified lake shifts lastUpdated
+    # per patient or zeroes its time, but keeps versionId, and a tombstone carries the delete's version.
+    version = "TRY_CAST(meta.versionId AS BIGINT)"
+    tomb = (f"LEFT JOIN (SELECT id AS tid, max({version}) AS gone FROM read_parquet("
+            f"'{_glob(lake, 'deleted', resource_type)}', union_by_name = true) GROUP BY id) t ON t.tid = r.id "
+            f"WHERE t.gone IS NULL OR t.gone < TRY_CAST(r.meta.versionId AS BIGINT)" if deleted else "")
+    sql = (f"SELECT r.* FROM (SELECT * FROM read_parquet('{live}', union_by_name = true) QUALIFY row_number() "
+           f"OVER (PARTITION BY id ORDER BY {version} DESC NULLS LAST, meta.lastUpdated DESC) = 1) r " + tomb)
     reader = con.sql(sql).to_arrow_reader(_BATCH)
     for batch in reader:
         for row in batch.to_pylist():

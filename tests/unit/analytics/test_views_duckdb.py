@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from analytics.deid.files import transform_for_export
 from analytics.export import run_export
 from analytics.views import run_view
 from analytics.views.duck import query_with_columns, shipped_views
@@ -58,3 +59,20 @@ def test_views_in_duckdb_match_the_runner_after_updates_and_deletes(tmp_path: Pa
     assert main(["--data-dir", str(data_dir), "sql", "SELECT count(*) AS n FROM vital_signs", "--db", str(db),
                  "--csv"]) == 0
     assert capsys.readouterr().out.splitlines() == ["n", "29"]
+
+
+def test_deidentified_lake_applies_deletes_by_version(tmp_path: Path, data_dir: Path, clock: FixedClock) -> None:
+    store = seed(data_dir / "fhir.db", clock)
+    lake = tmp_path / "lake"
+    transform = transform_for_export("research", data_dir / "deid-keys.json")
+    run_export(data_dir / "fhir.db", lake, clock=clock, grace_s=0, transform=transform, deidentify="research")
+    clock.advance(timedelta(days=1))
+    store.delete("Observation", "obs-6")
+    store.update(observation(7, "pat-1", 120.0))
+    second = run_export(data_dir / "fhir.db", lake, clock=clock, grace_s=0, transform=transform,
+                        deidentify="research")
+    assert second.resources == {"Observation": 1} and second.deleted == {"Observation": 1}
+    db = tmp_path / "views.duckdb"
+    assert main(["--data-dir", str(data_dir), "views", "run", str(lake), "vital_signs", "--db", str(db)]) == 0
+    _, rows = query_with_columns(db, "SELECT count(*), count(*) FILTER (WHERE value = 120.0) FROM vital_signs")
+    assert rows == [(29, 1)]
