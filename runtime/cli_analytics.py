@@ -1,0 +1,173 @@
+"""`vigil views test`, `vigil export`, `vigil deidentify`: thin wrappers over the `analytics` package."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from runtime.settings import Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    views = sub.add_parser("views", help="SQL-on-FHIR v2 ViewDefinitions: list, run into DuckDB, conformance suite")
+    actions = views.add_subparsers(required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="list the shipped RPM views")
+    listing.set_defaults(func=_views_list)
+    run = actions.add_parser("run", help="materialize views into DuckDB from an exported lake")
+    run.add_argument("lake", type=Path, help="the export destination (holds result/ and deleted/)")
+    run.add_argument("names", nargs="*", help="views to build (default: all shipped views)")
+    run.add_argument("--view", type=Path, action="append", default=[], help="also a ViewDefinition JSON file")
+    run.add_argument("--db", type=Path, help="DuckDB file (default: LAKE/views.duckdb)")
+    run.set_defaults(func=_views_run)
+    test = actions.add_parser("test", help="run a SQL-on-FHIR v2 conformance test folder")
+    test.add_argument("dir", type=Path, help="folder of the suite's test files (*.json)")
+    test.add_argument("--report", type=Path, help="write the suite's JSON report (test-report.schema.json) here")
+    test.set_defaults(func=_views_test)
+
+    export = sub.add_parser("export", help="export what changed since the last run to NDJSON and Parquet")
+    export.add_argument("dest", type=Path, help="destination folder (the data lake root)")
+    export.add_argument("--format", default="ndjson,parquet", help="ndjson, parquet or both (default both)")
+    export.add_argument("--grace", type=float, default=2.0, help="seconds behind now the window ends (default 2)")
+    export.add_argument("--chunk-rows", type=int, default=100_000, help="resources per file (default 100000)")
+    export.add_argument("--deidentify", nargs="?", const="safe-harbor", metavar="CONFIG",
+                        help="de-identify on the way out: safe-harbor (default), research, or a config file")
+    export.add_argument("--no-progress", action="store_true", help="no progress bar")
+    export.add_argument("--json", action="store_true", help="print the summary as JSON")
+    export.set_defaults(func=_export)
+
+    sql = sub.add_parser("sql", help="run SQL over the materialized views (DuckDB)")
+    sql.add_argument("query", help='e.g. "SELECT code, avg(value) FROM vital_signs GROUP BY code"')
+    sql.add_argument("--db", type=Path, required=True, help="the DuckDB file `vigil views run` built")
+    sql.add_argument("--csv", action="store_true", help="CSV out instead of a table")
+    sql.set_defaults(func=_sql)
+
+    deid = sub.add_parser("deidentify", help="de-identify FHIR JSON/NDJSON files (FHIR anonymizer configuration)")
+    deid.add_argument("input", type=Path, help="a .json/.ndjson file or a folder of them")
+    deid.add_argument("output", type=Path, help="output file or folder (NDJSON)")
+    deid.add_argument("--config", default="safe-harbor",
+                      help="safe-harbor (default), research, or an anonymizer configuration file")
+    deid.add_argument("--no-check", action="store_true", help="skip the check that no input identifier remains")
+    deid.set_defaults(func=_deidentify)
+
+
+def _views_test(args: argparse.Namespace, settings: Settings) -> int:
+    from analytics.views.suite import report, run_suite
+
+    try:
+        outcomes = run_suite(args.dir)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"vigil: {exc}", file=sys.stderr)
+        return 2
+    if args.report:
+        args.report.write_text(json.dumps(report(outcomes), indent=2) + "\n", encoding="utf-8")
+    failed = [o for o in outcomes if not o.passed]
+    for o in failed:
+        print(f"FAIL {o.key}: {o.error}")
+    print(f"{len(outcomes) - len(failed)}/{len(outcomes)} passed")
+    return 1 if failed else 0
+
+
+def _export(args: argparse.Namespace, settings: Settings) -> int:
+    from analytics.export import ExportError, run_export
+
+    if not settings.embedded:
+        print("vigil: export reads the embedded FHIR store; with VIGIL_FHIR_URL set use the server's $export",
+              file=sys.stderr)
+        return 2
+    formats = frozenset(f.strip() for f in args.format.split(",") if f.strip())
+    transform = None
+    try:
+        if args.deidentify:
+            from analytics.deid.files import transform_for_export
+
+            transform = transform_for_export(args.deidentify, settings.path("deid-keys.json"))
+        summary = run_export(settings.path("fhir.db"), args.dest, formats=formats, grace_s=args.grace,
+                             chunk_rows=args.chunk_rows, transform=transform,
+                             deidentify=args.deidentify,
+                             progress=not args.no_progress and sys.stderr.isatty())
+    except (ExportError, FileNotFoundError, PermissionError, ValueError) as exc:
+        print(f"vigil: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=2))
+        return 0
+    print(f"export {summary.run_id}{' (resumed)' if summary.resumed else ''}: "
+          f"{summary.total} changes in {summary.seconds:.1f} s, {summary.files} files")
+    for rtype in sorted(set(summary.resources) | set(summary.deleted)):
+        print(f"  {rtype:<24} {summary.resources.get(rtype, 0):>9} resources {summary.deleted.get(rtype, 0):>7} deleted")
+    return 0
+
+
+def _deidentify(args: argparse.Namespace, settings: Settings) -> int:
+    from analytics.deid import ConfigError, DeidError
+    from analytics.deid.files import configured, deidentify_path
+
+    try:
+        config = configured(args.config, settings.path("deid-keys.json"))
+        summary = deidentify_path(args.input, args.output, config, check=not args.no_check)
+    except (ConfigError, DeidError, FileNotFoundError, PermissionError, ValueError) as exc:
+        print(f"vigil: {exc}", file=sys.stderr)
+        return 1
+    if summary.leaks:
+        found = ", ".join(f"{n} {kind}" for kind, n in sorted(summary.leaks.items()))
+        print(f"vigil: not written: the output still holds identifiers of the input ({found}); "
+              "add rules for them to the configuration", file=sys.stderr)
+        return 1
+    print(f"de-identified {summary.resources} resources from {summary.files} files with {config.source}")
+    return 0
+
+
+def _views_list(args: argparse.Namespace, settings: Settings) -> int:
+    from analytics.views.duck import shipped_views
+
+    for name, view in shipped_views().items():
+        print(f"{name:<16} {view['resource']:<14} {view.get('title', '')}")
+    return 0
+
+
+def _views_run(args: argparse.Namespace, settings: Settings) -> int:
+    from analytics.views import ViewDefinitionError
+    from analytics.views.duck import materialize, shipped_views
+
+    catalog = shipped_views()
+    names = list(args.names)
+    try:
+        for path in args.view:
+            view = json.loads(path.read_text(encoding="utf-8"))
+            name = view.get("name") or path.stem
+            catalog[name] = view
+            names.append(name)
+        counts = materialize(args.lake, args.db or args.lake / "views.duckdb", names=names or None, views=catalog)
+    except (KeyError, ValueError, ViewDefinitionError, OSError) as exc:
+        print(f"vigil: {exc}", file=sys.stderr)
+        return 1
+    for name, n in counts.items():
+        print(f"{name:<16} {n:>9} rows")
+    return 0
+
+
+def _sql(args: argparse.Namespace, settings: Settings) -> int:
+    import csv
+
+    import duckdb
+
+    from analytics.views.duck import query_with_columns
+
+    try:
+        columns, rows = query_with_columns(args.db, args.query)
+    except (duckdb.Error, OSError) as exc:
+        print(f"vigil: {exc}", file=sys.stderr)
+        return 1
+    if args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+        return 0
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    return 0
