@@ -168,6 +168,9 @@ class Settings:
         if not self.contact_phone.strip():
             raise SettingsError("VIGIL_CONTACT_PHONE is required: the clinic's phone number that patient "
                                 "messages quote (e.g. +1-202-555-0143)")
+        if sum(c.isdigit() for c in self.contact_phone) < 7:
+            raise SettingsError(f"VIGIL_CONTACT_PHONE must be a phone number patients can call (at least 7 "
+                                f"digits), not {self.contact_phone!r}")
 
     @property
     def ack_base_url(self) -> str:
