@@ -71,7 +71,8 @@ def _open(m: Messaging, firing: Firing, patient_ref: str, now: datetime, decisio
     sent = 0
     targets = firing.rule.actions.notify if decision.notify else []
     if "patient" in targets:
-        sent += notify_patient(m, episode_key=key, patient_ref=patient_ref, severity=firing.severity, phase=OPENING)
+        sent += notify_patient(m, episode_key=key, patient_ref=patient_ref, severity=firing.severity, phase=OPENING,
+                               urgent=firing.rule.patient_message_now(firing.severity))
     if task is not None:
         # Staff are reached through the Task's escalation chain: level 1 now, then the sweep.
         sent += start_escalation(m, task, severity=firing.severity, chain_id=firing.rule.actions.escalate)
@@ -92,7 +93,8 @@ def _update(m: Messaging, firing: Firing, issue: dict[str, Any], now: datetime, 
         # Keyed by the readings and the severity: a re-delivered event sends nothing new, while a
         # rise in severity (an absence update has no readings to key by) is a message of its own.
         phase = f"update:{','.join(firing.trigger_refs)}:{severity}"
-        sent = notify_patient(m, episode_key=key, patient_ref=patient_ref, severity=severity, phase=phase)
+        sent = notify_patient(m, episode_key=key, patient_ref=patient_ref, severity=severity, phase=phase,
+                              urgent=firing.rule.patient_message_now(severity))
     if decision.severity and decision.severity != issue.get("severity"):
         _raise_priority(m.store, key, firing.rule, decision.severity)
     m.store.update(update_episode(issue, firing, decision, now), if_match=issue["meta"]["versionId"])
@@ -149,7 +151,8 @@ def _care_team_notice(m: Messaging, rule: Rule, severity: str, key: str, patient
     """A rule without a care-team Task still tells the care team (no escalation to run)."""
     outcome = deliver(m.store, m.channels, MessageRequest(
         key=f"{key}|{phase}|care-team", channel="outbox", to=m.staff_fallback_address,
-        body=f"{m.org_name}: {severity} alert: {rule.title}. Review DetectedIssue/{key}.",
+        body=f"{m.org_name}: {'STAT ' if rule.priority_for(severity) == 'stat' else ''}{severity} alert: "
+             f"{rule.title}. Review DetectedIssue/{key}.",
         patient_ref=patient_ref, about_ref=f"DetectedIssue/{key}", category="alert",
         tags={"rule": rule.id, "recipient": "care-team"}), m.clock)
     return int(outcome.status == "sent")

@@ -22,6 +22,7 @@ from handlers.alerting import act_on_firing
 from handlers.messaging import Messaging
 from handlers.patient_data import history_window, load_patient_rules, load_readings
 from ingest.deadletter import DeadLetterSink
+from rules.enrollment import unknown_programs
 from rules.evaluate import evaluate
 from rules.model import Ruleset
 from rules.pro import ScoringError, score_observation, score_response
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EventOutcome:
-    status: str  # evaluated | scored | not-enrolled | ignored | gone | dead-lettered
+    status: str  # evaluated | scored | not-enrolled | ignored | gone | dead-lettered (bad input, unknown program)
     decisions: Counter[str] = field(default_factory=Counter)  # open / update / suppress ...
     rules_fired: list[str] = field(default_factory=list)
     messages_sent: int = 0
@@ -69,12 +70,14 @@ def handle_fhir_event(payload: dict[str, Any], deps: EventDeps) -> EventOutcome:
     except InvalidEvent as exc:
         _park(deps, payload, "invalid_event", str(exc))
         return EventOutcome("dead-lettered")
-    if event.action == "deleted" or event.resource_type not in ("Observation", "QuestionnaireResponse"):
+    if event.action == "deleted" or event.resource_type not in ("Observation", "QuestionnaireResponse", "CarePlan"):
         return EventOutcome("ignored")
     try:
         resource = deps.store.vread(event.resource_type, event.resource_id, event.version_id)
     except (ResourceNotFound, ResourceGone):
         return EventOutcome("gone")  # deleted or purged since: nothing left to act on
+    if event.resource_type == "CarePlan":
+        return check_careplan(resource, deps, payload)
     if event.resource_type == "QuestionnaireResponse":
         return score_questionnaire_response(resource, deps, payload)
     return evaluate_observation(resource, deps, payload)
@@ -89,7 +92,8 @@ def evaluate_observation(obs: dict[str, Any], deps: EventDeps, payload: dict[str
     patient_ref = (obs.get("subject") or {}).get("reference", "")
     if not trigger or not patient_ref.startswith("Patient/"):
         return EventOutcome("ignored")
-    patient = load_patient_rules(deps.store, patient_ref, deps.rulesets, deps.messaging.clock.now())
+    patient = load_patient_rules(deps.store, patient_ref, deps.rulesets, deps.messaging.clock.now(),
+                                 default_tz=deps.messaging.defaults.time_zone)
     if patient is None:
         return EventOutcome("not-enrolled")
     metrics, since = history_window(patient.rulesets, trigger[0].effective, frozenset(r.metric for r in trigger))
@@ -101,6 +105,23 @@ def evaluate_observation(obs: dict[str, Any], deps: EventDeps, payload: dict[str
         outcome.decisions[acted.decision.action] += 1
         outcome.messages_sent += acted.messages_sent
     return outcome
+
+
+def check_careplan(careplan: dict[str, Any], deps: EventDeps, payload: dict[str, Any] | None = None) -> EventOutcome:
+    """A CarePlan that names a Vigil program no ruleset defines would enroll its patient in nothing,
+    silently: it is dead-lettered (reason `unknown_program`) and logged, so staff fix the program
+    id or load the ruleset, then replay it. Enrollment itself is read when readings arrive."""
+    unknown = unknown_programs(careplan, (rs.program for rs in deps.rulesets))
+    if not unknown or careplan.get("status") not in ("active", "draft", "on-hold"):
+        return EventOutcome("ignored")
+    known = sorted({rs.program.id for rs in deps.rulesets})
+    detail = (f"CarePlan/{careplan.get('id')} names program(s) {', '.join(repr(u) for u in unknown)} that no loaded "
+              f"ruleset defines, so it enrolls its patient in nothing; known programs: {', '.join(known) or 'none'}")
+    _park(deps, payload or careplan, "unknown_program", detail)
+    # The program id is left out of the log: with a CarePlan id it would say what the patient is treated for.
+    log.warning("CarePlan/%s names %d unknown program id(s); dead-lettered as unknown_program",
+                careplan.get("id"), len(unknown))
+    return EventOutcome("dead-lettered")
 
 
 def score_questionnaire_response(response: dict[str, Any], deps: EventDeps,

@@ -14,6 +14,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any
 
 from common.clock import Clock
@@ -22,6 +23,7 @@ from fhirstore.port import FhirStore
 from ingest.deadletter import DeadLetterSink
 from ingest.identity import IdentityResolver
 from ingest.plausibility import check_observation
+from ingest.reading_time import DEFAULT_MAX_FUTURE_SKEW, check_reading_times
 from ingest.templates import group_measurements
 from ingest.templates.errors import MappingFailure, MessageError
 from ingest.templates.fhir import ObservationChange
@@ -56,6 +58,7 @@ class IngestDeps:
     clock: Clock
     topic: str = "device-messages"
     max_bytes: int = 256 * 1024
+    max_future_skew: timedelta = DEFAULT_MAX_FUTURE_SKEW  # readings dated further ahead are dead-lettered
 
 
 @dataclass
@@ -129,6 +132,7 @@ def handle_device_messages(messages: list[RawMessage], deps: IngestDeps) -> Inge
         return pending[oid] if oid in pending else _existing(deps.store, oid)
 
     def changes_for(group: MeasurementGroup) -> list[ObservationChange]:
+        check_reading_times(group.measurements, now, deps.max_future_skew)
         who = deps.identity.resolve(group)
         changes = pair.fhir.observations(group, patient_id=who.patient_id, device_id=who.device_id,
                                          encounter_id=who.encounter_id, existing=existing, now=now)

@@ -2,8 +2,9 @@
 
 Patient messages are rendered from the sandboxed templates (`alert_<severity>`) in the patient's
 language, on their preferred channel with the others as fallbacks, and carry no reading,
-condition or name. A high-severity alert goes at once; others wait for the end of the patient's
-quiet hours (the alert sweep sends them then). Staff are reached through the episode's Task: the
+condition or name. A high-severity alert, or one whose priority is asap or stat (an instruction
+that cannot wait), goes at once; others wait for the end of the patient's quiet hours (the alert
+sweep sends them then). Staff are reached through the episode's Task: the
 escalation chain notifies level 1 at once and the escalation sweep advances it while nobody
 acknowledges. Every message key derives from the episode and the step, so a replay sends nothing.
 
@@ -86,8 +87,13 @@ def patient_message_key(episode_key: str, phase: str) -> str:
     return f"{episode_key}|{phase}|patient"
 
 
-def notify_patient(m: Messaging, *, episode_key: str, patient_ref: str, severity: str, phase: str) -> int:
-    """Send the patient's alert message now if allowed; returns messages sent (0 if deferred)."""
+def notify_patient(m: Messaging, *, episode_key: str, patient_ref: str, severity: str, phase: str,
+                   urgent: bool | None = None) -> int:
+    """Send the patient's alert message now if allowed; returns messages sent (0 if deferred).
+
+    `urgent` (default: high severity) sends it in quiet hours too: the rule's
+    `Rule.patient_message_now`, true for an instruction that cannot wait (treat a low glucose now)."""
+    urgent = severity == "high" if urgent is None else urgent
     try:
         patient = m.store.read("Patient", patient_ref.partition("/")[2])
     except (ResourceNotFound, ResourceGone):
@@ -96,13 +102,13 @@ def notify_patient(m: Messaging, *, episode_key: str, patient_ref: str, severity
     recipient = patient_recipient(patient, m.defaults, now=m.clock.now())
     if not recipient.contacts:
         return 0
-    quiet = send_at(recipient, category="alert", urgent=severity == "high", now=m.clock.now()) > m.clock.now()
+    quiet = send_at(recipient, category="alert", urgent=urgent, now=m.clock.now()) > m.clock.now()
     if quiet and phase == OPENING:
         return 0  # quiet hours: the alert sweep sends the opening message when they end
     request = _request(m, recipient, template=f"alert_{severity}", key=patient_message_key(episode_key, phase),
                        context={"org_name": m.org_name, "contact_phone": m.contact_phone, "link": ""},
                        about=f"DetectedIssue/{episode_key}", patient_ref=patient_ref, channels=None,
-                       category="alert", urgent=severity == "high")
+                       category="alert", urgent=urgent)
     if request is None:
         return 0
     if quiet:
@@ -258,7 +264,8 @@ def _focus(task: dict[str, Any]) -> str:
 
 
 def _severity(task: dict[str, Any]) -> str:
-    return {"stat": "high", "asap": "high", "urgent": "high"}.get(task.get("priority", ""), "moderate")
+    # The word staff messages show: "STAT" for the most dangerous alerts (docs/rules.md §5).
+    return {"stat": "stat", "asap": "high", "urgent": "high"}.get(task.get("priority", ""), "moderate")
 
 
 def publish(m: Messaging, event: WorkflowEvent) -> None:

@@ -32,8 +32,10 @@ class PatientRules:
     context: PatientContext
 
 
-def load_patient_rules(store: FhirStore, patient_ref: str, rulesets: list[Ruleset], now: datetime) -> PatientRules | None:
-    """None when the patient is not enrolled in any program (no active CarePlan naming one)."""
+def load_patient_rules(store: FhirStore, patient_ref: str, rulesets: list[Ruleset], now: datetime, *,
+                       default_tz: str = "UTC") -> PatientRules | None:
+    """None when the patient is not enrolled in any program (no active CarePlan naming one).
+    `default_tz` is the zone of a patient who records none: the same default their messages use."""
     careplans = search_all(store, "CarePlan", {"subject": patient_ref, "status": "active"})
     enrolled = enrolled_rulesets(careplans, rulesets, now)
     if not enrolled:
@@ -44,7 +46,7 @@ def load_patient_rules(store: FhirStore, patient_ref: str, rulesets: list[Rulese
         patient = None
     goals = search_all(store, "Goal", {"subject": patient_ref, "lifecycle-status": "active"})
     context, problems = patient_context(patient_ref, now=now, rulesets=enrolled, patient=patient,
-                                        careplans=careplans, goals=goals)
+                                        careplans=careplans, goals=goals, default_tz=default_tz)
     for problem in problems:
         # Problems name the rule and the override field, never values.
         log.warning("care plan override ignored: %s", problem)

@@ -66,7 +66,7 @@ def run_alert_sweep(m: Messaging, rulesets: list[Ruleset]) -> SweepReport:
 
 def _sweep_patient(m: Messaging, rulesets: list[Ruleset], patient_ref: str, now: datetime, report: SweepReport) -> None:
     store = m.store
-    enrolled = load_patient_rules(store, patient_ref, rulesets, now)
+    enrolled = load_patient_rules(store, patient_ref, rulesets, now, default_tz=m.defaults.time_zone)
     if enrolled is None:
         return
     report.patients += 1
@@ -97,8 +97,9 @@ def _sweep_patient(m: Messaging, rulesets: list[Ruleset], patient_ref: str, now:
             report.closed += 1
         elif "patient" in rule.actions.notify:
             # A patient message held back by quiet hours goes out once they end (same key: once).
+            severity = issue.get("severity", "moderate")
             notify_patient(m, episode_key=issue["identifier"][0]["value"], patient_ref=patient_ref,
-                           severity=issue.get("severity", "moderate"), phase=OPENING)
+                           severity=severity, phase=OPENING, urgent=rule.patient_message_now(severity))
 
 
 @dataclass

@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from common.clock import parse_instant
 from common.codes import vigil_system
+from common.patient_time import patient_time_zone_name
 from fhirstore.errors import InvalidSearch, ResourceGone, ResourceNotFound
 from fhirstore.port import FhirStore
 from notifications.consent import InvalidPhoneNumber, normalize_e164
@@ -34,13 +35,6 @@ log = logging.getLogger(__name__)
 SNOMED = "http://snomed.info/sct"
 CARE_TEAM_ROLE_SYSTEM = vigil_system("care-team-role")
 PREFERENCES_EXT = vigil_system("notification-preferences")
-# Accepted time-zone extensions (valueCode, an IANA zone): FHIR's resource-level `timezone`, the
-# element-level `tz-code`, and Vigil's own.
-TIME_ZONE_EXTS = (
-    "http://hl7.org/fhir/StructureDefinition/timezone",
-    "http://hl7.org/fhir/StructureDefinition/tz-code",
-    vigil_system("time-zone"),
-)
 
 ChannelKind = Literal["sms", "email"]
 
@@ -283,15 +277,7 @@ def _language(communications: Iterable[Any]) -> str | None:
 
 
 def _time_zone(resource: Mapping[str, Any], default: str, what: str) -> str:
-    for url in TIME_ZONE_EXTS:
-        ext = _extension(resource, url)
-        if ext and ext.get("valueCode"):
-            try:
-                zone(ext["valueCode"])
-                return ext["valueCode"]
-            except PreferenceError:
-                log.warning("%s has an unknown time zone; using the default %s", what, default)
-    return default
+    return patient_time_zone_name(resource, default)
 
 
 def patient_recipient(patient: Mapping[str, Any], defaults: PreferenceDefaults | None = None, *,

@@ -1,10 +1,20 @@
 """Backtest: replay stored readings through the evaluator to learn alert volume before go-live.
 
 Each patient's Observations are replayed in effective-time order (as if each arrived when taken),
-with the absence/closing sweep run once a day at `sweep_hour` in the patient's time zone. The same
-evaluator and episode decisions as live are used, so "alerts" are episodes staff would have seen
-and "firings" every time a rule held. Disabled rules (`enabled: false`) are included, because
-measuring them is the point. Pure: the caller loads the readings and times the run.
+with the absence/closing sweep run once a day at `sweep_hour` in the patient's time zone and, as
+the live timer would, on the 15-minute grid right after each moment an absence gap can open (a
+reading's time plus the rule's gap). The same evaluator and episode decisions as live are used,
+so "alerts" are episodes staff would have seen and "firings" every time a rule held. Disabled
+rules (`enabled: false`) are included, because measuring them is the point.
+
+Only the span each patient was enrolled AND sending is replayed and counted in patient-weeks:
+from the latest of `since`, the start of their enrollment and their first stored reading, to the
+earliest of `until`, the end of their enrollment and the newest reading of the whole cohort (the
+end of the stored data). Before a patient's first reading there is nothing to judge, and after
+the data ends the store cannot tell a silent patient from data not loaded yet; replaying those
+times fired absence rules that no live evaluation over the same data ever fires. A patient who
+stops sending while the others go on is still replayed to the end of the data, so their gap is
+counted. Pure: the caller loads the readings and times the run.
 """
 
 from __future__ import annotations
@@ -25,8 +35,9 @@ from rules.window import History
 
 @dataclass(frozen=True)
 class PatientData:
-    ctx: PatientContext
+    ctx: PatientContext  # `enrolled_since`: the start of enrollment, if known
     readings: Sequence[Reading]
+    enrolled_until: datetime | None = None  # the end of enrollment, if it ended
 
 
 @dataclass
@@ -38,10 +49,12 @@ class BacktestReport:
     alerts: Counter[tuple[str, str, str]] = field(default_factory=Counter)  # (rule, patient, week)
     firings: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     rules: dict[str, str] = field(default_factory=dict)  # rule id -> ruleset
+    observed: timedelta = timedelta(0)  # summed over patients: the spans enrolled and sending
+    silent: int = 0  # enrolled patients with no reading in the period (not replayed)
 
     @property
     def patient_weeks(self) -> float:
-        return self.patients * (self.until - self.since) / timedelta(weeks=1)
+        return self.observed / timedelta(weeks=1)
 
     def per_rule(self) -> list[tuple[str, int, int, float]]:
         """(rule id, alerts, firings, alerts per patient-week), busiest first."""
@@ -55,19 +68,52 @@ class BacktestReport:
         return sorted(rows, key=lambda r: (-r[1], -r[2], r[0]))
 
     def text(self) -> str:
+        silent = f"; {self.silent} enrolled patient(s) sent no reading, not counted" if self.silent else ""
         lines = [f"{self.patients} patients, {self.readings} readings, {self.patient_weeks:.1f} patient-weeks "
-                 f"({self.since.date()} to {self.until.date()})",
+                 f"({self.since.date()} to {self.until.date()}; weeks while enrolled and sending{silent})",
                  f"{'rule':<34} {'alerts':>7} {'firings':>8} {'alerts/patient-week':>20}"]
         lines += [f"{rule:<34} {a:>7} {f:>8} {rate:>20.3f}" for rule, a, f, rate in self.per_rule()]
         return "\n".join(lines)
 
 
+SWEEP_EVERY = timedelta(minutes=15)  # the live alert sweep's timer (triggers/timers.py)
+
+
+def data_end(patients: Mapping[str, PatientData], until: datetime) -> datetime | None:
+    """The newest reading of the cohort at or before `until`: where the stored data ends."""
+    return max((r.effective for d in patients.values() for r in d.readings if r.effective <= until), default=None)
+
+
+def sending_span(data: PatientData, since: datetime, until: datetime,
+                 end_of_data: datetime | None) -> tuple[datetime, datetime] | None:
+    """The part of [since, until] the patient was enrolled and sending (module docstring), or None."""
+    if end_of_data is None:
+        return None
+    own = [r.effective for r in data.readings if r.effective <= until]
+    if not own:
+        return None
+    first_sent = min(own)
+    start = max([since, first_sent, *([data.ctx.enrolled_since] if data.ctx.enrolled_since else [])])
+    end = min([until, end_of_data, *([data.enrolled_until] if data.enrolled_until else [])])
+    # A patient whose data began before `since` is replayed from `since` (the earlier readings still
+    # anchor windows and gaps); one whose first reading is later starts there.
+    return (start, end) if start <= end else None
+
+
 def backtest(rulesets: Sequence[Ruleset], patients: Mapping[str, PatientData], since: datetime, until: datetime,
-             *, sweep_hour: int = 9) -> BacktestReport:
+             *, sweep_hour: int = 9, end_of_data: datetime | None = None) -> BacktestReport:
+    """`end_of_data` defaults to the newest reading among `patients` (give it when replaying a
+    cohort one patient at a time)."""
     report = BacktestReport(since, until, rules={r.id: rs.ruleset for rs in rulesets for r in rs.rules})
+    end = end_of_data if end_of_data is not None else data_end(patients, until)
     for patient_ref, data in patients.items():
         report.patients += 1
-        _replay_patient(rulesets, patient_ref, data, since, until, sweep_hour, report)
+        span = sending_span(data, since, until, end)
+        if span is None:
+            report.silent += 1
+            continue
+        report.observed += span[1] - span[0]
+        _replay_patient(rulesets, patient_ref, data, span[0], span[1], sweep_hour, report)
     return report
 
 
@@ -84,6 +130,7 @@ def _replay_patient(rulesets: Sequence[Ruleset], patient: str, data: PatientData
     events = sorted(by_ref.values(), key=lambda group: (group[0].effective, group[0].ref))
     report.readings += sum(len(group) for group in events)
     sweeps = _sweep_times(since, until, data.ctx, sweep_hour)
+    sweeps = sorted({*sweeps, *_gap_sweeps(rulesets, readings, since, until)})
     for trigger in _merge(events, sweeps):
         if isinstance(trigger, datetime):
             now = trigger
@@ -111,6 +158,29 @@ def _sweep_times(since: datetime, until: datetime, ctx: PatientContext, hour: in
             out.append(at)
         day += timedelta(days=1)
     return out
+
+
+def _gap_sweeps(rulesets: Sequence[Ruleset], readings: Sequence[Reading], since: datetime,
+                until: datetime) -> set[datetime]:
+    """The live sweeps right after each moment an absence gap can open: a reading of a watched
+    metric plus the rule's gap, rounded up to the timer's 15-minute grid."""
+    gaps = {(m, rule.horizon) for rs in rulesets for rule in rs.rules if rule.has_absence
+            for m in rule.absence_metrics}
+    out = set()
+    for metric, gap in gaps:
+        for reading in readings:
+            if reading.metric == metric:
+                t = _next_tick(reading.effective + gap)
+                if since <= t <= until:
+                    out.add(t)
+    return out
+
+
+def _next_tick(at: datetime) -> datetime:
+    """The first 15-minute timer tick strictly after `at` (ticks are on the UTC quarter hours)."""
+    step = SWEEP_EVERY.total_seconds()
+    seconds = at.timestamp()
+    return datetime.fromtimestamp((seconds // step + 1) * step, tz=at.tzinfo)
 
 
 def _closing(rules: dict[str, tuple[str, Rule]], episodes: dict[str, Episode], history: History,

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from common.codes import METRICS
+from common.patient_time import days_with_readings
 from common.units import UnitError
 from rules.enrollment import PatientContext, RuleOverride
 from rules.goals import personal_bound
@@ -286,6 +287,11 @@ def _aggregate(spec: AggregateSpec, scope: Scope) -> ConditionResult:
     if len(window) < spec.min_readings:
         return ConditionResult("aggregate", False, lambda: f"{len(window)} {spec.metric} reading(s) "
                                f"{scope.window_text(spec)}, {spec.min_readings} needed for a {spec.stat}") \
+            if scope.explain else NOT_HELD
+    days = len(days_with_readings((r.effective for r in window), scope.ctx.tz)) if spec.min_days > 1 else 1
+    if days < spec.min_days:
+        return ConditionResult("aggregate", False, lambda: f"{spec.metric} readings on {days} day(s) "
+                               f"{scope.window_text(spec)}, {spec.min_days} days needed for a {spec.stat}") \
             if scope.explain else NOT_HELD
     stat = _STATS[spec.stat]([r.value for r in window])
     threshold, op = scope.threshold(spec.value, spec.metric, spec.op)

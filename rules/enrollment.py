@@ -19,15 +19,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from common.clock import parse_instant
 from common.codes import UCUM
+from common.patient_time import TIME_ZONE_EXTS, patient_time_zone
 from rules.model import Program, Rule, Ruleset
 from rules.quantity import Quantity, check_unit
 
 OVERRIDE_URL = "urn:vigil:extension:rule-override"
-TIMEZONE_URL = "http://hl7.org/fhir/StructureDefinition/timezone"
+TIMEZONE_URL = TIME_ZONE_EXTS[0]
 
 
 @dataclass(frozen=True)
@@ -68,20 +68,36 @@ def enrolls(careplan: dict[str, Any], program: Program) -> bool:
     return False
 
 
+PROGRAM_CANONICAL_PREFIX = "urn:vigil:program:"  # how CarePlans name Vigil programs (rules/library)
+PROGRAM_CATEGORY_SYSTEM = "urn:vigil:program"
+
+
+def unknown_programs(careplan: dict[str, Any], programs: Iterable[Program]) -> list[str]:
+    """The Vigil program ids a CarePlan names (`urn:vigil:program:<id>` canonicals, category codes
+    in system `urn:vigil:program`) that no loaded program answers to. Other canonicals and
+    categories belong to other systems and are not Vigil's to judge."""
+    programs = list(programs)
+    named = [str(c).split("|")[0] for c in careplan.get("instantiatesCanonical") or []]
+    unknown = [c.removeprefix(PROGRAM_CANONICAL_PREFIX) for c in named if c.startswith(PROGRAM_CANONICAL_PREFIX)
+               and not any(c in {k.split("|")[0] for k in p.canonical} for p in programs)]
+    for concept in careplan.get("category") or []:
+        for coding in concept.get("coding") or []:
+            if coding.get("system") != PROGRAM_CATEGORY_SYSTEM or not coding.get("code"):
+                continue
+            one = {"resourceType": "CarePlan", "category": [{"coding": [coding]}]}
+            if not any(enrolls(one, p) for p in programs):
+                unknown.append(str(coding["code"]))
+    return list(dict.fromkeys(unknown))
+
+
 def enrolled_rulesets(careplans: Iterable[dict[str, Any]], rulesets: Sequence[Ruleset], now: datetime) -> list[Ruleset]:
     active = [cp for cp in careplans if careplan_active(cp, now)]
     return [rs for rs in rulesets if any(enrolls(cp, rs.program) for cp in active)]
 
 
 def patient_timezone(patient: dict[str, Any] | None, default: str = "UTC") -> tzinfo:
-    """The patient's IANA zone from the core `timezone` extension, else `default`."""
-    for ext in (patient or {}).get("extension") or []:
-        if ext.get("url") == TIMEZONE_URL and isinstance(ext.get("valueCode"), str):
-            try:
-                return ZoneInfo(ext["valueCode"])
-            except (ZoneInfoNotFoundError, ValueError):
-                break
-    return ZoneInfo(default)
+    """The patient's IANA zone (every accepted extension form, `common.patient_time`), else `default`."""
+    return patient_time_zone(patient, default)
 
 
 def overrides_from_careplans(careplans: Iterable[dict[str, Any]], rulesets: Sequence[Ruleset],

@@ -1,4 +1,4 @@
-"""Pure builders of the FHIR resources of an alert episode (clinical.md §5.1, DESIGN §7).
+"""Pure builders of the FHIR resources of an alert episode (FHIR R4 DetectedIssue, Task, Flag; DESIGN §7).
 
 - DetectedIssue: the alert itself. `status` is `preliminary` while the episode is open and `final`
   once closed; `identifiedPeriod` spans the episode; `implicated` lists the readings; `detail` is
@@ -32,7 +32,7 @@ FLAG_SYSTEM = vigil_system("alert-flag")
 RULE_SYSTEM = vigil_system("rule")
 ENGINE = {"display": "Vigil rules engine"}
 MAX_IMPLICATED = 100
-_PRIORITY = {"high": "urgent", "moderate": "routine", "low": "routine"}
+PRIORITY_EXT = "urn:vigil:extension:alert-priority"  # the Task's priority, shown on the alert itself
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,8 @@ def open_episode(firing: Firing, patient_ref: str, now: datetime) -> EpisodeReso
         "detail": firing.explanation(),
     }
     _set_implicated(issue, firing.implicated_refs)
-    issue["extension"] = [_state(firing.ruleset, 1, _held(firing), now, list(firing.trigger_refs), _latest(firing))]
+    issue["extension"] = [_state(firing.ruleset, 1, _held(firing), now, list(firing.trigger_refs), _latest(firing)),
+                          _priority_ext(firing.rule, firing.severity)]
     task = _task(key, firing.rule, firing.severity, patient_ref, now) if firing.rule.wants_task else None
     flag = _flag(key, firing.rule, patient_ref, firing.anchor) if firing.rule.actions.flag else None
     return EpisodeResources(issue, task, flag)
@@ -76,9 +77,10 @@ def update_episode(issue: dict[str, Any], firing: Firing, decision: Decision, no
     refs = [i["reference"] for i in out.get("implicated", [])]
     _set_implicated(out, [*refs, *(r for r in firing.implicated_refs if r not in refs)])
     out["detail"] = f"{firing.explanation()} Fired {count} time(s) in this episode."
-    out["extension"] = [e for e in out.get("extension", []) if e.get("url") != EPISODE_EXT]
+    out["extension"] = [e for e in out.get("extension", []) if e.get("url") not in (EPISODE_EXT, PRIORITY_EXT)]
     out["extension"].append(_state(episode.ruleset or firing.ruleset, count, max(episode.last_held, firing.at),
                                    notified, [*episode.counted, *new_refs], latest))
+    out["extension"].append(_priority_ext(firing.rule, out["severity"]))
     return out
 
 
@@ -99,7 +101,11 @@ def close_flag(flag: dict[str, Any], now: datetime) -> dict[str, Any]:
 
 
 def task_priority(rule: Rule, severity: str) -> str:
-    return rule.actions.priority or _PRIORITY[severity]
+    return rule.priority_for(severity)
+
+
+def _priority_ext(rule: Rule, severity: str) -> dict[str, Any]:
+    return {"url": PRIORITY_EXT, "valueCode": task_priority(rule, severity)}
 
 
 def raise_task_priority(task: dict[str, Any], rule: Rule, severity: str) -> dict[str, Any]:

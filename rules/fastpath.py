@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any
 
 from common.codes import METRICS
+from common.patient_time import days_with_readings
 from rules.conditions import _EPS, Scope, _delta
 from rules.model import (
     AbsenceCond,
@@ -139,8 +140,16 @@ def _aggregate(cond: AggregateCond) -> Check:
     metric, stat, need, start, pred_for = spec.metric, _STATS[spec.stat], spec.min_readings, _start(spec), \
         _threshold(spec, spec.metric)
 
+    min_days = spec.min_days
+
     def check(scope: Scope) -> bool:
-        values = _values(scope, metric, start(scope))
+        if min_days > 1:
+            window = scope.history.series(metric).between(start(scope), scope.at)
+            if len(window) < need or len(days_with_readings((r.effective for r in window), scope.ctx.tz)) < min_days:
+                return False
+            values = [r.value for r in window]
+        else:
+            values = _values(scope, metric, start(scope))
         return len(values) >= need and pred_for(scope)(stat(values))
 
     return check

@@ -1,4 +1,4 @@
-"""Personal bounds from the patient's active Goals (clinical.md §5.2).
+"""Personal bounds from the patient's active Goals (FHIR R4 Goal.target; docs/rules.md §3).
 
 `Goal.target.measure` names the LOINC code; the bound comes from `detailRange` (low/high, each
 optional: a missing low means any value at or below high meets the goal, and the reverse) or from

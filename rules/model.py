@@ -199,6 +199,9 @@ class AggregateSpec(Windowed):
     op: Op
     value: ThresholdSpec
     min_readings: int = Field(default=1, ge=1)
+    # Distinct calendar days (patient's zone) the readings must come from: a mean of three readings
+    # taken one minute apart on one morning is one measurement session, not a week's home BP.
+    min_days: int = Field(default=1, ge=1)
 
 
 class ConsecutiveSpec(Windowed):
@@ -207,7 +210,22 @@ class ConsecutiveSpec(Windowed):
 
 
 class AbsenceSpec(Windowed):
+    """No reading of `metric` for a period. The period is a gap length, never calendar days:
+    `days: N` means N x 24 h since the last reading, the same as `within: Nd` (docs/rules.md,
+    "Windows"). Read as calendar days it would open up to a day late (local midnight N days back)."""
+
     metric: MetricName
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gap_length(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "days" in data and "within" not in data:
+            days = data["days"]
+            if isinstance(days, int) and not isinstance(days, bool):
+                if days < 1:
+                    raise field_error("days", "an absence needs a gap of at least 1 day (or `within`, e.g. 12h)")
+                return {k: v for k, v in data.items() if k != "days"} | {"within": timedelta(days=days)}
+        return data
 
 
 class ProSpec(StrictModel):
@@ -346,12 +364,21 @@ class Actions(StrictModel):
     escalate: str | None = None  # name of an escalation chain (notifications)
     task: bool | None = None  # care-team Task; default: for moderate and high severity
     flag: bool = False  # a Flag for a lasting state
-    priority: Literal["routine", "urgent", "asap", "stat"] | None = None
+    priority: Priority | None = None
+
+
+PRIORITIES = ("routine", "urgent", "asap", "stat")  # FHIR request-priority, lowest first
+Priority = Literal["routine", "urgent", "asap", "stat"]
+# Severity decides the default Task priority; a rule (or a tier) may ask for more (docs/rules.md §5).
+DEFAULT_PRIORITY = {"high": "urgent", "moderate": "routine", "low": "routine"}
+# Priorities whose patient message cannot wait for the end of quiet hours ("treat a low now").
+PATIENT_NOW = frozenset({"asap", "stat"})
 
 
 class SeverityTier(StrictModel):
     severity: Severity
     when: Condition
+    priority: Priority | None = None  # this tier's routing priority, when it is above the rule's
 
 
 class Rule(StrictModel):
@@ -464,6 +491,18 @@ class Rule(StrictModel):
     def horizon(self) -> timedelta:
         """The longest window: how far a late reading can still change this rule's outcome."""
         return self._horizon
+
+    def priority_for(self, severity: str) -> str:
+        """The routing priority of an alert of this rule at `severity`: the highest of the severity's
+        default, the rule's `actions.priority` and the matching tier's `priority`."""
+        wanted = [DEFAULT_PRIORITY[severity], *([self.actions.priority] if self.actions.priority else [])]
+        wanted += [t.priority for t in self.more_severe if t.severity == severity and t.priority]
+        return max(wanted, key=PRIORITIES.index)
+
+    def patient_message_now(self, severity: str) -> bool:
+        """Whether the patient's message for an alert at `severity` goes out in quiet hours too:
+        high severity, or a priority (asap, stat) whose instruction cannot wait."""
+        return severity == "high" or self.priority_for(severity) in PATIENT_NOW
 
     @property
     def wants_task(self) -> bool:

@@ -1,7 +1,8 @@
 """Scoring of PRO questionnaires (PHQ-9, PHQ-2, GAD-7) and the score Observation it produces.
 
-Sources: ../shared/reference/clinical.md §4.1 (codes, bands, item 9) and §4.2 (where weights live
-and the lookup order). Pure: the caller passes the QuestionnaireResponse and, when it has it, the
+Sources: Kroenke 2001 and NLM LHC-Forms PHQ-9 (codes, bands), Spitzer 2006 (GAD-7), the item-9
+guidance (AACN 2020; Simon 2013), the FHIR itemWeight extension and FHIRPath weight() (where
+weights live and their lookup order); conventions for senders: docs/rules.md §4. Pure: the caller passes the QuestionnaireResponse and, when it has it, the
 Questionnaire it answers.
 
 Fail closed: an unanswered item, or an answer whose weight cannot be found, makes the response
@@ -24,7 +25,7 @@ from common.codes import GAD7_ITEMS, LOINC, OBSERVATION_CATEGORY, PHQ9_ITEMS, PR
 WEIGHT_URLS = ("http://hl7.org/fhir/StructureDefinition/itemWeight",
                "http://hl7.org/fhir/StructureDefinition/ordinalValue")
 CODESYSTEM_WEIGHT = ("itemWeight", "http://hl7.org/fhir/concept-properties#itemWeight")
-# LOINC answer list LL358-3, shared by PHQ-9, PHQ-2 and GAD-7 (clinical.md §4.1).
+# LOINC answer list LL358-3, shared by PHQ-9, PHQ-2 and GAD-7.
 LL358_3 = {"LA6568-5": 0, "LA6569-3": 1, "LA6570-1": 2, "LA6571-9": 3}
 SCORED_STATUSES = frozenset({"completed", "amended"})
 SCORE_SYSTEM = vigil_system("pro-score")
@@ -176,7 +177,7 @@ def _item_number(inst: Instrument, item: dict[str, Any], q_item: dict[str, Any] 
 
 def _weight(answer: dict[str, Any], q_item: dict[str, Any] | None, questionnaire: dict[str, Any] | None,
             inst: Instrument) -> tuple[int | None, str | None]:
-    """(weight, problem). Lookup order of clinical.md §4.2: the answer's own extension, the matching
+    """(weight, problem). Lookup order of FHIRPath weight(): the answer's own extension, the matching
     answerOption, a contained ValueSet, a contained CodeSystem, then the LOINC answer list."""
     if "valueInteger" in answer or "valueDecimal" in answer:
         raw = answer.get("valueInteger", answer.get("valueDecimal"))
@@ -238,7 +239,7 @@ def _checked(raw: Any, inst: Instrument, source: str) -> tuple[int | None, str |
 
 
 def score_observation(result: ScoreResult, response: dict[str, Any]) -> dict[str, Any]:
-    """The score Observation (clinical.md §4.2 [PHR-SCORED]): category survey, the total-score
+    """The score Observation (HL7 PHR IG scored assessments): category survey, the total-score
     LOINC, valueInteger (or dataAbsentReason when incomplete), item answers as components,
     derivedFrom the response. Its id derives from the response, so re-scoring updates it."""
     inst = result.instrument

@@ -1,6 +1,6 @@
 """Quantities and durations as care managers write them in rules: `2 [lb_av]`, `140`, `24h`, `7d`.
 
-Comparisons happen in each metric's one canonical UCUM unit (DESIGN §5, clinical.md §1.3), so a
+Comparisons happen in each metric's one canonical UCUM unit (DESIGN §5; UCUM), so a
 threshold written in pounds is converted to kg once, not the readings.
 """
 

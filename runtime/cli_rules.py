@@ -252,6 +252,7 @@ def run_backtest(store: FhirStore, ruleset: Ruleset, since: datetime, until: dat
         if ref.startswith("Patient/") and (patient is None or ref == patient):
             by_patient.setdefault(ref, []).append(cp)
     total = BacktestReport(since, until, rules={r.id: ruleset.ruleset for r in ruleset.rules})
+    end_of_data = stored_data_end(store, ruleset, until)
     skipped = 0
     ignored: Counter[str] = Counter()
     meter = _Progress(progress, len(by_patient))
@@ -259,8 +260,10 @@ def run_backtest(store: FhirStore, ruleset: Ruleset, since: datetime, until: dat
         data, unreadable, problems = load_patient_data(store, ruleset, ref, by_patient[ref], since, until)
         skipped += unreadable
         ignored.update(problems)
-        one = backtest([ruleset], {ref: data}, since, until)
+        one = backtest([ruleset], {ref: data}, since, until, end_of_data=end_of_data)
         total.patients += one.patients
+        total.observed += one.observed
+        total.silent += one.silent
         total.readings += one.readings
         total.alerts.update(one.alerts)
         total.firings.update(one.firings)
@@ -271,6 +274,21 @@ def run_backtest(store: FhirStore, ruleset: Ruleset, since: datetime, until: dat
     for problem, n in sorted(ignored.items()) if progress is not None else ():
         print(f"care plan override ignored for {n} patient(s), as live: {problem}", file=progress)
     return total, sorted(by_patient)
+
+
+def stored_data_end(store: FhirStore, ruleset: Ruleset, until: datetime) -> datetime | None:
+    """The effective time of the newest stored reading of the ruleset's metrics (any patient) at or
+    before `until`: where the data ends, so the replay stops there (rules.backtest)."""
+    newest: datetime | None = None
+    for metrics, code in _queries(ruleset):
+        found = store.search("Observation", {"code": code, "date": f"le{iso(until)}", "_sort": "-date", "_count": "1"})
+        for obs in found.resources:
+            try:
+                times = [r.effective for r in readings_from_observation(obs) if r.metric in metrics]
+            except ReadingError:
+                continue
+            newest = max([*times, *([newest] if newest else [])], default=newest)
+    return newest
 
 
 def load_patient_data(store: FhirStore, ruleset: Ruleset, patient_ref: str, careplans: list[dict[str, Any]],
@@ -305,7 +323,8 @@ def load_patient_data(store: FhirStore, ruleset: Ruleset, patient_ref: str, care
                 unreadable += 1
     # The anchor query and the window query can both return a reading at the window's edge.
     unique = list({(r.ref, r.metric): r for r in readings}.values())
-    return PatientData(ctx, unique), unreadable, problems
+    enrolled_until = None if any(e is None for e in ends) else max(e for e in ends if e is not None)
+    return PatientData(ctx, unique, enrolled_until), unreadable, problems
 
 
 def _queries(ruleset: Ruleset) -> list[tuple[frozenset[str], str]]:

@@ -30,6 +30,9 @@ class Settings:
     fhir_account: str = "localhost"  # resourceFhirAccount in events of the embedded store
     rules_path: Path = DEFAULT_RULES  # a directory of ruleset YAML files
     max_message_bytes: int = 256 * 1024
+    # Readings dated more than this after they arrived are dead-lettered (`future_reading`):
+    # a wrong device clock, not a reading (ingest/reading_time.py).
+    max_future_skew_s: float = 900.0
     # Ingest mapping: MedTech-compatible template files, or a shipped preset (ingest/presets).
     templates_preset: str = "vigil-generic"
     device_templates: Path | None = None  # overrides the preset's device mapping file
@@ -92,6 +95,8 @@ class Settings:
             raise SettingsError("VIGIL_HTTP_IDLE_TIMEOUT_S and VIGIL_HTTP_BODY_TIMEOUT_S must be positive")
         if self.http_max_body_bytes < 1024:
             raise SettingsError("VIGIL_HTTP_MAX_BODY_BYTES must be at least 1024")
+        if not 0 <= self.max_future_skew_s <= 366 * 86400:
+            raise SettingsError("VIGIL_MAX_FUTURE_SKEW_S must be between 0 and 31622400 seconds (366 days)")
         if self.send_ledger is not None and self.send_ledger.strip().lower() not in SEND_LEDGERS:
             raise SettingsError(f"VIGIL_SEND_LEDGER must be 'sqlite' or 'fhir', not {self.send_ledger!r}")
 

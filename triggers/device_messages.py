@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import azure.functions as func
@@ -59,4 +60,5 @@ def ingest_deps(services: Services) -> IngestDeps:
         clock=services.clock,
         topic=services.settings.event_hub_name,
         max_bytes=services.settings.max_message_bytes,
+        max_future_skew=timedelta(seconds=services.settings.max_future_skew_s),
     )

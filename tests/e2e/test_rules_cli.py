@@ -190,9 +190,12 @@ def test_backtest_reports_alerts_per_rule_per_patient_week(history_dir: Path,
     code, out, err = _run(capsys, history_dir, "backtest", "heart-failure", "--since", "20d", "--until", "2026-11-15")
     assert code == 0, err
     assert f"backtest of ruleset heart-failure ({HF_RULES}), program heart-failure" in out
-    # Two enrolled patients (bp-1 is not in the program), 20 days each from 27 October: 40 readings.
-    assert "2 patients, 40 readings, 5.7 patient-weeks (2026-10-26 to 2026-11-15)" in out
-    assert _row(out, "hf-weight-gain-day") == ["hf-weight-gain-day", "1", "1", "0.175"]  # same as live
+    # Two enrolled patients (bp-1 is not in the program), 20 readings each in the window; both sent
+    # before it began, so each counts from --since (26 Oct 23:59 UTC) to 15 November 13:00 UTC, when
+    # the data ends: 2 x 19.5 days = 5.6 patient-weeks, not the 5.7 of the whole 20-day window.
+    assert ("2 patients, 40 readings, 5.6 patient-weeks (2026-10-26 to 2026-11-15; weeks while enrolled and "
+            "sending)") in out
+    assert _row(out, "hf-weight-gain-day") == ["hf-weight-gain-day", "1", "1", "0.179"]  # same as live
     for rule in ("hf-weight-gain-3-days", "hf-weight-gain-week", "hf-weight-loss", "hf-heart-rate-high",
                  "hf-no-weight"):
         assert _row(out, rule)[1:3] == ["0", "0"], rule

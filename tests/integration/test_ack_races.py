@@ -121,8 +121,8 @@ def test_an_acknowledgement_racing_the_episode_close_leaves_it_closed_and_adds_t
 
 def test_a_priority_raise_racing_an_acknowledgement_keeps_the_acknowledgement_and_the_ack_code(host) -> None:
     s = host.services
-    task = open_alert(host, "glucose", {"glucose": 65})  # moderate hypoglycaemia: a routine Task
-    assert (task["status"], task["priority"]) == ("requested", "routine")
+    task = open_alert(host, "glucose", {"glucose": 65})  # level 1 hypoglycaemia: an asap Task ("treat it now")
+    assert (task["status"], task["priority"]) == ("requested", "asap")
     code = [i["value"] for i in task["identifier"] if i["system"] == ACK_CODE_SYSTEM]
     assert code, "the first staff message gave the Task its ack code"
     # A worse reading (level 2, high) is stored; its evaluation raises the Task's priority while the
@@ -143,7 +143,7 @@ def test_a_priority_raise_racing_an_acknowledgement_keeps_the_acknowledgement_an
     assert (after["status"], after["owner"]) == ("accepted", {"reference": NURSE})
     assert after["businessStatus"]["coding"][0]["code"] == "acknowledged"
     assert [i["value"] for i in after["identifier"] if i["system"] == ACK_CODE_SYSTEM] == code
-    assert after["priority"] == "urgent"
+    assert after["priority"] == "stat"  # level 2: the tier's priority
 
     again = evaluate_observation(worse, EventDeps(messaging=replace(messaging(s), workflow=MemoryPublisher()),
                                                   rulesets=s.rulesets, dead_letters=s.dead_letters))

@@ -102,12 +102,13 @@ def test_no_weight_opens_one_episode_per_gap_in_the_patients_days_and_closes_aft
     patient = _patient(s, "hf-1", "heart-failure")
     last = _weigh(s, "hf-1", LAST_WEIGHT)
 
-    # 18 Nov 23:30 in Chicago (already 19 Nov in UTC): the 16th is still within "two days" locally.
-    assert _sweep(s, clock, datetime(2026, 11, 18, 23, 30, tzinfo=ZONE)).decisions == {}
+    # "No weight for 2 days" is a gap of 2 x 24 h: at 18 Nov 07:00, exactly 48 h after the last
+    # weight, it has not opened yet (docs/rules.md "Windows").
+    assert _sweep(s, clock, datetime(2026, 11, 18, 7, 0, tzinfo=ZONE)).decisions == {}
     assert _issues(s, patient) == []
 
-    # Local midnight passed: no weight since 17 Nov 00:00 local -> one episode.
-    opened_at = datetime(2026, 11, 19, 0, 30, tzinfo=ZONE)
+    # The next sweep (15 minutes later) opens one episode, not one at local midnight a day later.
+    opened_at = datetime(2026, 11, 18, 7, 15, tzinfo=ZONE)
     report = _sweep(s, clock, opened_at)
     assert (report.patients, report.decisions["open"]) == (1, 1)
     [issue] = _issues(s, patient)
@@ -117,7 +118,7 @@ def test_no_weight_opens_one_episode_per_gap_in_the_patients_days_and_closes_aft
     assert issue["identifiedPeriod"]["start"] == iso(LAST_WEIGHT)  # the gap began at the last weight
     assert issue["implicated"] == [{"reference": last}]
     assert _count(s, "Task") == 0 and _count(s, "Flag") == 0  # task: false, no flag for this rule
-    # 00:30 is inside the patient's quiet hours (21:00-08:00 in their zone): a low-severity message
+    # 07:15 is inside the patient's quiet hours (21:00-08:00 in their zone): a low-severity message
     # waits for the morning.
     assert _count(s, "Communication") == 0
 

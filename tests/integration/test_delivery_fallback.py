@@ -408,7 +408,8 @@ def test_a_moderate_alert_reported_undelivered_in_quiet_hours_falls_back_when_th
     the end of quiet hours, when the alert sweep sends it, once."""
     s = host.services
     clock.set(DAYTIME.replace(hour=20, minute=55))
-    host.publish_device_messages([reading("p1", "glucose", "2026-11-20T20:50:00+00:00", {"glucose": 65})])
+    # Low SpO2 (COPD, moderate): not an instruction that cannot wait, unlike a low glucose.
+    host.publish_device_messages([reading("p1", "spo2", "2026-11-20T20:50:00+00:00", {"percent": 86})])
     assert host.run_until_idle(timeout_s=60)
     [sms] = alert_messages(host)
     assert medium(sms) == "sms"

@@ -5,6 +5,7 @@ Real SQLite files throughout."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -198,16 +199,16 @@ def test_in_the_embedded_default_a_patient_who_texted_stop_gets_no_sms(host) -> 
 
 
 def test_a_repeat_alert_in_the_patients_quiet_hours_is_recorded_not_sent(host) -> None:
-    """The opening low-glucose message reached the patient at 15:00; the repeat firing after the 6 h
-    cool-down comes at 22:30, in their quiet hours: the update is recorded as withheld, not sent and
+    """The opening low-SpO2 message reached the patient at 15:00; the repeat firing after the 12 h
+    cool-down comes at 03:30, in their quiet hours: the update is recorded as withheld, not sent and
     not silently dropped (the alert sweep re-sends only opening messages)."""
     s = host.services
-    host.publish_device_messages([reading("p1", "glucose", "2026-11-20T14:55:00Z", {"glucose": 65, "unit": "mg/dL"})])
+    host.publish_device_messages([reading("p1", "spo2", "2026-11-20T14:55:00Z", {"percent": 86})])
     assert host.run_until_idle(timeout_s=60)
     to_patient = [c for c in search_all(s.store, "Communication", {"recipient": "Patient/p1"})]
     assert [c["status"] for c in to_patient] == ["completed"]
-    s.clock.set(s.clock.now().replace(hour=22, minute=30))
-    host.publish_device_messages([reading("p1", "glucose", "2026-11-20T22:25:00Z", {"glucose": 62, "unit": "mg/dL"})])
+    s.clock.set(datetime(2026, 11, 21, 3, 30, tzinfo=UTC))
+    host.publish_device_messages([reading("p1", "spo2", "2026-11-21T03:25:00Z", {"percent": 86})])
     assert host.run_until_idle(timeout_s=60)
     to_patient = search_all(s.store, "Communication", {"recipient": "Patient/p1"})
     [update] = [c for c in to_patient if c["status"] != "completed"]
@@ -215,6 +216,40 @@ def test_a_repeat_alert_in_the_patients_quiet_hours_is_recorded_not_sent(host) -
     assert update["statusReason"]["coding"][0]["code"] == "quiet-hours"
     patient_files = [m for m in s.channels["outbox"].messages() if m.get("to") == "+15550100001"]
     assert len(patient_files) == 1
+
+
+def test_a_low_glucose_instruction_is_not_held_for_quiet_hours(host) -> None:
+    """A 54 mg/dL reading (ADA level 1: treat it now) at 06:45 in the patient's quiet hours pages
+    the nurse AND texts the patient at once; so does the repeat after the cool-down, at 22:30."""
+    s = host.services
+    s.clock.set(datetime(2026, 11, 20, 6, 46, tzinfo=UTC))
+    host.publish_device_messages([reading("p1", "glucose", "2026-11-20T06:45:00Z", {"glucose": 54, "unit": "mg/dL"})])
+    assert host.run_until_idle(timeout_s=60)
+    [issue] = search_all(s.store, "DetectedIssue", {"patient": "Patient/p1"})
+    assert (issue["code"]["coding"][0]["code"], issue["severity"]) == ("dm-hypoglycemia", "moderate")
+    assert s.store.read("Task", issue["id"])["priority"] == "asap"
+    sent = [m for m in s.channels["outbox"].messages() if m.get("to") == "+15550100001"]
+    assert len(sent) == 1  # not held until 08:00
+    assert any(m["to"] == "care-team" for m in s.channels["outbox"].messages())
+    s.clock.set(datetime(2026, 11, 20, 22, 30, tzinfo=UTC))
+    host.publish_device_messages([reading("p1", "glucose", "2026-11-20T22:25:00Z", {"glucose": 60, "unit": "mg/dL"})])
+    assert host.run_until_idle(timeout_s=60)
+    sent = [m for m in s.channels["outbox"].messages() if m.get("to") == "+15550100001"]
+    assert len(sent) == 2
+    assert not [c for c in search_all(s.store, "Communication", {"recipient": "Patient/p1"})
+                if c["status"] == "not-done"]
+
+
+def test_level_2_hypoglycemia_is_stat_and_shown_as_stat_to_staff(host) -> None:
+    s = host.services
+    host.publish_device_messages([reading("p1", "glucose", "2026-11-20T14:55:00Z", {"glucose": 50, "unit": "mg/dL"})])
+    assert host.run_until_idle(timeout_s=60)
+    [issue] = search_all(s.store, "DetectedIssue", {"patient": "Patient/p1"})
+    assert issue["severity"] == "high"
+    assert s.store.read("Task", issue["id"])["priority"] == "stat"
+    assert {"url": "urn:vigil:extension:alert-priority", "valueCode": "stat"} in issue["extension"]
+    staff = [m for m in s.channels["outbox"].messages() if m.get("to") == "care-team"]
+    assert staff and all("STAT ALERT" in m["body"].upper() for m in staff)
 
 
 def test_a_repeat_reading_corrected_to_a_worse_severity_reaches_the_patient_again(host) -> None:
@@ -238,3 +273,39 @@ def test_a_repeat_reading_corrected_to_a_worse_severity_reaches_the_patient_agai
     assert sorted(c["status"] for c in to_patient) == ["completed", "completed", "completed"]
     [issue] = search_all(s.store, "DetectedIssue", {})
     assert issue["severity"] == "high"
+
+
+def test_a_careplan_naming_an_unknown_program_is_dead_lettered_and_logged(host, caplog) -> None:
+    """A typo in the program id once left the patient silently not enrolled."""
+    s = host.services
+    s.store.update({"resourceType": "CarePlan", "id": "p1-typo", "status": "active", "intent": "plan",
+                    "instantiatesCanonical": ["urn:vigil:program:post-discharg"],
+                    "category": [{"coding": [{"system": "urn:vigil:program", "code": "heart-failur"}]}],
+                    "subject": {"reference": "Patient/p1"}, "period": {"start": "2026-10-01"}})
+    # A CarePlan of another system (not a Vigil program) is not Vigil's to judge.
+    s.store.update({"resourceType": "CarePlan", "id": "p1-other", "status": "active", "intent": "plan",
+                    "instantiatesCanonical": ["http://example.org/PlanDefinition/wound-care"],
+                    "subject": {"reference": "Patient/p1"}})
+    with caplog.at_level("WARNING"):
+        assert host.run_until_idle(timeout_s=60)
+    [letter] = [d for d in s.dead_letters.list() if d.reason == "unknown_program"]
+    assert "'post-discharg'" in letter.detail and "'heart-failur'" in letter.detail
+    assert "post-discharge" in letter.detail  # the known programs are listed
+    assert "CarePlan/p1-typo names 2 unknown program id(s)" in caplog.text
+    assert "post-discharg" not in caplog.text
+    # Replaying the event changes nothing (one dead letter per payload).
+    assert host.run_until_idle(timeout_s=60)
+    assert len([d for d in s.dead_letters.list() if d.reason == "unknown_program"]) == 1
+
+
+def test_the_post_discharge_program_enrolls_by_careplan_and_alerts_on_fever(host) -> None:
+    s = host.services
+    s.store.update({"resourceType": "CarePlan", "id": "p1-pd", "status": "active", "intent": "plan",
+                    "instantiatesCanonical": ["urn:vigil:program:post-discharge"],
+                    "subject": {"reference": "Patient/p1"}, "period": {"start": "2026-10-01"}})
+    host.publish_device_messages([reading("p1", "body_temp", "2026-11-20T14:50:00Z",
+                                          {"temperature": 100.6, "unit": "[degF]"})])
+    assert host.run_until_idle(timeout_s=60)
+    [issue] = search_all(s.store, "DetectedIssue", {"patient": "Patient/p1"})
+    assert (issue["code"]["coding"][0]["code"], issue["severity"]) == ("pd-fever", "moderate")
+    assert not [d for d in s.dead_letters.list() if d.reason == "unknown_program"]

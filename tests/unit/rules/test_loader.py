@@ -125,7 +125,7 @@ def test_directory_validation_collects_every_file_and_cross_file_duplicates(tmp_
 def test_default_library_is_valid() -> None:
     assert validate_directory("rules/library") == []
     names = {rs.ruleset for rs in load_rulesets("rules/library")}
-    assert names == {"hypertension", "heart-failure", "copd", "diabetes", "depression"}
+    assert names == {"hypertension", "heart-failure", "copd", "diabetes", "depression", "post-discharge"}
 
 
 def test_every_library_threshold_cites_a_source() -> None:

@@ -112,13 +112,14 @@ def test_backtest_counts_alerts_and_firings_per_rule_per_patient_week() -> None:
     cohort = {"Patient/a": PatientData(PatientContext("Patient/a", enrolled_since=start), gaining),
               "Patient/b": PatientData(PatientContext("Patient/b", enrolled_since=start), steady)}
     report = backtest(hf, cohort, start, start + timedelta(days=7))
-    assert (report.patients, report.readings, report.patient_weeks) == (2, 14, 2.0)
+    # Counted from each patient's first reading (day 0, 13:00) to the end of the data (day 6, 13:00).
+    assert (report.patients, report.readings, report.patient_weeks) == (2, 14, 12 / 7)
     assert report.alerts[("hf-weight-gain-day", "Patient/a", "2025-W10")] == 1  # one episode...
     assert report.firings[("hf-weight-gain-day", "Patient/a", "2025-W10")] == 2  # ...for two firings
     assert report.alerts[("hf-weight-gain-3-days", "Patient/a", "2025-W10")] == 1
     assert not any(patient == "Patient/b" for _, patient, _ in report.alerts)
     per_rule = {rule: (alerts, firings, rate) for rule, alerts, firings, rate in report.per_rule()}
-    assert per_rule["hf-weight-gain-day"] == (1, 2, 0.5)
+    assert per_rule["hf-weight-gain-day"] == (1, 2, 7 / 12)
     assert "hf-weight-gain-day" in report.text() and "2 patients, 14 readings" in report.text()
 
 
@@ -127,9 +128,38 @@ def test_backtest_absence_sweeps_open_one_episode_per_gap() -> None:
     start = datetime(2025, 3, 3, tzinfo=UTC)
     sparse = weights("c", [80.0], start) + weights("c2", [80.0], start + timedelta(days=10))
     cohort = {"Patient/c": PatientData(PatientContext("Patient/c", enrolled_since=start), sparse)}
-    report = backtest(hf, cohort, start, start + timedelta(days=20))
+    # The rest of the cohort sends until day 20, so this patient's silence after day 10 is a gap too.
+    report = backtest(hf, cohort, start, start + timedelta(days=20), end_of_data=start + timedelta(days=20))
     gaps = sum(n for (rule, _, _), n in report.alerts.items() if rule == "hf-no-weight")
-    assert gaps == 2  # day 1 -> day 10 and day 10 -> day 20, each opened once although swept daily
+    assert gaps == 2  # day 1 -> day 10 and day 10 -> day 20, each opened once although swept often
+    # Alone, the data ends at day 10: the time after it is not replayed (nor counted in patient-weeks).
+    alone = backtest(hf, cohort, start, start + timedelta(days=20))
+    assert sum(n for (rule, _, _), n in alone.alerts.items() if rule == "hf-no-weight") == 1
+    assert alone.patient_weeks == 10 / 7
+
+
+def test_backtest_replays_only_while_enrolled_and_sending_and_agrees_with_live_absence_timing() -> None:
+    """Enrolled a month before the device sent anything, 14 days of daily BP, backtested over 90
+    days that run on past the end of the data: no absence alert (the live pipeline over the same
+    data opens none) and 13 days of patient-time, not 90."""
+    htn = [rs for rs in load_rulesets("rules/library") if rs.ruleset == "hypertension"]
+    first = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+    enrolled = first - timedelta(days=31)
+    bp = [r for d in range(14) for r in (
+        Reading("systolic_bp", 120.0, first + timedelta(days=d), f"Observation/bp{d}"),
+        Reading("diastolic_bp", 75.0, first + timedelta(days=d), f"Observation/bp{d}"))]
+    cohort = {f"Patient/h{i}": PatientData(PatientContext(f"Patient/h{i}", enrolled_since=enrolled), bp)
+              for i in range(15)}
+    until = first + timedelta(days=31)
+    report = backtest(htn, cohort, until - timedelta(days=90), until)
+    assert sum(n for (rule, _, _), n in report.alerts.items() if rule == "htn-no-readings") == 0
+    assert report.patient_weeks == 15 * 13 / 7
+    # A real gap inside the data (5 days without a reading) opens one alert, as live would.
+    gap = [r for r in bp if not first + timedelta(days=3) <= r.effective <= first + timedelta(days=6)]
+    one = backtest(htn, {"Patient/g": PatientData(PatientContext("Patient/g", enrolled_since=enrolled), gap)},
+                   until - timedelta(days=90), until)
+    assert one.alerts[("htn-no-readings", "Patient/g", "2026-W45")] == 1
+    assert sum(one.alerts.values()) == 1
 
 
 def test_results_text_for_the_cli(tmp_path: Path) -> None:
