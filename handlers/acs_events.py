@@ -7,7 +7,9 @@ Event types handled (Event Grid or CloudEvents envelope; everything else is igno
 | Microsoft.Communication.SMSReceived                  | consent keywords: record the opt-out/opt-in first,  |
 |                                                      | then reply once (`consent_stop/_start/_help`);      |
 |                                                      | `ACK <code>` acknowledges the alert by SMS          |
-|                                                      | (`handlers.acknowledge`), answered once (`ack_*`)   |
+|                                                      | (`handlers.acknowledge`), answered once (`ack_*`);  |
+|                                                      | wrong codes lock the number out for a while         |
+|                                                      | (`notifications.ack_lockout`)                       |
 | Microsoft.Communication.SMSDeliveryReportReceived    | the report is recorded on its `Communication`       |
 | Microsoft.Communication.EmailDeliveryReportReceived  | same; a failed delivery sends the message's next    |
 |                                                      | channel (`dispatch.deliver_fallback`), or records   |
@@ -36,6 +38,7 @@ from fhirstore.port import FhirStore
 from handlers.acknowledge import CodeAckResult
 from handlers.messaging import OPENING, patient_message_key
 from ingest.deadletter import DeadLetterSink
+from notifications.ack_lockout import COUNTED_REASONS, AckSenderLimit, SenderState
 from notifications.channels.base import Channel
 from notifications.consent import (
     OPT_OUT_KEYWORDS_ES,
@@ -63,8 +66,13 @@ from notifications.dispatch import (
 )
 from notifications.escalation import is_open
 from notifications.preferences import PreferenceDefaults, PreferenceError, patient_recipient, send_at
-from notifications.templates import TemplateLibrary
-from notifications.workflow_events import WorkflowEventError, WorkflowPublisher, message_failed
+from notifications.templates import Rendered, TemplateError, TemplateLibrary
+from notifications.workflow_events import (
+    WorkflowEventError,
+    WorkflowPublisher,
+    ack_locked_out,
+    message_failed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +125,14 @@ class AcsEventDeps:
     ledger: Any = None  # the SMS send ledger, so a "Delivered" report can settle an in-doubt send
     defaults: PreferenceDefaults = field(default_factory=PreferenceDefaults)
     topic: str = "eg:on_acs_event"  # where a dead letter is replayed to
+    # The per-number limit on wrong `ACK` codes (notifications.ack_lockout); None: no limit (tests).
+    ack_limit: AckSenderLimit | None = None
 
 
 @dataclass(frozen=True)
 class AcsOutcome:
-    """What the handler did. action: opt-out | opt-in | help | ack | not-a-keyword |
-    delivery-report | unknown-message | ignored | dead-lettered."""
+    """What the handler did. action: opt-out | opt-in | help | ack | ack-locked-out (not looked up,
+    not answered) | not-a-keyword | delivery-report | unknown-message | ignored | dead-lettered."""
 
     action: str
     changed: bool = False
@@ -237,18 +247,60 @@ def _locale(deps: AcsEventDeps, patient_ref: str | None, text: str | None) -> st
 
 
 def _ack(reply: AckReply, deps: AcsEventDeps) -> AcsOutcome:
+    limit = deps.ack_limit
+    if limit is not None:
+        state = limit.state(reply.sender)
+        # Locked out: not looked up (a correct code is refused too) and not answered; only the
+        # text that caused the lockout is (re-)answered, once, under its own key.
+        if state.locked(deps.clock.now()) and state.locked_by != reply.message_id:
+            log.info("inbound sms %s: ack not processed, the number is locked out", reply.message_id)
+            return AcsOutcome("ack-locked-out")
     answer = deps.ack_replies(reply)
-    rendered = deps.templates.render(answer.template, "sms", answer.locale,
-                                     {"org_name": deps.org_name, "ack_code": answer.code})
+    template = answer.template
+    announce: Callable[[], tuple[str, ...]] | None = None
+    if limit is not None and answer.outcome == "refused" and answer.reason in COUNTED_REASONS:
+        failure = limit.record_failure(reply.sender, reply.message_id)
+        if failure.status == "already-locked":  # another instance locked it out meanwhile
+            return AcsOutcome("ack-locked-out")
+        if failure.status == "locked":
+            template = "ack_locked"
+            state = failure.state
+            announce = lambda: _announce_lockout(deps, state)  # noqa: E731
+    elif limit is not None and answer.outcome != "refused":
+        limit.clear(reply.sender)
+    rendered = _render_reply(deps, template, answer.locale, answer.code)
     # Keyed by the inbound message like the consent replies: a re-delivered ACK is answered once
     # (the acknowledgement itself is idempotent; a re-run finds the Task already accepted).
     outcome = deliver(deps.store, deps.channels, MessageRequest(
         key=f"inbound:{reply.message_id}|reply", channel=deps.sms_channel, to=reply.sender, body=rendered.body,
         patient_ref=answer.patient, about_ref=answer.about, recipient_ref=answer.actor, category="notification",
-        tags={"template": answer.template}), deps.clock)
+        tags={"template": template}), deps.clock)
     log.info("inbound sms %s: ack %s", reply.message_id, answer.outcome)
-    published = _publish_if_failed(deps, outcome)
+    published = _publish_best_effort(announce) if announce is not None else ()
+    published += _publish_if_failed(deps, outcome)
     return AcsOutcome("ack", answer.changed, outcome, outcome.communication_id, published)
+
+
+def _render_reply(deps: AcsEventDeps, template: str, locale: str, code: str | None) -> Rendered:
+    """The reply text; from the shipped template when a customized one cannot be rendered."""
+    context = {"org_name": deps.org_name, "ack_code": code}
+    try:
+        return deps.templates.render(template, "sms", locale, context)
+    except TemplateError as exc:
+        log.warning("reply template %s could not be rendered (%s); the shipped one is used", template,
+                    type(exc).__name__)
+        return deps.templates.shipped().render(template, "sms", locale, context)
+
+
+def _announce_lockout(deps: AcsEventDeps, state: SenderState) -> tuple[str, ...]:
+    if state.record is None or state.locked_since is None or state.locked_until is None:
+        return ()
+    limits = deps.ack_limit.limits if deps.ack_limit is not None else None
+    event = ack_locked_out(lockout=state.record, failures=limits.max_failures if limits else 0,
+                           locked_for_s=int((state.locked_until - state.locked_since).total_seconds()),
+                           at=state.locked_since)
+    deps.workflow.publish([event])
+    return (event.event_type,)
 
 
 # -- delivery reports ---------------------------------------------------------------------------

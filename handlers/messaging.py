@@ -50,7 +50,7 @@ from notifications.preferences import (
     send_at,
     staff_recipients,
 )
-from notifications.templates import TemplateLibrary
+from notifications.templates import Rendered, TemplateError, TemplateLibrary
 from notifications.tokens import SignedTokens
 from notifications.workflow_events import WorkflowEvent, WorkflowPublisher, episode_opened, escalated
 
@@ -241,22 +241,53 @@ def _notify_staff(m: Messaging, task: dict[str, Any], step: Step, chain: Chain) 
 def _request(m: Messaging, recipient: Recipient, *, template: str, key: str, context: dict[str, Any], about: str,
              patient_ref: str, channels: tuple[str, ...] | None, category: str,
              urgent: bool | None = None) -> MessageRequest | None:
-    contacts = recipient.contacts_for(channels)
+    contacts = [c for c in recipient.contacts_for(channels) if c.channel in m.channels]
     rendered = []
+    failure: TemplateError | None = None
     for contact in contacts:
-        if contact.channel not in m.channels:
+        try:
+            r = _render(m, template, contact.channel, recipient.locale, context, category)
+        except TemplateError as exc:
+            failure = failure or exc
             continue
-        r = m.templates.render(template, contact.channel, recipient.locale, context)
         rendered.append((contact, r))
+    tags = {"template": template}
     if not rendered:
+        if failure is not None and contacts:
+            # Recorded, not dropped: the Communication says which template failed and why.
+            record_not_sent(m.store, MessageRequest(
+                key=key, channel=contacts[0].channel, to=contacts[0].address, body="(not rendered)",
+                patient_ref=patient_ref, about_ref=about, recipient_ref=recipient.ref, category=category, tags=tags,
+                urgent=urgent), m.clock, Withhold(f"the message could not be rendered: {failure}", "template_error"))
         return None
     (first, r0), rest = rendered[0], rendered[1:]
+    if r0.template != template:
+        tags = {"template": r0.template, "template_failed": template}
     return MessageRequest(
         key=key, channel=first.channel, to=first.address, body=r0.body, subject=r0.subject, html=r0.html,
         patient_ref=patient_ref, about_ref=about, recipient_ref=recipient.ref, category=category,
-        tags={"template": template}, urgent=urgent,
+        tags=tags, urgent=urgent,
         fallbacks=tuple(Fallback(c.channel, c.address, r.body, r.subject, r.html) for c, r in rest),
     )
+
+
+def _render(m: Messaging, template: str, channel: str, locale: str, context: dict[str, Any],
+            category: str) -> Rendered:
+    """The message text; a staff escalation whose customized template fails is rendered from the
+    shipped template instead (docs/notifications.md "Template limits"): nobody is left unpaged
+    because a template was edited badly. Other messages raise TemplateError."""
+    try:
+        return m.templates.render(template, channel, locale, context)
+    except TemplateError as exc:
+        log.warning("template %s (%s) could not be rendered: %s", template, channel, type(exc).__name__)
+        shipped = m.templates.shipped()
+        if category != "escalation":
+            raise
+        name = template if template in shipped.catalog.templates else "escalation"
+        if shipped is m.templates and name == template:
+            raise
+        log.warning("escalation rendered from the shipped template %s instead", name)
+        return shipped.render(name, channel, locale, context)
 
 
 def _focus(task: dict[str, Any]) -> str:

@@ -30,9 +30,10 @@ from typing import Any
 import yaml
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateSyntaxError, UndefinedError, meta
 from jinja2.exceptions import TemplateNotFound as JinjaTemplateNotFound
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import SecurityError
 
 from notifications.sms_segments import SegmentInfo, SmsBudget, SmsBudgetExceeded, check_budget
+from notifications.template_limits import DEFAULT_LIMITS, BoundedSandbox, RenderLimitExceeded, RenderLimits
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "templates"
 DEFAULT_LOCALE = "en"
@@ -63,6 +64,10 @@ class TemplateFieldError(TemplateError):
 
 class TemplateBudgetError(TemplateError):
     """The rendered SMS is over the segment/character budget."""
+
+
+class TemplateLimitError(TemplateError):
+    """Rendering went over a time, size or iteration bound (`notifications.template_limits`)."""
 
 
 def normalize_locale(locale: str | None) -> str:
@@ -158,8 +163,13 @@ class TemplateLibrary:
         sms_budget: SmsBudget | Mapping[str, SmsBudget] | None = None,
         extra_fields: Mapping[str, Mapping[str, Iterable[str]]] | None = None,
         default_locale: str = DEFAULT_LOCALE,
+        limits: RenderLimits = DEFAULT_LIMITS,
     ) -> None:
         dirs = [Path(d) for d in directories]
+        self._options = {"sms_budget": sms_budget, "extra_fields": extra_fields, "default_locale": default_locale,
+                         "limits": limits}
+        self._shipped: TemplateLibrary | None = None
+        self.customized = bool(dirs)
         if include_shipped:
             dirs.append(SHIPPED_DIR)
         for d in dirs:
@@ -183,7 +193,8 @@ class TemplateLibrary:
             budgets.update(sms_budget)
         self.sms_budgets = budgets
         self.default_locale = normalize_locale(default_locale)
-        self.env = ImmutableSandboxedEnvironment(
+        self.env = BoundedSandbox(
+            limits=limits,
             loader=FileSystemLoader([str(d) for d in dirs]),
             undefined=StrictUndefined,
             autoescape=lambda name: bool(name and name.endswith(".html.j2")),
@@ -242,6 +253,9 @@ class TemplateLibrary:
             raise TemplateError(f"{exc.filename or name}, line {exc.lineno}: template syntax error: {exc.message}") from None
         except JinjaTemplateNotFound:
             raise TemplateNotFound(f"template file {name} disappeared") from None
+        except (RecursionError, MemoryError, RenderLimitExceeded, ValueError, ArithmeticError) as exc:
+            # Pathological source (nesting thousands deep) or a constant Jinja tried to fold.
+            raise TemplateError(f"{name}: could not compile: {type(exc).__name__}: {exc}") from None
         audience = self.catalog.templates[template]
         forbidden = sorted(used - allowed)
         if forbidden:
@@ -263,12 +277,18 @@ class TemplateLibrary:
         for part, name in names.items():
             compiled, filename = self._compile(name, allowed, template, channel)
             try:
-                out[part] = compiled.render(values).strip()
+                out[part] = self.env.render_bounded(compiled, values).strip()
             except SecurityError as exc:
                 raise TemplateSecurityError(f"{filename}: refused by the sandbox: {exc}") from None
             except UndefinedError as exc:
                 raise TemplateFieldError(f"{filename}: {exc.message}") from None
-            except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
+            except RenderLimitExceeded as exc:
+                raise TemplateLimitError(f"{filename}: stopped: {exc}") from None
+            except RecursionError:
+                raise TemplateLimitError(f"{filename}: stopped: recursion too deep") from None
+            except MemoryError:
+                raise TemplateLimitError(f"{filename}: stopped: out of memory") from None
+            except Exception as exc:  # a template is untrusted code: whatever it raises is its error
                 raise TemplateError(f"{filename}: could not render: {type(exc).__name__}: {exc}") from None
         if channel == "sms":
             body = " ".join(out["sms"].split())  # one line: templates may wrap for readability
@@ -280,6 +300,15 @@ class TemplateLibrary:
             return Rendered(template, channel, used_locale, body, segments=info)
         subject = " ".join(out["email.subject"].split())
         return Rendered(template, channel, used_locale, out["email.txt"], subject=subject, html=out.get("email.html"))
+
+    def shipped(self) -> TemplateLibrary:
+        """The shipped templates alone, with this library's settings: what a staff message falls
+        back to when a customized template cannot be rendered."""
+        if not self.customized:
+            return self
+        if self._shipped is None:
+            self._shipped = TemplateLibrary(**self._options)  # type: ignore[arg-type]
+        return self._shipped
 
     # -- checking ----------------------------------------------------------------------------
     def available(self) -> list[tuple[str, str, str]]:

@@ -21,6 +21,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -83,8 +84,22 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict, canonical base64url (RFC 4648 §5, unpadded, as `_b64` writes it).
+
+    Python's decoder is lenient: it accepts padding, drops characters outside the alphabet and
+    ignores the unused low bits of the last character, so one MAC would have many spellings and
+    a link could be altered and still verify. Only the one spelling `_b64` produces is accepted:
+    decode, re-encode, compare (RFC 4648 §3.5 lets a decoder reject non-zero pad bits)."""
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not canonical base64url")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64(data) != text:
+        raise ValueError("not canonical base64url")
+    return data
 
 
 def _to36(n: int) -> str:
@@ -157,7 +172,7 @@ class SignedTokens:
             fields = data.decode().split("|")
         except (binascii.Error, ValueError, UnicodeDecodeError):
             raise TokenForged("the link is not a valid Vigil link") from None
-        if len(fields) != 7 or fields[0] != "1":
+        if len(fields) != 7 or fields[0] != "1" or len(mac) != _MAC_BYTES:
             raise TokenForged("the link is not a valid Vigil link")
         _, kid, token_purpose, subject, actor, exp36, token_id = fields
         if kid not in self._keys:
@@ -167,8 +182,12 @@ class SignedTokens:
         if token_purpose != purpose:
             raise TokenWrongPurpose(f"the link is for {token_purpose!r}, not {purpose!r}")
         try:
+            # Only the spelling `_to36` writes: `int(…, 36)` would also take upper case, signs,
+            # spaces and underscores (the MAC covers the payload, this keeps the check exact).
+            if _to36(int(exp36, 36)) != exp36:
+                raise ValueError(exp36)
             expires = datetime.fromtimestamp(int(exp36, 36), UTC)
-        except ValueError:
+        except (ValueError, OverflowError, OSError):
             raise TokenForged("the link is not a valid Vigil link") from None
         if self.clock.now() >= expires:
             raise TokenExpired(f"the link expired at {iso(expires)}")

@@ -10,6 +10,7 @@ gets a new dataVersion, never a silent change):
 | Vigil.Alert.Acknowledged    | DetectedIssue/<id>     | detectedIssue, patient, task, acknowledgedBy, level, late     |
 | Vigil.Alert.Closed          | DetectedIssue/<id>     | detectedIssue, patient, task?, reason                         |
 | Vigil.Message.Failed        | Communication/<id>     | communication, patient?, about?, channel, reasonCode          |
+| Vigil.Sms.AckLockedOut      | Basic/<id>             | lockout, failures, lockedForSeconds                           |
 
 Data carries resource references and codes only, never names, numbers, readings or free text:
 every field is checked against its kind (reference, code, integer, boolean) before publishing, so
@@ -45,6 +46,7 @@ ESCALATED = "Vigil.Alert.Escalated"
 ACKNOWLEDGED = "Vigil.Alert.Acknowledged"
 CLOSED = "Vigil.Alert.Closed"
 MESSAGE_FAILED = "Vigil.Message.Failed"
+ACK_LOCKED_OUT = "Vigil.Sms.AckLockedOut"  # a number texted too many wrong ACK codes (notifications.ack_lockout)
 _NS = uuid.UUID("0b8f6d7e-31a4-4f0e-9c57-6a1e5d2f7c90")
 
 _REF = re.compile(r"^[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}$")
@@ -60,9 +62,11 @@ SCHEMAS: dict[str, dict[str, str]] = {
     CLOSED: {"detectedIssue": "ref", "patient": "ref", "task": "ref?", "reason": "code"},
     MESSAGE_FAILED: {"communication": "ref", "patient": "ref?", "about": "ref?", "channel": "code",
                      "reasonCode": "code"},
+    ACK_LOCKED_OUT: {"lockout": "ref", "failures": "int", "lockedForSeconds": "int"},
 }
 _SUBJECT_FIELD = {EPISODE_OPENED: "detectedIssue", ESCALATED: "detectedIssue", ACKNOWLEDGED: "detectedIssue",
-                  CLOSED: "detectedIssue", MESSAGE_FAILED: "communication"}
+                  CLOSED: "detectedIssue", MESSAGE_FAILED: "communication",
+                  ACK_LOCKED_OUT: "lockout"}
 
 
 class WorkflowEventError(ValueError):
@@ -161,6 +165,12 @@ def message_failed(*, communication: str, channel: str, reason_code: str, at: da
                    about: str | None = None) -> WorkflowEvent:
     return make_event(MESSAGE_FAILED, {"communication": communication, "patient": patient, "about": about,
                                        "channel": channel, "reasonCode": reason_code}, at)
+
+
+def ack_locked_out(*, lockout: str, failures: int, locked_for_s: int, at: datetime) -> WorkflowEvent:
+    """One per lockout (the lockout's start tells them apart); the number stays in the record."""
+    return make_event(ACK_LOCKED_OUT, {"lockout": lockout, "failures": failures, "lockedForSeconds": locked_for_s},
+                      at, discriminator=iso(at))
 
 
 class WorkflowPublisher(Protocol):

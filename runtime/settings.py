@@ -9,7 +9,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from notifications.ack_lockout import AckLimits
 
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules" / "library"
 DEFAULT_CHAINS = Path(__file__).resolve().parent.parent / "notifications" / "chains.yaml"
@@ -67,6 +72,11 @@ class Settings:
     # "sqlite" (<data dir>/sends.db, one machine) or "fhir" (Basic resources in the FHIR store,
     # shared by every Functions instance). Unset: fhir with a FHIR server URL, sqlite embedded.
     send_ledger: str | None = None
+    # `ACK <code>` by SMS (docs/notifications.md): this many wrong codes from one number within the
+    # window lock the number out for the lockout time (no code from it is accepted, one reply).
+    ack_sms_max_failures: int = 5
+    ack_sms_failure_window_s: float = 900.0
+    ack_sms_lockout_s: float = 3600.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -97,6 +107,10 @@ class Settings:
             raise SettingsError("VIGIL_HTTP_MAX_BODY_BYTES must be at least 1024")
         if not 0 <= self.max_future_skew_s <= 366 * 86400:
             raise SettingsError("VIGIL_MAX_FUTURE_SKEW_S must be between 0 and 31622400 seconds (366 days)")
+        if self.ack_sms_max_failures < 1:
+            raise SettingsError("VIGIL_ACK_SMS_MAX_FAILURES must be at least 1")
+        if self.ack_sms_failure_window_s <= 0 or self.ack_sms_lockout_s <= 0:
+            raise SettingsError("VIGIL_ACK_SMS_FAILURE_WINDOW_S and VIGIL_ACK_SMS_LOCKOUT_S must be positive")
         if self.send_ledger is not None and self.send_ledger.strip().lower() not in SEND_LEDGERS:
             raise SettingsError(f"VIGIL_SEND_LEDGER must be 'sqlite' or 'fhir', not {self.send_ledger!r}")
 
@@ -111,6 +125,13 @@ class Settings:
         if self.send_ledger:
             return self.send_ledger.strip().lower()
         return "sqlite" if self.embedded else "fhir"
+
+    @property
+    def ack_sms_limits(self) -> AckLimits:
+        from notifications.ack_lockout import AckLimits
+
+        return AckLimits(self.ack_sms_max_failures, timedelta(seconds=self.ack_sms_failure_window_s),
+                         timedelta(seconds=self.ack_sms_lockout_s))
 
     def template_paths(self) -> tuple[Path, Path]:
         from ingest.templates.presets import preset_paths

@@ -13,6 +13,7 @@ import azure.functions as func
 
 from handlers.acknowledge import acknowledge_by_code
 from handlers.acs_events import AcsEventDeps, handle_acs_event
+from notifications.ack_lockout import AckSenderLimit
 from runtime.bootstrap import Services, current
 from triggers.fhir_events import event_payload, messaging
 
@@ -44,4 +45,6 @@ def acs_deps(services: Services) -> AcsEventDeps:
         sms_channel=sms_channel,
         # The SMS channel's send ledger (ACS SMS has one): a "Delivered" report settles an in-doubt send.
         ledger=getattr(services.channels.get(sms_channel), "ledger", None),
+        # In the FHIR store, so every instance sees the same failures and lockouts.
+        ack_limit=AckSenderLimit(services.store, services.clock, settings.ack_sms_limits),
     )

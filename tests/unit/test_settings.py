@@ -28,3 +28,16 @@ def test_bad_values_name_the_setting() -> None:
 def test_secrets_are_not_in_the_repr() -> None:
     s = Settings.from_env({"VIGIL_LOCAL_TOKEN": "s3cret-token"})
     assert s.local_token == "s3cret-token" and "s3cret-token" not in repr(s)
+
+
+def test_ack_sms_limits_have_defaults_and_refuse_nonsense() -> None:
+    from datetime import timedelta
+
+    limits = Settings.from_env({}).ack_sms_limits
+    assert (limits.max_failures, limits.window, limits.lockout) == (5, timedelta(minutes=15), timedelta(hours=1))
+    custom = Settings.from_env({"VIGIL_ACK_SMS_MAX_FAILURES": "3", "VIGIL_ACK_SMS_LOCKOUT_S": "600"}).ack_sms_limits
+    assert (custom.max_failures, custom.lockout) == (3, timedelta(minutes=10))
+    with pytest.raises(SettingsError, match="VIGIL_ACK_SMS_MAX_FAILURES"):
+        Settings.from_env({"VIGIL_ACK_SMS_MAX_FAILURES": "0"})
+    with pytest.raises(SettingsError, match="VIGIL_ACK_SMS_LOCKOUT_S"):
+        Settings.from_env({"VIGIL_ACK_SMS_LOCKOUT_S": "-1"})

@@ -140,3 +140,74 @@ def test_verify_does_not_spend_so_the_action_can_run_first(clock) -> None:
     t.consume(claims)
     with pytest.raises(TokenReused):
         t.consume(claims)
+
+
+# -- malleability: a token has exactly one spelling ---------------------------------------------
+
+# Issued by the code before canonical decoding (key KEY1, token id bytes 0..8, at 2026-11-20T15:00Z,
+# 24 h): links already sent keep working, strictly, for their lifetime.
+SENT_BEFORE = "MXxrMXxhY2t8VGFzay90MXxQcmFjdGl0aW9uZXIvbjF8dG91eG8wfEFBRUNBd1FGQmdjSQ.2AEgVmUt40if1nh9d4mloQ"
+
+
+def _variants(token: str) -> dict[str, str]:
+    body, mac = token.split(".")
+    last = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    # 16 MAC bytes take 22 characters; the last one carries 2 data bits and 4 unused ones, so
+    # the next character in the alphabet decodes to the same bytes with a lenient decoder.
+    same_bytes = last[last.index(mac[-1]) ^ 1]
+    return {
+        "mac + '=='": f"{token}==",
+        "mac + '='": f"{token}=",
+        "body padded": f"{body}==.{mac}",
+        "mac upper case": f"{body}.{mac.upper()}" if mac.upper() != mac else f"{body}.{mac.lower()}",
+        "token upper case": token.upper(),
+        "body swapped case": f"{body.swapcase()}.{mac}",
+        "trailing garbage": f"{token}!",
+        "trailing space": f"{token} ",
+        "trailing newline": f"{token}\n",
+        "percent-encoded padding": f"{token}%3D%3D",
+        "inner garbage": f"{body}.{mac[:5]}*{mac[5:]}",
+        "unused bits set": f"{body}.{mac[:-1]}{same_bytes}",
+        "mac one char short": f"{body}.{mac[:-1]}",
+        "mac extended": f"{body}.{mac}AAAA",
+    }
+
+
+@pytest.mark.parametrize("variant", sorted(_variants(SENT_BEFORE)))
+def test_a_token_spelled_any_other_way_is_refused(clock, variant: str) -> None:
+    t = tokens(clock)
+    token = t.issue(purpose="ack", subject="Task/t1", actor="Practitioner/n1")
+    altered = _variants(token)[variant]
+    assert altered != token
+    with pytest.raises(TokenForged):
+        t.verify(altered, purpose="ack")
+    # The genuine token still verifies and is then spent once.
+    assert t.redeem(token, purpose="ack").subject == "Task/t1"
+
+
+def test_a_genuine_token_with_a_swapped_purpose_is_refused(clock) -> None:
+    t = tokens(clock)
+    with pytest.raises(TokenWrongPurpose):
+        t.verify(t.issue(purpose="checkin", subject="Task/t1"), purpose="ack")
+    # Rewriting the purpose inside the payload breaks the signature instead.
+    body, mac = t.issue(purpose="checkin", subject="Task/t1").split(".")
+    payload = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).replace(b"|checkin|", b"|ack|")
+    forged = base64.urlsafe_b64encode(payload).rstrip(b"=").decode() + "." + mac
+    with pytest.raises(TokenForged):
+        t.verify(forged, purpose="ack")
+
+
+def test_a_link_sent_before_stays_valid_for_its_lifetime_and_strict(clock) -> None:
+    t = tokens(clock)  # 12:00, three hours before that link was issued
+    clock.advance(timedelta(hours=26, minutes=59))  # 2026-11-21T14:59Z: one minute left
+    claims = t.verify(SENT_BEFORE, purpose="ack")
+    assert (claims.subject, claims.actor, claims.key_id) == ("Task/t1", "Practitioner/n1", "k1")
+    for altered in _variants(SENT_BEFORE).values():
+        with pytest.raises(TokenForged):
+            t.verify(altered, purpose="ack")
+    t.redeem(SENT_BEFORE, purpose="ack")
+    with pytest.raises(TokenReused):
+        t.redeem(SENT_BEFORE, purpose="ack")
+    clock.advance(timedelta(minutes=1))
+    with pytest.raises(TokenExpired):
+        t.verify(SENT_BEFORE, purpose="ack")
