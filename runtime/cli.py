@@ -64,8 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--reason", help="only this reason")
     replay.set_defaults(func=_dl_replay)
 
+    from console import cli as console_cli
     from runtime import cli_events, cli_rules, cli_templates
 
+    console_cli.register(sub)
     cli_rules.register(sub)
     cli_templates.register(sub)
     cli_events.register(sub)

@@ -59,6 +59,11 @@ def build_app(host: LocalHost, token: str, limits: Limits | None = None) -> Http
     add_event_grid_webhook(registry, host)
     for spec in host.http_functions():
         add_function_route(registry, host, spec)
+    # The care team's console (console/views.py); its pages sign staff in themselves. `vigil serve`
+    # never trusts App Service identity headers (any client could send them to a bare server).
+    from console.views import add_console_routes
+
+    add_console_routes(registry, host.services, trust_app_service=False)
     return HttpApp(token, registry, limits)
 
 

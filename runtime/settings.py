@@ -77,6 +77,11 @@ class Settings:
     ack_sms_max_failures: int = 5
     ack_sms_failure_window_s: float = 900.0
     ack_sms_lockout_s: float = 3600.0
+    # The web console (docs/console.md): the session-signing key (default: a per-data-dir secret),
+    # and whether App Service Authentication headers name the staff member ("app-service", Azure
+    # only; `vigil serve` never trusts them) or console accounts do ("local").
+    console_secret: str | None = field(default=None, repr=False)
+    console_identity: str = "local"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -111,6 +116,8 @@ class Settings:
             raise SettingsError("VIGIL_ACK_SMS_MAX_FAILURES must be at least 1")
         if self.ack_sms_failure_window_s <= 0 or self.ack_sms_lockout_s <= 0:
             raise SettingsError("VIGIL_ACK_SMS_FAILURE_WINDOW_S and VIGIL_ACK_SMS_LOCKOUT_S must be positive")
+        if self.console_identity not in ("local", "app-service"):
+            raise SettingsError(f"VIGIL_CONSOLE_IDENTITY must be 'local' or 'app-service', not {self.console_identity!r}")
         if self.send_ledger is not None and self.send_ledger.strip().lower() not in SEND_LEDGERS:
             raise SettingsError(f"VIGIL_SEND_LEDGER must be 'sqlite' or 'fhir', not {self.send_ledger!r}")
 
