@@ -1,0 +1,141 @@
+"""The console over HTTP on the production ASGI app (hypercorn, loopback): sign-in, sessions, CSRF,
+rate limiting, audit, and the acknowledgement shared with the SMS link."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from console.audit import ACTION_SYSTEM
+from console.views import messaging
+from fhirstore.paging import search_all
+from handlers.sweeps import run_escalation_sweep
+from tests.support.console import MANAGER, NURSE, PASSWORD, Served, demo_services, serve_console
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    services = demo_services(Path(tmp_path_factory.mktemp("console")))
+    with serve_console(services) as s:
+        yield s
+    services.close()
+
+
+def _login(served: Served, username: str = NURSE) -> httpx.Client:
+    client = httpx.Client(base_url=served.url, timeout=30)
+    r = client.post("/console/login", data={"username": username, "password": PASSWORD})
+    assert r.status_code == 303, r.text
+    return client
+
+
+def _csrf(client: httpx.Client, path: str = "/console/inbox") -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', client.get(path).text).group(1)
+
+
+def _audits(served: Served, action: str) -> list[dict]:
+    return [a for a in search_all(served.services.store, "AuditEvent", {})
+            if any(c.get("system") == ACTION_SYSTEM and c.get("code") == action for c in a.get("subtype") or [])]
+
+
+def test_pages_need_a_session(served: Served) -> None:
+    client = httpx.Client(base_url=served.url)
+    r = client.get("/console/inbox")
+    assert r.status_code == 303 and r.headers["location"] == "/console/login"
+    assert client.post("/console/alerts/ack", data={"task": "x"}).status_code == 401
+    assert client.get("/console/inbox", headers={"Cookie": "vigil_console=forged.value.sig"}).status_code == 303
+
+
+def test_session_cookie_is_httponly_strict_and_signed(served: Served) -> None:
+    client = httpx.Client(base_url=served.url)
+    r = client.post("/console/login", data={"username": NURSE, "password": PASSWORD})
+    cookie = r.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/console" in cookie
+    assert "Secure" not in cookie  # plain HTTP on loopback; Secure is set when the request came over TLS
+    value = cookie.split(";")[0].split("=", 1)[1]
+    tampered = value[:-2] + ("AA" if not value.endswith("AA") else "BB")
+    assert client.get("/console/inbox", headers={"Cookie": f"vigil_console={tampered}"}).status_code == 303
+
+
+def test_a_form_without_the_csrf_token_is_refused(served: Served) -> None:
+    client = _login(served)
+    row = re.search(r'name="task" value="(\w+)"', client.get("/console/inbox").text)
+    assert row is not None
+    r = client.post("/console/alerts/ack", data={"task": row.group(1)})
+    assert r.status_code == 403 and "CSRF" in r.text
+    r = client.post("/console/alerts/ack", data={"task": row.group(1), "csrf": "wrong"})
+    assert r.status_code == 403
+    assert served.services.store.read("Task", row.group(1))["status"] == "requested"
+
+
+def test_wrong_passwords_are_rate_limited(served: Served) -> None:
+    client = httpx.Client(base_url=served.url)
+    codes = [client.post("/console/login", data={"username": MANAGER, "password": "wrong-password"}).status_code
+             for _ in range(6)]
+    assert codes[:5] == [401] * 5 and codes[5] == 429
+    # Even the right password waits out the window now.
+    assert client.post("/console/login", data={"username": MANAGER, "password": PASSWORD}).status_code == 429
+
+
+def test_app_service_headers_are_not_trusted_on_vigil_serve(served: Served) -> None:
+    principal = base64.b64encode(json.dumps({"claims": [{"typ": "roles", "val": "admin"}]}).encode()).decode()
+    r = httpx.get(served.url + "/console/inbox", headers={"X-MS-CLIENT-PRINCIPAL": principal,
+                                                         "X-MS-CLIENT-PRINCIPAL-ID": "abc"})
+    assert r.status_code == 303
+
+
+def test_roles_limit_pages(served: Served) -> None:
+    client = _login(served)  # a nurse
+    assert client.get("/console/enroll").status_code == 403
+    assert client.get("/console/gaps").status_code == 200
+
+
+def test_viewing_a_patient_is_audited_and_the_url_has_no_name(served: Served) -> None:
+    client = _login(served)
+    inbox = client.get("/console/inbox").text
+    pid = re.search(r'href="/console/patients/([\w.-]+)"', inbox).group(1)
+    before = len(_audits(served, "view-patient"))
+    page = client.get(f"/console/patients/{pid}")
+    assert page.status_code == 200 and "<svg" in page.text
+    events = _audits(served, "view-patient")
+    assert len(events) == before + 1
+    assert events[-1]["agent"][0]["who"]["reference"] == "Practitioner/demo-nurse"
+    assert {"what": {"reference": f"Patient/{pid}"}} in events[-1]["entity"]
+    patient = served.services.store.read("Patient", pid)
+    for link in re.findall(r'href="([^"]+)"', inbox + page.text):
+        assert patient["name"][0]["family"] not in link and patient["birthDate"] not in link
+
+
+def test_console_ack_is_the_sms_link_operation_and_stops_the_chain(served: Served) -> None:
+    client = _login(served)
+    task_id = re.search(r'name="task" value="(\w+)"', client.get("/console/inbox").text).group(1)
+    r = client.post("/console/alerts/ack", data={"task": task_id, "csrf": _csrf(client)})
+    assert r.status_code == 303
+    store = served.services.store
+    task = store.read("Task", task_id)
+    assert task["status"] == "accepted" and task["owner"]["reference"] == "Practitioner/demo-nurse"
+    issue = store.read("DetectedIssue", task_id)
+    assert any((m.get("author") or {}).get("reference") == "Practitioner/demo-nurse" for m in issue.get("mitigation", []))
+    # The escalation sweep, run long after the next level was due, sends nothing more for it.
+    def messages(issue_id: str) -> int:
+        return len([c for c in search_all(store, "Communication", {}) if any(
+            a.get("reference") == f"DetectedIssue/{issue_id}" for a in c.get("about") or [])])
+
+    others = [t["id"] for t in search_all(store, "Task", {"status": "requested"})]
+    sent = messages(task_id)
+    others_before = sum(messages(o) for o in others)
+    clock = served.services.clock
+    clock.advance(timedelta(hours=12))  # type: ignore[attr-defined]
+    try:
+        run_escalation_sweep(messaging(served.services))
+    finally:
+        clock.advance(timedelta(hours=-12))  # type: ignore[attr-defined]
+    assert messages(task_id) == sent
+    assert sum(messages(o) for o in others) > others_before  # the chains not acknowledged moved on
+    assert _audits(served, "acknowledge-alert")
