@@ -71,8 +71,19 @@ def register(sub: Any) -> None:
     rb = rs.add_parser("billing", help="CMS RPM billing progress for a month")
     rb.add_argument("--month", required=True, help="YYYY-MM")
     rb.add_argument("--csv", action="store_true")
+    rb.add_argument("--as-of", type=_instant, default=None,
+                    help="judge periods as of this time (ISO 8601, e.g. 2026-11-15T18:00:00Z; default now)")
     rb.set_defaults(func=_report_billing)
     rs.add_parser("gaps", help="patients by days since their last reading").set_defaults(func=_report_gaps)
+
+
+def _instant(text: str) -> Any:
+    from common.clock import parse_instant
+
+    try:
+        return parse_instant(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time with a zone") from None
 
 
 def _services(settings: Settings):  # noqa: ANN202
@@ -192,7 +203,7 @@ def _report_billing(args: argparse.Namespace, settings: Settings) -> int:
     from console.billing import billing_csv, billing_report
 
     def action(s: Any) -> str:
-        rows = billing_report(s.store, args.month, s.clock.now())
+        rows = billing_report(s.store, args.month, args.as_of or s.clock.now())
         if args.csv:
             return billing_csv(rows, args.month).rstrip("\n")
         lines = [f"{'patient':<20} {'set-up':<10} {'device days':>11} {'minutes':>7}  codes"]
