@@ -16,6 +16,7 @@ from console import billing, enrollment, queries
 from console.accounts import StaffAccounts
 from console.audit import audit
 from console.charts import svg_chart, threshold_lines
+from console.operations import health
 from console.web import PREFIX, Ctx, Web
 from fhirstore.paging import search_all
 from handlers.acknowledge import record_acknowledgement
@@ -82,6 +83,9 @@ class Console:
         add(f"{PREFIX}/time", w.page(self.log_time, roles=CLINICAL), methods=("POST",), auth="anonymous")
         add(f"{PREFIX}/enroll", w.page(self.enroll_page, roles=ENROLLERS), auth="anonymous")
         add(f"{PREFIX}/enroll/{{step}}", w.page(self.enroll_step, roles=ENROLLERS), methods=("POST",), auth="anonymous")
+        add(f"{PREFIX}/operations.json", w.page(self.operations_json), auth="anonymous")
+        add(f"{PREFIX}/operations", w.page(self.operations), auth="anonymous")
+        add("/api/operations", lambda request: self._health_json(), auth="key", name="operations")
         add(f"{PREFIX}/{{page?}}", w.page(self.inbox), auth="anonymous", name="console-inbox")
 
     def _audit(self, ctx: Ctx, action: str, kind: str, entities: list[str], detail: str = "") -> None:
@@ -270,6 +274,19 @@ class Console:
             return self.web.text(400, str(exc))
         self._audit(ctx, "log-time", "create", [f"Patient/{pid}", f"Encounter/{enc.get('id')}"])
         return self.web.redirect(f"{PREFIX}/patients/{pid}")
+
+    # -- operations ----------------------------------------------------------------------------
+    def operations(self, ctx: Ctx) -> Response:
+        return self.web.render("operations.html", staff=ctx.staff, h=health(self.s))
+
+    def operations_json(self, ctx: Ctx) -> Response:
+        return self._health_json()
+
+    def _health_json(self) -> Response:
+        import json
+
+        return Response(200, {"Content-Type": "application/json", "Cache-Control": "no-store"},
+                        json.dumps(health(self.s)).encode())
 
     # -- enrollment ----------------------------------------------------------------------------
     def enroll_page(self, ctx: Ctx, error: str = "", done: str = "", status: int = 200) -> Response:

@@ -139,3 +139,21 @@ def test_console_ack_is_the_sms_link_operation_and_stops_the_chain(served: Serve
     assert messages(task_id) == sent
     assert sum(messages(o) for o in others) > others_before  # the chains not acknowledged moved on
     assert _audits(served, "acknowledge-alert")
+
+
+def test_operations_health_json_counts_dead_letters_by_reason(served: Served) -> None:
+    client = _login(served)
+    body = client.get("/console/operations.json").json()
+    expected: dict[str, int] = {}
+    for letter in served.services.dead_letters.list(include_replayed=True):
+        expected[letter.reason] = expected.get(letter.reason, 0) + 1
+    assert body["dead_letters_24h"] == expected and body["dead_letters_24h_total"] == 6  # the demo's malformed six
+    assert body["bus_backlog"] == sum(q["pending"] for q in body["queues"].values())
+    assert "vigil-events" not in body["queues"]
+    # Monitors use the local token; without it the endpoint refuses.
+    from runtime.bootstrap import local_token
+
+    assert httpx.get(served.url + "/api/operations").status_code == 401
+    token = local_token(served.services.settings)
+    assert httpx.get(served.url + "/api/operations", headers={"Authorization": f"Bearer {token}"}).json() == body
+    assert client.get("/console/operations").status_code == 200
