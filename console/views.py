@@ -22,6 +22,8 @@ from fhirstore.paging import search_all
 from handlers.acknowledge import record_acknowledgement
 from handlers.alerting import close
 from handlers.messaging import Messaging
+from handlers.snooze import CATEGORY as SNOOZE_CATEGORY
+from handlers.snooze import snooze
 from rules.enrollment import careplan_active
 from runtime.bootstrap import Services, _secret_file
 from runtime.http_app import Request, Response, RouteRegistry
@@ -80,6 +82,7 @@ class Console:
         add(f"{PREFIX}/gaps", w.page(self.gaps), auth="anonymous")
         add(f"{PREFIX}/billing.csv", w.page(self.billing_csv, roles=ENROLLERS), auth="anonymous")
         add(f"{PREFIX}/billing", w.page(self.billing, roles=ENROLLERS), auth="anonymous")
+        add(f"{PREFIX}/snooze", w.page(self.snooze, roles=CLINICAL), methods=("POST",), auth="anonymous")
         add(f"{PREFIX}/time", w.page(self.log_time, roles=CLINICAL), methods=("POST",), auth="anonymous")
         add(f"{PREFIX}/enroll", w.page(self.enroll_page, roles=ENROLLERS), auth="anonymous")
         add(f"{PREFIX}/enroll/{{step}}", w.page(self.enroll_step, roles=ENROLLERS), methods=("POST",), auth="anonymous")
@@ -230,7 +233,10 @@ class Console:
             "patient.html", staff=ctx.staff, p=patient, pid=pid, name=queries.display_name(patient), days=days,
             windows=WINDOWS, charts=charts, plans=plans, goals=goals, adherence=(with_readings, window),
             devices=search_all(self.store, "Device", {"patient": ref}),
-            teams=search_all(self.store, "CareTeam", {"subject": ref}), comms=comms,
+            teams=search_all(self.store, "CareTeam", {"subject": ref}), comms=comms, metrics=CHART_METRICS,
+            snoozes=[f for f in search_all(self.store, "Flag", {"subject": ref, "category": f"{SNOOZE_CATEGORY}|snooze",
+                                                                 "status": "active"})
+                     if parse_instant(f["period"]["end"]) > now],
             issues=sorted(issues, key=lambda i: i["meta"]["lastUpdated"], reverse=True)[:10], now=now)
 
     def gaps(self, ctx: Ctx) -> Response:
@@ -273,6 +279,19 @@ class Console:
         except ValueError as exc:
             return self.web.text(400, str(exc))
         self._audit(ctx, "log-time", "create", [f"Patient/{pid}", f"Encounter/{enc.get('id')}"])
+        return self.web.redirect(f"{PREFIX}/patients/{pid}")
+
+    def snooze(self, ctx: Ctx) -> Response:
+        pid = ctx.field("patient")
+        try:
+            enrollment._check_id(pid, "patient")
+            if ctx.field("metric") not in CHART_METRICS:
+                raise ValueError(f"metric: one of {', '.join(CHART_METRICS)}")
+            flag = snooze(self.store, f"Patient/{pid}", ctx.field("metric"), ctx.field("direction"),
+                          float(ctx.field("hours", "0") or 0), self.s.clock.now(), ctx.staff.actor)
+        except ValueError as exc:
+            return self.web.text(400, str(exc))
+        self._audit(ctx, "snooze", "create", [f"Patient/{pid}", f"Flag/{flag['id']}"], detail=flag["code"]["text"])
         return self.web.redirect(f"{PREFIX}/patients/{pid}")
 
     # -- operations ----------------------------------------------------------------------------

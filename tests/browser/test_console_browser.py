@@ -183,3 +183,36 @@ def test_requests_without_session_or_csrf_token_are_refused(page: Any, browser_c
     assert r.status == 401
     page.goto(served.url + "/console/inbox")
     assert page.url.endswith("/console/login")
+
+
+def test_snooze_one_direction_and_the_other_still_alerts(page: Any, served: Served) -> None:
+    import json
+    from datetime import timedelta
+
+    from runtime.bootstrap import install
+
+    store = served.services.store
+    diabetic = sorted(p["subject"]["reference"].split("/")[1] for p in search_all(store, "CarePlan", {"status": "active"})
+                      if "urn:vigil:program:diabetes" in p.get("instantiatesCanonical", []))
+    pid = next(p for p in diabetic if not [i for i in search_all(store, "DetectedIssue", {"patient": f"Patient/{p}"})
+                                           if i["code"]["coding"][0]["code"].startswith("dm-")])
+    _login(page, served)
+    page.goto(f"{served.url}/console/patients/{pid}")
+    form = page.locator("#f-snooze")
+    form.locator("select[name=metric]").select_option("glucose")
+    form.locator("select[name=direction]").select_option("high")
+    form.locator("button").click()
+    assert "glucose high snoozed" in page.locator("#snoozes").inner_text()
+    _shot(page, "snooze.png")
+
+    install(served.services)  # the functions the host runs use the installed services
+    for value, minutes in ((262, 40), (61, 20)):
+        at = (AS_OF - timedelta(minutes=minutes)).isoformat()
+        served.host.publish_device_messages([json.dumps({"deviceId": f"{pid}-meter", "patientId": pid, "type": "glucose",
+                                                         "time": at, "values": {"glucose": value}}).encode()])
+    assert served.host.run_until_idle(timeout_s=60)
+    page.goto(served.url + "/console/inbox")
+    titles = [r.locator("td").nth(2).inner_text() for r in page.locator("table.inbox tbody tr[data-alert]").all()
+              if r.locator(f"a[href='/console/patients/{pid}']").count()]
+    assert any("low" in t.lower() or "hypoglyc" in t.lower() for t in titles), titles
+    assert not any("ketone" in t.lower() for t in titles), titles
