@@ -201,6 +201,7 @@ def log_time(store: FhirStore, clock: Clock, *, patient_id: str, actor: str, min
 
 def billing_report(store: FhirStore, month: str, now: datetime | None = None) -> list[PatientBilling]:
     now = now or datetime.now(UTC)
+    month_bounds(month)  # a bad month is an error even with no patients
     out = []
     for patient in search_all(store, "Patient", {}):
         row = patient_billing(store, patient, month, now)
