@@ -19,7 +19,8 @@ from rules.model import SEVERITY_RANK, Ruleset
 RULE_SYSTEM = "urn:vigil:rule"
 PRIORITY_RANK = {"routine": 0, "urgent": 1, "asap": 2, "stat": 3}
 # "<value> <unit> <op> <value> <unit>" in an explanation (rules/explain.py words it this way).
-_COMPARISON = re.compile(r"(-?[\d.]+(?:/[\d.]+)? \S+ (?:>=|<=|>|<|==) -?[\d.]+(?:/[\d.]+)? \S+)")
+_COMPARISON = re.compile(r"(-?\d[\d.]*(?:/\d[\d.]*)? [^\s(),]+)(?: \([^)]*\))? (>=|<=|>|<|==) "
+                         r"(-?\d[\d.]*(?:/\d[\d.]*)? [^\s(),]+)")
 
 
 def display_name(patient: dict[str, Any] | None) -> str:
@@ -108,8 +109,8 @@ def inbox(store: FhirStore, rulesets: list[Ruleset], *, program: str = "", sever
 
 def comparison(detail: str) -> str:
     """The value against its threshold, as the explanation states it ("182 mm[Hg] >= 180 mm[Hg]")."""
-    found = _COMPARISON.findall(detail or "")
-    return "; ".join(f.replace(">=", "≥").replace("<=", "≤") for f in found[:2])
+    found = [f"{a} {op} {b}".replace(">=", "≥").replace("<=", "≤") for a, op, b in _COMPARISON.findall(detail or "")]
+    return "; ".join(found[:2])
 
 
 def observation_values(obs: dict[str, Any]) -> dict[str, float]:
