@@ -181,7 +181,11 @@ def _enroll(args: argparse.Namespace, settings: Settings) -> int:
     def action(s: Any) -> str:
         today = s.clock.now().date()
         if args.end:
-            return f"CarePlan/{end_enrollment(s.store, args.patient, args.program, today)['id']} ended"
+            from console.views import messaging
+
+            plan = end_enrollment(s.store, args.patient, args.program, today, rulesets=s.rulesets,
+                                  messaging=messaging(s))
+            return f"CarePlan/{plan['id']} ended"
         return f"CarePlan/{enroll(s.store, s.rulesets, args.patient, args.program, args.start or today)['id']}"
     return _run(settings, action)
 

@@ -19,8 +19,11 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from common.codes import LOINC, METRICS, UCUM, vigil_system
-from fhirstore.errors import ResourceGone, ResourceNotFound
+from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
+from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
+from handlers.alerting import close
+from handlers.messaging import Messaging
 from notifications.consent import InvalidPhoneNumber, SmsConsentRegistry, normalize_e164
 from notifications.preferences import PREFERENCES_EXT, PreferenceError, QuietHours
 from rules.model import Ruleset
@@ -145,14 +148,43 @@ def enroll(store: FhirStore, rulesets: list[Ruleset], patient_id: str, program: 
     return store.update(plan).resource or plan
 
 
-def end_enrollment(store: FhirStore, patient_id: str, program: str, end: date) -> dict[str, Any]:
+def end_enrollment(store: FhirStore, patient_id: str, program: str, end: date, *,
+                   rulesets: list[Ruleset] | None = None, messaging: Messaging | None = None) -> dict[str, Any]:
+    """CarePlan `completed` with `period.end`; the program's open alerts for the patient stop too:
+    their Tasks are cancelled (no further escalation) and, with `messaging`, the episodes closed."""
     try:
         plan = store.read("CarePlan", f"{_check_id(patient_id, 'patient')}-{program}")
     except (ResourceNotFound, ResourceGone):
         raise EnrollmentError(f"program: the patient is not enrolled in {program!r}") from None
     plan["status"] = "completed"
     plan["period"] = {**(plan.get("period") or {}), "end": end.isoformat()}
-    return store.update(plan, if_match=plan["meta"]["versionId"]).resource or plan
+    written = store.update(plan, if_match=plan["meta"]["versionId"]).resource or plan
+    rule_ids = {r.id for rs in rulesets or [] if rs.program.id == program for r in rs.rules}
+    for issue in search_all(store, "DetectedIssue", {"patient": f"Patient/{patient_id}", "status": "preliminary"}):
+        codes = {c.get("code") for c in (issue.get("code") or {}).get("coding") or []}
+        if not codes & rule_ids:
+            continue
+        _cancel_task(store, issue["id"])
+        if messaging is not None:
+            close(messaging, issue, messaging.clock.now(), f"enrollment in {program} ended", code="enrollment-ended")
+    return written
+
+
+def _cancel_task(store: FhirStore, task_id: str) -> None:
+    for _ in range(3):  # a sweep may write the Task between our read and write
+        try:
+            task = store.read("Task", task_id)
+        except (ResourceNotFound, ResourceGone):
+            return
+        if task.get("status") not in ("requested", "received", "ready"):
+            return  # acknowledged or done: its chain is over already
+        task["status"] = "cancelled"
+        task["statusReason"] = {"text": "enrollment ended"}
+        try:
+            store.update(task, if_match=task["meta"]["versionId"])
+            return
+        except PreconditionFailed:
+            continue
 
 
 def register_device(store: FhirStore, patient_id: str, identifier: str, kind: str = "") -> dict[str, Any]:

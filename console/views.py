@@ -329,7 +329,8 @@ class Console:
                 res = enrollment.enroll(self.store, self.s.rulesets, f("patient"), f("program"),
                                         date.fromisoformat(f("start") or today.isoformat()))
             elif step == "end":
-                res = enrollment.end_enrollment(self.store, f("patient"), f("program"), today)
+                res = enrollment.end_enrollment(self.store, f("patient"), f("program"), today,
+                                                rulesets=self.s.rulesets, messaging=self.m)
             elif step == "device":
                 res = enrollment.register_device(self.store, f("patient"), f("identifier"), f("kind"))
             elif step == "goal":

@@ -75,3 +75,26 @@ def test_a_snooze_is_bounded() -> None:
         snooze(None, P, "glucose", "high", 100, DAYTIME, "x")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="direction"):
         snooze(None, P, "glucose", "sideways", 1, DAYTIME, "x")  # type: ignore[arg-type]
+
+
+def test_ending_an_enrollment_stops_its_alerts_escalation_and_reminders(host: LocalHost) -> None:
+    from console.enrollment import end_enrollment
+    from console.views import messaging
+    from handlers.reminders import run_reminder_sweep
+    from handlers.sweeps import run_escalation_sweep
+    from rules.enrollment import careplan_active
+
+    store = host.services.store
+    _glucose(host, 61, 30)
+    (issue,) = _episodes(host, "dm-hypoglycemia")
+    assert store.read("Task", issue["id"])["status"] == "requested"
+    m = messaging(host.services)
+    end_enrollment(store, "p1", "diabetes", DAYTIME.date(), rulesets=host.services.rulesets, messaging=m)
+    assert store.read("Task", issue["id"])["status"] == "cancelled"
+    assert store.read("DetectedIssue", issue["id"])["status"] == "final"
+    assert not careplan_active(store.read("CarePlan", "p1-diabetes"), DAYTIME)
+    sent = store.search("Communication", {"_summary": "count"}).total
+    host.services.clock.advance(timedelta(hours=12))  # type: ignore[attr-defined]
+    run_escalation_sweep(m)
+    run_reminder_sweep(m, host.services.rulesets)
+    assert store.search("Communication", {"_summary": "count"}).total == sent
