@@ -135,6 +135,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     bound = server.url
     print(f"Vigil local host on {bound}  (data: {settings.data_dir})", flush=True)
     print(f"  FHIR:    {bound}/fhir   functions: {bound}/api/<route>", flush=True)
+    print(f"  console: {bound}/console   (accounts: vigil staff add USER --role ROLE)", flush=True)
     print(f"  token:   in {settings.path('local-token')} (send as 'Authorization: Bearer <token>')", flush=True)
     print("  functions: " + ", ".join(f"{s.name} ({s.trigger})" for s in host.functions), flush=True)
     try:

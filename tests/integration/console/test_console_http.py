@@ -157,3 +157,26 @@ def test_operations_health_json_counts_dead_letters_by_reason(served: Served) ->
     token = local_token(served.services.settings)
     assert httpx.get(served.url + "/api/operations", headers={"Authorization": f"Bearer {token}"}).json() == body
     assert client.get("/console/operations").status_code == 200
+
+
+def test_bulk_acknowledge_assign_and_resolve_with_an_outcome(served: Served) -> None:
+    client = _login(served)
+    inbox = client.get("/console/inbox").text
+    tasks = re.findall(r'type="checkbox" name="task" value="(\w+)"', inbox)
+    assert len(tasks) >= 3
+    r = client.post("/console/alerts/ack", data={"task": tasks[:2], "csrf": _csrf(client)})
+    assert r.headers["location"] == "/console/inbox?notice=2+acknowledged"
+    store = served.services.store
+    assert [store.read("Task", t)["status"] for t in tasks[:2]] == ["accepted", "accepted"]
+    third = tasks[2]
+    client.post(f"/console/alerts/{third}/assign", data={"practitioner": "demo-physician", "csrf": _csrf(client)})
+    assert store.read("Task", third)["owner"]["reference"] == "Practitioner/demo-physician"
+    bad = client.post(f"/console/alerts/{third}/resolve", data={"outcome": "shrug", "csrf": _csrf(client)})
+    assert bad.status_code == 400 and "contacted-patient" in bad.text
+    client.post(f"/console/alerts/{third}/resolve", data={"outcome": "contacted-patient", "note": "called, fine",
+                                                          "csrf": _csrf(client)})
+    assert store.read("DetectedIssue", third)["status"] == "final"
+    resolved = _audits(served, "resolve-alert")[-1]
+    assert resolved["entity"][0]["description"] == "contacted-patient: called, fine"
+    page = client.get(f"/console/alerts/{third}").text
+    assert 'id="episode-status">closed' in page
