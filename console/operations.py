@@ -35,3 +35,32 @@ def health(services: Services) -> dict[str, Any]:
         "dead_letters_24h": dict(sorted(by_reason.items())),
         "dead_letters_24h_total": sum(by_reason.values()),
     }
+
+
+# A stalled pipeline must not fail silently: past these, the staff address gets one notice per hour.
+MAX_PENDING_AGE_S = 15 * 60
+MAX_DEAD_LETTERS_24H = 50
+
+
+def check_thresholds(services: Services, *, max_pending_age_s: float = MAX_PENDING_AGE_S,
+                     max_dead_letters: int = MAX_DEAD_LETTERS_24H) -> list[str]:
+    """Notify the care-team address when the pipeline looks stalled; returns the problems found.
+    The message key holds the hour, so a sweep every 15 minutes sends one notice an hour."""
+    from notifications.dispatch import MessageRequest, deliver
+
+    h = health(services)
+    problems = []
+    if h["oldest_pending_age_s"] > max_pending_age_s:
+        problems.append(f"oldest pending bus message waited {h['oldest_pending_age_s']:.0f} s")
+    if h["dead_letters_24h_total"] > max_dead_letters:
+        problems.append(f"{h['dead_letters_24h_total']} dead letters in 24 h")
+    if not problems:
+        return []
+    now = services.clock.now()
+    channel = "outbox" if "outbox" in services.channels else next(iter(services.channels))
+    deliver(services.store, services.channels, MessageRequest(
+        key=f"operations|{now:%Y-%m-%dT%H}", channel=channel, to=services.settings.staff_address,
+        body=f"{services.settings.org_name}: Vigil pipeline needs attention: {'; '.join(problems)}. "
+             "See /console/operations.", category="notification", tags={"recipient": "operations"}),
+        services.clock)
+    return problems

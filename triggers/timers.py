@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import azure.functions as func
 
+from console.operations import check_thresholds
 from handlers.fhir_events import evaluate_observation
 from handlers.reminders import run_reminder_sweep
 from handlers.snooze import newest_observation, recheck_expired
@@ -21,6 +22,7 @@ def alert_sweep(timer: func.TimerRequest) -> None:
     services = current()
     run_alert_sweep(messaging(services), services.rulesets)
     recheck_snoozes(services)
+    check_thresholds(services)
 
 
 def recheck_snoozes(services: Services) -> int:

@@ -180,3 +180,20 @@ def test_bulk_acknowledge_assign_and_resolve_with_an_outcome(served: Served) -> 
     assert resolved["entity"][0]["description"] == "contacted-patient: called, fine"
     page = client.get(f"/console/alerts/{third}").text
     assert 'id="episode-status">closed' in page
+
+
+def test_a_stalled_pipeline_notifies_the_care_team_once_an_hour(served: Served) -> None:
+    from console.operations import check_thresholds
+
+    store = served.services.store
+
+    def notices() -> int:
+        return len([c for c in search_all(store, "Communication", {"category": "urn:vigil:message-category|notification"})
+                    if "pipeline needs attention" in c["payload"][0]["contentString"]])
+
+    assert check_thresholds(served.services) == []  # healthy: nothing sent
+    assert notices() == 0
+    problems = check_thresholds(served.services, max_dead_letters=1)
+    assert problems == ["6 dead letters in 24 h"]
+    check_thresholds(served.services, max_dead_letters=1)  # the same hour: no second notice
+    assert notices() == 1
