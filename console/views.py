@@ -18,6 +18,7 @@ from console.audit import audit
 from console.charts import svg_chart, threshold_lines
 from console.operations import health
 from console.web import PREFIX, Ctx, Web
+from fhirstore.errors import ResourceGone, ResourceNotFound
 from fhirstore.paging import search_all
 from handlers.acknowledge import record_acknowledgement
 from handlers.alerting import close
@@ -105,7 +106,7 @@ class Console:
         username = (form.get("username") or [""])[-1].strip().lower()
         password = (form.get("password") or [""])[-1]
         key = f"user:{username}"
-        if self.web.limiter.blocked(key, "all"):
+        if self.web.limiter.blocked(key):
             return self.web.render("login.html", 429, error="Too many failed sign-ins. Wait a few minutes.")
         account = self.web.accounts.verify(username, password)
         if account is None:
@@ -165,7 +166,14 @@ class Console:
     def assign(self, ctx: Ctx) -> Response:
         issue_id = ctx.request.route_params["id"]
         who = ctx.field("practitioner") or ctx.staff.practitioner_id
-        task = self.store.read("Task", issue_id)
+        try:
+            enrollment._check_id(who, "practitioner")
+            self.store.read("Practitioner", who)
+            task = self.store.read("Task", issue_id)
+        except (ResourceNotFound, ResourceGone):
+            return self.web.text(404, "no such alert or practitioner")
+        except ValueError as exc:
+            return self.web.text(400, str(exc))
         task["owner"] = {"reference": f"Practitioner/{who}"}
         self.store.update(task, if_match=task["meta"]["versionId"])
         self._audit(ctx, "assign-alert", "update", [f"Task/{issue_id}", f"Practitioner/{who}"])
@@ -200,7 +208,7 @@ class Console:
         pid = ctx.request.route_params["id"]
         try:
             patient = self.store.read("Patient", pid)
-        except Exception:
+        except (ResourceNotFound, ResourceGone):
             return self.web.text(404, "no such patient")
         ref = f"Patient/{pid}"
         days = int(ctx.query("days", "14")) if ctx.query("days", "14") in {str(w) for w in WINDOWS} else 14

@@ -174,6 +174,3 @@ def _cookie(header: str, name: str) -> str | None:
             return value
     return None
 
-
-def client_address(request: Request) -> str:
-    return request.headers.get("x-forwarded-for", "").split(",")[0].strip() or "local"
