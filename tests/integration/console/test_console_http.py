@@ -197,3 +197,25 @@ def test_a_stalled_pipeline_notifies_the_care_team_once_an_hour(served: Served) 
     assert problems == ["6 dead letters in 24 h"]
     check_thresholds(served.services, max_dead_letters=1)  # the same hour: no second notice
     assert notices() == 1
+
+
+def test_inbox_filters_by_severity_and_program(served: Served) -> None:
+    client = _login(served)
+    high = client.get("/console/inbox", params={"severity": "high"}).text
+    severities = re.findall(r'<tr class="sev-(\w+)', high)
+    assert severities and set(severities) == {"high"}
+    copd = client.get("/console/inbox", params={"program": "copd"}).text
+    programs = re.findall(r"<td>(hypertension|copd|heart-failure|diabetes)</td>", copd)
+    assert set(programs) <= {"copd"}
+    everything = client.get("/console/inbox").text
+    assert len(re.findall(r"<tr class=\"sev-", everything)) >= len(severities) + len(programs)
+
+
+def test_gap_worklist_lists_the_longest_silence_first(served: Served) -> None:
+    from console.queries import data_gaps
+
+    client = _login(served)
+    page = client.get("/console/gaps").text
+    shown = [int(d) for d in re.findall(r"<tr><td>(\d+)</td>", page)]
+    assert shown == sorted(shown, reverse=True) and shown
+    assert len(shown) == len(data_gaps(served.services.store, served.services.clock.now()))
