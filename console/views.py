@@ -52,7 +52,12 @@ def accounts_for(services: Services) -> StaffAccounts:
     return acc
 
 
-def add_console_routes(registry: RouteRegistry, services: Services, *, trust_app_service: bool = False) -> None:
+def add_console_routes(registry: RouteRegistry, services: Services, *, trust_app_service: bool | None = None) -> None:
+    """The console on `registry`. App Service Authentication headers are trusted when
+    `trust_app_service` says so, or, left None, when VIGIL_CONSOLE_IDENTITY=app-service (an Azure
+    front door that sets them); `vigil serve` always passes False."""
+    if trust_app_service is None:
+        trust_app_service = services.settings.console_identity == "app-service"
     secret = getattr(services.settings, "console_secret", None) or _secret_file(
         services.settings, "console-secret", lambda: __import__("secrets").token_urlsafe(48))
     Console(services, Web(accounts_for(services), secret, trust_app_service=trust_app_service)).register(registry)

@@ -219,3 +219,42 @@ def test_gap_worklist_lists_the_longest_silence_first(served: Served) -> None:
     shown = [int(d) for d in re.findall(r"<tr><td>(\d+)</td>", page)]
     assert shown == sorted(shown, reverse=True) and shown
     assert len(shown) == len(data_gaps(served.services.store, served.services.clock.now()))
+
+
+def test_the_identity_setting_is_honoured_except_on_vigil_serve(tmp_path: Path) -> None:
+    from console.views import add_console_routes
+    from runtime.bootstrap import bootstrap
+    from runtime.host import LocalHost
+    from runtime.http_app import HttpApp, RouteRegistry
+    from runtime.http_server import build_app
+    from runtime.settings import Settings
+
+    services = bootstrap(Settings.from_env({}, data_dir=tmp_path, console_identity="app-service",
+                                           contact_phone="+15550100999"))
+    principal = base64.b64encode(json.dumps({"claims": [{"typ": "roles", "val": "nurse"}]}).encode()).decode()
+    headers = [(b"x-ms-client-principal", principal.encode()), (b"x-ms-client-principal-id", b"oid-1"),
+               (b"host", b"vigil.example")]
+
+    def status(app: HttpApp) -> int:
+        import asyncio
+
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": "/console/gaps", "raw_path": b"/console/gaps",
+                 "query_string": b"", "headers": headers, "scheme": "https"}
+        asyncio.run(app(scope, receive, send))
+        return sent[0]["status"]
+
+    registry = RouteRegistry()
+    add_console_routes(registry, services)  # an embedding that follows the setting (a front door)
+    assert status(HttpApp("t", registry)) == 200
+    try:
+        assert status(build_app(LocalHost(services), "t")) == 303  # vigil serve: sent to sign in
+    finally:
+        services.close()
