@@ -2,7 +2,7 @@
 
 import azure.functions as func
 
-from triggers import acs_events, device_messages, fhir_events, http_api, timers
+from triggers import acs_events, console_http, device_messages, fhir_events, http_api, timers
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(device_messages.bp)
@@ -10,3 +10,4 @@ app.register_functions(fhir_events.bp)
 app.register_functions(timers.bp)
 app.register_functions(http_api.bp)
 app.register_functions(acs_events.bp)
+app.register_functions(console_http.bp)

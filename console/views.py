@@ -17,7 +17,7 @@ from console.accounts import StaffAccounts
 from console.audit import audit
 from console.charts import svg_chart, threshold_lines
 from console.operations import health
-from console.web import PREFIX, Ctx, Web
+from console.web import Ctx, Web
 from fhirstore.errors import ResourceGone, ResourceNotFound
 from fhirstore.paging import search_all
 from handlers.acknowledge import record_acknowledgement
@@ -52,7 +52,8 @@ def accounts_for(services: Services) -> StaffAccounts:
     return acc
 
 
-def add_console_routes(registry: RouteRegistry, services: Services, *, trust_app_service: bool | None = None) -> None:
+def add_console_routes(registry: RouteRegistry, services: Services, *, trust_app_service: bool | None = None,
+                       prefix: str = "/console") -> None:
     """The console on `registry`. App Service Authentication headers are trusted when
     `trust_app_service` says so, or, left None, when VIGIL_CONSOLE_IDENTITY=app-service (an Azure
     front door that sets them); `vigil serve` always passes False."""
@@ -60,7 +61,8 @@ def add_console_routes(registry: RouteRegistry, services: Services, *, trust_app
         trust_app_service = services.settings.console_identity == "app-service"
     secret = getattr(services.settings, "console_secret", None) or _secret_file(
         services.settings, "console-secret", lambda: __import__("secrets").token_urlsafe(48))
-    Console(services, Web(accounts_for(services), secret, trust_app_service=trust_app_service)).register(registry)
+    Console(services, Web(accounts_for(services), secret, trust_app_service=trust_app_service,
+                          prefix=prefix)).register(registry)
 
 
 class Console:
@@ -76,26 +78,26 @@ class Console:
     def register(self, r: RouteRegistry) -> None:
         w = self.web
         add = r.add
-        add(f"{PREFIX}/login", self.login, methods=("GET", "POST"), auth="anonymous", name="console-login")
-        add(f"{PREFIX}/static/{{name}}", self.static, auth="anonymous", name="console-static")
-        add(f"{PREFIX}/logout", w.page(self.logout), methods=("POST",), auth="anonymous", name="console-logout")
-        add(f"{PREFIX}/alerts/ack", w.page(self.ack, roles=CLINICAL), methods=("POST",), auth="anonymous")
-        add(f"{PREFIX}/alerts/{{id}}/assign", w.page(self.assign, roles=CLINICAL), methods=("POST",), auth="anonymous")
-        add(f"{PREFIX}/alerts/{{id}}/resolve", w.page(self.resolve, roles=CLINICAL), methods=("POST",), auth="anonymous")
-        add(f"{PREFIX}/alerts/{{id}}", w.page(self.alert), auth="anonymous", name="console-alert")
-        add(f"{PREFIX}/inbox.json", w.page(self.inbox_json), auth="anonymous")
-        add(f"{PREFIX}/patients/{{id}}", w.page(self.patient), auth="anonymous", name="console-patient")
-        add(f"{PREFIX}/gaps", w.page(self.gaps), auth="anonymous")
-        add(f"{PREFIX}/billing.csv", w.page(self.billing_csv, roles=ENROLLERS), auth="anonymous")
-        add(f"{PREFIX}/billing", w.page(self.billing, roles=ENROLLERS), auth="anonymous")
-        add(f"{PREFIX}/snooze", w.page(self.snooze, roles=CLINICAL), methods=("POST",), auth="anonymous")
-        add(f"{PREFIX}/time", w.page(self.log_time, roles=CLINICAL), methods=("POST",), auth="anonymous")
-        add(f"{PREFIX}/enroll", w.page(self.enroll_page, roles=ENROLLERS), auth="anonymous")
-        add(f"{PREFIX}/enroll/{{step}}", w.page(self.enroll_step, roles=ENROLLERS), methods=("POST",), auth="anonymous")
-        add(f"{PREFIX}/operations.json", w.page(self.operations_json), auth="anonymous")
-        add(f"{PREFIX}/operations", w.page(self.operations), auth="anonymous")
+        add(f"{self.web.prefix}/login", self.login, methods=("GET", "POST"), auth="anonymous", name="console-login")
+        add(f"{self.web.prefix}/static/{{name}}", self.static, auth="anonymous", name="console-static")
+        add(f"{self.web.prefix}/logout", w.page(self.logout), methods=("POST",), auth="anonymous", name="console-logout")
+        add(f"{self.web.prefix}/alerts/ack", w.page(self.ack, roles=CLINICAL), methods=("POST",), auth="anonymous")
+        add(f"{self.web.prefix}/alerts/{{id}}/assign", w.page(self.assign, roles=CLINICAL), methods=("POST",), auth="anonymous")
+        add(f"{self.web.prefix}/alerts/{{id}}/resolve", w.page(self.resolve, roles=CLINICAL), methods=("POST",), auth="anonymous")
+        add(f"{self.web.prefix}/alerts/{{id}}", w.page(self.alert), auth="anonymous", name="console-alert")
+        add(f"{self.web.prefix}/inbox.json", w.page(self.inbox_json), auth="anonymous")
+        add(f"{self.web.prefix}/patients/{{id}}", w.page(self.patient), auth="anonymous", name="console-patient")
+        add(f"{self.web.prefix}/gaps", w.page(self.gaps), auth="anonymous")
+        add(f"{self.web.prefix}/billing.csv", w.page(self.billing_csv, roles=ENROLLERS), auth="anonymous")
+        add(f"{self.web.prefix}/billing", w.page(self.billing, roles=ENROLLERS), auth="anonymous")
+        add(f"{self.web.prefix}/snooze", w.page(self.snooze, roles=CLINICAL), methods=("POST",), auth="anonymous")
+        add(f"{self.web.prefix}/time", w.page(self.log_time, roles=CLINICAL), methods=("POST",), auth="anonymous")
+        add(f"{self.web.prefix}/enroll", w.page(self.enroll_page, roles=ENROLLERS), auth="anonymous")
+        add(f"{self.web.prefix}/enroll/{{step}}", w.page(self.enroll_step, roles=ENROLLERS), methods=("POST",), auth="anonymous")
+        add(f"{self.web.prefix}/operations.json", w.page(self.operations_json), auth="anonymous")
+        add(f"{self.web.prefix}/operations", w.page(self.operations), auth="anonymous")
         add("/api/operations", lambda request: self._health_json(), auth="key", name="operations")
-        add(f"{PREFIX}/{{page?}}", w.page(self.inbox), auth="anonymous", name="console-inbox")
+        add(f"{self.web.prefix}/{{page?}}", w.page(self.inbox), auth="anonymous", name="console-inbox")
 
     def _audit(self, ctx: Ctx, action: str, kind: str, entities: list[str], detail: str = "") -> None:
         audit(self.store, self.s.clock, actor=ctx.staff.actor, action=action, kind=kind, entities=entities,
@@ -118,10 +120,10 @@ class Console:
             self.web.limiter.failed(key)
             return self.web.render("login.html", 401, error="Wrong username or password.")
         self.web.limiter.succeeded(key)
-        return self.web.redirect(f"{PREFIX}/inbox", cookie=self.web.session_cookie(account, request))
+        return self.web.redirect(f"{self.web.prefix}/inbox", cookie=self.web.session_cookie(account, request))
 
     def logout(self, ctx: Ctx) -> Response:
-        return self.web.redirect(f"{PREFIX}/login", cookie=self.web.clear_cookie())
+        return self.web.redirect(f"{self.web.prefix}/login", cookie=self.web.clear_cookie())
 
     def static(self, request: Request) -> Response:
         name = request.route_params.get("name", "")
@@ -156,7 +158,7 @@ class Console:
     def ack(self, ctx: Ctx) -> Response:
         ids = [i for i in ctx.form.get("task", []) if re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", i)]
         if not ids:
-            return self.web.redirect(f"{PREFIX}/inbox?notice=nothing+selected")
+            return self.web.redirect(f"{self.web.prefix}/inbox?notice=nothing+selected")
         done = 0
         for task_id in ids:
             result = record_acknowledgement(self.m, task_id, ctx.staff.actor)
@@ -164,9 +166,9 @@ class Console:
             self._audit(ctx, "acknowledge-alert", "update", [f"Task/{task_id}", f"DetectedIssue/{task_id}"],
                         detail=f"outcome {result.status}")
         back = ctx.field("back")
-        if back.startswith(f"{PREFIX}/alerts/"):
+        if back.startswith(f"{self.web.prefix}/alerts/"):
             return self.web.redirect(back)
-        return self.web.redirect(f"{PREFIX}/inbox?notice={done}+acknowledged")
+        return self.web.redirect(f"{self.web.prefix}/inbox?notice={done}+acknowledged")
 
     def assign(self, ctx: Ctx) -> Response:
         issue_id = ctx.request.route_params["id"]
@@ -182,7 +184,7 @@ class Console:
         task["owner"] = {"reference": f"Practitioner/{who}"}
         self.store.update(task, if_match=task["meta"]["versionId"])
         self._audit(ctx, "assign-alert", "update", [f"Task/{issue_id}", f"Practitioner/{who}"])
-        return self.web.redirect(f"{PREFIX}/alerts/{issue_id}")
+        return self.web.redirect(f"{self.web.prefix}/alerts/{issue_id}")
 
     def resolve(self, ctx: Ctx) -> Response:
         issue_id = ctx.request.route_params["id"]
@@ -195,7 +197,7 @@ class Console:
             close(self.m, issue, self.s.clock.now(), f"resolved by staff: {outcome}", code=outcome)
         self._audit(ctx, "resolve-alert", "update", [f"DetectedIssue/{issue_id}"],
                     detail=f"{outcome}: {ctx.field('note')}")
-        return self.web.redirect(f"{PREFIX}/alerts/{issue_id}")
+        return self.web.redirect(f"{self.web.prefix}/alerts/{issue_id}")
 
     def alert(self, ctx: Ctx) -> Response:
         issue_id = ctx.request.route_params["id"]
@@ -292,7 +294,7 @@ class Console:
         except ValueError as exc:
             return self.web.text(400, str(exc))
         self._audit(ctx, "log-time", "create", [f"Patient/{pid}", f"Encounter/{enc.get('id')}"])
-        return self.web.redirect(f"{PREFIX}/patients/{pid}")
+        return self.web.redirect(f"{self.web.prefix}/patients/{pid}")
 
     def snooze(self, ctx: Ctx) -> Response:
         pid = ctx.field("patient")
@@ -305,7 +307,7 @@ class Console:
         except ValueError as exc:
             return self.web.text(400, str(exc))
         self._audit(ctx, "snooze", "create", [f"Patient/{pid}", f"Flag/{flag['id']}"], detail=flag["code"]["text"])
-        return self.web.redirect(f"{PREFIX}/patients/{pid}")
+        return self.web.redirect(f"{self.web.prefix}/patients/{pid}")
 
     # -- operations ----------------------------------------------------------------------------
     def operations(self, ctx: Ctx) -> Response:

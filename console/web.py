@@ -79,13 +79,15 @@ View = Callable[[Ctx], Response]
 
 
 class Web:
-    def __init__(self, accounts: StaffAccounts, secret: str, *, trust_app_service: bool = False) -> None:
+    def __init__(self, accounts: StaffAccounts, secret: str, *, trust_app_service: bool = False,
+                 prefix: str = PREFIX) -> None:
+        self.prefix = prefix.rstrip("/")
         self.accounts = accounts
         self.signer = URLSafeTimedSerializer(secret, salt="vigil-console-session")
         self.limiter = LoginLimiter()
         self.trust_app_service = trust_app_service
         self.env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
-        self.env.globals["prefix"] = PREFIX
+        self.env.globals["prefix"] = self.prefix
 
     # -- responses ---------------------------------------------------------------------------
     def render(self, template: str, status: int = 200, staff: Staff | None = None, **ctx: Any) -> Response:
@@ -108,11 +110,10 @@ class Web:
         value = self.signer.dumps({"u": account.username, "r": account.role, "p": account.practitioner_id,
                                    "c": secrets.token_urlsafe(24)})
         secure = "; Secure" if request.base_url.startswith("https://") else ""
-        return f"{COOKIE}={value}; Path={PREFIX}; HttpOnly; SameSite=Strict; Max-Age={SESSION_MAX_AGE_S}{secure}"
+        return f"{COOKIE}={value}; Path={self.prefix}; HttpOnly; SameSite=Strict; Max-Age={SESSION_MAX_AGE_S}{secure}"
 
-    @staticmethod
-    def clear_cookie() -> str:
-        return f"{COOKIE}=; Path={PREFIX}; HttpOnly; SameSite=Strict; Max-Age=0"
+    def clear_cookie(self) -> str:
+        return f"{COOKIE}=; Path={self.prefix}; HttpOnly; SameSite=Strict; Max-Age=0"
 
     def staff(self, request: Request) -> Staff | None:
         if self.trust_app_service and "x-ms-client-principal" in request.headers:
@@ -153,7 +154,7 @@ class Web:
             staff = self.staff(request)
             if staff is None:
                 if request.method == "GET":
-                    return self.redirect(f"{PREFIX}/login")
+                    return self.redirect(f"{self.prefix}/login")
                 return self.text(401, "sign in first")
             if staff.role not in roles:
                 return self.text(403, f"your role ({staff.role}) cannot do this")

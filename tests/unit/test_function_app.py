@@ -29,6 +29,7 @@ def test_function_names_and_trigger_types() -> None:
         "health": "httpTrigger",
         "acknowledge_alert": "httpTrigger",
         "on_acs_event": "eventGridTrigger",
+        "console": "httpTrigger",
     }
 
 
