@@ -1,4 +1,4 @@
-"""One headless Debian Chromium for the whole session, driven by Playwright for Python.
+"""One headless Debian Chromium for all browser tests, driven by Playwright for Python.
 
 Playwright's own browser download cannot work offline, so the tests launch the `chromium` package's
 executable (`.ci/run` installs it) with a fresh profile and the flags that keep it from reaching
@@ -18,13 +18,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if Path(str(item.fspath)).parent == Path(__file__).parent:
-            item.add_marker(pytest.mark.browser)
-
-
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an event loop running on the main thread
+# while it is open, and tests after these ones may call asyncio.run().
+@pytest.fixture(scope="package")
 def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     executable = shutil.which("chromium")
     if executable is None:

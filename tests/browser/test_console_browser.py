@@ -18,6 +18,8 @@ from runtime import cli
 from tests.browser.conftest import SCREENSHOTS
 from tests.support.console import AS_OF, MANAGER, NURSE, PASSWORD, Served, demo_services, serve_console
 
+pytestmark = pytest.mark.browser
+
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
