@@ -101,8 +101,10 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--progress", action="store_true", help="show the progress bar even without a terminal")
     replay.set_defaults(func=_dl_replay)
 
+    from console import cli as console_cli
     from runtime import cli_analytics, cli_events, cli_purge, cli_rules, cli_templates
 
+    console_cli.register(sub)
     cli_rules.register(sub)
     cli_templates.register(sub)
     cli_events.register(sub)
@@ -194,6 +196,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     bound = server.url
     print(f"Vigil local host on {bound}  (data: {settings.data_dir})", flush=True)
     print(f"  FHIR:    {bound}/fhir   functions: {bound}/api/<route>", flush=True)
+    print(f"  console: {bound}/console   (accounts: vigil staff add USER --role ROLE)", flush=True)
     print(f"  token:   in {settings.path('local-token')} (send as 'Authorization: Bearer <token>')", flush=True)
     print("  functions: " + ", ".join(f"{s.name} ({s.trigger})" for s in host.functions), flush=True)
     if type(clock).__name__ == "ResumedClock":
