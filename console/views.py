@@ -27,6 +27,7 @@ from handlers.snooze import CATEGORY as SNOOZE_CATEGORY
 from handlers.snooze import snooze
 from rules.enrollment import careplan_active
 from runtime.bootstrap import Services, _secret_file
+from runtime.bootstrap import messaging as bootstrap_messaging
 from runtime.http_app import Request, Response, RouteRegistry
 
 STATIC = Path(__file__).parent / "static"
@@ -38,11 +39,7 @@ CHART_METRICS = ("systolic_bp", "diastolic_bp", "heart_rate", "spo2", "glucose",
 
 
 def messaging(services: Services) -> Messaging:
-    s = services.settings
-    return Messaging(store=services.store, channels=services.channels, clock=services.clock,
-                     templates=services.messages, chains=services.chains, tokens=services.tokens,
-                     workflow=services.workflow, org_name=s.org_name, contact_phone=s.contact_phone,
-                     public_base_url=s.public_base_url, staff_fallback_address=s.staff_address)
+    return bootstrap_messaging(services)
 
 
 def accounts_for(services: Services) -> StaffAccounts:
