@@ -7,7 +7,9 @@ outside hosts."""
 from __future__ import annotations
 
 import os
+import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +17,9 @@ import pytest
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+# Screenshots land in a temporary folder; `VIGIL_SCREENSHOTS=docs/console pytest -m browser`
+# refreshes the ones docs/console.md shows (a normal run leaves the work tree clean).
+SCREENSHOTS = Path(os.environ.get("VIGIL_SCREENSHOTS") or Path(tempfile.gettempdir()) / "vigil-console-screenshots")
 
 
 # Package scope, not session: Playwright's sync API keeps an event loop running on the main thread
