@@ -7,7 +7,6 @@ outside hosts."""
 from __future__ import annotations
 
 import os
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
