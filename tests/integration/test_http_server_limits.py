@@ -26,7 +26,7 @@ TOKEN = "local-test-token"
 IDLE_S = 1.0
 BODY_TIMEOUT_S = 2.0
 MAX_BODY = 64 * 1024
-HALF_OPEN = 400  # the acceptance figure; bench/http.py measures it with the default timeouts too
+HALF_OPEN = 400  # the acceptance figure; bench/slow_clients.py measures it with the default timeouts too
 
 
 @pytest.fixture
