@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 
 from fhirstore.http_store import HttpFhirStore
 from fhirstore.paging import TruncatedSearch, search_all
-from handlers.sweeps import due_search_support
+from handlers.sweeps import due_search_support, escalation_candidates
 from tests.support.medplum import MedplumServer
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -146,3 +147,22 @@ def test_no_subscriptions_run(fhir: httpx.Client) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_registered_parameter_the_router_does_not_index_is_not_trusted(medplum: MedplumServer) -> None:
+    """The router accepts a SearchParameter registration without indexing it, and answers a search
+    by it with an empty Bundle. Without a CapabilityStatement (the bare router) the registration
+    must not pass for support: the sweep would find no due Task, ever."""
+    origin, _, base = medplum.url.partition("/fhir/")
+    with HttpFhirStore(f"{origin}/bare/fhir/{base}") as store:
+        store.create({"resourceType": "SearchParameter", "url": "urn:vigil:SearchParameter/escalation-due",
+                      "name": "escalation-due", "status": "active", "code": "escalation-due", "base": ["Task"],
+                      "type": "date", "description": "When a Task's escalation is due",
+                      "expression": "Task.extension('urn:vigil:escalation-due').value"})
+        task = f"due-{uuid.uuid4().hex[:8]}"
+        store.update({"resourceType": "Task", "id": task, "status": "requested", "intent": "order",
+                      "extension": [{"url": "urn:vigil:escalation-due", "valueDateTime": "2020-01-01T00:00:00Z"}]})
+        assert store.search("Task", {"escalation-due": "le2026-01-01T00:00:00Z"}).resources == []  # not indexed
+        support = due_search_support(store)
+        assert not support.supported and "is registered" in support.detail and "empty result" in support.detail
+        assert task in {t["id"] for t in escalation_candidates(store, datetime.now(UTC))}
