@@ -129,6 +129,7 @@ def test_vread_and_history_newest_first(store: FhirStore, pid: str) -> None:
     assert history["type"] == "history"
     versions = [vid(e["resource"]) for e in history["entry"] if e.get("resource")]
     assert versions == [v2, v1]  # handlers/acknowledge.py reads the newest first
+    assert [e["response"]["etag"] for e in history["entry"]] == [f'W/"{v2}"', f'W/"{v1}"']
 
 
 # -- preconditions ----------------------------------------------------------------------------
