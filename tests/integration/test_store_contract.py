@@ -10,6 +10,7 @@ are shared by the whole module: tests keep apart by ids and identifiers of their
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -34,17 +35,25 @@ STORES = ("sqlite", "facade", "medplum")
 
 
 @pytest.fixture(scope="module")
-def stores(tmp_path_factory: pytest.TempPathFactory, medplum: MedplumServer) -> Iterator[dict[str, FhirStore]]:
+def local_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, FhirStore]]:
     root: Path = tmp_path_factory.mktemp("contract")
     with SqliteFhirStore(root / "embedded.db") as embedded, SqliteFhirStore(root / "served.db") as served, \
-            serve_store(served) as facade_url, HttpFhirStore(facade_url) as facade, \
-            HttpFhirStore(medplum.url, max_transaction_entries=TRANSACTION_SIZE) as on_medplum:
-        yield {"sqlite": embedded, "facade": facade, "medplum": on_medplum}
+            serve_store(served) as facade_url, HttpFhirStore(facade_url) as facade:
+        yield {"sqlite": embedded, "facade": facade}
+
+
+@pytest.fixture(scope="module")
+def medplum_store(medplum: MedplumServer) -> Iterator[FhirStore]:
+    with HttpFhirStore(medplum.url, max_transaction_entries=TRANSACTION_SIZE) as store:
+        yield store
 
 
 @pytest.fixture(params=STORES)
-def store(request: pytest.FixtureRequest, stores: dict[str, FhirStore]) -> FhirStore:
-    return stores[request.param]
+def store(request: pytest.FixtureRequest) -> FhirStore:
+    # Medplum is asked for only by its own cases: without node the others still run locally.
+    if request.param == "medplum":
+        return request.getfixturevalue("medplum_store")
+    return request.getfixturevalue("local_stores")[request.param]
 
 
 @pytest.fixture
@@ -296,6 +305,7 @@ def test_latest_episode_of_a_rule(store: FhirStore, pid: str) -> None:
     """handlers/alerting.py: a patient's newest DetectedIssue of one rule (by _lastUpdated)."""
     rule = f"urn:vigil:rule-{key()[:8]}"
     for i, code in enumerate(["htn-crisis", "tachycardia", "htn-crisis"]):
+        time.sleep(0.003)  # lastUpdated has millisecond precision: one per instant
         store.update({"resourceType": "DetectedIssue", "id": f"{pid}-di{i}", "status": "preliminary",
                       "code": {"coding": [{"system": rule, "code": code}]}, "patient": {"reference": f"Patient/{pid}"}})
     found = store.search("DetectedIssue", {"patient": f"Patient/{pid}", "code": f"{rule}|htn-crisis",
@@ -400,6 +410,7 @@ def test_changes_by_last_updated_oldest_first(store: FhirStore, pid: str) -> Non
     """fhirstore/polling_source.py: a window of `_lastUpdated`, sorted by it."""
     start = datetime.now(UTC) - timedelta(seconds=1)
     for i in range(3):
+        time.sleep(0.003)  # lastUpdated has millisecond precision: one per instant
         store.update({"id": f"{pid}-o{i}", **observation(pid, HR, i, "2026-11-20T10:00:00Z")})
     end = datetime.now(UTC) + timedelta(seconds=1)
     found = store.search("Observation", {"_lastUpdated": [f"ge{start.isoformat()}", f"le{end.isoformat()}"],
