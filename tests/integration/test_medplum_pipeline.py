@@ -22,10 +22,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import azure.functions as func
+import httpx
 import pytest
 
-import function_app
 from common.clock import FixedClock
 from fhirstore.paging import search_all
 from fhirstore.polling_source import Cursor, FhirCursorStore, PollingSource
@@ -33,12 +32,12 @@ from handlers.acknowledge import acknowledge_by_token
 from runtime.bootstrap import install
 from runtime.checks import server_capability_warnings
 from runtime.event_sources import event_source
-from runtime.host import LocalHost, registered_functions
+from runtime.host import LocalHost
+from runtime.http_server import running_server
 from tests.support.medplum import TRANSACTION_SIZE, MedplumServer
 from tests.support.pipeline import add_patient, make_host, reading
 from triggers.fhir_events import messaging
 
-FUNCTIONS = {f.get_function_name(): f.get_user_function() for f in registered_functions(function_app.app)}
 PATIENT_PHONE = "+15550100001"
 NURSE_PHONE = "+15550100201"
 DOCTOR_PHONE = "+15550100202"
@@ -204,38 +203,54 @@ def test_the_pipeline_on_medplum_matches_the_embedded_run(on_medplum, embedded) 
     assert server_capability_warnings(embedded[0].services) == []
 
 
-def notify(body: bytes) -> tuple[int, dict]:
-    response = FUNCTIONS["fhir_notification"](func.HttpRequest("POST", "/api/fhir-notify", body=body))
-    return response.status_code, json.loads(response.get_body())
+TOKEN = "local-test-token"
 
 
 @pytest.fixture
-def rest_hook(medplum: MedplumServer, tmp_path: Path) -> Iterator[tuple[LocalHost, FixedClock]]:
+def rest_hook(medplum: MedplumServer, tmp_path: Path) -> Iterator[tuple[LocalHost, FixedClock, str]]:
+    """Vigil with the rest-hook source on Medplum, its HTTP endpoints served as `vigil serve` does."""
     medplum.reset()
     clock = FixedClock(datetime.now(UTC))
     host = make_host(tmp_path / "vigil", clock=clock, fhir_url=medplum.url, fhir_transaction_size=TRANSACTION_SIZE,
                      event_source="rest-hook", subscription_endpoint="http://127.0.0.1:9/api/fhir-notify",
-                     subscription_key="k")
+                     local_token=TOKEN)
     host.acquire()
     install(host.services)
-    yield host, clock
+    with running_server(host, TOKEN) as url:
+        # Where the FHIR server reaches Vigil: known once the server listens.
+        host.services.settings.__dict__["subscription_endpoint"] = f"{url}/api/fhir-notify"
+        yield host, clock, url
     install(None)
     host.release()
     host.services.close()
 
 
+def send_as_subscribing_server(store: Any, subscription_id: str, resource: dict[str, Any] | None) -> httpx.Response:
+    """What a server's rest-hook delivery does with a Subscription it holds (FHIR R4 §2.46.7.1, the
+    Medplum server's webhooks): POST the changed resource (or nothing, a ping) to `channel.endpoint`
+    with the `channel.header` lines as HTTP headers."""
+    sub = store.read("Subscription", subscription_id)
+    channel = sub["channel"]
+    headers = dict(line.split(": ", 1) for line in channel.get("header", []))
+    headers["Content-Type"] = channel.get("payload") or "application/fhir+json"
+    body = json.dumps(resource).encode() if resource is not None and channel.get("payload") else b""
+    return httpx.post(channel["endpoint"], content=body, headers=headers, timeout=30)
+
+
 def test_rest_hook_notifications_on_medplum(rest_hook) -> None:
     """Vigil's Subscriptions are created on Medplum (which keeps them `requested`: the router runs
-    none); notifications are posted as the Medplum server sends them: the changed resource as the
-    body; an empty ping runs the polling fallback; a redelivery adds nothing."""
-    host, clock = rest_hook
+    none); notifications are posted to `vigil serve` as a subscribing server sends them, from the
+    Subscription stored on Medplum: the changed resource as the body; an empty ping runs the
+    polling fallback; a redelivery adds nothing; a notification without the key is refused."""
+    host, clock, url = rest_hook
     s = host.services
     enrol(host)
     host.run_timer("pull_fhir_changes")  # creates the Subscriptions
     subs = {sub["id"]: sub for sub in search_all(s.store, "Subscription", {})}
     assert set(subs) == {"vigil-observation", "vigil-questionnaireresponse"}
-    assert subs["vigil-observation"]["channel"]["header"] == ["x-functions-key: k"]
-    assert notify(b"") == (200, {"kind": "ping", "delivered": 0})  # places the fallback cursor
+    assert subs["vigil-observation"]["channel"]["endpoint"] == f"{url}/api/fhir-notify"
+    ping = send_as_subscribing_server(s.store, "vigil-observation", None)
+    assert (ping.status_code, ping.json()) == (200, {"kind": "ping", "delivered": 0})  # places the cursor
 
     t0 = next_daytime()
     clock.set(t0)
@@ -243,11 +258,16 @@ def test_rest_hook_notifications_on_medplum(rest_hook) -> None:
     assert host.run_until_idle(timeout_s=60)
     [obs] = search_all(s.store, "Observation", {"subject": "Patient/p1"})
     assert alerts(host) == []  # nothing delivered it yet
-    assert notify(json.dumps(obs).encode()) == (200, {"kind": "resource", "delivered": 1})
+    sent = send_as_subscribing_server(s.store, "vigil-observation", obs)
+    assert (sent.status_code, sent.json()) == (200, {"kind": "resource", "delivered": 1})
     assert alerts(host) == [("htn-crisis", "requested")]
-    sent = len(s.channels["outbox"].messages())
-    assert notify(json.dumps(obs).encode())[0] == 200  # the server retried
+    texts_sent = len(s.channels["outbox"].messages())
+    assert send_as_subscribing_server(s.store, "vigil-observation", obs).status_code == 200  # a retry
     clock.advance(timedelta(minutes=1))
-    assert notify(b"") == (200, {"kind": "ping", "delivered": 1})  # the ping finds the same change
+    ping = send_as_subscribing_server(s.store, "vigil-observation", None)
+    assert (ping.status_code, ping.json()) == (200, {"kind": "ping", "delivered": 1})  # the same change, found
     assert alerts(host) == [("htn-crisis", "requested")]
-    assert len(s.channels["outbox"].messages()) == sent
+    assert len(s.channels["outbox"].messages()) == texts_sent
+    refused = httpx.post(f"{url}/api/fhir-notify", content=json.dumps(obs).encode(),
+                         headers={"Content-Type": "application/fhir+json"}, timeout=30)
+    assert refused.status_code == 401
