@@ -55,6 +55,10 @@ def test_version_ids_are_uuids_and_a_creating_put_answers_200(fhir: httpx.Client
     assert put.status_code == 200 and "Location" not in put.headers  # a create, answered 200
     assert UUID.match(put.json()["meta"]["versionId"])
     assert put.headers["ETag"] == f'W/"{put.json()["meta"]["versionId"]}"'
+    rid = f"new-{uuid.uuid4().hex[:8]}"
+    answer = fhir.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {**basic("v"), "id": rid}, "request": {"method": "PUT", "url": f"Basic/{rid}"}}]}).json()
+    assert answer["entry"][0]["response"]["status"] == "200"  # a create in a transaction, too
 
 
 def test_no_type_level_history(fhir: httpx.Client) -> None:
