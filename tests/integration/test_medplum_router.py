@@ -64,7 +64,9 @@ def test_version_ids_are_uuids_and_a_creating_put_answers_200(fhir: httpx.Client
 def test_no_type_level_history(fhir: httpx.Client) -> None:
     rid = fhir.post("/Basic", json=basic("h")).json()["id"]
     assert fhir.get("/Basic/_history").status_code == 404
-    assert fhir.get(f"/Basic/{rid}/_history").json()["type"] == "history"  # instance history is there
+    history = fhir.get(f"/Basic/{rid}/_history").json()
+    assert history["type"] == "history"  # instance history is there, its entries only the resource
+    assert [set(e) for e in history["entry"]] == [{"resource"}]
 
 
 def test_no_capability_statement_of_its_own(bare: httpx.Client, fhir: httpx.Client, medplum: MedplumServer) -> None:
@@ -170,3 +172,19 @@ def test_a_registered_parameter_the_router_does_not_index_is_not_trusted(medplum
         support = due_search_support(store)
         assert not support.supported and "is registered" in support.detail and "empty result" in support.detail
         assert task in {t["id"] for t in escalation_candidates(store, datetime.now(UTC))}
+
+
+def test_a_deleted_resource_is_forgotten_and_a_failed_transaction_is_not_rolled_back(fhir: httpx.Client) -> None:
+    rid = fhir.post("/Basic", json=basic("d")).json()["id"]
+    assert fhir.delete(f"/Basic/{rid}").status_code == 200
+    assert fhir.get(f"/Basic/{rid}").status_code == 404  # the Medplum server answers 410 Gone
+
+    stale = fhir.post("/Basic", json=basic("r")).json()
+    fhir.put(f"/Basic/{stale['id']}", json={**stale, "code": {"text": "changed"}})
+    fresh = f"r-{uuid.uuid4().hex[:8]}"
+    answer = fhir.post("", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {**basic("r"), "id": fresh}, "request": {"method": "PUT", "url": f"Basic/{fresh}"}},
+        {"resource": stale, "request": {"method": "PUT", "url": f"Basic/{stale['id']}",
+                                        "ifMatch": f'W/"{stale["meta"]["versionId"]}"'}}]})
+    assert answer.status_code == 412
+    assert fhir.get(f"/Basic/{fresh}").status_code == 200  # written all the same
