@@ -2,7 +2,16 @@
 
 import azure.functions as func
 
-from triggers import acs_events, device_messages, fhir_events, fhir_sources, http_api, retention, timers
+from triggers import (
+    acs_events,
+    console_http,
+    device_messages,
+    fhir_events,
+    fhir_sources,
+    http_api,
+    retention,
+    timers,
+)
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(device_messages.bp)
@@ -12,3 +21,4 @@ app.register_functions(http_api.bp)
 app.register_functions(acs_events.bp)
 app.register_functions(fhir_sources.bp)
 app.register_functions(retention.bp)
+app.register_functions(console_http.bp)

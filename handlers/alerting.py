@@ -17,6 +17,7 @@ from typing import Any
 from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
 from fhirstore.port import FhirStore
 from handlers.messaging import OPENING, Messaging, notify_patient, publish, publish_opened, start_escalation
+from handlers.snooze import active_snooze
 from notifications.dispatch import MessageRequest, deliver
 from notifications.workflow_events import closed
 from rules.episode_resources import (
@@ -56,6 +57,11 @@ def act_on_firing(m: Messaging, firing: Firing, patient_ref: str) -> AlertOutcom
     issue, episode = latest if latest else (None, None)
     decision = decide(firing.rule, firing, episode, now, patient_ref)
     if decision.action == "open":
+        # A directional snooze silences a new episode (never a `stat` one); it is re-checked when
+        # the snooze ends (handlers/snooze.py).
+        silenced = active_snooze(m.store, patient_ref, firing.rule, firing.severity, now)
+        if silenced is not None:
+            return AlertOutcome(Decision("suppress", silenced))
         return AlertOutcome(decision, _open(m, firing, patient_ref, now, decision))
     if decision.action == "update" and issue is not None:
         return AlertOutcome(decision, _update(m, firing, issue, now, decision))

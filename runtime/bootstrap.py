@@ -15,6 +15,7 @@ import yaml
 from common.clock import Clock, FixedClock, SystemClock, parse_instant
 from common.storage import private_dir
 from fhirstore.port import FhirStore
+from handlers.messaging import Messaging
 from ingest.deadletter import SqliteDeadLetterStore
 from ingest.identity import IdentityResolver
 from ingest.templates.reload import TemplateFiles
@@ -95,6 +96,18 @@ def bootstrap(settings: Settings, *, clock: Clock | None = None) -> Services:
         workflow=_workflow_publisher(settings, bus),
         bus=bus,
         send_ledger=ledger,
+    )
+
+
+def messaging(services: Services) -> Messaging:
+    """What every handler that sends messages needs, built once from the services and settings
+    (the Functions triggers, the local host and the console all call this)."""
+    settings = services.settings
+    return Messaging(
+        store=services.store, channels=services.channels, clock=services.clock, templates=services.messages,
+        chains=services.chains, tokens=services.tokens, workflow=services.workflow, org_name=settings.org_name,
+        contact_phone=settings.contact_phone, public_base_url=settings.ack_base_url,
+        staff_fallback_address=settings.staff_address,
     )
 
 

@@ -240,6 +240,11 @@ class LocalBus:
             return None
         return max(0.0, row[0] - self._now())
 
+    def backlog(self) -> dict[str, tuple[int, float]]:
+        """topic -> (messages waiting, seconds since the oldest was enqueued)."""
+        rows = self._conn().execute("SELECT topic, count(*), min(enqueued_at) FROM messages GROUP BY topic")
+        return {r[0]: (int(r[1]), max(0.0, self._now() - r[2])) for r in rows}
+
     def topics(self) -> dict[str, int]:
         rows = self._conn().execute("SELECT topic, count(*) FROM messages GROUP BY topic")
         return {r[0]: int(r[1]) for r in rows}

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from common.clock import Clock, SystemClock
+from runtime.cli_progress import bar, drain_progress
 from runtime.settings import Settings, SettingsError
 
 # The demo's fictional clinic (555-01xx numbers are reserved for fiction in North America).
@@ -82,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     ingest = sub.add_parser("ingest", help="ingest device messages from a file (JSON Lines or a JSON array) or -")
     ingest.add_argument("file", help="path, or - for standard input")
     ingest.add_argument("--url", help="post to a running `vigil serve` (e.g. http://127.0.0.1:7071) instead")
+    ingest.add_argument("--progress", action="store_true", help="show the progress bar even without a terminal")
     ingest.set_defaults(func=_ingest)
 
     dl = sub.add_parser("dead-letters", help="inspect and replay inputs Vigil could not process")
@@ -96,10 +98,13 @@ def _parser() -> argparse.ArgumentParser:
     replay = dls.add_parser("replay", help="send dead letters through the pipeline again")
     replay.add_argument("ids", type=int, nargs="*", help="ids to replay (default: all, or --reason)")
     replay.add_argument("--reason", help="only this reason")
+    replay.add_argument("--progress", action="store_true", help="show the progress bar even without a terminal")
     replay.set_defaults(func=_dl_replay)
 
+    from console import cli as console_cli
     from runtime import cli_analytics, cli_events, cli_purge, cli_rules, cli_templates
 
+    console_cli.register(sub)
     cli_rules.register(sub)
     cli_templates.register(sub)
     cli_events.register(sub)
@@ -191,6 +196,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     bound = server.url
     print(f"Vigil local host on {bound}  (data: {settings.data_dir})", flush=True)
     print(f"  FHIR:    {bound}/fhir   functions: {bound}/api/<route>", flush=True)
+    print(f"  console: {bound}/console   (accounts: vigil staff add USER --role ROLE)", flush=True)
     print(f"  token:   in {settings.path('local-token')} (send as 'Authorization: Bearer <token>')", flush=True)
     print("  functions: " + ", ".join(f"{s.name} ({s.trigger})" for s in host.functions), flush=True)
     if type(clock).__name__ == "ResumedClock":
@@ -213,7 +219,8 @@ def _read_messages(path: str) -> list[bytes]:
     from ingest.batches import split_messages
 
     data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
-    return split_messages(data)
+    # An empty file holds no message (an empty HTTP body is one invalid message: someone sent it).
+    return split_messages(data) if data.strip() else []
 
 
 def _ingest(args: argparse.Namespace, settings: Settings) -> int:
@@ -223,7 +230,7 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
         print(f"vigil: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return 2
     if args.url:
-        return _ingest_http(args.url, messages, settings)
+        return _ingest_http(args.url, messages, settings, show=args.progress)
     settings.require_contact_phone()
     from handlers.ingest import IngestReport, reports_to
     from runtime.host import HostAlreadyRunning, LocalHost
@@ -245,15 +252,16 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
         # a message the bus itself gave up on (every delivery raised) is a dead letter of the bus.
         last_letter = services.dead_letters.last_id()
         host.publish_device_messages(messages)
-        with reports_to(total.add):
-            drained = host.run_until_idle()
+        progress = bar(len(messages), "messages", force=args.progress)
+        with reports_to(total.add), progress:
+            drained = host.run_until_idle(on_progress=drain_progress(progress, lambda: host.bus.pending(host.device_queue)))
         gave_up = services.dead_letters.count(after_id=last_letter, source="bus", topic=host.device_queue)
         after_obs = services.store.search("Observation", {"_summary": "count"}).total or 0
         report = ingest_summary(total, len(messages), bus_dead_letters=gave_up)
         report["new_observations"] = after_obs - before_obs
         report["drained"] = drained
         print(json.dumps(report, indent=2))
-        return 0 if drained and report["unaccounted"] == 0 else 1
+        return ingest_exit_code(report)
     finally:
         host.release()
         services.close()
@@ -273,7 +281,7 @@ def ingest_summary(total: Any, received: int, *, bus_dead_letters: int = 0) -> d
     }
 
 
-def _ingest_http(url: str, messages: list[bytes], settings: Settings) -> int:
+def _ingest_http(url: str, messages: list[bytes], settings: Settings, *, show: bool = False) -> int:
     import httpx
 
     from handlers.ingest import IngestReport
@@ -281,7 +289,7 @@ def _ingest_http(url: str, messages: list[bytes], settings: Settings) -> int:
 
     token = local_token(settings)
     total = IngestReport()
-    with httpx.Client(timeout=120) as client:
+    with httpx.Client(timeout=120) as client, bar(len(messages), "messages", force=show) as progress:
         for i in range(0, len(messages), 500):
             # Posted as JSON Lines: a pretty-printed array element is put on one line (a line break
             # outside a JSON string is whitespace; inside one it is invalid JSON either way).
@@ -292,9 +300,24 @@ def _ingest_http(url: str, messages: list[bytes], settings: Settings) -> int:
                 print(f"vigil: server answered {resp.status_code}: {resp.text[:200]}", file=sys.stderr)
                 return 1
             total.add(_report_from(resp.json()))
+            progress.update(len(messages[i : i + 500]))
     report = ingest_summary(total, len(messages))
+    # The same keys as in process: the server ran each chunk to the end before it answered.
+    report["new_observations"] = total.created
+    report["drained"] = True
     print(json.dumps(report, indent=2))
-    return 0 if report["unaccounted"] == 0 else 1
+    return ingest_exit_code(report)
+
+
+# `vigil ingest` exit status: 0 every message written (or superseded by one that was), 3 some were
+# dead-lettered (see `vigil dead-letters list`), 1 the run did not finish or a message has no outcome.
+EXIT_DEAD_LETTERED = 3
+
+
+def ingest_exit_code(report: dict[str, Any]) -> int:
+    if not report["drained"] or report["unaccounted"]:
+        return 1
+    return EXIT_DEAD_LETTERED if report["dead_lettered"] else 0
 
 
 def _report_from(body: dict[str, Any]) -> Any:
@@ -380,8 +403,11 @@ def _dl_replay(args: argparse.Namespace, settings: Settings) -> int:
         if purged:
             print(f"skipping {len(purged)} dead letters whose payload retention erased: nothing to replay")
             letters = [x for x in letters if not x.purged_at]
+        last_letter = services.dead_letters.last_id()
+        queues = set()
         for letter in letters:
             queue = _replay_queue(letter.topic)
+            queues.add(queue)
             host.bus.publish(queue, letter.payload)
             services.dead_letters.mark_replayed(letter.id)
         print(f"replaying {len(letters)} dead letters")
@@ -390,13 +416,15 @@ def _dl_replay(args: argparse.Namespace, settings: Settings) -> int:
         except HostAlreadyRunning:
             print("the running Vigil host will process them")
             return 0
-        host.run_until_idle()
+        with bar(len(letters), "dead letters", force=args.progress) as progress:
+            host.run_until_idle(on_progress=drain_progress(progress, lambda: sum(map(host.bus.pending, queues))))
         host.release()
+        again = services.dead_letters.count(after_id=last_letter)
         still = services.dead_letters.count()
-        print(f"done; {still} dead letters remain unreplayed (a message that fails again is parked again)")
+        print(f"done; {again} failed again and were parked again; {still} dead letters remain unreplayed")
     finally:
         services.close()
-    return 0
+    return EXIT_DEAD_LETTERED if letters and again else 0
 
 
 if __name__ == "__main__":

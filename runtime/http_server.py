@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_IDLE_TIMEOUT_S = 10.0
 HANDLER_THREADS = 32
+CONSOLE_FUNCTION = "console"  # triggers/console_http.py: the console on Azure Functions
 # The request line and headers together (h11's incomplete-event limit): a client that sends more
 # without finishing its headers gets 431/400 and is disconnected.
 MAX_HEADER_BYTES = 64 * 1024
@@ -58,7 +59,14 @@ def build_app(host: LocalHost, token: str, limits: Limits | None = None) -> Http
     add_fhir_route(registry, host.services.store)
     add_event_grid_webhook(registry, host)
     for spec in host.http_functions():
+        if spec.name == CONSOLE_FUNCTION:
+            continue  # the console is served below, never through the function that may trust App Service headers
         add_function_route(registry, host, spec)
+    # The care team's console (console/views.py); its pages sign staff in themselves. `vigil serve`
+    # never trusts App Service identity headers (any client could send them to a bare server).
+    from console.views import add_console_routes
+
+    add_console_routes(registry, host.services, trust_app_service=False)
     return HttpApp(token, registry, limits)
 
 

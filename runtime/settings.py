@@ -109,6 +109,11 @@ class Settings:
     # A clock that stands still at this instant (ISO 8601 with offset) instead of the system
     # clock: simulations, benchmarks and tests of the local host only.
     as_of: str | None = None
+    # The web console (docs/console.md): the session-signing key (default: a per-data-dir secret),
+    # and whether App Service Authentication headers name the staff member ("app-service", Azure
+    # only; `vigil serve` never trusts them) or console accounts do ("local").
+    console_secret: str | None = field(default=None, repr=False)
+    console_identity: str = "local"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -141,6 +146,12 @@ class Settings:
             raise SettingsError("VIGIL_FHIR_TRANSACTION_SIZE must be between 1 and 10000 entries")
         if self.max_message_bytes < 1024:
             raise SettingsError("VIGIL_MAX_MESSAGE_BYTES must be at least 1024")
+        if self.http_idle_timeout_s <= 0 or self.http_body_timeout_s <= 0:
+            raise SettingsError("VIGIL_HTTP_IDLE_TIMEOUT_S and VIGIL_HTTP_BODY_TIMEOUT_S must be positive")
+        if self.http_max_body_bytes < 1024:
+            raise SettingsError("VIGIL_HTTP_MAX_BODY_BYTES must be at least 1024")
+        if not 0 <= self.max_future_skew_s <= 366 * 86400:
+            raise SettingsError("VIGIL_MAX_FUTURE_SKEW_S must be between 0 and 31622400 seconds (366 days)")
         if self.ack_sms_max_failures < 1:
             raise SettingsError("VIGIL_ACK_SMS_MAX_FAILURES must be at least 1")
         if self.ack_sms_failure_window_s <= 0 or self.ack_sms_lockout_s <= 0:
@@ -160,6 +171,8 @@ class Settings:
             except ValueError:
                 raise SettingsError("VIGIL_AS_OF must be an ISO 8601 instant with an offset, "
                                     f"e.g. 2026-11-15T18:00:00Z, not {self.as_of!r}") from None
+        if self.console_identity not in ("local", "app-service"):
+            raise SettingsError(f"VIGIL_CONSOLE_IDENTITY must be 'local' or 'app-service', not {self.console_identity!r}")
         if self.send_ledger is not None and self.send_ledger.strip().lower() not in SEND_LEDGERS:
             raise SettingsError(f"VIGIL_SEND_LEDGER must be 'sqlite' or 'fhir', not {self.send_ledger!r}")
 
@@ -168,6 +181,9 @@ class Settings:
         if not self.contact_phone.strip():
             raise SettingsError("VIGIL_CONTACT_PHONE is required: the clinic's phone number that patient "
                                 "messages quote (e.g. +1-202-555-0143)")
+        if sum(c.isdigit() for c in self.contact_phone) < 7:
+            raise SettingsError(f"VIGIL_CONTACT_PHONE must be a phone number patients can call (at least 7 "
+                                f"digits), not {self.contact_phone!r}")
 
     @property
     def ack_base_url(self) -> str:

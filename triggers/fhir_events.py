@@ -7,6 +7,7 @@ import azure.functions as func
 from handlers.fhir_events import EventDeps, handle_fhir_event
 from handlers.messaging import Messaging
 from runtime.bootstrap import Services, current
+from runtime.bootstrap import messaging as bootstrap_messaging
 
 bp = func.Blueprint()
 
@@ -33,20 +34,7 @@ def event_payload(event: object) -> dict:
 
 
 def messaging(services: Services) -> Messaging:
-    settings = services.settings
-    return Messaging(
-        store=services.store,
-        channels=services.channels,
-        clock=services.clock,
-        templates=services.messages,
-        chains=services.chains,
-        tokens=services.tokens,
-        workflow=services.workflow,
-        org_name=settings.org_name,
-        contact_phone=settings.contact_phone,
-        public_base_url=settings.ack_base_url,
-        staff_fallback_address=settings.staff_address,
-    )
+    return bootstrap_messaging(services)
 
 
 def event_deps(services: Services) -> EventDeps:

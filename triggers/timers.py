@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import azure.functions as func
 
+from console.operations import check_thresholds
+from handlers.fhir_events import evaluate_observation
 from handlers.reminders import run_reminder_sweep
+from handlers.snooze import newest_observation, recheck_expired
 from handlers.sweeps import run_alert_sweep, run_escalation_sweep
-from runtime.bootstrap import current
-from triggers.fhir_events import messaging
+from runtime.bootstrap import Services, current
+from triggers.fhir_events import event_deps, messaging
 
 bp = func.Blueprint()
 
@@ -18,6 +21,16 @@ def alert_sweep(timer: func.TimerRequest) -> None:
     """Absence of data, deferred patient messages and closing of resolved episodes, every 15 minutes."""
     services = current()
     run_alert_sweep(messaging(services), services.rulesets)
+    recheck_snoozes(services)
+    check_thresholds(services)
+
+
+def recheck_snoozes(services: Services) -> int:
+    """Snoozes whose time is up: the newest reading of their metric goes through the rules again."""
+    deps = event_deps(services)
+    store = services.store
+    return recheck_expired(store, services.clock.now(), lambda obs: evaluate_observation(obs, deps),
+                           lambda patient_ref, metric: newest_observation(store, patient_ref, metric))
 
 
 @bp.function_name("escalation_sweep")

@@ -60,7 +60,7 @@ def test_ingest_then_dead_letters_list_show_and_replay_after_the_fix(data_dir: P
                     "values": {"bpm": 65}}),
     ]))
     base = ["--data-dir", str(data_dir)]
-    assert main([*base, "ingest", str(f)]) == 0
+    assert main([*base, "ingest", str(f)]) == 3  # some messages were dead-lettered
     report = json.loads(capsys.readouterr().out)
     assert (report["new_observations"], report["dead_lettered"]) == (1, 1)
     assert (report["received"], report["written"], report["superseded"], report["unaccounted"]) == (2, 1, 0, 0)
@@ -79,7 +79,7 @@ def test_ingest_then_dead_letters_list_show_and_replay_after_the_fix(data_dir: P
 
     _patient(data_dir, "p2", "d2")  # the fix: the device is registered to its patient
     assert main([*base, "dead-letters", "replay", str(dl_id)]) == 0
-    assert "0 dead letters remain" in capsys.readouterr().out
+    assert "0 failed again" in capsys.readouterr().out
     from fhirstore.sqlite_store import SqliteFhirStore
 
     assert SqliteFhirStore(data_dir / "fhir.db").search("Observation", {"_summary": "count"}).total == 2
@@ -114,7 +114,7 @@ def test_ingest_from_stdin_keeps_the_valid_reading_and_dead_letters_the_invalid_
     env = {**os.environ, "PYTHONPATH": str(root)}
     done = subprocess.run([sys.executable, "-m", "runtime.cli", "--data-dir", str(data_dir), "ingest", "-"],
                           input=REPRO, capture_output=True, env=env, cwd=root, timeout=120)
-    assert done.returncode == 0, done.stderr.decode()
+    assert done.returncode == 3, done.stderr.decode()  # the invalid one was dead-lettered
     report = json.loads(done.stdout)
     assert (report["received"], report["written"], report["superseded"], report["dead_lettered"]) == (2, 1, 0, 1)
     assert (report["unaccounted"], report["new_observations"], report["reasons"]) == (0, 1, {"out_of_range": 1})
@@ -139,8 +139,16 @@ def test_ingest_of_poison_lines_dead_letters_each_with_its_reason_and_writes_the
         good.replace(b"2026-11-20T07:00:00Z", b"9999-12-31T23:59:59-23:59"),
         good,
     ]) + b"]")
-    assert main(["--data-dir", str(data_dir), "ingest", str(f)]) == 0
+    assert main(["--data-dir", str(data_dir), "ingest", str(f)]) == 3
     report = json.loads(capsys.readouterr().out)
     assert (report["received"], report["written"], report["dead_lettered"], report["unaccounted"]) == (5, 1, 4, 0)
     assert report["reasons"] == {"nesting_too_deep": 1, "number_too_large": 1, "invalid_unicode": 1,
                                  "value_out_of_range": 1}
+
+
+def test_ingest_of_an_empty_file_receives_nothing_and_succeeds(data_dir: Path, tmp_path: Path, capsys) -> None:
+    f = tmp_path / "empty.jsonl"
+    f.write_text("\n")
+    assert main(["--data-dir", str(data_dir), "ingest", str(f)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["received"], report["dead_lettered"], report["unaccounted"]) == (0, 0, 0)

@@ -94,3 +94,28 @@ def test_cli_ingest_posts_to_a_running_server(served, capsys, monkeypatch, data_
     assert main(["--data-dir", str(data_dir), "ingest", str(f), "--url", url]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["received"], out["written"], out["unaccounted"], out["observations"]["created"]) == (1, 1, 0, 1)
+
+
+def test_cli_ingest_prints_the_same_keys_in_process_and_over_http_with_progress(served, capsys, monkeypatch,
+                                                                                tmp_path: Path) -> None:
+    """One set of keys whichever way `vigil ingest` runs, a bar on stderr, and exit 3 when some
+    message was dead-lettered."""
+    host, url = served
+    monkeypatch.setenv("VIGIL_LOCAL_TOKEN", TOKEN)
+    from runtime.cli import main
+
+    f = tmp_path / "m.jsonl"
+    f.write_bytes(reading("p1", "heart_rate", "2026-11-20T07:40:00Z", {"bpm": 62}) + b"\n"
+                  + reading("nobody", "heart_rate", "2026-11-20T07:40:00Z", {"bpm": 62}) + b"\n")
+    assert main(["--data-dir", str(tmp_path / "remote-cli"), "ingest", str(f), "--url", url, "--progress"]) == 3
+    captured = capsys.readouterr()
+    over_http = json.loads(captured.out)
+    assert "messages" in captured.err and "2/2" in captured.err  # the progress bar
+    local = tmp_path / "local"
+    assert main(["--data-dir", str(local), "ingest", str(f), "--progress"]) == 3
+    captured = capsys.readouterr()
+    in_process = json.loads(captured.out)
+    assert "2/2" in captured.err
+    assert set(over_http) == set(in_process)
+    assert (over_http["written"], over_http["dead_lettered"]) == (1, 1)
+    assert (in_process["written"], in_process["dead_lettered"]) == (0, 2)  # no devices registered locally

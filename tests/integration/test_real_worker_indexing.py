@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 INDEX_APP = ROOT / "tests" / "worker_check" / "index_app.py"
-APP_PACKAGES = ("common", "fhirstore", "ingest", "rules", "handlers", "notifications", "runtime", "triggers")
+# The app's packages, as pyproject.toml ships them (a copy of the app must hold every one).
+APP_PACKAGES = tuple(p.rstrip("*") for p in tomllib.loads((ROOT / "pyproject.toml").read_text())
+                     ["tool"]["setuptools"]["packages"]["find"]["include"])
 
 # name -> binding name -> (binding type, direction): what the host must receive for each function.
 EXPECTED = {
@@ -37,6 +40,7 @@ EXPECTED = {
     "on_acs_event": {"event": ("eventGridTrigger", "in")},
     "pull_fhir_changes": {"timer": ("timerTrigger", "in")},
     "fhir_notification": {"req": ("httpTrigger", "in"), "$return": ("http", "out")},
+    "console": {"req": ("httpTrigger", "in"), "$return": ("http", "out")},
 }
 DIRECTIONS = {0: "in", 1: "out", 2: "inout"}
 

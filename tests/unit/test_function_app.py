@@ -32,6 +32,7 @@ def test_function_names_and_trigger_types() -> None:
         "on_acs_event": "eventGridTrigger",
         "pull_fhir_changes": "timerTrigger",
         "fhir_notification": "httpTrigger",
+        "console": "httpTrigger",
     }
 
 

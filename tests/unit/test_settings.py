@@ -82,6 +82,8 @@ def test_ack_links_follow_the_served_address_unless_a_public_url_is_set() -> Non
 def test_the_clinic_phone_is_required_to_send_messages() -> None:
     with pytest.raises(SettingsError, match="VIGIL_CONTACT_PHONE is required"):
         Settings.from_env({}).require_contact_phone()
+    with pytest.raises(SettingsError, match="at least 7 digits"):
+        Settings.from_env({"VIGIL_CONTACT_PHONE": "1"}).require_contact_phone()
     Settings.from_env({"VIGIL_CONTACT_PHONE": "+1-555-010-0100"}).require_contact_phone()
 def test_as_of_fixes_the_clock_of_every_command(tmp_path: Path) -> None:
     from datetime import UTC, datetime

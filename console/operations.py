@@ -1,0 +1,66 @@
+"""The pipeline's health for whoever runs it: bus backlog and oldest pending age per queue, FHIR
+events waiting for relay, dead letters of the last 24 hours by reason. Served as a console page and
+as JSON (`/console/operations.json` for staff, `/api/operations` with the local token for monitors)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from runtime.bootstrap import WORKFLOW_EVENTS, Services
+
+DAY_S = 24 * 3600
+
+
+def health(services: Services) -> dict[str, Any]:
+    queues = {}
+    if services.bus is not None:
+        for topic, (count, age) in sorted(services.bus.backlog().items()):
+            if topic == WORKFLOW_EVENTS:
+                continue  # published events are kept a week for `vigil events tail`: not a backlog
+            queues[topic] = {"pending": count, "oldest_pending_age_s": round(age, 1)}
+    size = getattr(services.store, "outbox_size", None)
+    since = time.time() - DAY_S
+    by_reason: dict[str, int] = {}
+    for letter in services.dead_letters.list(include_replayed=True, limit=10000):
+        if letter.created_at >= since:
+            by_reason[letter.reason] = by_reason.get(letter.reason, 0) + 1
+    backlog = sum(q["pending"] for q in queues.values())
+    oldest = max((q["oldest_pending_age_s"] for q in queues.values()), default=0.0)
+    return {
+        "bus_backlog": backlog,
+        "oldest_pending_age_s": oldest,
+        "queues": queues,
+        "fhir_events_waiting": int(size()) if size else 0,
+        "dead_letters_24h": dict(sorted(by_reason.items())),
+        "dead_letters_24h_total": sum(by_reason.values()),
+    }
+
+
+# A stalled pipeline must not fail silently: past these, the staff address gets one notice per hour.
+MAX_PENDING_AGE_S = 15 * 60
+MAX_DEAD_LETTERS_24H = 50
+
+
+def check_thresholds(services: Services, *, max_pending_age_s: float = MAX_PENDING_AGE_S,
+                     max_dead_letters: int = MAX_DEAD_LETTERS_24H) -> list[str]:
+    """Notify the care-team address when the pipeline looks stalled; returns the problems found.
+    The message key holds the hour, so a sweep every 15 minutes sends one notice an hour."""
+    from notifications.dispatch import MessageRequest, deliver
+
+    h = health(services)
+    problems = []
+    if h["oldest_pending_age_s"] > max_pending_age_s:
+        problems.append(f"oldest pending bus message waited {h['oldest_pending_age_s']:.0f} s")
+    if h["dead_letters_24h_total"] > max_dead_letters:
+        problems.append(f"{h['dead_letters_24h_total']} dead letters in 24 h")
+    if not problems:
+        return []
+    now = services.clock.now()
+    channel = "outbox" if "outbox" in services.channels else next(iter(services.channels))
+    deliver(services.store, services.channels, MessageRequest(
+        key=f"operations|{now:%Y-%m-%dT%H}", channel=channel, to=services.settings.staff_address,
+        body=f"{services.settings.org_name}: Vigil pipeline needs attention: {'; '.join(problems)}. "
+             "See /console/operations.", category="notification", tags={"recipient": "operations"}),
+        services.clock)
+    return problems
