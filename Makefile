@@ -11,7 +11,13 @@ PY313 ?= $(shell .ci/python313)
 WORKER_VENV := .venv-worker
 WORKER_STAMP := $(WORKER_VENV)/.installed
 
-.PHONY: demo test lint bench serve clean worker-env
+.PHONY: demo test lint bench serve clean worker-env medplum-env
+
+# Medplum's FHIR router for the tests that run against a third-party FHIR server
+# (tests/medplum/, pinned by its package-lock.json). Without npm it is not installed and those tests
+# skip locally; under CI=true they fail (tests/support/medplum.py).
+MEDPLUM_DIR := tests/medplum
+MEDPLUM_STAMP := $(MEDPLUM_DIR)/node_modules/.installed
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,13 +35,21 @@ $(WORKER_STAMP): requirements-worker.txt requirements.txt
 
 worker-env: $(WORKER_STAMP)
 
+$(MEDPLUM_STAMP): $(MEDPLUM_DIR)/package.json $(MEDPLUM_DIR)/package-lock.json
+	cd $(MEDPLUM_DIR) && npm ci --no-audit --no-fund --silent
+	touch $@
+
+medplum-env: $(MEDPLUM_STAMP)
+
+MEDPLUM_DEP := $(if $(shell command -v npm),$(MEDPLUM_STAMP),)
+
 # The worker env is built only where a 3.13 interpreter exists (the check says why it skipped).
 WORKER_DEP := $(if $(PY313),$(WORKER_STAMP),)
 
 demo: $(STAMP)
 	$(BIN)/vigil demo
 
-test: $(STAMP) $(WORKER_DEP)
+test: $(STAMP) $(WORKER_DEP) $(MEDPLUM_DEP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
 
@@ -49,4 +63,4 @@ serve: $(STAMP)
 	$(BIN)/vigil serve
 
 clean:
-	rm -rf $(VENV) $(WORKER_VENV) .vigil .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(WORKER_VENV) $(MEDPLUM_DIR)/node_modules .vigil .pytest_cache .ruff_cache

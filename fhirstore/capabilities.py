@@ -11,7 +11,11 @@ before relying on a custom parameter, in this order (FHIR R4 §2.21.0.3 "Capabil
    Health Data Services lists a custom parameter there once it is registered *and* reindexed,
    which is when searching by it works; HAPI lists registered parameters.
 2. Only when the server serves no CapabilityStatement, or one that lists no search parameter for
-   the type at all: an active `SearchParameter` registration whose code and base match.
+   the type at all: an active `SearchParameter` registration whose code and base match, on a server
+   that does not answer a search by a parameter it does not know with an empty result. Such a
+   server (Medplum's FHIR router) accepts a registration without indexing it, so the registration
+   alone would bring back the silent empty answer; it is found out by searching for the
+   registration itself with one more, made-up parameter (docs/fhir-servers.md).
 
 Anything else counts as unsupported, and the caller uses its fallback.
 """
@@ -100,6 +104,12 @@ def search_param_support(store: FhirStore, resource_type: str, code: str) -> Par
                             f"{resource_type} search parameter '{code}' is "
                             f"{'listed' if supported else 'not listed'} in {where}")
     registration = _registration(store, resource_type, code)
+    if registration is not None and _empties_unknown_params(store, code):
+        return ParamSupport(resource_type, code, False, "none",
+                            f"{resource_type} search parameter '{code}' is registered (SearchParameter/"
+                            f"{registration.get('id')}), but the server answers a search by a parameter it does "
+                            "not know with an empty result and serves no CapabilityStatement listing it, so the "
+                            "registration does not show that it is indexed")
     if registration is not None:
         return ParamSupport(resource_type, code, True, "search-parameter",
                             f"{resource_type} search parameter '{code}' is registered (SearchParameter/"
@@ -107,6 +117,23 @@ def search_param_support(store: FhirStore, resource_type: str, code: str) -> Par
     what = "no CapabilityStatement" if statement is None else "a CapabilityStatement without search parameters"
     return ParamSupport(resource_type, code, False, "none",
                         f"{resource_type} search parameter '{code}' is not registered and the server serves {what}")
+
+
+# A search parameter no server defines: the probe's only use is to be unknown.
+_PROBE_PARAM = "vigil-unknown-parameter-probe"
+
+
+def _empties_unknown_params(store: FhirStore, code: str) -> bool:
+    """Whether the server answers a search by an unknown parameter with an empty result. Asked of
+    the registration just found, so a server that ignores the parameter returns it again, and one
+    in strict handling refuses the search (R4 §3.1.1.5.1 "handling")."""
+    try:
+        found = store.search("SearchParameter", {"code": code, _PROBE_PARAM: "1", "_count": "1"})
+    except FhirError as exc:
+        if exc.status not in _NOT_SERVED:
+            raise
+        return False
+    return not found.resources
 
 
 def _registration(store: FhirStore, resource_type: str, code: str) -> dict[str, Any] | None:

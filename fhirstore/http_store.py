@@ -249,7 +249,7 @@ class HttpFhirStore:
         else:
             raise ServerError(f"history {path}: more than {_MAX_HISTORY_PAGES} pages")
         merged = {k: v for k, v in bundle.items() if k not in ("link", "entry")}
-        merged["entry"] = entries
+        merged["entry"] = [_with_etag(e) for e in entries]
         merged.setdefault("total", len(entries))
         return merged
 
@@ -446,6 +446,17 @@ def _checked_id(value: object, what: str = "id") -> str:
     if not isinstance(value, str) or not _ID_RE.match(value):
         raise InvalidResource(f"{what} must be 1-64 characters of A-Z a-z 0-9 - . (got {value!r})")
     return value
+
+
+def _with_etag(entry: Any) -> Any:
+    """A history entry with `response.etag`, as the port promises: servers that send only the
+    resource (Medplum's FHIR router) still name the version in its `meta.versionId`."""
+    if not isinstance(entry, dict) or (entry.get("response") or {}).get("etag"):
+        return entry
+    version = _meta_version(entry.get("resource") or {})
+    if version is None:
+        return entry
+    return {**entry, "response": {**(entry.get("response") or {}), "etag": f'W/"{version}"'}}
 
 
 def _resource_path(resource_type: str, id: object) -> str:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.acs_server import FakeAcsServer
+from tests.support.medplum import MedplumServer, run_medplum
 
 
 @pytest.fixture(scope="module")
@@ -21,3 +22,10 @@ def acs(acs_server: FakeAcsServer) -> Iterator[FakeAcsServer]:
     acs_server.reset()
     yield acs_server
     acs_server.clear_failures()
+
+
+@pytest.fixture(scope="session")
+def medplum() -> Iterator[MedplumServer]:
+    """Medplum's FHIR router on loopback, started once per session (tests/support/medplum.py)."""
+    with run_medplum() as server:
+        yield server

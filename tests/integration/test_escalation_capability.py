@@ -115,8 +115,13 @@ REGISTERED = {"resourceType": "SearchParameter", "id": "sp-1", "url": "urn:vigil
               "type": "date", "expression": "Task.extension('urn:vigil:escalation-due').value"}
 
 
-def _server(metadata_status: int, registrations: list[dict]) -> HttpFhirStore:
+def _server(metadata_status: int, registrations: list[dict], *, unknown_empty: bool = False) -> HttpFhirStore:
+    """A server without a usable CapabilityStatement. `unknown_empty`: it answers a search by a
+    parameter it does not know with an empty Bundle (Medplum's router)."""
     def handle(request: httpx.Request) -> httpx.Response:
+        known = {"code", "_count"}
+        if unknown_empty and set(request.url.params) - known and request.url.path.endswith("/SearchParameter"):
+            return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "total": 0})
         if request.url.path.endswith("/metadata"):
             if metadata_status != 200:
                 return httpx.Response(metadata_status, json={"resourceType": "OperationOutcome", "issue": [
@@ -138,6 +143,12 @@ def _server(metadata_status: int, registrations: list[dict]) -> HttpFhirStore:
 def test_without_a_capability_statement_an_active_registration_counts(metadata_status: int) -> None:
     support = search_param_support(_server(metadata_status, [REGISTERED]), "Task", "escalation-due")
     assert (support.supported, support.source) == (True, "search-parameter")
+
+
+def test_a_registration_on_a_server_that_answers_unknown_parameters_empty_is_not_trusted() -> None:
+    support = search_param_support(_server(404, [REGISTERED], unknown_empty=True), "Task", "escalation-due")
+    assert (support.supported, support.source) == (False, "none")
+    assert "is registered" in support.detail and "does not show that it is indexed" in support.detail
 
 
 @pytest.mark.parametrize("registrations", [[], [{**REGISTERED, "status": "retired"}],
