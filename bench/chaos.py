@@ -96,6 +96,7 @@ def host_env(data_dir: Path, as_of: str) -> dict[str, str]:
            # The same key in both runs: acknowledgement links (in message bodies) then match.
            "VIGIL_ACK_TOKEN_KEYS": "chaos:" + "k" * 48, "VIGIL_LOCAL_TOKEN": "chaos-local-token",
            "PYTHONPATH": str(ROOT)}
+    env.setdefault("VIGIL_CONTACT_PHONE", "+1-555-010-0100")  # the fictional clinic's (required to send)
     env.update({f"AzureWebJobs.{name}.Disabled": "true" for name in SWEEPS})
     return env
 
