@@ -98,12 +98,13 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--reason", help="only this reason")
     replay.set_defaults(func=_dl_replay)
 
-    from runtime import cli_analytics, cli_events, cli_purge, cli_rules, cli_templates
+    from runtime import cli_analytics, cli_backup, cli_events, cli_purge, cli_rules, cli_templates
 
     cli_rules.register(sub)
     cli_templates.register(sub)
     cli_events.register(sub)
     cli_purge.register(sub)
+    cli_backup.register(sub)
     cli_analytics.register(sub)
     return p
 

@@ -36,6 +36,7 @@ from typing import Any, Literal, Protocol
 
 from common.clock import iso, parse_instant
 from common.codes import vigil_system
+from common.sqlite_schema import Schema, migrate
 from common.storage import connect as private_sqlite
 from common.storage import private_dir
 from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
@@ -152,6 +153,19 @@ def _enable_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
             time.sleep(0.02)
 
 
+# Version 1 is the file of the first release (created with IF NOT EXISTS: unversioned files have it).
+SEND_LEDGER_SCHEMA = Schema("send ledger", [
+    """CREATE TABLE IF NOT EXISTS sends (
+        key TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        provider_id TEXT,
+        reason TEXT,
+        claimed_at TEXT NOT NULL,
+        finished_at TEXT
+    )""",
+])
+
+
 class SqliteSendLedger:
     """The embedded default: one SQLite file; a claim is one `BEGIN IMMEDIATE` transaction, so two
     processes on the same machine cannot both win it."""
@@ -164,16 +178,7 @@ class SqliteSendLedger:
         self._conn = private_sqlite(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         _enable_wal(self._conn)
         self._conn.execute("PRAGMA synchronous=FULL")  # a recorded send must survive a power cut
-        self._conn.execute(
-            """CREATE TABLE IF NOT EXISTS sends (
-                key TEXT PRIMARY KEY,
-                state TEXT NOT NULL,
-                provider_id TEXT,
-                reason TEXT,
-                claimed_at TEXT NOT NULL,
-                finished_at TEXT
-            )"""
-        )
+        migrate(self._conn, SEND_LEDGER_SCHEMA, self.path)
 
     def close(self) -> None:
         with self._lock:
