@@ -37,10 +37,14 @@ demo: $(STAMP)
 
 test: $(STAMP) $(WORKER_DEP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
@@ -49,4 +53,4 @@ serve: $(STAMP)
 	$(BIN)/vigil serve
 
 clean:
-	rm -rf $(VENV) $(WORKER_VENV) .vigil .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(WORKER_VENV) .vigil .pytest_cache .ruff_cache .mypy_cache .import_linter_cache

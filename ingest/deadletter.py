@@ -233,7 +233,7 @@ class SqliteDeadLetterStore:
             self._local.conn = None
 
     @staticmethod
-    def _row(r: tuple) -> DeadLetter:
+    def _row(r: tuple[Any, ...]) -> DeadLetter:
         return DeadLetter(
             id=r[0], topic=r[1], source=r[2], reason=r[3], detail=r[4], payload=bytes(r[5]),
             properties=json.loads(r[6]), created_at=r[7], replayed_at=r[8],

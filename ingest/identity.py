@@ -123,7 +123,7 @@ class IdentityResolver:
         encounter = self._find_one("Encounter", encounter_identifier, None)
         if encounter is None:
             raise MappingFailure(UNKNOWN_ENCOUNTER, "no Encounter has the message's encounter identifier")
-        return encounter["id"]
+        return str(encounter["id"])
 
     def _find_one(self, resource_type: str, value: str, system: str | None) -> dict[str, Any] | None:
         token = f"{_escape(system)}|{_escape(value)}" if system else _escape(value)

@@ -40,10 +40,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from common.clock import Clock, iso, parse_instant
+from common.clock import Clock, SystemClock, iso, parse_instant
 from common.codes import vigil_system
 from fhirstore.port import FhirStore
 from notifications.channels.base import Channel, OutgoingMessage, SendResult
+from notifications.channels.ledger import SendLedger
 
 log = logging.getLogger(__name__)
 
@@ -509,8 +510,8 @@ def is_permanent_failure(event_type: str, status: str) -> bool:
     return status.strip().lower() in known
 
 
-def apply_delivery_report(store: FhirStore, event: dict[str, Any], *, ledger: Any = None,
-                          sms_channel_name: str = "sms") -> DeliveryReport:
+def apply_delivery_report(store: FhirStore, event: dict[str, Any], *, ledger: SendLedger | None = None,
+                          sms_channel_name: str = "sms", clock: Clock | None = None) -> DeliveryReport:
     """Record an ACS delivery report (Event Grid or CloudEvents envelope) on its Communication.
 
     SMS reports carry our message id as `tag`; email reports carry the operation id, which is the
@@ -537,7 +538,7 @@ def apply_delivery_report(store: FhirStore, event: dict[str, Any], *, ledger: An
     delivered = status.strip().lower() == "delivered"
     failed = is_permanent_failure(event_type, status)
     if tag and ledger is not None and delivered:
-        ledger.mark_sent(f"{sms_channel_name}:{tag}", data.get("messageId"), _now_from(data, "receivedTimestamp"))
+        ledger.mark_sent(f"{sms_channel_name}:{tag}", data.get("messageId"), _now_from(data, "receivedTimestamp", clock))
     found = store.search("Communication", query).resources
     if not found:
         log.info("delivery report for an unknown message (%s)", status or "no status")
@@ -583,10 +584,9 @@ def _status_code(status: str) -> str:
     return "-".join(status.lower().split()) or "unknown"
 
 
-def _now_from(data: dict[str, Any], key: str) -> datetime:
+def _now_from(data: dict[str, Any], key: str, clock: Clock | None) -> datetime:
+    """The report's own time; without a readable one, the injected clock's."""
     try:
         return parse_instant(str(data.get(key)))
     except (TypeError, ValueError):
-        from datetime import UTC
-
-        return datetime.now(UTC)
+        return (clock or SystemClock()).now()

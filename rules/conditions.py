@@ -132,7 +132,7 @@ class Scope:
         if found is None:
             found = self._cache[key] = self._resolve(spec, metric, difference)
         resolved, bound = found
-        if resolved.source == "goal" and (bound, op) in _OUTSIDE_GOAL:
+        if resolved.source == "goal" and bound is not None and (bound, op) in _OUTSIDE_GOAL:
             strict_op, inclusive_op = _OUTSIDE_GOAL[(bound, op)]
             return resolved, strict_op if resolved.strict else inclusive_op
         return resolved, op

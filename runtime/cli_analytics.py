@@ -10,7 +10,7 @@ from pathlib import Path
 from runtime.settings import Settings
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     views = sub.add_parser("views", help="SQL-on-FHIR v2 ViewDefinitions: list, run into DuckDB, conformance suite")
     actions = views.add_subparsers(required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="list the shipped RPM views")

@@ -24,7 +24,7 @@ DATABASES = ("fhir.db", "bus.db", "deadletters.db", "sends.db")
 _NOT_COPIED = {"host.lock"}
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     backup = sub.add_parser("backup", help="copy the data directory to DEST (safe while the host runs)")
     backup.add_argument("dest", type=Path, help="a new or empty directory")
     backup.set_defaults(func=_backup)

@@ -26,7 +26,7 @@ POLL_INTERVAL_S = 0.5
 DEFAULT_LIMIT = 20
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     from notifications.workflow_events import SCHEMAS
 
     events = sub.add_parser("events", help="Vigil's outgoing workflow events (alert lifecycle, failed messages)")

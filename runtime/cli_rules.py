@@ -40,7 +40,7 @@ class UsageError(Exception):
     """The command cannot run as asked; the message says what to change (exit 2)."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     """Add the `rules` command group to the `vigil` parser."""
     rules = sub.add_parser("rules", help="validate, test and backtest care-plan alert rules",
                            description="Tools for writing alert rules (guide: docs/rules.md).")

@@ -9,7 +9,7 @@ from pathlib import Path
 from runtime.settings import Settings
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     templates = sub.add_parser("templates", help="check MedTech-compatible mapping templates")
     actions = templates.add_subparsers(required=True, metavar="ACTION")
     check = actions.add_parser(

@@ -28,19 +28,17 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from common.codes import LOINC, OBSERVATION_CATEGORY, UCUM, VITAL_SIGN_CODES
 from common.jsondata import json_copy
 from common.jsonnum import number
 from ingest.templates.errors import INCOMPATIBLE_VALUE, MappingFailure
+from ingest.templates.fhir_model import CodeValueTemplate, ObservationChange, ValueTemplate
 from ingest.templates.grouping import ObservationGroup, TimedValue
 from ingest.templates.instant import Instant, fraction_digits, parse_iso, ticks_of
 from ingest.templates.measurement import value_text
 from ingest.templates.units import convert, original_value_extension, target_unit
-
-if TYPE_CHECKING:
-    from ingest.templates.fhir import CodeValueTemplate, ObservationChange, ValueTemplate
 
 SERVICE_SYSTEM = "https://azure.microsoft.com/en-us/services/iomt-fhir-connector/"
 INGESTED_AT_URL = "urn:vigil:extension:ingested-at"
@@ -109,8 +107,6 @@ def build_change(
     existing: dict[str, Any] | None,
     now: datetime | None,
 ) -> ObservationChange:
-    from ingest.templates.fhir import ObservationChange
-
     system, value, obs_id = observation_identity(group, patient_id=patient_id, device_id=device_id)
     now = now or datetime.now(UTC)
     if existing is None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common.clock import Clock
-from notifications.channels.base import Channel
+from notifications.channels.base import Channel, OptOutChecker
 from notifications.channels.ledger import SendLedger
 from notifications.connection import ConnectionStringError, Secret
 
@@ -45,7 +45,7 @@ def build_channels(
     config: Mapping[str, Mapping[str, Any]],
     *,
     ledger: SendLedger | None = None,
-    opt_outs: Any = None,
+    opt_outs: OptOutChecker | None = None,
     clock: Clock | None = None,
     base_dir: Path | None = None,
 ) -> dict[str, Channel]:

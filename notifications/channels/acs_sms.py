@@ -16,10 +16,10 @@ import logging
 import re
 import threading
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from common.clock import Clock, SystemClock
-from notifications.channels.base import OutgoingMessage, SendResult
+from notifications.channels.base import OptOutChecker, OutgoingMessage, SendResult
 from notifications.channels.ledger import DEFAULT_LEASE, SendLedger, claim_or_refusal
 from notifications.connection import AcsConnection, transport_options
 
@@ -78,11 +78,6 @@ def _sender(sender: str, default_region: str) -> str:
         return normalize_e164(text, default_region=default_region)
     except InvalidPhoneNumber as exc:
         raise ValueError(f"the SMS 'from' is not a phone number, short code or sender id: {exc}") from None
-
-
-class OptOutChecker(Protocol):
-    def is_opted_out(self, phone_e164: str) -> bool:
-        ...
 
 
 class AcsSmsChannel:

@@ -50,3 +50,10 @@ class Channel(Protocol):
 
     def send(self, message: OutgoingMessage) -> SendResult:
         ...
+
+
+class OptOutChecker(Protocol):
+    """Whether a number has opted out of SMS (`notifications.consent.SmsConsentRegistry`)."""
+
+    def is_opted_out(self, phone_e164: str) -> bool:
+        ...
