@@ -97,7 +97,9 @@ class _Request:
         if len(seg) == 1:
             return self.type_level()
         if len(seg) == 2 and seg[1] == "_search":
-            return self.search(self.params + self._form()) if method in ("POST", "GET") else _not_allowed(method, "POST")
+            return (
+                self.search(self.params + self._form()) if method in ("POST", "GET") else _not_allowed(method, "POST")
+            )
         if len(seg) == 2:
             return self.instance()
         if len(seg) in (3, 4) and seg[2] == "_history":
@@ -268,7 +270,9 @@ def parse_json_body(body: bytes) -> Any:
 # Bundle of contained resources stay well under this); anything deeper is refused before the
 # store, its indexes or a validator recurse into it.
 MAX_JSON_DEPTH = 100
-_MAX_DIGITS = 4300  # CPython's default int_max_str_digits (docs.python.org, "Integer string conversion length limitation")
+_MAX_DIGITS = (
+    4300  # CPython's default int_max_str_digits (docs.python.org, "Integer string conversion length limitation")
+)
 
 
 class _BadJson(InvalidResource):

@@ -480,7 +480,7 @@ def _text(data: dict[str, Any], name: str, event_type: str) -> str:
 
 
 def _sender(raw: str, default_region: str, event_type: str) -> str:
-    """ACS sends numbers in international form, with or without the '+' (platform-notes §5)."""
+    """ACS sends numbers in international form, with or without the '+' (https://learn.microsoft.com/azure/event-grid/communication-services-sms-events)."""
     try:
         return normalize_e164(raw, default_region=default_region)
     except InvalidPhoneNumber:

@@ -297,7 +297,7 @@ def _record(store: FhirStore, request: MessageRequest, clock: Clock) -> dict[str
         "status": "preparation",
         "category": [{"coding": [{"system": vigil_system("message-category"), "code": request.category}]}],
         "medium": [{"coding": [{"system": vigil_system("channel"), "code": request.channel}]}],
-        # The payload is the PHI-minimal text actually sent (clinical.md §5.1).
+        # The payload is the PHI-minimal text actually sent (HIPAA minimum necessary, 45 CFR 164.502(b)).
         "payload": [{"contentString": request.body}],
     }
     if request.patient_ref:
@@ -483,7 +483,7 @@ DELIVERY_STATUS_EXT = vigil_system("delivery-status")
 # message not sent and move on to a fallback; any other status (an intermediate or a new one) is
 # recorded on the Communication and nothing else, so an unknown word never sends a second message.
 # SMS: ACS reports Delivered or Failed; Expired is the carrier's "not delivered within the validity
-# period" (final). Email: the documented values other than Delivered (platform-notes §5).
+# period" (final). Email: the documented values other than Delivered (https://learn.microsoft.com/azure/event-grid/communication-services-sms-events).
 SMS_FAILURE_STATUSES = frozenset({"failed", "expired"})
 EMAIL_FAILURE_STATUSES = frozenset({"failed", "bounced", "suppressed", "quarantined", "filteredspam"})
 
@@ -538,7 +538,9 @@ def apply_delivery_report(store: FhirStore, event: dict[str, Any], *, ledger: Se
     delivered = status.strip().lower() == "delivered"
     failed = is_permanent_failure(event_type, status)
     if tag and ledger is not None and delivered:
-        ledger.mark_sent(f"{sms_channel_name}:{tag}", data.get("messageId"), _now_from(data, "receivedTimestamp", clock))
+        ledger.mark_sent(
+            f"{sms_channel_name}:{tag}", data.get("messageId"), _now_from(data, "receivedTimestamp", clock)
+        )
     found = store.search("Communication", query).resources
     if not found:
         log.info("delivery report for an unknown message (%s)", status or "no status")

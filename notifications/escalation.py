@@ -163,7 +163,9 @@ def _fmt(path: tuple[Any, ...]) -> str:
 
 def load_chains(source: str | Path, *, known_roles: Iterable[str] | None = None) -> dict[str, Chain]:
     """Chains from a YAML file (or YAML text). Errors name the file, line and field."""
-    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml"))):
+    if isinstance(source, Path) or (
+        isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml"))
+    ):
         path = Path(source)
         name, text = str(path), path.read_text(encoding="utf-8")
     else:
@@ -237,7 +239,9 @@ def load_chains(source: str | Path, *, known_roles: Iterable[str] | None = None)
     return chains
 
 
-def _roles(value: Any, where: tuple[Any, ...], known: set[str] | None, fail, allow_empty: bool = False) -> tuple[str, ...]:
+def _roles(
+    value: Any, where: tuple[Any, ...], known: set[str] | None, fail, allow_empty: bool = False
+) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or (not value and not allow_empty):
@@ -454,7 +458,9 @@ def acknowledge(task: Mapping[str, Any], who: str, when: datetime) -> Acknowledg
     """Stop the chain: the Task is `accepted`, owned by `who`, with the time; a second or late
     acknowledgement changes nothing and is reported as such (harmless)."""
     if not _REF.match(who or ""):
-        raise EscalationError("the acknowledging clinician must be a Practitioner/<id> or PractitionerRole/<id> reference")
+        raise EscalationError(
+            "the acknowledging clinician must be a Practitioner/<id> or PractitionerRole/<id> reference"
+        )
     if when.tzinfo is None:
         raise EscalationError("acknowledge needs a timezone-aware time")
     status = task.get("status")
@@ -476,7 +482,9 @@ def acknowledge(task: Mapping[str, Any], who: str, when: datetime) -> Acknowledg
 def mitigation_entry(who: str, when: datetime) -> dict[str, Any]:
     return {
         "action": {
-            "coding": [{"system": MITIGATION_SYSTEM, "code": "acknowledged", "display": "Alert acknowledged by clinician"}],
+            "coding": [
+                {"system": MITIGATION_SYSTEM, "code": "acknowledged", "display": "Alert acknowledged by clinician"}
+            ],
             "text": "Alert acknowledged",
         },
         "date": iso(when),
@@ -494,7 +502,9 @@ def add_mitigation(detected_issue: Mapping[str, Any], entry: Mapping[str, Any]) 
     return updated, True
 
 
-def close(task: Mapping[str, Any], when: datetime, *, reason: str = "alert episode closed") -> tuple[dict[str, Any], bool]:
+def close(
+    task: Mapping[str, Any], when: datetime, *, reason: str = "alert episode closed"
+) -> tuple[dict[str, Any], bool]:
     """The episode ended without an acknowledgement (e.g. resolved): stop the chain. Returns
     (task, changed); a Task already acknowledged or closed is left as it is."""
     if task.get("status") not in OPEN_STATUSES:

@@ -166,7 +166,9 @@ def read_text(path: str | Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise RuleLoadError([Problem(str(path), None, None, "", f"cannot read the file: {exc.__class__.__name__}")]) from None
+        raise RuleLoadError(
+            [Problem(str(path), None, None, "", f"cannot read the file: {exc.__class__.__name__}")]
+        ) from None
 
 
 def parse_model(model: type[M], text: str, source: str) -> M:

@@ -2,8 +2,8 @@
 
 Sources: Kroenke 2001 and NLM LHC-Forms PHQ-9 (codes, bands), Spitzer 2006 (GAD-7), the item-9
 guidance (AACN 2020; Simon 2013), the FHIR itemWeight extension and FHIRPath weight() (where
-weights live and their lookup order); conventions for senders: docs/rules.md §4. Pure: the caller passes the QuestionnaireResponse and, when it has it, the
-Questionnaire it answers.
+weights live and their lookup order); conventions for senders: docs/rules.md §4. Pure: the caller
+passes the QuestionnaireResponse and, when it has it, the Questionnaire it answers.
 
 Fail closed: an unanswered item, or an answer whose weight cannot be found, makes the response
 incomplete. An incomplete response gets a total only where the instrument definition allows

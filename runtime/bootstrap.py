@@ -123,7 +123,9 @@ def _channel_config(settings: Settings) -> dict[str, Any]:
 
 
 def _tokens(settings: Settings, store: FhirStore, clock: Clock) -> SignedTokens:
-    text = settings.ack_token_keys or _secret_file(settings, "ack-token-key", lambda: "local:" + secrets.token_urlsafe(48))
+    text = settings.ack_token_keys or _secret_file(
+        settings, "ack-token-key", lambda: "local:" + secrets.token_urlsafe(48)
+    )
     keys = dict(part.split(":", 1) for part in text.split(",") if ":" in part)
     if not keys:
         raise ValueError("VIGIL_ACK_TOKEN_KEYS must look like 'kid:secret[,kid:secret]'")

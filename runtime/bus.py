@@ -210,7 +210,9 @@ class LocalBus:
         once they are older than the retention."""
         with self._tx() as conn:
             before = conn.total_changes
-            conn.execute("DELETE FROM messages WHERE topic = ? AND enqueued_at < ?", (topic, self._now() - older_than_s))
+            conn.execute(
+                "DELETE FROM messages WHERE topic = ? AND enqueued_at < ?", (topic, self._now() - older_than_s)
+            )
             return conn.total_changes - before
 
     def purge(self, topic: str, *, older_than_s: float, dry_run: bool = False) -> dict[str, int]:

@@ -96,7 +96,9 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
     print(f"export {summary.run_id}{' (resumed)' if summary.resumed else ''}: "
           f"{summary.total} changes in {summary.seconds:.1f} s, {summary.files} files")
     for rtype in sorted(set(summary.resources) | set(summary.deleted)):
-        print(f"  {rtype:<24} {summary.resources.get(rtype, 0):>9} resources {summary.deleted.get(rtype, 0):>7} deleted")
+        print(
+            f"  {rtype:<24} {summary.resources.get(rtype, 0):>9} resources {summary.deleted.get(rtype, 0):>7} deleted"
+        )
     return 0
 
 

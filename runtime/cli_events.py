@@ -66,7 +66,9 @@ def resolve_types(requested: Iterable[str] | None) -> frozenset[str] | None:
     resolved = set()
     for text in requested:
         wanted = _squash(text)
-        matches = [t for t in known if _squash(t) == wanted] or [t for t in known if wanted and _squash(t).endswith(wanted)]
+        matches = [t for t in known if _squash(t) == wanted] or [
+            t for t in known if wanted and _squash(t).endswith(wanted)
+        ]
         if len(matches) != 1:
             problem = "matches more than one event type" if matches else "is not a workflow event type"
             raise ValueError(f"--type {text!r} {problem}; known types: {', '.join(known)}")

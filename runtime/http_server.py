@@ -164,7 +164,9 @@ class HttpServer:
         self._loop = asyncio.get_running_loop()
         # Handlers run here (runtime/http_app.py); asyncio's default pool is cpu + 4 threads, which a
         # few slow ingest batches would fill ahead of a health check.
-        self._loop.set_default_executor(ThreadPoolExecutor(max_workers=HANDLER_THREADS, thread_name_prefix="vigil-http"))
+        self._loop.set_default_executor(
+            ThreadPoolExecutor(max_workers=HANDLER_THREADS, thread_name_prefix="vigil-http")
+        )
         self._stop = asyncio.Event()
         self._started.set()
         await worker_serve(wrap_app(self.app, self.config.wsgi_max_body_size, "asgi"), self.config,

@@ -6,7 +6,7 @@ window (`periodInterval` 0 / 60 / 1440 / -1) and either a `value` or `components
 value type: `SampledData` (`defaultPeriod` ms, `unit`), `Quantity` (`unit`, `code`, `system`),
 `String`, or `CodeableConcept` (`text`, `codes`; the presence of the reading is the value).
 
-See ../shared/reference/medtech.md §1.3 and `ingest.templates.observation` for how Observations
+See https://github.com/microsoft/iomt-fhir/tree/main/docs and `ingest.templates.observation` for how Observations
 are built and merged.
 """
 
@@ -177,7 +177,9 @@ def _load_one(index: int, entry: Any, errors: ErrorList) -> CodeValueTemplate | 
     type_name = type_name.strip() if isinstance(type_name, str) and type_name.strip() else None
     raw_type = entry.get("templateType")
     if not isinstance(raw_type, str) or raw_type.strip().lower() not in (CODE_VALUE.lower(), "codevaluefhirtemplate"):
-        errors.add(index, "templateType", f"unknown FHIR template type {raw_type!r}; expected {CODE_VALUE!r}", type_name)
+        errors.add(
+            index, "templateType", f"unknown FHIR template type {raw_type!r}; expected {CODE_VALUE!r}", type_name
+        )
         return None
     if not isinstance(body, dict):
         errors.add(index, "template", f"{CODE_VALUE} needs a template object", type_name)
@@ -210,7 +212,9 @@ def _load_one(index: int, entry: Any, errors: ErrorList) -> CodeValueTemplate | 
                 if not isinstance(c, dict):
                     issue(f"category[{i}]", "each category must be an object with text and/or codes")
                     continue
-                category.append(CategoryConcept(_str(c.get("text")), _codes(c.get("codes") or [], f"category[{i}].codes", issue)))
+                category.append(
+                    CategoryConcept(_str(c.get("text")), _codes(c.get("codes") or [], f"category[{i}].codes", issue))
+                )
 
     value = None
     if body.get("value") is not None:

@@ -89,7 +89,8 @@ def _secret_text(value: Any) -> str:
 def _need_ledger(name: str, ledger: SendLedger | None) -> SendLedger:
     if ledger is None:
         raise ChannelConfigError(
-            f"channel {name!r}: needs a send ledger (this provider is not idempotent; see notifications.channels.ledger)"
+            f"channel {name!r}: needs a send ledger "
+            "(this provider is not idempotent; see notifications.channels.ledger)"
         )
     return ledger
 
@@ -155,7 +156,9 @@ def _smtp(name: str, entry: Mapping[str, Any], *, ledger, opt_outs, clock, base_
         ledger=_need_ledger(name, ledger),
         name=name,
         username=entry.get("username") or None,
-        password=None if password in (None, "") else (password if isinstance(password, Secret) else Secret(str(password))),
+        password=None
+        if password in (None, "")
+        else (password if isinstance(password, Secret) else Secret(str(password))),
         security=entry.get("security", "starttls"),
         clock=clock,
         timeout_s=float(entry.get("timeout_s", 30.0)),

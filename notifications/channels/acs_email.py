@@ -1,7 +1,8 @@
 """Azure Communication Services Email (`azure-communication-email` 1.1.0).
 
 Idempotency comes from the service: `begin_send(..., operation_id=...)` sends an `Operation-Id`
-header (platform-notes §0.4), and Vigil derives that UUID from the message id, so a replayed send
+header (Repeatability-Request-ID, https://learn.microsoft.com/rest/api/communication/sms/send), and Vigil derives that
+UUID from the message id, so a replayed send
 names the same operation. An optional send ledger additionally keeps a replay from calling the
 service at all once a send is recorded.
 
@@ -133,7 +134,9 @@ class AcsEmailChannel:
                     self.payload(message), operation_id=operation_id, polling_interval=self.polling_interval
                 )
             else:
-                poller = self._email_client().begin_send(self.payload(message), operation_id=operation_id, polling=False)
+                poller = self._email_client().begin_send(
+                    self.payload(message), operation_id=operation_id, polling=False
+                )
             outcome = poller.result() or {}
         except ResourceExistsError:
             # The service already has this operation: the message was accepted before.

@@ -1,7 +1,8 @@
 """The send ledger: a durable "did this channel already hand this message to its provider?" record.
 
 ACS SMS and SMTP are not idempotent: the SMS SDK makes a new repeatability id on every call
-(../shared/reference/platform-notes.md §0.4) and SMTP has no idempotency at all. So a channel
+(Repeatability-Request-ID, https://learn.microsoft.com/rest/api/communication/sms/send) and SMTP has no idempotency at
+all. So a channel
 claims the message id here *before* calling the provider and records the outcome after:
 
     claim(key) -> new        call the provider; then mark_sent(key, provider_id), or release(key)

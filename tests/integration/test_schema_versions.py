@@ -74,7 +74,9 @@ def test_a_file_from_a_newer_vigil_is_refused_with_both_versions(tmp_path: Path)
     conn = sqlite3.connect(path)
     conn.execute(f"PRAGMA user_version = {FHIR_SCHEMA.version + 1}")
     conn.close()
-    with pytest.raises(ServerError, match=rf"schema version {FHIR_SCHEMA.version + 1}; this Vigil reads versions up to"):
+    with pytest.raises(
+        ServerError, match=rf"schema version {FHIR_SCHEMA.version + 1}; this Vigil reads versions up to"
+    ):
         SqliteFhirStore(path)
     bus = tmp_path / "bus.db"
     conn = sqlite3.connect(bus)

@@ -183,7 +183,9 @@ def test_mixed_validity_keeps_valid_templates_when_not_strict(compat_dir: Path) 
 
 
 def test_single_templates_expose_medtech_fields(compat_dir: Path) -> None:
-    path = next(p for p in compat_files() if p.name.endswith("data_CalculatedFunctionContentTemplateValidOptional.json"))
+    path = next(
+        p for p in compat_files() if p.name.endswith("data_CalculatedFunctionContentTemplateValidOptional.json")
+    )
     (t,) = load_device_templates(path).templates
     assert t.type_name == "heartrate"
     assert (t.type_match.text, t.type_match.language) == ("$..[?(@heartrate)]", "JsonPath")

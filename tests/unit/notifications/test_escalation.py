@@ -62,18 +62,31 @@ def test_chain_definition(chains) -> None:
     assert chains["simple"].on_exhausted.action == "stop"
 
 
-@pytest.mark.parametrize("text,where", [
-    ("chains:\n  c:\n    levels:\n      - {notify: [nurse]}\n", "<chains>:4: chains.c.levels[0]: 'wait' is required"),
-    ("chains:\n  c:\n    levels:\n      - notify: [nurse]\n        wait: soon\n",
-     "<chains>:5: chains.c.levels[0].wait: 'soon' is not a duration"),
-    ("chains:\n  c:\n    levels:\n      - {notify: [janitor], wait: 5m}\n", "unknown role 'janitor'"),
-    ("chains:\n  c:\n    levels:\n      - {notify: [nurse], channels: [pager], wait: 5m}\n", "unknown channel kind(s) pager"),
-    ("chains:\n  c:\n    levels: []\n", "<chains>:3: chains.c.levels: a chain needs at least one level"),
-    ("chains:\n  c:\n    levels:\n      - {notify: [nurse], wait: 5m}\n    on_exhausted: {action: panic}\n",
-     "<chains>:5: chains.c.on_exhausted.action: must be 'stop' or 'repeat-last'"),
-    ("chains:\n  c:\n    levels:\n      - {notify: [nurse], wait: 5}\n", "give a unit"),
-    ("chains:\n  c:\n    leveles: []\n", "unknown key(s) leveles"),
-])
+@pytest.mark.parametrize(
+    "text,where",
+    [
+        (
+            "chains:\n  c:\n    levels:\n      - {notify: [nurse]}\n",
+            "<chains>:4: chains.c.levels[0]: 'wait' is required",
+        ),
+        (
+            "chains:\n  c:\n    levels:\n      - notify: [nurse]\n        wait: soon\n",
+            "<chains>:5: chains.c.levels[0].wait: 'soon' is not a duration",
+        ),
+        ("chains:\n  c:\n    levels:\n      - {notify: [janitor], wait: 5m}\n", "unknown role 'janitor'"),
+        (
+            "chains:\n  c:\n    levels:\n      - {notify: [nurse], channels: [pager], wait: 5m}\n",
+            "unknown channel kind(s) pager",
+        ),
+        ("chains:\n  c:\n    levels: []\n", "<chains>:3: chains.c.levels: a chain needs at least one level"),
+        (
+            "chains:\n  c:\n    levels:\n      - {notify: [nurse], wait: 5m}\n    on_exhausted: {action: panic}\n",
+            "<chains>:5: chains.c.on_exhausted.action: must be 'stop' or 'repeat-last'",
+        ),
+        ("chains:\n  c:\n    levels:\n      - {notify: [nurse], wait: 5}\n", "give a unit"),
+        ("chains:\n  c:\n    leveles: []\n", "unknown key(s) leveles"),
+    ],
+)
 def test_bad_definitions_name_the_line_and_field(text, where) -> None:
     with pytest.raises(EscalationError) as err:
         load_chains(text, known_roles=["nurse"])
