@@ -449,11 +449,6 @@ def _notify(task: Mapping[str, Any], chain: Chain, level: Level, repeat: int, no
                 template=level.template, due=due, notify_key=_key(task, level.number, repeat), changed=True)
 
 
-def start(task: Mapping[str, Any], chain: Chain, now: datetime) -> Step:
-    """Begin the chain on a new Task (the same as the first `advance`)."""
-    return advance(task, chain, now)
-
-
 def acknowledge(task: Mapping[str, Any], who: str, when: datetime) -> Acknowledgement:
     """Stop the chain: the Task is `accepted`, owned by `who`, with the time; a second or late
     acknowledgement changes nothing and is reported as such (harmless)."""
@@ -499,22 +494,6 @@ def add_mitigation(detected_issue: Mapping[str, Any], entry: Mapping[str, Any]) 
         return dict(detected_issue), False
     updated = json_copy(dict(detected_issue))
     updated["mitigation"] = [*existing, json_copy(dict(entry))]
-    return updated, True
-
-
-def close(
-    task: Mapping[str, Any], when: datetime, *, reason: str = "alert episode closed"
-) -> tuple[dict[str, Any], bool]:
-    """The episode ended without an acknowledgement (e.g. resolved): stop the chain. Returns
-    (task, changed); a Task already acknowledged or closed is left as it is."""
-    if task.get("status") not in OPEN_STATUSES:
-        return dict(task), False
-    updated = dict(task)
-    updated["status"] = "cancelled"
-    updated["statusReason"] = {"text": reason}
-    updated["businessStatus"] = {"coding": [{"system": LEVEL_SYSTEM, "code": "closed"}], "text": reason}
-    updated["lastModified"] = iso(when)
-    updated["extension"] = [e for e in updated.get("extension", []) or [] if e.get("url") != DUE_EXT]
     return updated, True
 
 
