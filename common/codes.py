@@ -1,7 +1,7 @@
 """Code systems and the metric vocabulary shared by ingest and rules.
 
-Sources: FHIR R4 Vital Signs profile, https://hl7.org/fhir/R4/observation-vitalsigns.html (LOINC codes and UCUM units,
-R4 Vital Signs profile).
+Sources: the FHIR R4 Vital Signs profile, https://hl7.org/fhir/R4/observation-vitalsigns.html (its LOINC codes and
+UCUM units).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from common import jsonnum
 from fhirstore.errors import FhirError, InvalidResource, operation_outcome
-from fhirstore.port import FhirStore, Resource, WriteResult
+from fhirstore.port import FhirStore, Resource, WriteOutcome, WriteResult
 from fhirstore.search_params import REGISTRY, params_for
 
 logger = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ class _Request:
             return RestResponse(status)
         resource = entry["resource"]
         meta = resource.get("meta", {})
-        outcome = "created" if status == 201 else "updated"
+        outcome: WriteOutcome = "created" if status == 201 else "updated"
         return self._written(WriteResult(outcome, resource, resource["resourceType"], resource["id"],
                                          meta.get("versionId")))
 
@@ -394,7 +394,7 @@ def _encode(pairs: list[tuple[str, str]]) -> str:
 
 
 def _flatten(params: Mapping[str, Any]) -> list[tuple[str, str]]:
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     for key, value in params.items():
         pairs.extend((key, v) for v in ([value] if isinstance(value, str) else value))
     return pairs

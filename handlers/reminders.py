@@ -52,8 +52,7 @@ MESSAGE_CATEGORY_SYSTEM = vigil_system("message-category")
 # Statuses of a reading or response that count as done (not entered-in-error, not cancelled).
 DONE_OBSERVATION = "final,amended,corrected,preliminary"
 DONE_RESPONSE = ("completed", "amended")
-# TCPA healthcare exemption: <=1 message a day and <=3 a week per provider (the TCPA healthcare-message exemption, FCC
-# 15-72).
+# TCPA healthcare-message exemption (FCC 15-72): <=1 message a day and <=3 a week per provider.
 TCPA_DAILY_CAP = 1
 TCPA_WEEKLY_CAP = 3
 PROGRAM_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")  # as rules.model names programs

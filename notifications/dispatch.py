@@ -369,9 +369,9 @@ def _plan_extension(request: MessageRequest) -> dict[str, Any] | None:
     for fb in request.fallbacks:
         fields: list[dict[str, Any]] = [{"url": "channel", "valueCode": fb.channel}]
         # FHIR strings may not be empty: an absent part reads back as "" (to, body) or None.
-        for name, value in (("to", fb.to), ("body", fb.body), ("subject", fb.subject), ("html", fb.html)):
-            if value:
-                fields.append({"url": name, "valueString": value})
+        for part, text in (("to", fb.to), ("body", fb.body), ("subject", fb.subject), ("html", fb.html)):
+            if text:
+                fields.append({"url": part, "valueString": text})
         parts.append({"url": "fallback", "extension": fields})
     return {"url": FALLBACK_PLAN_EXT, "extension": parts}
 

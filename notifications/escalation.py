@@ -202,7 +202,7 @@ def load_chains(source: str | Path, *, known_roles: Iterable[str] | None = None)
             raise fail((*base, "levels"), "a chain needs at least one level")
         levels = []
         for i, raw in enumerate(raw_levels):
-            where = (*base, "levels", i)
+            where: tuple[Any, ...] = (*base, "levels", i)
             if not isinstance(raw, dict):
                 raise fail(where, "expected a mapping with notify, channels, wait")
             unknown = set(raw) - {"notify", "channels", "wait", "template"}

@@ -184,8 +184,7 @@ class TemplateLibrary:
                 for channel, names in channels.items():
                     current = self.catalog.fields.setdefault(audience, {})
                     current[channel] = current.get(channel, frozenset()) | frozenset(names)
-        # Per audience: patient texts keep the TCPA 160-character limit (the TCPA healthcare-message exemption, FCC
-        # 15-72); staff
+        # Per audience: patient texts keep the TCPA 160-character limit (FCC 15-72); staff
         # texts carry an acknowledgement link and are bounded by segments only.
         budgets = dict(DEFAULT_SMS_BUDGETS)
         if isinstance(sms_budget, SmsBudget):
@@ -205,7 +204,7 @@ class TemplateLibrary:
             cache_size=-1,
         )
         self._resolved: dict[tuple[str, str, str], tuple[str, dict[str, str]]] = {}
-        self._compiled: dict[str, tuple[Any, str]] = {}
+        self._compiled: dict[str, tuple[Any, str | None]] = {}
         self._lock = threading.Lock()
 
     # -- lookup ------------------------------------------------------------------------------

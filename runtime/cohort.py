@@ -187,7 +187,9 @@ def _day_of_readings(rng: random.Random, p: DemoPatient, day: date, n: int) -> l
             low = p.episode == "hypoglycemia" and since == 0 and slot == "am"
             glucose = round(rng.uniform(45, 52) if low else rng.gauss(b["glu"] + (25 if slot == "pm" else 0), 15))
             unit_mmol = int(p.id[-1]) % 3 == 0  # some meters report mmol/L
-            values = {"glucose": round(glucose / 18.016, 1), "unit": "mmol/L"} if unit_mmol else {"glucose": glucose}
+            values: dict[str, object] = (
+                {"glucose": round(glucose / 18.016, 1), "unit": "mmol/L"} if unit_mmol else {"glucose": glucose}
+            )
             out.append(_msg(p, "meter", "glucose", _at(rng, day, p.zone, hour - 0.5, 20), values))
     if "heart-failure" in p.programs:
         gain = (

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import azure.functions as func
 from hypercorn.asyncio.run import worker_serve
@@ -93,7 +94,7 @@ def add_function_route(registry: RouteRegistry, host: LocalHost, spec: FunctionS
         headers.setdefault("Content-Type", response.mimetype or "text/plain")
         return Response(response.status_code, headers, response.get_body())
 
-    auth = "anonymous" if spec.auth_level == "anonymous" else "key"
+    auth: Literal["anonymous", "key"] = "anonymous" if spec.auth_level == "anonymous" else "key"
     registry.add_pattern(regex, call, methods=spec.methods, auth=auth, name=spec.name)
 
 

@@ -125,8 +125,8 @@ class CheckReport:
             for o in m.observations:
                 lines.append(f"  Observation/{o['id'][:12]}… {o['code'].get('text')} "
                              f"{dumps(_value_summary(o), ensure_ascii=False)}")
-            for e in m.errors:
-                lines.append(f"  dead letter [{e.reason}] {e.detail}")
+            for failure in m.errors:
+                lines.append(f"  dead letter [{failure.reason}] {failure.detail}")
             for n in m.notes:
                 lines.append(f"  note: {n}")
         if self.batch is not None:

@@ -164,15 +164,15 @@ class AcsEmailChannel:
                                   provider_id=operation_id, code="rejected")
             return SendResult("permanent", reason=f"ACS rejected the email (HTTP {status}): {scrub(exc.message, 200)}",
                               code="rejected")
-        status = str(outcome.get("status", ""))
+        state = str(outcome.get("status", ""))
         provider_id = str(outcome.get("id") or operation_id)
-        if status in ("Failed", "Canceled"):
-            error = outcome.get("error") or {}
-            reason = scrub(error.get("message") or error.get("code") or status, 200)
-            log.info("email %s failed at the provider (%s)", message.message_id, status)
-            return SendResult("permanent", provider_id=provider_id, reason=f"ACS email {status}: {reason}",
+        if state in ("Failed", "Canceled"):
+            failure = outcome.get("error") or {}
+            reason = scrub(str(failure.get("message") or failure.get("code") or state), 200)
+            log.info("email %s failed at the provider (%s)", message.message_id, state)
+            return SendResult("permanent", provider_id=provider_id, reason=f"ACS email {state}: {reason}",
                               code="rejected")
-        log.info("email %s accepted (%s)", message.message_id, status or "accepted")
+        log.info("email %s accepted (%s)", message.message_id, state or "accepted")
         return SendResult("sent", provider_id=provider_id)
 
     def close(self) -> None:
