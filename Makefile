@@ -51,10 +51,14 @@ demo: $(STAMP)
 
 test: $(STAMP) $(WORKER_DEP) $(MEDPLUM_DEP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py
@@ -63,4 +67,4 @@ serve: $(STAMP)
 	$(BIN)/vigil serve
 
 clean:
-	rm -rf $(VENV) $(WORKER_VENV) $(MEDPLUM_DIR)/node_modules .vigil .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(WORKER_VENV) $(MEDPLUM_DIR)/node_modules .vigil .pytest_cache .ruff_cache .mypy_cache .import_linter_cache

@@ -81,9 +81,16 @@ def iot_hub(rng: random.Random, i: int) -> tuple[bytes, dict]:
 
 def google_fit(rng: random.Random, i: int) -> tuple[bytes, dict]:
     base = int((START + timedelta(hours=i)).timestamp() * 1e9)
-    points = [{"startTimeNanos": str(base + k * 60_000_000_000), "endTimeNanos": str(base + k * 60_000_000_000),
-               "dataTypeName": "com.google.heart_rate.bpm", "value": [{"fpVal": round(rng.gauss(75, 8), 1), "mapVal": []}],
-               "modifiedTimeMillis": str(base // 1_000_000)} for k in range(5)]
+    points = [
+        {
+            "startTimeNanos": str(base + k * 60_000_000_000),
+            "endTimeNanos": str(base + k * 60_000_000_000),
+            "dataTypeName": "com.google.heart_rate.bpm",
+            "value": [{"fpVal": round(rng.gauss(75, 8), 1), "mapVal": []}],
+            "modifiedTimeMillis": str(base // 1_000_000),
+        }
+        for k in range(5)
+    ]
     msg = {"minStartTimeNs": points[0]["startTimeNanos"], "maxEndTimeNs": points[-1]["endTimeNanos"],
            "dataSourceId": "derived:com.google.heart_rate.bpm:com.google.android.gms:merge_heart_rate_bpm",
            "point": points, "patientIdentifier": f"user-{i % 50}", "deviceIdentifier": f"user-{i % 50}.gms"}
@@ -198,7 +205,9 @@ def main() -> None:
     n_obs = changes_made[0]
     t_merge = timed(lambda: build(store), args.repeat)
     print(f"observations: {n_obs} from {len(measurements)} measurements")
-    print(f"  build (create)      {n_obs / t_create:>10,.0f} obs/s   ({len(measurements) / t_create:,.0f} measurements/s)")
+    print(
+        f"  build (create)      {n_obs / t_create:>10,.0f} obs/s   ({len(measurements) / t_create:,.0f} measurements/s)"
+    )
     print(f"  merge replay (noop) {n_obs / t_merge:>10,.0f} obs/s")
     # End to end into the embedded SQLite store: templates + identity lookup + one FHIR
     # transaction per batch of 100, through the same handler the Event Hubs trigger calls.

@@ -148,8 +148,14 @@ def bench_pipeline(tmp: Path, n: int, patients: int) -> None:
     print(f"pipeline end to end {n / elapsed:>9,.0f} readings/s  ({n} readings, {patients} patients, "
           f"{elapsed:.1f} s, {len(comms)} alert messages)")
     print("  note: all messages are enqueued at once, so latency here includes queueing behind the backlog")
-    print(f"  accepted -> Observation stored   p50 {pct(obs_lat, 50) * 1000:8.0f} ms   p99 {pct(obs_lat, 99) * 1000:8.0f} ms")
-    print(f"  accepted -> message recorded     p50 {pct(msg_lat, 50) * 1000:8.0f} ms   p99 {pct(msg_lat, 99) * 1000:8.0f} ms")
+    print(
+        f"  accepted -> Observation stored   p50 {pct(obs_lat, 50) * 1000:8.0f} ms"
+        f"   p99 {pct(obs_lat, 99) * 1000:8.0f} ms"
+    )
+    print(
+        f"  accepted -> message recorded     p50 {pct(msg_lat, 50) * 1000:8.0f} ms"
+        f"   p99 {pct(msg_lat, 99) * 1000:8.0f} ms"
+    )
     host.release()
     services.close()
 

@@ -5,7 +5,7 @@
 The 100 rules all read blood pressure, so every BP event evaluates all of them (the worst case for
 one event): thresholds, goal bounds, counts, changes, mean/min/max, consecutive readings, all/any/not
 and absence, over windows of 1 to 14 days. The patient has 90 days of 4 readings a day of BP, weight,
-heart rate, SpO2 and glucose. Target (issue 4): under 1 ms per event.
+heart rate, SpO2 and glucose. Target: under 1 ms per event.
 """
 
 from __future__ import annotations

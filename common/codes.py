@@ -1,6 +1,7 @@
 """Code systems and the metric vocabulary shared by ingest and rules.
 
-Sources: ../shared/reference/clinical.md §1.2 (LOINC codes and UCUM units, R4 Vital Signs profile).
+Sources: the FHIR R4 Vital Signs profile, https://hl7.org/fhir/R4/observation-vitalsigns.html (its LOINC codes and
+UCUM units).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ class Metric:
     panel: str | None = None  # LOINC of the panel when this metric is a component
 
 
-# clinical.md §1.2. BP values live only in components of the 85354-9 panel.
+# FHIR R4 Vital Signs profile, https://hl7.org/fhir/R4/observation-vitalsigns.html. BP values live only in components
+# of the 85354-9 panel.
 METRICS: dict[str, Metric] = {
     m.alias: m
     for m in (
@@ -52,7 +54,8 @@ METRICS: dict[str, Metric] = {
     )
 }
 
-# PRO instruments (clinical.md §4.1). Item LOINC codes in questionnaire order; item metrics are
+# PRO instruments (LOINC 44249-1 and 69737-5, and the SDC itemWeight extension). Item LOINC codes in questionnaire
+# order; item metrics are
 # components of the score Observation whose code is the total-score LOINC (their `panel`).
 PHQ9_ITEMS = ("44250-9", "44255-8", "44259-0", "44254-1", "44251-7", "44258-2", "44252-5", "44253-3", "44260-8")
 GAD7_ITEMS = ("69725-0", "68509-9", "69733-4", "69734-2", "69735-9", "69689-8", "69736-7")
@@ -62,7 +65,10 @@ SCORE_UNIT = "{score}"
 
 
 def _pro_metrics() -> list[Metric]:
-    out = [Metric(f"{key}_total", code, display, SCORE_UNIT, "score", "survey") for key, (code, display) in PRO_TOTALS.items()]
+    out = [
+        Metric(f"{key}_total", code, display, SCORE_UNIT, "score", "survey")
+        for key, (code, display) in PRO_TOTALS.items()
+    ]
     for key, name, items in (("phq9", "PHQ-9", PHQ9_ITEMS), ("gad7", "GAD-7", GAD7_ITEMS)):
         total = PRO_TOTALS[key][0]
         out += [Metric(f"{key}_item{n}", code, f"{name} item {n}", SCORE_UNIT, "score", "survey", total)
@@ -72,7 +78,8 @@ def _pro_metrics() -> list[Metric]:
 
 METRICS.update({m.alias: m for m in _pro_metrics()})
 
-# Other LOINC codes that carry the same quantity as a metric (clinical.md §1.2): SpO2 by pulse
+# Other LOINC codes that carry the same quantity as a metric (FHIR R4 Vital Signs profile,
+# https://hl7.org/fhir/R4/observation-vitalsigns.html): SpO2 by pulse
 # oximetry, and glucose by specimen/method (mass and molar; the unit, not the code, decides the scale).
 ALTERNATE_CODES: dict[str, str] = {
     "59408-5": "spo2",
@@ -82,7 +89,7 @@ ALTERNATE_CODES: dict[str, str] = {
 BP_PANEL = ("85354-9", "Blood pressure panel with all children optional")
 SPO2_PULSE_OX = ("59408-5", "Oxygen saturation in Arterial blood by Pulse oximetry")
 
-# LOINC codes of the R4 Vital Signs value set that Vigil writes (clinical.md §1.1-1.2).
+# LOINC codes of the R4 Vital Signs value set that Vigil writes (FHIR R4 Vital Signs profile, https://hl7.org/fhir/R4/observation-vitalsigns.html).
 VITAL_SIGN_CODES = frozenset(
     {"85353-1", "85354-9", "8480-6", "8462-4", "8867-4", "9279-1", "2708-6", "59408-5", "8310-5",
      "29463-7", "8302-2", "39156-5"}
@@ -91,8 +98,9 @@ VITAL_SIGN_CODES = frozenset(
 METRIC_BY_LOINC: dict[str, Metric] = {m.loinc: m for m in METRICS.values()}
 
 # Canonical UCUM unit per LOINC code, for codes ingest may see beyond the rule metrics above
-# (clinical.md §1.2; HealthKit/Google Fit codes in medtech.md §3). Glucose: the code decides
-# mass (mg/dL) or molar (mmol/L); never read one as the other (clinical.md §1.2 gotchas).
+# (FHIR R4 Vital Signs profile, https://hl7.org/fhir/R4/observation-vitalsigns.html; HealthKit/Google Fit codes in
+# docs/templates.md). Glucose: the code decides
+# mass (mg/dL) or molar (mmol/L); never read one as the other.
 CANONICAL_UNIT_BY_LOINC: dict[str, str] = {
     **{m.loinc: m.unit for m in METRICS.values()},
     "59408-5": "%",  # SpO2 by pulse oximetry

@@ -28,6 +28,7 @@ class WrittenNumber(float):
     """A JSON number with a fraction or an exponent, and the token it was written as (`text`)."""
 
     __slots__ = ("text",)
+    text: str
 
     def __new__(cls, text: str) -> WrittenNumber:
         self = super().__new__(cls, text)

@@ -177,16 +177,16 @@ class TaggedConnection(sqlite3.Connection):
 
     vigil_path: str = "?"
 
-    def cursor(self, factory: Any = _Cursor) -> Any:  # type: ignore[override]
+    def cursor(self, factory: Any = _Cursor) -> Any:
         return super().cursor(factory)
 
-    def execute(self, sql: str, parameters: Any = (), /) -> Any:  # type: ignore[override]
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
         return self.cursor().execute(sql, parameters)
 
-    def executemany(self, sql: str, parameters: Any, /) -> Any:  # type: ignore[override]
+    def executemany(self, sql: str, parameters: Any, /) -> Any:
         return self.cursor().executemany(sql, parameters)
 
-    def executescript(self, script: str, /) -> Any:  # type: ignore[override]
+    def executescript(self, script: str, /) -> Any:
         try:
             return super().executescript(script)
         except sqlite3.Error as exc:
@@ -216,8 +216,8 @@ def connect(path: str | Path, *, tag_errors: bool = True, **kwargs: Any) -> sqli
     except sqlite3.Error as exc:
         tag_error(exc, text)
         raise
-    if tag_errors:
-        conn.vigil_path = text  # type: ignore[attr-defined]
+    if isinstance(conn, TaggedConnection):
+        conn.vigil_path = text
     return conn
 
 

@@ -1,6 +1,6 @@
 """UCUM unit conversion to the canonical unit of each metric.
 
-Factors: ../shared/reference/clinical.md §1.3. `[degF]`/`Cel` carry an offset, so they are not a
+Factors: UCUM, https://ucum.org, and NIST SP 811. `[degF]`/`Cel` carry an offset, so they are not a
 plain factor. Glucose mass/molar uses 18.016 (glucose MW 180.16 g/mol / 10), documented there.
 """
 

@@ -82,8 +82,10 @@ class StaffAccounts:
     def verify(self, username: str, password: str) -> StaffAccount | None:
         """The account if the password matches, else None (same work either way)."""
         with self._lock:
-            row = self._db.execute("SELECT username, role, practitioner_id, password_hash FROM staff WHERE username = ?",
-                                   (username.strip().lower(),)).fetchone()
+            row = self._db.execute(
+                "SELECT username, role, practitioner_id, password_hash FROM staff WHERE username = ?",
+                (username.strip().lower(),),
+            ).fetchone()
         stored = row[3] if row else _DUMMY_HASH
         try:
             _hasher.verify(stored, password)

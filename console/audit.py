@@ -17,7 +17,7 @@ ACTIONS = {"view": "R", "create": "C", "update": "U", "execute": "E"}
 def audit(store: FhirStore, clock: Clock, *, actor: str, action: str, kind: str, entities: list[str],
           detail: str = "", outcome: str = "0") -> dict[str, Any]:
     """Record that `actor` did `action` (a console action code, e.g. `view-patient`) on `entities`."""
-    event = {
+    event: dict[str, Any] = {
         "resourceType": "AuditEvent",
         "id": uuid.uuid4().hex,
         "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",

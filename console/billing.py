@@ -143,7 +143,9 @@ def patient_billing(store: FhirStore, patient: dict[str, Any], month: str, now: 
     management = management_codes(minutes, interactive)
     setup_code = "99453" if first <= setup <= last else None
     codes = ([setup_code] if setup_code else []) + [p.code for p in periods if p.code and p.complete] + management
-    name = " ".join([*((patient.get("name") or [{}])[0].get("given") or []), (patient.get("name") or [{}])[0].get("family", "")]).strip()
+    name = " ".join(
+        [*((patient.get("name") or [{}])[0].get("given") or []), (patient.get("name") or [{}])[0].get("family", "")]
+    ).strip()
     return PatientBilling(patient["id"], name, setup, setup_code, periods, minutes, interactive, management, codes)
 
 
@@ -154,7 +156,11 @@ def _reading_days(store: FhirStore, patient_ref: str, tz: Any, first: date, last
     for obs in search_all(store, "Observation", {"subject": patient_ref, "date": [f"ge{iso(lo)}", f"lt{iso(hi)}"]}):
         if not (obs.get("device") or {}).get("reference"):
             continue  # manual entries do not count toward device supply (clinical.md §3.2)
-        when = obs.get("effectiveDateTime") or (obs.get("effectivePeriod") or {}).get("start") or obs.get("effectiveInstant")
+        when = (
+            obs.get("effectiveDateTime")
+            or (obs.get("effectivePeriod") or {}).get("start")
+            or obs.get("effectiveInstant")
+        )
         if when:
             times.append(parse_instant(when))
     return days_with_readings(times, tz, first=first, last=last)

@@ -193,7 +193,9 @@ def _enroll(args: argparse.Namespace, settings: Settings) -> int:
 def _devices_register(args: argparse.Namespace, settings: Settings) -> int:
     from console.enrollment import register_device
 
-    return _run(settings, lambda s: f"Device/{register_device(s.store, args.patient, args.identifier, args.kind)['id']}")
+    return _run(
+        settings, lambda s: f"Device/{register_device(s.store, args.patient, args.identifier, args.kind)['id']}"
+    )
 
 
 def _goals_set(args: argparse.Namespace, settings: Settings) -> int:

@@ -101,9 +101,18 @@ def check_thresholds(services: Services, *, max_pending_age_s: float = MAX_PENDI
         return []
     now = services.clock.now()
     channel = "outbox" if "outbox" in services.channels else next(iter(services.channels))
-    deliver(services.store, services.channels, MessageRequest(
-        key=f"operations|{now:%Y-%m-%dT%H}", channel=channel, to=services.settings.staff_address,
-        body=f"{services.settings.org_name}: Vigil pipeline needs attention: {'; '.join(problems)}. "
-             "See /console/operations.", category="notification", tags={"recipient": "operations"}),
-        services.clock)
+    deliver(
+        services.store,
+        services.channels,
+        MessageRequest(
+            key=f"operations|{now:%Y-%m-%dT%H}",
+            channel=channel,
+            to=services.settings.staff_address,
+            body=f"{services.settings.org_name}: Vigil pipeline needs attention: {'; '.join(problems)}. "
+            "See /console/operations.",
+            category="notification",
+            tags={"recipient": "operations", "template": "operations_notice"},
+        ),
+        services.clock,
+    )
     return problems

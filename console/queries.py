@@ -71,7 +71,9 @@ class InboxRow:
 def task_state(task: dict[str, Any] | None) -> str:
     if task is None:
         return "open"
-    return {"accepted": "acknowledged", "completed": "resolved", "cancelled": "resolved"}.get(task.get("status", ""), "open")
+    return {"accepted": "acknowledged", "completed": "resolved", "cancelled": "resolved"}.get(
+        task.get("status", ""), "open"
+    )
 
 
 def inbox(store: FhirStore, rulesets: list[Ruleset], *, program: str = "", severity: str = "", status: str = "",
@@ -133,7 +135,9 @@ def observation_values(obs: dict[str, Any]) -> dict[str, float]:
 
 
 def effective(obs: dict[str, Any]) -> datetime | None:
-    when = obs.get("effectiveDateTime") or (obs.get("effectivePeriod") or {}).get("start") or obs.get("effectiveInstant")
+    when = (
+        obs.get("effectiveDateTime") or (obs.get("effectivePeriod") or {}).get("start") or obs.get("effectiveInstant")
+    )
     return parse_instant(when) if when else None
 
 
@@ -165,7 +169,11 @@ def alert_detail(store: FhirStore, issue_id: str) -> AlertDetail | None:
         seen = None
         for entry in reversed(store.history("Task", issue_id).get("entry", [])):
             v = entry.get("resource") or {}
-            state = (v.get("status"), (v.get("businessStatus") or {}).get("text"), (v.get("owner") or {}).get("reference"))
+            state = (
+                v.get("status"),
+                (v.get("businessStatus") or {}).get("text"),
+                (v.get("owner") or {}).get("reference"),
+            )
             if state == seen:
                 continue
             seen = state
@@ -180,11 +188,16 @@ def alert_detail(store: FhirStore, issue_id: str) -> AlertDetail | None:
     for c in search_all(store, "Communication", {"subject": (issue.get("patient") or {}).get("reference", "")}):
         if not any(a.get("reference") == f"DetectedIssue/{issue_id}" for a in c.get("about") or []):
             continue
-        messages.append({"sent": c.get("sent", ""), "status": c.get("status", ""),
-                         "channel": next((x.get("code", "") for m in c.get("medium") or [] for x in m.get("coding") or []), ""),
-                         "to": ", ".join(r.get("reference", "") for r in c.get("recipient") or []),
-                         "reason": (c.get("statusReason") or {}).get("text", "") or next(
-                             (x.get("code", "") for x in (c.get("statusReason") or {}).get("coding") or []), "")})
+        messages.append(
+            {
+                "sent": c.get("sent", ""),
+                "status": c.get("status", ""),
+                "channel": next((x.get("code", "") for m in c.get("medium") or [] for x in m.get("coding") or []), ""),
+                "to": ", ".join(r.get("reference", "") for r in c.get("recipient") or []),
+                "reason": (c.get("statusReason") or {}).get("text", "")
+                or next((x.get("code", "") for x in (c.get("statusReason") or {}).get("coding") or []), ""),
+            }
+        )
     messages.sort(key=lambda x: x["sent"])
     return AlertDetail(issue, task, patient, readings, timeline, messages)
 

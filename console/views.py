@@ -77,10 +77,22 @@ class Console:
         add = r.add
         add(f"{self.web.prefix}/login", self.login, methods=("GET", "POST"), auth="anonymous", name="console-login")
         add(f"{self.web.prefix}/static/{{name}}", self.static, auth="anonymous", name="console-static")
-        add(f"{self.web.prefix}/logout", w.page(self.logout), methods=("POST",), auth="anonymous", name="console-logout")
+        add(
+            f"{self.web.prefix}/logout", w.page(self.logout), methods=("POST",), auth="anonymous", name="console-logout"
+        )
         add(f"{self.web.prefix}/alerts/ack", w.page(self.ack, roles=CLINICAL), methods=("POST",), auth="anonymous")
-        add(f"{self.web.prefix}/alerts/{{id}}/assign", w.page(self.assign, roles=CLINICAL), methods=("POST",), auth="anonymous")
-        add(f"{self.web.prefix}/alerts/{{id}}/resolve", w.page(self.resolve, roles=CLINICAL), methods=("POST",), auth="anonymous")
+        add(
+            f"{self.web.prefix}/alerts/{{id}}/assign",
+            w.page(self.assign, roles=CLINICAL),
+            methods=("POST",),
+            auth="anonymous",
+        )
+        add(
+            f"{self.web.prefix}/alerts/{{id}}/resolve",
+            w.page(self.resolve, roles=CLINICAL),
+            methods=("POST",),
+            auth="anonymous",
+        )
         add(f"{self.web.prefix}/alerts/{{id}}", w.page(self.alert), auth="anonymous", name="console-alert")
         add(f"{self.web.prefix}/inbox.json", w.page(self.inbox_json), auth="anonymous")
         add(f"{self.web.prefix}/patients/{{id}}", w.page(self.patient), auth="anonymous", name="console-patient")
@@ -90,7 +102,12 @@ class Console:
         add(f"{self.web.prefix}/snooze", w.page(self.snooze, roles=CLINICAL), methods=("POST",), auth="anonymous")
         add(f"{self.web.prefix}/time", w.page(self.log_time, roles=CLINICAL), methods=("POST",), auth="anonymous")
         add(f"{self.web.prefix}/enroll", w.page(self.enroll_page, roles=ENROLLERS), auth="anonymous")
-        add(f"{self.web.prefix}/enroll/{{step}}", w.page(self.enroll_step, roles=ENROLLERS), methods=("POST",), auth="anonymous")
+        add(
+            f"{self.web.prefix}/enroll/{{step}}",
+            w.page(self.enroll_step, roles=ENROLLERS),
+            methods=("POST",),
+            auth="anonymous",
+        )
         add(f"{self.web.prefix}/operations.json", w.page(self.operations_json), auth="anonymous")
         add(f"{self.web.prefix}/operations", w.page(self.operations), auth="anonymous")
         add("/api/operations", lambda request: self._health_json(), auth="key", name="operations")
@@ -150,7 +167,9 @@ class Console:
         rows = self._rows(ctx)
         body = {"count": len(rows), "alerts": [{"id": r.issue_id, "severity": r.severity, "status": r.status,
                                                  "priority": r.priority} for r in rows]}
-        return Response(200, {"Content-Type": "application/json", "Cache-Control": "no-store"}, json.dumps(body).encode())
+        return Response(
+            200, {"Content-Type": "application/json", "Cache-Control": "no-store"}, json.dumps(body).encode()
+        )
 
     def ack(self, ctx: Ctx) -> Response:
         ids = [i for i in ctx.form.get("task", []) if re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", i)]
@@ -219,7 +238,9 @@ class Console:
         now = self.s.clock.now()
         start = now - timedelta(days=days)
         plans = search_all(self.store, "CarePlan", {"subject": ref})
-        programs = {c.rsplit(":", 1)[-1] for p in plans if careplan_active(p, now) for c in p.get("instantiatesCanonical") or []}
+        programs = {
+            c.rsplit(":", 1)[-1] for p in plans if careplan_active(p, now) for c in p.get("instantiatesCanonical") or []
+        }
         goals = search_all(self.store, "Goal", {"subject": ref})
         obs = search_all(self.store, "Observation", {"subject": ref, "date": f"ge{start.isoformat()}"})
         series: dict[str, list[tuple[Any, float]]] = {}
@@ -229,8 +250,8 @@ class Console:
                 if when is not None:
                     series.setdefault(metric, []).append((when, value))
         issues = search_all(self.store, "DetectedIssue", {"patient": ref})
-        alert_times = [parse_instant((i.get("identifiedPeriod") or {}).get("start")) for i in issues
-                       if (i.get("identifiedPeriod") or {}).get("start")]
+        starts = [(i.get("identifiedPeriod") or {}).get("start") for i in issues]
+        alert_times = [parse_instant(str(start)) for start in starts if start]
         charts = []
         for metric in sorted(series, key=lambda m: CHART_METRICS.index(m) if m in CHART_METRICS else 99):
             pts = sorted(series[metric])
@@ -285,9 +306,16 @@ class Console:
         pid = ctx.field("patient")
         try:
             minutes = int(ctx.field("minutes", "0"))
-            enc = billing.log_time(self.store, self.s.clock, patient_id=enrollment._check_id(pid, "patient"),
-                                   actor=ctx.staff.actor, minutes=minutes, interactive=ctx.field("interactive") == "yes",
-                                   note=ctx.field("note"), alert=ctx.field("alert") or None)
+            enc = billing.log_time(
+                self.store,
+                self.s.clock,
+                patient_id=enrollment._check_id(pid, "patient"),
+                actor=ctx.staff.actor,
+                minutes=minutes,
+                interactive=ctx.field("interactive") == "yes",
+                note=ctx.field("note"),
+                alert=ctx.field("alert") or None,
+            )
         except ValueError as exc:
             return self.web.text(400, str(exc))
         self._audit(ctx, "log-time", "create", [f"Patient/{pid}", f"Encounter/{enc.get('id')}"])

@@ -137,7 +137,11 @@ class Web:
             return None
         claims = {c.get("typ"): c.get("val") for c in principal.get("claims") or [] if isinstance(c, dict)}
         role_typ = principal.get("role_typ", "roles")
-        roles = [c.get("val") for c in principal.get("claims") or [] if isinstance(c, dict) and c.get("typ") in (role_typ, "roles")]
+        roles = [
+            c.get("val")
+            for c in principal.get("claims") or []
+            if isinstance(c, dict) and c.get("typ") in (role_typ, "roles")
+        ]
         role = next((r for r in roles if r in ROLES), None)
         oid = request.headers.get("x-ms-client-principal-id") or claims.get(
             "http://schemas.microsoft.com/identity/claims/objectidentifier", "")

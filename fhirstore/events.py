@@ -1,4 +1,4 @@
-"""FHIR resource events in the Azure Health Data Services schema (../shared/reference/medtech.md §2).
+"""FHIR resource events in the Azure Health Data Services schema (https://learn.microsoft.com/azure/healthcare-apis/events/events-message-structure).
 
 The embedded store emits these in the Event Grid envelope; consumers accept Event Grid and
 CloudEvents envelopes and both generations of data field names.

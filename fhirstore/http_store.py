@@ -130,7 +130,7 @@ class HttpFhirStore:
             interaction="create",
             idempotent=if_none_exist is not None,
         )
-        outcome = "exists" if response.status_code == 200 else "created"
+        outcome: WriteOutcome = "exists" if response.status_code == 200 else "created"
         return self._write_result(outcome, response, resource_type, "create")
 
     def update(self, resource: Resource, *, if_match: str | None = None) -> WriteResult:
@@ -317,8 +317,8 @@ class HttpFhirStore:
             retryable = status == 429 or (status in _RETRY_STATUSES and idempotent)
             if not retryable or attempt >= self._max_retries:
                 raise self._http_error(response, interaction, label, token)
-            delay = self._retry_after(response) if status in (429, 503) else None
-            delay = self._backoff(attempt) if delay is None else delay
+            hinted = self._retry_after(response) if status in (429, 503) else None
+            delay = self._backoff(attempt) if hinted is None else hinted
             logger.warning(
                 "FHIR %s %s: HTTP %d, retry %d/%d in %.2fs",
                 interaction,

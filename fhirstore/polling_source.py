@@ -10,9 +10,10 @@ and delivers one event per current version found. Only the current version of a 
 two updates between pulls arrive as one event for the later version, which is what the rules act
 on. The cursor is the newest `lastUpdated` delivered plus the versions delivered at exactly that
 instant (a `ge` search returns them again); it is saved in the FHIR store itself, one `Basic`
-resource per source and type, after every page (and when a delivery fails), so any Functions instance (the timer runs on one at
-a time) resumes where the last stopped. An event whose delivery raised is not passed: the next pull
-starts again from the last saved cursor, and handlers are idempotent.
+resource per source and type, after every page (and when a delivery fails), so any Functions
+instance (the timer runs on one at a time) resumes where the last stopped. An event whose
+delivery raised is not passed: the next pull starts again from the last saved cursor, and handlers
+are idempotent.
 
 `lag` keeps the search a little behind the clock: a write whose transaction commits after a pull
 saw later `lastUpdated` values would otherwise be skipped. A cursor starts at the first pull (what

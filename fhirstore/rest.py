@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from common import jsonnum
 from fhirstore.errors import FhirError, InvalidResource, operation_outcome
-from fhirstore.port import FhirStore, Resource, WriteResult
+from fhirstore.port import FhirStore, Resource, WriteOutcome, WriteResult
 from fhirstore.search_params import REGISTRY, params_for
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,9 @@ class _Request:
         if len(seg) == 1:
             return self.type_level()
         if len(seg) == 2 and seg[1] == "_search":
-            return self.search(self.params + self._form()) if method in ("POST", "GET") else _not_allowed(method, "POST")
+            return (
+                self.search(self.params + self._form()) if method in ("POST", "GET") else _not_allowed(method, "POST")
+            )
         if len(seg) == 2:
             return self.instance()
         if len(seg) in (3, 4) and seg[2] == "_history":
@@ -227,7 +229,7 @@ class _Request:
             return RestResponse(status)
         resource = entry["resource"]
         meta = resource.get("meta", {})
-        outcome = "created" if status == 201 else "updated"
+        outcome: WriteOutcome = "created" if status == 201 else "updated"
         return self._written(WriteResult(outcome, resource, resource["resourceType"], resource["id"],
                                          meta.get("versionId")))
 
@@ -268,7 +270,9 @@ def parse_json_body(body: bytes) -> Any:
 # Bundle of contained resources stay well under this); anything deeper is refused before the
 # store, its indexes or a validator recurse into it.
 MAX_JSON_DEPTH = 100
-_MAX_DIGITS = 4300  # CPython's default int_max_str_digits (docs.python.org, "Integer string conversion length limitation")
+_MAX_DIGITS = (
+    4300  # CPython's default int_max_str_digits (docs.python.org, "Integer string conversion length limitation")
+)
 
 
 class _BadJson(InvalidResource):
@@ -390,7 +394,7 @@ def _encode(pairs: list[tuple[str, str]]) -> str:
 
 
 def _flatten(params: Mapping[str, Any]) -> list[tuple[str, str]]:
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     for key, value in params.items():
         pairs.extend((key, v) for v in ([value] if isinstance(value, str) else value))
     return pairs

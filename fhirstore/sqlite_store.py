@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl
 
 from common import jsonnum  # decimals as written: 22.40 stays 22.40
 from common.clock import Clock, SystemClock, iso, parse_instant
+from common.sqlite_schema import Schema, SchemaError, migrate
 from common.storage import connect as private_sqlite
 from common.storage import tag_error
 from fhirstore.errors import (
@@ -57,7 +58,6 @@ from fhirstore.search_params import (
 )
 
 DEFAULT_TOPIC = "/subscriptions/local/resourceGroups/local/providers/Microsoft.HealthcareApis/workspaces/vigil"
-SCHEMA_VERSION = 1
 DEFAULT_COUNT = 100
 MAX_COUNT = 1000
 
@@ -106,6 +106,10 @@ CREATE TABLE IF NOT EXISTS outbox (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, vkey INTEGER NOT NULL, action TEXT NOT NULL
 );
 """
+# Step i takes a file from version i to i + 1 (common/sqlite_schema.py); a table change is a new step.
+FHIR_SCHEMA = Schema("FHIR store", [_SCHEMA])
+SCHEMA_VERSION = FHIR_SCHEMA.version
+
 
 _TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
@@ -249,17 +253,11 @@ class SqliteFhirStore:
     def _init_schema(self) -> None:
         try:
             self._db().execute("PRAGMA journal_mode = WAL")
-            with self._write_tx() as tx:
-                version = tx.db.execute("PRAGMA user_version").fetchone()[0]
-                if version not in (0, SCHEMA_VERSION):
-                    raise ServerError(f"the FHIR store at {self._path} has schema version {version}; "
-                                      f"this Vigil reads version {SCHEMA_VERSION}")
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        tx.db.execute(statement)
-                tx.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            migrate(self._db(), FHIR_SCHEMA, self._path)
             self._ensure_types(REGISTRY)
             self._spans.update(self._db().execute("SELECT pid, span FROM spans"))
+        except SchemaError as exc:
+            raise ServerError(str(exc)) from exc
         except sqlite3.Error as exc:
             tag_error(exc, self._path)
             raise ServerError(f"cannot open the FHIR store at {self._path}: {exc}") from exc

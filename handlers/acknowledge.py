@@ -144,7 +144,7 @@ def _version_acknowledged(m: Messaging, task: dict[str, Any]) -> dict[str, Any]:
     the chain had run out). Falls back to the accepted Task when history does not reach that far."""
     for entry in m.store.history("Task", task["id"]).get("entry", []):  # newest first
         version = entry.get("resource")
-        if version is not None and version.get("status") != "accepted":
+        if isinstance(version, dict) and version.get("status") != "accepted":
             return version
     return task
 
@@ -186,7 +186,7 @@ def _add_mitigation(m: Messaging, focus: str, entry: dict[str, Any]) -> None:
 
 
 def _focus(task: dict[str, Any]) -> str:
-    return (task.get("focus") or {}).get("reference", "")
+    return str((task.get("focus") or {}).get("reference", ""))
 
 
 # -- by link -------------------------------------------------------------------------------------

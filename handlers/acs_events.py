@@ -28,6 +28,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from common.clock import Clock, parse_instant
@@ -40,6 +41,7 @@ from ingest.deadletter import DeadLetterSink
 from ingest.poison import payload_bytes
 from notifications.ack_lockout import COUNTED_REASONS, AckSenderLimit, SenderState
 from notifications.channels.base import Channel
+from notifications.channels.ledger import SendLedger
 from notifications.consent import (
     OPT_OUT_KEYWORDS_ES,
     InboundOutcome,
@@ -122,7 +124,7 @@ class AcsEventDeps:
     # says which reply the sender gets. May raise to have the event retried.
     ack_replies: Callable[[AckReply], CodeAckResult]
     sms_channel: str = "sms"  # the channel replies go out on (and whose ledger delivery reports resolve)
-    ledger: Any = None  # the SMS send ledger, so a "Delivered" report can settle an in-doubt send
+    ledger: SendLedger | None = None  # the SMS send ledger, so a "Delivered" report can settle an in-doubt send
     defaults: PreferenceDefaults = field(default_factory=PreferenceDefaults)
     topic: str = "eg:on_acs_event"  # where a dead letter is replayed to
     # The per-number limit on wrong `ACK` codes (notifications.ack_lockout); None: no limit (tests).
@@ -317,7 +319,7 @@ def _delivery_report(event: AcsEvent, deps: AcsEventDeps) -> AcsOutcome:
         status = _text(data, "status", event.event_type)
         kind = "email"
     report = apply_delivery_report(deps.store, {"eventType": event.event_type, "data": data}, ledger=deps.ledger,
-                                   sms_channel_name=deps.sms_channel)
+                                   sms_channel_name=deps.sms_channel, clock=deps.clock)
     if report.communication_id is None:
         return AcsOutcome("unknown-message")
     published: tuple[str, ...] = ()
@@ -413,7 +415,7 @@ def _alert_no_longer_open(deps: AcsEventDeps, nxt: MessageRequest) -> Withhold |
         if kind == "Task":
             tasks = [deps.store.read("Task", rid)]
         elif kind == "DetectedIssue":
-            tasks = search_all(deps.store, "Task", {"focus": nxt.about_ref})
+            tasks = search_all(deps.store, "Task", {"focus": nxt.about_ref or ""})
         else:
             return None
     except ResourceGone:
@@ -448,13 +450,13 @@ def _publish_if_failed(deps: AcsEventDeps, outcome: DeliveryOutcome) -> tuple[st
 def _publish_failed(deps: AcsEventDeps, comm: dict[str, Any], channel: str, reason: str) -> tuple[str, ...]:
     about = [a.get("reference") for a in comm.get("about", []) if a.get("reference")]
     patient = (comm.get("subject") or {}).get("reference")
-    fields = {"communication": f"Communication/{comm['id']}", "channel": _code(channel), "reason_code": _code(reason),
-              "at": deps.clock.now()}
+    core = partial(message_failed, communication=f"Communication/{comm['id']}", channel=_code(channel),
+                   reason_code=_code(reason), at=deps.clock.now())
     try:
-        event = message_failed(**fields, patient=patient if str(patient).startswith("Patient/") else None,
-                               about=about[0] if about else None)
+        event = core(patient=patient if str(patient).startswith("Patient/") else None,
+                     about=about[0] if about else None)
     except WorkflowEventError:
-        event = message_failed(**fields)  # a reference of an unexpected shape: keep the core facts
+        event = core()  # a reference of an unexpected shape: keep the core facts
     # Raised on failure: this event is the only trace a subscriber gets, so the inbound-SMS paths
     # have the host retry it (the id is derived from the message, so subscribers de-duplicate a
     # second copy). A delivery report does not wait for it (`_publish_best_effort`).
@@ -478,7 +480,7 @@ def _text(data: dict[str, Any], name: str, event_type: str) -> str:
 
 
 def _sender(raw: str, default_region: str, event_type: str) -> str:
-    """ACS sends numbers in international form, with or without the '+' (platform-notes §5)."""
+    """ACS sends numbers in international form, with or without the '+' (https://learn.microsoft.com/azure/event-grid/communication-services-sms-events)."""
     try:
         return normalize_e164(raw, default_region=default_region)
     except InvalidPhoneNumber:

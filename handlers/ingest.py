@@ -39,7 +39,7 @@ from ingest.reading_time import DEFAULT_MAX_FUTURE_SKEW, check_reading_times
 from ingest.report import DEAD_LETTERED, SUPERSEDED, WRITTEN, IngestReport, notify, reports_to
 from ingest.templates import group_measurements
 from ingest.templates.errors import INVALID_JSON, MappingFailure, MessageError
-from ingest.templates.fhir import ObservationChange
+from ingest.templates.fhir_model import ObservationChange
 from ingest.templates.grouping import MeasurementGroup
 from ingest.templates.measurement import Measurement
 from ingest.templates.reload import TemplatePair
@@ -210,7 +210,7 @@ class _Batch:
         were merged into a change makes the pass start again without it."""
         while True:
             plan = _Plan(messages=[i for i in todo if not self.dead(i)], store=self.deps.store)
-            by_key: dict[tuple, list[Measurement]] = {}
+            by_key: dict[tuple[Any, ...], list[Measurement]] = {}
             for i in plan.messages:  # batch order: among same-time readings the later message wins
                 for m in self.readings[i]:
                     by_key.setdefault(_key(m), []).append(m)

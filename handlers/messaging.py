@@ -291,7 +291,7 @@ def _render(m: Messaging, template: str, channel: str, locale: str, context: dic
 
 
 def _focus(task: dict[str, Any]) -> str:
-    return (task.get("focus") or {}).get("reference", "")
+    return str((task.get("focus") or {}).get("reference", ""))
 
 
 def _severity(task: dict[str, Any]) -> str:

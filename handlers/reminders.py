@@ -1,4 +1,4 @@
-"""Patient reminders (issue 5 item 8): "take your reading", "your questionnaire is due".
+"""Patient reminders: "take your reading", "your questionnaire is due".
 
 The reminder sweep (a timer, every 10 minutes) walks the patients enrolled by an active CarePlan
 and, for each reminder of their programs (`notifications/reminders.yaml`) whose time has come in
@@ -6,7 +6,7 @@ the patient's own time zone today:
 - skips it when already done: a reading of the metric in the patient's local day, or a response
   to the questionnaire within its period;
 - skips it when the patient's reminder caps are reached (per local day and per rolling 7 local
-  days; TCPA healthcare exemption, reference/clinical.md §6.2), counting every reminder
+  days; TCPA healthcare-message exemption, FCC 15-72), counting every reminder
   Communication the patient got, from any program, on any channel;
 - defers it while the patient is in quiet hours (the next sweep after they end sends it);
 - otherwise sends it on the patient's preferred channel with the others as fallbacks, in their
@@ -52,7 +52,7 @@ MESSAGE_CATEGORY_SYSTEM = vigil_system("message-category")
 # Statuses of a reading or response that count as done (not entered-in-error, not cancelled).
 DONE_OBSERVATION = "final,amended,corrected,preliminary"
 DONE_RESPONSE = ("completed", "amended")
-# TCPA healthcare exemption: <=1 message a day and <=3 a week per provider (clinical.md §6.2).
+# TCPA healthcare-message exemption (FCC 15-72): <=1 message a day and <=3 a week per provider.
 TCPA_DAILY_CAP = 1
 TCPA_WEEKLY_CAP = 3
 PROGRAM_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")  # as rules.model names programs

@@ -195,7 +195,7 @@ def escalation_candidates(store: FhirStore, now: datetime) -> list[dict[str, Any
         # A FHIR server without Vigil's `escalation-due` SearchParameter, in strict handling mode.
         log.warning("the FHIR store rejected the escalation-due search; sweeping every open Task")
         return search_all(store, "Task", _OPEN)
-    seen: set[str] = set()
+    seen: set[str | None] = set()
     out = []
     for task in (*due, *unscheduled):
         if task.get("id") not in seen:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from common.sqlite_schema import Schema, migrate
 from common.storage import connect as private_sqlite
 from ingest.poison import storable_text
 
@@ -75,30 +76,38 @@ def storable_payload(payload: bytes | str) -> tuple[bytes, bool]:
         return payload.encode("utf-8", "backslashreplace"), True
 
 
+def _first_schema(conn: sqlite3.Connection) -> None:
+    """Version 1: the file of the first release. Unversioned files have the table, some (written
+    before retention existed) without `purged_at`."""
+    conn.execute(
+        """CREATE TABLE IF NOT EXISTS dead_letters (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            topic TEXT NOT NULL, source TEXT NOT NULL,
+            reason TEXT NOT NULL, detail TEXT NOT NULL,
+            payload BLOB NOT NULL, properties TEXT NOT NULL,
+            created_at REAL NOT NULL, replayed_at REAL, payload_sha TEXT)"""
+    )
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(dead_letters)")}
+    if "purged_at" not in columns:
+        conn.execute("ALTER TABLE dead_letters ADD COLUMN purged_at REAL")
+    # The same input failing the same way again (a re-delivery, a second demo run) is one
+    # dead letter, not two; once replayed, a new failure is recorded afresh.
+    conn.execute(
+        "CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_once ON dead_letters (topic, reason, payload_sha)"
+        " WHERE replayed_at IS NULL"
+    )
+
+
+DEAD_LETTER_SCHEMA = Schema("dead-letter", [_first_schema])
+
+
 class SqliteDeadLetterStore:
     """Dead letters in a SQLite file (the embedded default)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._local = threading.local()
-        with self._tx() as conn:
-            conn.execute(
-                """CREATE TABLE IF NOT EXISTS dead_letters (
-                    id INTEGER PRIMARY KEY AUTOINCREMENT,
-                    topic TEXT NOT NULL, source TEXT NOT NULL,
-                    reason TEXT NOT NULL, detail TEXT NOT NULL,
-                    payload BLOB NOT NULL, properties TEXT NOT NULL,
-                    created_at REAL NOT NULL, replayed_at REAL, payload_sha TEXT)"""
-            )
-            # The same input failing the same way again (a re-delivery, a second demo run) is one
-            # dead letter, not two; once replayed, a new failure is recorded afresh.
-            columns = {r[1] for r in conn.execute("PRAGMA table_info(dead_letters)")}
-            if "purged_at" not in columns:  # files made before retention existed
-                conn.execute("ALTER TABLE dead_letters ADD COLUMN purged_at REAL")
-            conn.execute(
-                "CREATE UNIQUE INDEX IF NOT EXISTS dead_letters_once ON dead_letters (topic, reason, payload_sha)"
-                " WHERE replayed_at IS NULL"
-            )
+        migrate(self._conn(), DEAD_LETTER_SCHEMA, self.path)
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -224,7 +233,7 @@ class SqliteDeadLetterStore:
             self._local.conn = None
 
     @staticmethod
-    def _row(r: tuple) -> DeadLetter:
+    def _row(r: tuple[Any, ...]) -> DeadLetter:
         return DeadLetter(
             id=r[0], topic=r[1], source=r[2], reason=r[3], detail=r[4], payload=bytes(r[5]),
             properties=json.loads(r[6]), created_at=r[7], replayed_at=r[8],

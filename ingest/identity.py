@@ -1,7 +1,7 @@
 """Resolve a measurement group's device / patient / encounter identifiers to FHIR resource ids.
 
 Modes, named as in MedTech (`ResourceIdentity:ResourceIdentityServiceType`,
-../shared/reference/medtech.md §1.4):
+https://github.com/microsoft/iomt-fhir/tree/main/docs):
 
 * `Lookup` (default): find the Device by identifier; the patient is `Device.patient`.
 * `Create`: like Lookup, but a missing Patient / Device is created as a shell with a deterministic
@@ -123,13 +123,13 @@ class IdentityResolver:
         encounter = self._find_one("Encounter", encounter_identifier, None)
         if encounter is None:
             raise MappingFailure(UNKNOWN_ENCOUNTER, "no Encounter has the message's encounter identifier")
-        return encounter["id"]
+        return str(encounter["id"])
 
     def _find_one(self, resource_type: str, value: str, system: str | None) -> dict[str, Any] | None:
         token = f"{_escape(system)}|{_escape(value)}" if system else _escape(value)
         found = self.store.search(resource_type, {"identifier": token}).resources
         # Exact match on the client as well: some servers compare only a prefix of long
-        # identifiers (medtech.md §1.3, "first 128 characters").
+        # identifiers (https://github.com/microsoft/iomt-fhir/tree/main/docs, "first 128 characters").
         exact = [r for r in found if any(_identifier_matches(i, value, system) for i in r.get("identifier", []))]
         if len(exact) > 1:
             raise MappingFailure(

@@ -1,7 +1,7 @@
 """Connection settings for the provider channels, parsed by Vigil rather than by the SDKs.
 
 The ACS SDKs' own `from_connection_string` drops the scheme and always talks https
-(../shared/reference/platform-notes.md §0.3), which makes a loopback test server or an on-premises
+(azure-core's connection-string parser), which makes a loopback test server or an on-premises
 gateway on another scheme unreachable. So Vigil parses `endpoint=...;accesskey=...` itself, keeps
 the scheme, and hands the SDK constructor an endpoint and an `AzureKeyCredential`.
 

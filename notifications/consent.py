@@ -1,6 +1,6 @@
 """SMS consent: inbound keywords (STOP / START / HELP), the durable opt-out record, E.164 numbers.
 
-Keyword sets follow ../shared/reference/clinical.md §6.2: the FCC 24-18 per-se revocation words
+Keyword sets: the FCC 24-18 per-se revocation words
 and the CTIA STOP/HELP practice. An opt-out is written *before* anything else happens (§6.2:
 "writes the opt-out before any further send") and every SMS send checks it
 (`notifications.channels.acs_sms`).
@@ -28,7 +28,7 @@ from fhirstore.port import FhirStore
 
 log = logging.getLogger(__name__)
 
-# clinical.md §6.2: FCC 24-18 per-se revocations + CTIA STOP set + the ones the brief names.
+# FCC 24-18 per-se revocations + CTIA STOP set + the ones the brief names.
 OPT_OUT_KEYWORDS = frozenset(
     {"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "REVOKE", "OPT OUT", "OPTOUT", "OPT-OUT"}
 )
@@ -165,7 +165,7 @@ class SmsConsentRegistry:
     """The durable SMS opt-out record (FHIR `Consent`, one per number).
 
     `is_opted_out` is what the SMS channel asks before every send. No cache: an opt-out must hold
-    from the very next message (clinical.md §6.2 "honor opt-outs immediately").
+    from the very next message (FCC 24-18: honor opt-outs immediately).
     """
 
     def __init__(self, store: FhirStore, clock: Clock, *, default_region: str = "US") -> None:
@@ -216,7 +216,7 @@ class SmsConsentRegistry:
         self.store.update(_consent_resource(e164, provision, keyword, when, patient))
         log.info("consent %s recorded: %s", consent_id(e164), wanted)
         # Opting in a number that never opted out changes nothing for sending (the number is
-        # texted on the consent given with it, clinical.md §6.2 TCPA-HC3), so it asks for no
+        # texted on the consent given with it, the TCPA healthcare-message exemption, FCC 15-72), so it asks for no
         # confirmation; it is still recorded, so an older STOP processed later cannot win.
         return ConsentChange(existing is not None or provision == "deny", wanted)
 

@@ -40,10 +40,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from common.clock import Clock, iso, parse_instant
+from common.clock import Clock, SystemClock, iso, parse_instant
 from common.codes import vigil_system
 from fhirstore.port import FhirStore
 from notifications.channels.base import Channel, OutgoingMessage, SendResult
+from notifications.channels.ledger import SendLedger
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +297,7 @@ def _record(store: FhirStore, request: MessageRequest, clock: Clock) -> dict[str
         "status": "preparation",
         "category": [{"coding": [{"system": vigil_system("message-category"), "code": request.category}]}],
         "medium": [{"coding": [{"system": vigil_system("channel"), "code": request.channel}]}],
-        # The payload is the PHI-minimal text actually sent (clinical.md §5.1).
+        # The payload is the PHI-minimal text actually sent (HIPAA minimum necessary, 45 CFR 164.502(b)).
         "payload": [{"contentString": request.body}],
     }
     if request.patient_ref:
@@ -368,9 +369,9 @@ def _plan_extension(request: MessageRequest) -> dict[str, Any] | None:
     for fb in request.fallbacks:
         fields: list[dict[str, Any]] = [{"url": "channel", "valueCode": fb.channel}]
         # FHIR strings may not be empty: an absent part reads back as "" (to, body) or None.
-        for name, value in (("to", fb.to), ("body", fb.body), ("subject", fb.subject), ("html", fb.html)):
-            if value:
-                fields.append({"url": name, "valueString": value})
+        for part, text in (("to", fb.to), ("body", fb.body), ("subject", fb.subject), ("html", fb.html)):
+            if text:
+                fields.append({"url": part, "valueString": text})
         parts.append({"url": "fallback", "extension": fields})
     return {"url": FALLBACK_PLAN_EXT, "extension": parts}
 
@@ -482,7 +483,7 @@ DELIVERY_STATUS_EXT = vigil_system("delivery-status")
 # message not sent and move on to a fallback; any other status (an intermediate or a new one) is
 # recorded on the Communication and nothing else, so an unknown word never sends a second message.
 # SMS: ACS reports Delivered or Failed; Expired is the carrier's "not delivered within the validity
-# period" (final). Email: the documented values other than Delivered (platform-notes §5).
+# period" (final). Email: the documented values other than Delivered (https://learn.microsoft.com/azure/event-grid/communication-services-sms-events).
 SMS_FAILURE_STATUSES = frozenset({"failed", "expired"})
 EMAIL_FAILURE_STATUSES = frozenset({"failed", "bounced", "suppressed", "quarantined", "filteredspam"})
 
@@ -509,8 +510,8 @@ def is_permanent_failure(event_type: str, status: str) -> bool:
     return status.strip().lower() in known
 
 
-def apply_delivery_report(store: FhirStore, event: dict[str, Any], *, ledger: Any = None,
-                          sms_channel_name: str = "sms") -> DeliveryReport:
+def apply_delivery_report(store: FhirStore, event: dict[str, Any], *, ledger: SendLedger | None = None,
+                          sms_channel_name: str = "sms", clock: Clock | None = None) -> DeliveryReport:
     """Record an ACS delivery report (Event Grid or CloudEvents envelope) on its Communication.
 
     SMS reports carry our message id as `tag`; email reports carry the operation id, which is the
@@ -537,7 +538,9 @@ def apply_delivery_report(store: FhirStore, event: dict[str, Any], *, ledger: An
     delivered = status.strip().lower() == "delivered"
     failed = is_permanent_failure(event_type, status)
     if tag and ledger is not None and delivered:
-        ledger.mark_sent(f"{sms_channel_name}:{tag}", data.get("messageId"), _now_from(data, "receivedTimestamp"))
+        ledger.mark_sent(
+            f"{sms_channel_name}:{tag}", data.get("messageId"), _now_from(data, "receivedTimestamp", clock)
+        )
     found = store.search("Communication", query).resources
     if not found:
         log.info("delivery report for an unknown message (%s)", status or "no status")
@@ -583,10 +586,9 @@ def _status_code(status: str) -> str:
     return "-".join(status.lower().split()) or "unknown"
 
 
-def _now_from(data: dict[str, Any], key: str) -> datetime:
+def _now_from(data: dict[str, Any], key: str, clock: Clock | None) -> datetime:
+    """The report's own time; without a readable one, the injected clock's."""
     try:
         return parse_instant(str(data.get(key)))
     except (TypeError, ValueError):
-        from datetime import UTC
-
-        return datetime.now(UTC)
+        return (clock or SystemClock()).now()

@@ -163,7 +163,9 @@ def _fmt(path: tuple[Any, ...]) -> str:
 
 def load_chains(source: str | Path, *, known_roles: Iterable[str] | None = None) -> dict[str, Chain]:
     """Chains from a YAML file (or YAML text). Errors name the file, line and field."""
-    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml"))):
+    if isinstance(source, Path) or (
+        isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml"))
+    ):
         path = Path(source)
         name, text = str(path), path.read_text(encoding="utf-8")
     else:
@@ -200,7 +202,7 @@ def load_chains(source: str | Path, *, known_roles: Iterable[str] | None = None)
             raise fail((*base, "levels"), "a chain needs at least one level")
         levels = []
         for i, raw in enumerate(raw_levels):
-            where = (*base, "levels", i)
+            where: tuple[Any, ...] = (*base, "levels", i)
             if not isinstance(raw, dict):
                 raise fail(where, "expected a mapping with notify, channels, wait")
             unknown = set(raw) - {"notify", "channels", "wait", "template"}
@@ -237,7 +239,9 @@ def load_chains(source: str | Path, *, known_roles: Iterable[str] | None = None)
     return chains
 
 
-def _roles(value: Any, where: tuple[Any, ...], known: set[str] | None, fail, allow_empty: bool = False) -> tuple[str, ...]:
+def _roles(
+    value: Any, where: tuple[Any, ...], known: set[str] | None, fail, allow_empty: bool = False
+) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or (not value and not allow_empty):
@@ -445,16 +449,13 @@ def _notify(task: Mapping[str, Any], chain: Chain, level: Level, repeat: int, no
                 template=level.template, due=due, notify_key=_key(task, level.number, repeat), changed=True)
 
 
-def start(task: Mapping[str, Any], chain: Chain, now: datetime) -> Step:
-    """Begin the chain on a new Task (the same as the first `advance`)."""
-    return advance(task, chain, now)
-
-
 def acknowledge(task: Mapping[str, Any], who: str, when: datetime) -> Acknowledgement:
     """Stop the chain: the Task is `accepted`, owned by `who`, with the time; a second or late
     acknowledgement changes nothing and is reported as such (harmless)."""
     if not _REF.match(who or ""):
-        raise EscalationError("the acknowledging clinician must be a Practitioner/<id> or PractitionerRole/<id> reference")
+        raise EscalationError(
+            "the acknowledging clinician must be a Practitioner/<id> or PractitionerRole/<id> reference"
+        )
     if when.tzinfo is None:
         raise EscalationError("acknowledge needs a timezone-aware time")
     status = task.get("status")
@@ -476,7 +477,9 @@ def acknowledge(task: Mapping[str, Any], who: str, when: datetime) -> Acknowledg
 def mitigation_entry(who: str, when: datetime) -> dict[str, Any]:
     return {
         "action": {
-            "coding": [{"system": MITIGATION_SYSTEM, "code": "acknowledged", "display": "Alert acknowledged by clinician"}],
+            "coding": [
+                {"system": MITIGATION_SYSTEM, "code": "acknowledged", "display": "Alert acknowledged by clinician"}
+            ],
             "text": "Alert acknowledged",
         },
         "date": iso(when),
@@ -491,20 +494,6 @@ def add_mitigation(detected_issue: Mapping[str, Any], entry: Mapping[str, Any]) 
         return dict(detected_issue), False
     updated = json_copy(dict(detected_issue))
     updated["mitigation"] = [*existing, json_copy(dict(entry))]
-    return updated, True
-
-
-def close(task: Mapping[str, Any], when: datetime, *, reason: str = "alert episode closed") -> tuple[dict[str, Any], bool]:
-    """The episode ended without an acknowledgement (e.g. resolved): stop the chain. Returns
-    (task, changed); a Task already acknowledged or closed is left as it is."""
-    if task.get("status") not in OPEN_STATUSES:
-        return dict(task), False
-    updated = dict(task)
-    updated["status"] = "cancelled"
-    updated["statusReason"] = {"text": reason}
-    updated["businessStatus"] = {"coding": [{"system": LEVEL_SYSTEM, "code": "closed"}], "text": reason}
-    updated["lastModified"] = iso(when)
-    updated["extension"] = [e for e in updated.get("extension", []) or [] if e.get("url") != DUE_EXT]
     return updated, True
 
 

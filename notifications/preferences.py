@@ -74,7 +74,7 @@ class QuietHours:
         return f"{self.start:%H:%M}-{self.end:%H:%M}"
 
 
-# 8 a.m.–9 p.m. recipient time is the window cited for calls to residences (clinical.md §6.2, TCPA-HC4).
+# 8 a.m.–9 p.m. recipient time is the window cited for calls to residences (FCC 15-72).
 DEFAULT_QUIET_HOURS = QuietHours(time(21, 0), time(8, 0))
 
 # Role name → codings that mean it ((None, code) matches the code in any system). SNOMED CT

@@ -78,7 +78,7 @@ def count_segments(text: str) -> SegmentInfo:
 @dataclass(frozen=True)
 class SmsBudget:
     """The most an SMS may take. `max_chars` defaults to 160: the TCPA healthcare exemption limits
-    exempt texts to 160 characters (clinical.md §6.2); `max_segments` bounds cost and splitting
+    exempt texts to 160 characters (FCC 15-72); `max_segments` bounds cost and splitting
     (3 lets a 160-character message with Spanish accents, which is UCS-2, through)."""
 
     max_segments: int = 3

@@ -153,7 +153,11 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         limit = self.limits
         if operator == "*":
             seq, n = (left, right) if isinstance(right, int) else (right, left)
-            if isinstance(seq, str | bytes | list | tuple) and isinstance(n, int) and len(seq) * n > limit.max_string_chars:
+            if (
+                isinstance(seq, str | bytes | list | tuple)
+                and isinstance(n, int)
+                and len(seq) * n > limit.max_string_chars
+            ):
                 raise RenderLimitExceeded(f"a repetition longer than {limit.max_string_chars} items")
             if _is_int(left) and _is_int(right) and left.bit_length() + right.bit_length() > limit.max_int_bits:
                 raise RenderLimitExceeded(f"an integer larger than {limit.max_int_bits} bits")

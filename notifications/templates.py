@@ -7,7 +7,7 @@ Templates come from care managers, so they are treated as untrusted code:
 - each template declares an audience in a catalog (`catalog.yaml`), and each audience and channel
   has an allow-list of context fields. A template that uses any other field is refused when it is
   loaded, and only allowed fields are ever handed to it: a patient SMS template cannot print a
-  name, diagnosis or reading because it never receives one (clinical.md §6.1);
+  name, diagnosis or reading because it never receives one (HIPAA minimum necessary, 45 CFR 164.502(b));
 - context values must be plain text or numbers, so no object graph can be walked from a template;
 - SMS bodies are checked against a segment budget (`notifications.sms_segments`).
 
@@ -184,7 +184,7 @@ class TemplateLibrary:
                 for channel, names in channels.items():
                     current = self.catalog.fields.setdefault(audience, {})
                     current[channel] = current.get(channel, frozenset()) | frozenset(names)
-        # Per audience: patient texts keep the TCPA 160-character limit (clinical.md §6.2); staff
+        # Per audience: patient texts keep the TCPA 160-character limit (FCC 15-72); staff
         # texts carry an acknowledgement link and are bounded by segments only.
         budgets = dict(DEFAULT_SMS_BUDGETS)
         if isinstance(sms_budget, SmsBudget):
@@ -204,7 +204,7 @@ class TemplateLibrary:
             cache_size=-1,
         )
         self._resolved: dict[tuple[str, str, str], tuple[str, dict[str, str]]] = {}
-        self._compiled: dict[str, tuple[Any, str]] = {}
+        self._compiled: dict[str, tuple[Any, str | None]] = {}
         self._lock = threading.Lock()
 
     # -- lookup ------------------------------------------------------------------------------
@@ -250,7 +250,9 @@ class TemplateLibrary:
             used = meta.find_undeclared_variables(self.env.parse(source, name, filename))
             compiled = self.env.get_template(name)
         except TemplateSyntaxError as exc:
-            raise TemplateError(f"{exc.filename or name}, line {exc.lineno}: template syntax error: {exc.message}") from None
+            raise TemplateError(
+                f"{exc.filename or name}, line {exc.lineno}: template syntax error: {exc.message}"
+            ) from None
         except JinjaTemplateNotFound:
             raise TemplateNotFound(f"template file {name} disappeared") from None
         except (RecursionError, MemoryError, RenderLimitExceeded, ValueError, ArithmeticError) as exc:

@@ -158,7 +158,9 @@ class SignedTokens:
             raise ValueError("a token needs a purpose and a subject")
         expires = self.clock.now() + (ttl or self.default_ttl)
         token_id = _b64(secrets.token_bytes(9))
-        payload = "|".join(["1", self.current, purpose, subject, actor or "", _to36(int(expires.timestamp())), token_id])
+        payload = "|".join(
+            ["1", self.current, purpose, subject, actor or "", _to36(int(expires.timestamp())), token_id]
+        )
         data = payload.encode()
         return f"{_b64(data)}.{_b64(self._mac(self.current, data))}"
 

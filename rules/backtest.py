@@ -59,7 +59,8 @@ class BacktestReport:
 
     def per_rule(self) -> list[tuple[str, int, int, float]]:
         """(rule id, alerts, firings, alerts per patient-week), busiest first."""
-        alerts, firings = Counter(), Counter()
+        alerts: Counter[str] = Counter()
+        firings: Counter[str] = Counter()
         for (rule, _, _), n in self.alerts.items():
             alerts[rule] += n
         for (rule, _, _), n in self.firings.items():

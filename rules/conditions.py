@@ -132,7 +132,7 @@ class Scope:
         if found is None:
             found = self._cache[key] = self._resolve(spec, metric, difference)
         resolved, bound = found
-        if resolved.source == "goal" and (bound, op) in _OUTSIDE_GOAL:
+        if resolved.source == "goal" and bound is not None and (bound, op) in _OUTSIDE_GOAL:
             strict_op, inclusive_op = _OUTSIDE_GOAL[(bound, op)]
             return resolved, strict_op if resolved.strict else inclusive_op
         return resolved, op
@@ -146,9 +146,13 @@ class Scope:
             if chosen is not None:
                 try:
                     value = chosen.in_unit(unit, difference=difference)
-                    return ResolvedThreshold(name, metric, value, unit, "override", f"per-patient override {chosen}"), None
+                    return ResolvedThreshold(
+                        name, metric, value, unit, "override", f"per-patient override {chosen}"
+                    ), None
                 except UnitError:
-                    self._notes.append(f"Per-patient override of {name} ignored: {chosen} is not comparable with {metric}.")
+                    self._notes.append(
+                        f"Per-patient override of {name} ignored: {chosen} is not comparable with {metric}."
+                    )
             spec = self.rule.params[name]
         if isinstance(spec, Quantity):
             return _fixed(spec, name, metric, difference), None
@@ -256,7 +260,9 @@ def _change(spec: ChangeSpec, scope: Scope) -> ConditionResult:
         return _quick(held)
 
     def text() -> str:
-        how = {"first_to_last": "first to last reading", "max_rise": "largest rise", "max_fall": "largest fall"}[spec.how]
+        how = {"first_to_last": "first to last reading", "max_rise": "largest rise", "max_fall": "largest fall"}[
+            spec.how
+        ]
         return (f"{spec.metric} {how} {scope.window_text(spec)}: {_fmt(delta, spec.metric)} "
                 f"({_fmt(first.value, spec.metric)} to {_fmt(last.value, spec.metric)}) {op} {threshold.describe()}")
 
@@ -336,7 +342,9 @@ def _absence(spec: AbsenceSpec, scope: Scope) -> ConditionResult:
         return ConditionResult("absence", False, lambda: f"{len(present)} {spec.metric} reading(s) "
                                f"{scope.window_text(spec)}")
     if too_new:
-        return ConditionResult("absence", False, lambda: f"no {spec.metric} reading yet, enrolled for less than the window")
+        return ConditionResult(
+            "absence", False, lambda: f"no {spec.metric} reading yet, enrolled for less than the window"
+        )
     gap_start = previous.effective if previous else (since or EPOCH)
     last = "no earlier reading" if previous is None else f"last one {_span(scope.at - previous.effective)} earlier"
     return ConditionResult("absence", True, lambda: f"no {spec.metric} reading {scope.window_text(spec)} ({last})",

@@ -84,12 +84,16 @@ def update_episode(issue: dict[str, Any], firing: Firing, decision: Decision, no
     return out
 
 
-def close_episode(issue: dict[str, Any], now: datetime, reason: str, *, by: dict[str, Any] | None = None) -> dict[str, Any]:
+def close_episode(
+    issue: dict[str, Any], now: datetime, reason: str, *, by: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The DetectedIssue closed at `now`: final, period end, and a mitigation saying why and by whom."""
     out = json_copy(issue)
     out["status"] = "final"
     out["identifiedPeriod"] = {**out.get("identifiedPeriod", {}), "end": iso(now)}
-    out.setdefault("mitigation", []).append({"action": {"text": reason}, "date": iso(now), "author": by or dict(ENGINE)})
+    out.setdefault("mitigation", []).append(
+        {"action": {"text": reason}, "date": iso(now), "author": by or dict(ENGINE)}
+    )
     return out
 
 

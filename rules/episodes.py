@@ -156,9 +156,13 @@ def apply_decision(decision: Decision, firing: Firing | None, episode: Episode |
         new_refs = tuple(r for r in firing.trigger_refs if r not in episode.counted)
         newer = firing.at >= episode.last_held
         return replace(
-            episode, severity=decision.severity or episode.severity, count=episode.count + (1 if new_refs else 0),
-            last_held=max(episode.last_held, firing.at), last_notified=now if decision.notify else episode.last_notified,
-            counted=(*episode.counted, *new_refs)[-MAX_COUNTED:], latest_ref=_latest(firing) if newer else episode.latest_ref,
+            episode,
+            severity=decision.severity or episode.severity,
+            count=episode.count + (1 if new_refs else 0),
+            last_held=max(episode.last_held, firing.at),
+            last_notified=now if decision.notify else episode.last_notified,
+            counted=(*episode.counted, *new_refs)[-MAX_COUNTED:],
+            latest_ref=_latest(firing) if newer else episode.latest_ref,
         )
     if decision.action == "close":
         return replace(episode, is_open=False, closed_at=now)

@@ -196,7 +196,9 @@ def _fire(ruleset_id: str, rule: Rule, scope: Scope, trigger: tuple[Reading, ...
 
 def _at_later_readings(entry: _Entry, at: datetime, history: History, ctx: PatientContext) -> Firing | None:
     until = at + entry.horizon
-    later = sorted({(r.effective, r.ref): r for m in entry.triggers for r in history.series(m).after(at, until)}.items())
+    later = sorted(
+        {(r.effective, r.ref): r for m in entry.triggers for r in history.series(m).after(at, until)}.items()
+    )
     for _, reading in later[:MAX_LATER_POINTS]:
         firing = evaluate_rule(entry.ruleset, entry.rule, reading.effective, _observation(history, entry.rule, reading),
                                history, ctx, late=True)

@@ -64,7 +64,11 @@ def compiled(rule: Rule) -> tuple[Check, tuple[Check, ...]]:
     if found is None or found[0] is not rule:
         if len(_COMPILED) > 10_000:
             _COMPILED.clear()
-        found = _COMPILED[id(rule)] = (rule, compile_check(rule.when), tuple(compile_check(t.when) for t in rule.more_severe))
+        found = _COMPILED[id(rule)] = (
+            rule,
+            compile_check(rule.when),
+            tuple(compile_check(t.when) for t in rule.more_severe),
+        )
     return found[1], found[2]
 
 
@@ -111,7 +115,12 @@ def _reading(cond: ReadingCond) -> Check:
 
 def _count(cond: CountCond) -> Check:
     spec = cond.count
-    metric, need, start, pred_for = spec.where.metric, spec.at_least, _start(spec), _threshold(spec.where, spec.where.metric)
+    metric, need, start, pred_for = (
+        spec.where.metric,
+        spec.at_least,
+        _start(spec),
+        _threshold(spec.where, spec.where.metric),
+    )
 
     def check(scope: Scope) -> bool:
         values = _values(scope, metric, start(scope))
@@ -157,7 +166,12 @@ def _aggregate(cond: AggregateCond) -> Check:
 
 def _consecutive(cond: ConsecutiveCond) -> Check:
     spec = cond.consecutive
-    metric, count, start, pred_for = spec.where.metric, spec.count, _start(spec), _threshold(spec.where, spec.where.metric)
+    metric, count, start, pred_for = (
+        spec.where.metric,
+        spec.count,
+        _start(spec),
+        _threshold(spec.where, spec.where.metric),
+    )
 
     def check(scope: Scope) -> bool:
         last = scope.history.series(metric).up_to(scope.at, count)

@@ -77,7 +77,7 @@ def _bound_of(target: dict[str, Any], metric: str, bound: str, goal: dict[str, A
             return None
         shown = format_value(value, METRICS[metric].unit)
         text = f"active goal {comparator} {shown}" if comparator else f"active goal target {shown} (as {bound} bound)"
-        return PersonalBound(metric, bound, value, table.get(comparator, False), ref, text)
+        return PersonalBound(metric, bound, value, table.get(comparator or "", False), ref, text)
     if "detailInteger" in target:
         value = float(target["detailInteger"])
         return PersonalBound(metric, bound, value, False, ref, f"active goal target {value:g} (as {bound} bound)")

@@ -127,7 +127,8 @@ def _problem(err: Any, data: Any, marks: _Marks, source: str) -> Problem:
     elif err["type"] in ("literal_error", "enum") and isinstance(err.get("input"), str | int | float):
         message += f"; got {err['input']!r}"
     line_col = marks.find(path, key=key)
-    return Problem(source, *(line_col or (None, None)), _field(path), message)
+    line, column = line_col or (None, None)
+    return Problem(source, line, column, _field(path), message)
 
 
 def _resolve(data: Any, loc: Iterable[Any]) -> Path_:
@@ -165,7 +166,9 @@ def read_text(path: str | Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise RuleLoadError([Problem(str(path), None, None, "", f"cannot read the file: {exc.__class__.__name__}")]) from None
+        raise RuleLoadError(
+            [Problem(str(path), None, None, "", f"cannot read the file: {exc.__class__.__name__}")]
+        ) from None
 
 
 def parse_model(model: type[M], text: str, source: str) -> M:

@@ -133,7 +133,8 @@ class ParamRef(StrictModel):
 def _value_tag(value: Any) -> str | None:
     if isinstance(value, dict):
         return "goal-bound" if "goal" in value else "param-ref" if "param" in value else None
-    return {GoalBound: "goal-bound", ParamRef: "param-ref"}.get(type(value), "fixed-quantity")
+    tags: dict[type, str] = {GoalBound: "goal-bound", ParamRef: "param-ref"}
+    return tags.get(type(value), "fixed-quantity")
 
 
 ThresholdSpec = Annotated[
@@ -403,7 +404,7 @@ class Rule(StrictModel):
     @model_validator(mode="after")
     def _compile(self) -> Rule:
         used: set[str] = set()
-        conditions = [(("when",), self.when)]
+        conditions: list[tuple[tuple[str | int, ...], Condition]] = [(("when",), self.when)]
         for i, tier in enumerate(self.more_severe):
             if SEVERITY_RANK[tier.severity] <= SEVERITY_RANK[self.severity]:
                 raise field_error(f"more_severe.{i}.severity", f"must be more severe than the rule's {self.severity!r}")

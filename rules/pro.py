@@ -2,8 +2,8 @@
 
 Sources: Kroenke 2001 and NLM LHC-Forms PHQ-9 (codes, bands), Spitzer 2006 (GAD-7), the item-9
 guidance (AACN 2020; Simon 2013), the FHIR itemWeight extension and FHIRPath weight() (where
-weights live and their lookup order); conventions for senders: docs/rules.md §4. Pure: the caller passes the QuestionnaireResponse and, when it has it, the
-Questionnaire it answers.
+weights live and their lookup order); conventions for senders: docs/rules.md §4. Pure: the caller
+passes the QuestionnaireResponse and, when it has it, the Questionnaire it answers.
 
 Fail closed: an unanswered item, or an answer whose weight cannot be found, makes the response
 incomplete. An incomplete response gets a total only where the instrument definition allows
@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -191,7 +192,9 @@ def _weight(answer: dict[str, Any], q_item: dict[str, Any] | None, questionnaire
     return None, f"no weight found for answer code {coding.get('code')!r}"
 
 
-def _weight_sources(coding: dict[str, Any], q_item: dict[str, Any] | None, questionnaire: dict[str, Any] | None):
+def _weight_sources(
+    coding: dict[str, Any], q_item: dict[str, Any] | None, questionnaire: dict[str, Any] | None
+) -> Iterator[tuple[str, float | None]]:
     yield "weight on the answer", _ext_weight(coding)
     for option in (q_item or {}).get("answerOption", []):
         if _same(option.get("valueCoding"), coding):
@@ -218,17 +221,22 @@ def _same(option: dict[str, Any] | None, coding: dict[str, Any]) -> bool:
     return option.get("system") is None or coding.get("system") is None or option["system"] == coding["system"]
 
 
+def _number(element: dict[str, Any]) -> float | None:
+    value = element.get("valueDecimal", element.get("valueInteger"))
+    return value if isinstance(value, int | float) else None
+
+
 def _ext_weight(element: dict[str, Any]) -> float | None:
     for ext in element.get("extension", []):
         if ext.get("url") in WEIGHT_URLS:
-            return ext.get("valueDecimal", ext.get("valueInteger"))
+            return _number(ext)
     return None
 
 
 def _property_weight(concept: dict[str, Any]) -> float | None:
     for prop in concept.get("property", []):
         if prop.get("code") in CODESYSTEM_WEIGHT:
-            return prop.get("valueDecimal", prop.get("valueInteger"))
+            return _number(prop)
     return None
 
 

@@ -74,7 +74,9 @@ class ReadingEntry(StrictModel):
             raise field_error("at", "a reading needs at least one metric value (e.g. body_weight: 81.2) or answers")
         for instrument, answers in self.answers.items():
             if len(answers) != len(INSTRUMENTS[instrument].items):
-                raise field_error(instrument, f"{INSTRUMENTS[instrument].name} has {len(INSTRUMENTS[instrument].items)} items")
+                raise field_error(
+                    instrument, f"{INSTRUMENTS[instrument].name} has {len(INSTRUMENTS[instrument].items)} items"
+                )
         return self
 
 

@@ -69,7 +69,10 @@ def bootstrap(settings: Settings, *, clock: Clock | None = None) -> Services:
     private_dir(data_dir)  # 0700, or one warning if an existing directory is looser
     dead_letters = SqliteDeadLetterStore(settings.path("deadletters.db"))
     store = _fhir_store(settings, clock)
-    bus = LocalBus(settings.path("bus.db"), dead_letters=dead_letters, max_attempts=settings.bus_max_attempts)
+    # The bus schedules retries on the injected clock, as every other time in Vigil: a test or a
+    # simulation that advances its clock past a backoff sees the retry come due.
+    bus = LocalBus(settings.path("bus.db"), dead_letters=dead_letters, max_attempts=settings.bus_max_attempts,
+                   now=lambda: clock.now().timestamp())
     consent = SmsConsentRegistry(store, clock)
     ledger = send_ledger(settings, store)
     channels = build_channels(_channel_config(settings), ledger=ledger, opt_outs=consent, clock=clock,
@@ -133,7 +136,9 @@ def _channel_config(settings: Settings) -> dict[str, Any]:
 
 
 def _tokens(settings: Settings, store: FhirStore, clock: Clock) -> SignedTokens:
-    text = settings.ack_token_keys or _secret_file(settings, "ack-token-key", lambda: "local:" + secrets.token_urlsafe(48))
+    text = settings.ack_token_keys or _secret_file(
+        settings, "ack-token-key", lambda: "local:" + secrets.token_urlsafe(48)
+    )
     keys = dict(part.split(":", 1) for part in text.split(",") if ":" in part)
     if not keys:
         raise ValueError("VIGIL_ACK_TOKEN_KEYS must look like 'kid:secret[,kid:secret]'")

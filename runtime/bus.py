@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.sqlite_schema import Schema, migrate
 from common.storage import connect as private_sqlite
 from ingest.deadletter import DeadLetterSink
 
@@ -35,6 +36,19 @@ class Lease:
     enqueued_at: float
     attempts: int  # including this delivery
     token: str
+
+
+# Version 1 is the file of the first release (created with IF NOT EXISTS: unversioned files have it).
+BUS_SCHEMA = Schema("bus", [
+    """CREATE TABLE IF NOT EXISTS messages (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic TEXT NOT NULL, msg_id TEXT NOT NULL,
+        body BLOB NOT NULL, properties TEXT NOT NULL, partition_key TEXT,
+        enqueued_at REAL NOT NULL, visible_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0, lease_token TEXT, last_error TEXT,
+        UNIQUE (topic, msg_id));
+    CREATE INDEX IF NOT EXISTS messages_due ON messages (topic, visible_at, seq)""",
+])
 
 
 class LocalBus:
@@ -55,17 +69,7 @@ class LocalBus:
         self.max_backoff_s = max_backoff_s
         self._now = now
         self._local = threading.local()
-        with self._tx() as conn:
-            conn.execute(
-                """CREATE TABLE IF NOT EXISTS messages (
-                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-                    topic TEXT NOT NULL, msg_id TEXT NOT NULL,
-                    body BLOB NOT NULL, properties TEXT NOT NULL, partition_key TEXT,
-                    enqueued_at REAL NOT NULL, visible_at REAL NOT NULL,
-                    attempts INTEGER NOT NULL DEFAULT 0, lease_token TEXT, last_error TEXT,
-                    UNIQUE (topic, msg_id))"""
-            )
-            conn.execute("CREATE INDEX IF NOT EXISTS messages_due ON messages (topic, visible_at, seq)")
+        migrate(self._conn(), BUS_SCHEMA, self.path)
 
     # -- connections -------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -206,7 +210,9 @@ class LocalBus:
         once they are older than the retention."""
         with self._tx() as conn:
             before = conn.total_changes
-            conn.execute("DELETE FROM messages WHERE topic = ? AND enqueued_at < ?", (topic, self._now() - older_than_s))
+            conn.execute(
+                "DELETE FROM messages WHERE topic = ? AND enqueued_at < ?", (topic, self._now() - older_than_s)
+            )
             return conn.total_changes - before
 
     def purge(self, topic: str, *, older_than_s: float, dry_run: bool = False) -> dict[str, int]:

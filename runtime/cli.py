@@ -102,13 +102,14 @@ def _parser() -> argparse.ArgumentParser:
     replay.set_defaults(func=_dl_replay)
 
     from console import cli as console_cli
-    from runtime import cli_analytics, cli_events, cli_purge, cli_rules, cli_templates
+    from runtime import cli_analytics, cli_backup, cli_events, cli_purge, cli_rules, cli_templates
 
     console_cli.register(sub)
     cli_rules.register(sub)
     cli_templates.register(sub)
     cli_events.register(sub)
     cli_purge.register(sub)
+    cli_backup.register(sub)
     cli_analytics.register(sub)
     return p
 
@@ -254,7 +255,9 @@ def _ingest(args: argparse.Namespace, settings: Settings) -> int:
         host.publish_device_messages(messages)
         progress = bar(len(messages), "messages", force=args.progress)
         with reports_to(total.add), progress:
-            drained = host.run_until_idle(on_progress=drain_progress(progress, lambda: host.bus.pending(host.device_queue)))
+            drained = host.run_until_idle(
+                on_progress=drain_progress(progress, lambda: host.bus.pending(host.device_queue))
+            )
         gave_up = services.dead_letters.count(after_id=last_letter, source="bus", topic=host.device_queue)
         after_obs = services.store.search("Observation", {"_summary": "count"}).total or 0
         report = ingest_summary(total, len(messages), bus_dead_letters=gave_up)

@@ -10,7 +10,7 @@ from pathlib import Path
 from runtime.settings import Settings
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     views = sub.add_parser("views", help="SQL-on-FHIR v2 ViewDefinitions: list, run into DuckDB, conformance suite")
     actions = views.add_subparsers(required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="list the shipped RPM views")
@@ -96,7 +96,9 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
     print(f"export {summary.run_id}{' (resumed)' if summary.resumed else ''}: "
           f"{summary.total} changes in {summary.seconds:.1f} s, {summary.files} files")
     for rtype in sorted(set(summary.resources) | set(summary.deleted)):
-        print(f"  {rtype:<24} {summary.resources.get(rtype, 0):>9} resources {summary.deleted.get(rtype, 0):>7} deleted")
+        print(
+            f"  {rtype:<24} {summary.resources.get(rtype, 0):>9} resources {summary.deleted.get(rtype, 0):>7} deleted"
+        )
     return 0
 
 

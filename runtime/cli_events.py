@@ -26,7 +26,7 @@ POLL_INTERVAL_S = 0.5
 DEFAULT_LIMIT = 20
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     from notifications.workflow_events import SCHEMAS
 
     events = sub.add_parser("events", help="Vigil's outgoing workflow events (alert lifecycle, failed messages)")
@@ -66,7 +66,9 @@ def resolve_types(requested: Iterable[str] | None) -> frozenset[str] | None:
     resolved = set()
     for text in requested:
         wanted = _squash(text)
-        matches = [t for t in known if _squash(t) == wanted] or [t for t in known if wanted and _squash(t).endswith(wanted)]
+        matches = [t for t in known if _squash(t) == wanted] or [
+            t for t in known if wanted and _squash(t).endswith(wanted)
+        ]
         if len(matches) != 1:
             problem = "matches more than one event type" if matches else "is not a workflow event type"
             raise ValueError(f"--type {text!r} {problem}; known types: {', '.join(known)}")

@@ -10,7 +10,7 @@ from typing import Any
 from runtime.settings import Settings
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     purge = sub.add_parser("purge", help="remove health data older than the retention settings (never pending work)")
     purge.add_argument("--dry-run", action="store_true", help="count what would be removed, remove nothing")
     purge.add_argument("--json", action="store_true", help="machine-readable output")

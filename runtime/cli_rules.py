@@ -1,4 +1,4 @@
-"""`vigil rules validate|test|backtest` — the care-manager tools (issue 4, docs/rules.md §7-8).
+"""`vigil rules validate|test|backtest` — the care-manager tools (docs/rules.md §7-8).
 
 Exit codes: 0 success; 1 the command ran and found problems (invalid rules, failing cases);
 2 it could not run as asked (unknown ruleset, bad duration, no store, no files).
@@ -40,7 +40,7 @@ class UsageError(Exception):
     """The command cannot run as asked; the message says what to change (exit 2)."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     """Add the `rules` command group to the `vigil` parser."""
     rules = sub.add_parser("rules", help="validate, test and backtest care-plan alert rules",
                            description="Tools for writing alert rules (guide: docs/rules.md).")
@@ -196,10 +196,7 @@ def parse_duration(text: str) -> timedelta:
 
 def parse_since(text: str, until: datetime) -> datetime:
     """A duration before `until`, or an ISO date (its start, UTC) or date-time with an offset."""
-    if _DURATION.match(text):
-        since = until - parse_duration(text)
-    else:
-        since = _parse_time(text, "--since", end_of_day=False)
+    since = until - parse_duration(text) if _DURATION.match(text) else _parse_time(text, "--since", end_of_day=False)
     if since >= until:
         raise UsageError(f"--since {text} is not before --until {iso(until)}")
     return since

@@ -1,4 +1,4 @@
-"""`vigil templates check|presets` — dry-run mapping templates on sample messages (issue 3)."""
+"""`vigil templates check|presets` — dry-run mapping templates on sample messages."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from runtime.settings import Settings
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     templates = sub.add_parser("templates", help="check MedTech-compatible mapping templates")
     actions = templates.add_subparsers(required=True, metavar="ACTION")
     check = actions.add_parser(
@@ -19,9 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     check.add_argument("--fhir", type=Path, help="FHIR mapping file (default: the configured templates)")
     check.add_argument("--preset", help="use a shipped preset instead (see `vigil templates presets`)")
     check.add_argument("--json", action="store_true", help="machine-readable output")
-    check.add_argument("--merge", action="store_true",
-                       help="take the messages as one delivery: readings of several messages that fall in one "
-                            "Observation (hourly SampledData, a correlation id) are merged into it, as the pipeline does")
+    check.add_argument(
+        "--merge",
+        action="store_true",
+        help="take the messages as one delivery: readings of several messages that fall in one "
+        "Observation (hourly SampledData, a correlation id) are merged into it, as the pipeline does",
+    )
     check.set_defaults(func=_check)
     presets = actions.add_parser("presets", help="list the shipped presets and their files")
     presets.set_defaults(func=_presets)

@@ -187,10 +187,16 @@ def _day_of_readings(rng: random.Random, p: DemoPatient, day: date, n: int) -> l
             low = p.episode == "hypoglycemia" and since == 0 and slot == "am"
             glucose = round(rng.uniform(45, 52) if low else rng.gauss(b["glu"] + (25 if slot == "pm" else 0), 15))
             unit_mmol = int(p.id[-1]) % 3 == 0  # some meters report mmol/L
-            values = {"glucose": round(glucose / 18.016, 1), "unit": "mmol/L"} if unit_mmol else {"glucose": glucose}
+            values: dict[str, object] = (
+                {"glucose": round(glucose / 18.016, 1), "unit": "mmol/L"} if unit_mmol else {"glucose": glucose}
+            )
             out.append(_msg(p, "meter", "glucose", _at(rng, day, p.zone, hour - 0.5, 20), values))
     if "heart-failure" in p.programs:
-        gain = 1.4 if p.episode == "weight-gain" and since == 0 else (1.6 if p.episode == "weight-gain" and since > 0 else 0)
+        gain = (
+            1.4
+            if p.episode == "weight-gain" and since == 0
+            else (1.6 if p.episode == "weight-gain" and since > 0 else 0)
+        )
         kg = rng.gauss(b["kg"] + gain, 0.2)
         lb_scale = int(p.id[-1]) % 2 == 0  # some scales report pounds
         values = {"weight": round(kg / 0.45359237, 1), "unit": "[lb_av]"} if lb_scale else {"weight": round(kg, 1)}

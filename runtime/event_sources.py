@@ -3,7 +3,7 @@ root for the event-source port, `fhirstore.event_source`)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 from fhirstore.event_source import Deliver, EventSource, PushedEvents
@@ -43,7 +43,7 @@ class RestHookSource:
                                                  settings.subscription_key or local_token(settings))
         self.polling = PollingSource(services.store, FhirCursorStore(services.store), services.clock,
                                      account=settings.fhir_account, name="rest-hook")
-        self._checked_at = None
+        self._checked_at: datetime | None = None
 
     def pull(self, deliver: Deliver, *, limit: int = 1000) -> int:
         now = self.clock.now()

@@ -75,7 +75,8 @@ _functions_cache: dict[int, list[Any]] = {}
 
 
 def registered_functions(app: func.FunctionApp) -> list[Any]:
-    """app.get_functions() raises on a second call (platform-notes §0.2): call it once per app."""
+    """app.get_functions() raises on a second call (the azure-functions library indexes an app once): call it once per
+    app."""
     key = id(app)
     if key not in _functions_cache:
         _functions_cache[key] = app.get_functions()
@@ -128,7 +129,9 @@ class LocalHost:
         elif kind == "httpTrigger":
             spec.route_regex = route_regex(str(trigger.get("route") or spec.name))
             spec.methods = tuple(str(getattr(m, "value", m)).upper() for m in trigger.get("methods") or ["GET", "POST"])
-            spec.auth_level = str(getattr(trigger.get("authLevel"), "value", trigger.get("authLevel") or "function")).lower()
+            spec.auth_level = str(
+                getattr(trigger.get("authLevel"), "value", trigger.get("authLevel") or "function")
+            ).lower()
         return spec
 
     def _resolve(self, value: str) -> str:

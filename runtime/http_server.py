@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import azure.functions as func
 from hypercorn.asyncio.run import worker_serve
@@ -101,7 +102,7 @@ def add_function_route(registry: RouteRegistry, host: LocalHost, spec: FunctionS
         headers.setdefault("Content-Type", response.mimetype or "text/plain")
         return Response(response.status_code, headers, response.get_body())
 
-    auth = "anonymous" if spec.auth_level == "anonymous" else "key"
+    auth: Literal["anonymous", "key"] = "anonymous" if spec.auth_level == "anonymous" else "key"
     registry.add_pattern(regex, call, methods=spec.methods, auth=auth, name=spec.name)
 
 
@@ -172,7 +173,9 @@ class HttpServer:
         self._loop = asyncio.get_running_loop()
         # Handlers run here (runtime/http_app.py); asyncio's default pool is cpu + 4 threads, which a
         # few slow ingest batches would fill ahead of a health check.
-        self._loop.set_default_executor(ThreadPoolExecutor(max_workers=HANDLER_THREADS, thread_name_prefix="vigil-http"))
+        self._loop.set_default_executor(
+            ThreadPoolExecutor(max_workers=HANDLER_THREADS, thread_name_prefix="vigil-http")
+        )
         self._stop = asyncio.Event()
         self._started.set()
         await worker_serve(wrap_app(self.app, self.config.wsgi_max_body_size, "asgi"), self.config,

@@ -18,8 +18,8 @@ def unknown_chain_problems(rules: Iterable[Path], chains: Mapping[str, object]) 
     files = [p for r in rules for p in ([Path(r)] if Path(r).is_file() else ruleset_files(r))]
     for path in files:
         data, marks = parse_yaml(read_text(path), str(path))
-        rules = data.get("rules") if isinstance(data, dict) else None
-        for index, rule in enumerate(rules if isinstance(rules, list) else []):
+        entries = data.get("rules") if isinstance(data, dict) else None
+        for index, rule in enumerate(entries if isinstance(entries, list) else []):
             actions = rule.get("actions") if isinstance(rule, dict) else None
             chain = actions.get("escalate") if isinstance(actions, dict) else None
             if chain is None or chain in chains:

@@ -172,7 +172,9 @@ class Settings:
                 raise SettingsError("VIGIL_AS_OF must be an ISO 8601 instant with an offset, "
                                     f"e.g. 2026-11-15T18:00:00Z, not {self.as_of!r}") from None
         if self.console_identity not in ("local", "app-service"):
-            raise SettingsError(f"VIGIL_CONSOLE_IDENTITY must be 'local' or 'app-service', not {self.console_identity!r}")
+            raise SettingsError(
+                f"VIGIL_CONSOLE_IDENTITY must be 'local' or 'app-service', not {self.console_identity!r}"
+            )
         if self.send_ledger is not None and self.send_ledger.strip().lower() not in SEND_LEDGERS:
             raise SettingsError(f"VIGIL_SEND_LEDGER must be 'sqlite' or 'fhir', not {self.send_ledger!r}")
 

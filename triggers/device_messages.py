@@ -15,7 +15,7 @@ bp = func.Blueprint()
 
 
 @bp.function_name("ingest_device_messages")
-# Event Hubs checkpoints past a failed batch unless a retry policy holds it (platform-notes §6):
+# Event Hubs checkpoints past a failed batch unless a retry policy holds it (https://learn.microsoft.com/azure/azure-functions/functions-bindings-error-pages):
 # a transient FHIR outage must be retried, not skipped.
 @bp.retry(strategy="exponential_backoff", max_retry_count="8", minimum_interval="00:00:05",
           maximum_interval="00:05:00")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import azure.functions as func
 
 from handlers.fhir_events import EventDeps, handle_fhir_event
@@ -21,7 +23,7 @@ def on_fhir_event(event: func.EventGridEvent) -> None:
 def event_payload(event: object) -> dict:
     """The event as the Event Grid schema dict, whichever object the worker built: an
     `EventGridEvent`, or a `CloudEvent` when the subscription delivers the CloudEvents schema."""
-    when = getattr(event, "event_time", None) or getattr(event, "time", None)
+    when: Any = getattr(event, "event_time", None) or getattr(event, "time", None)
     return {
         "id": getattr(event, "id", None),
         "topic": getattr(event, "topic", None) or getattr(event, "source", None),

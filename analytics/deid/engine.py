@@ -175,7 +175,12 @@ class _Run:
             new = m.shift_date(value, self.days, self.a.keep_time, self.a.partial_dates)
             kind = "abstract"
         elif method == "cryptoHash":
-            if node.name == "reference" and parent is not None and parent.type == "Reference" and isinstance(value, str):
+            if (
+                node.name == "reference"
+                and parent is not None
+                and parent.type == "Reference"
+                and isinstance(value, str)
+            ):
                 new = m.hash_reference(self.a.hash_key, value)
             else:
                 new = m.crypto_hash(self.a.hash_key, _text(value))

@@ -49,7 +49,9 @@ def merge_type(old: pa.DataType, new: pa.DataType, where: str) -> pa.DataType:
         for f in old:
             seen.add(f.name)
             idx = new.get_field_index(f.name)
-            fields.append(f if idx < 0 else pa.field(f.name, merge_type(f.type, new.field(idx).type, f"{where}.{f.name}")))
+            fields.append(
+                f if idx < 0 else pa.field(f.name, merge_type(f.type, new.field(idx).type, f"{where}.{f.name}"))
+            )
         fields.extend(f for f in new if f.name not in seen)
         return pa.struct(fields)
     if pa.types.is_list(old) and pa.types.is_list(new):

@@ -4,7 +4,7 @@ Pure: it reads the two template files it is given and nothing else; the caller r
 messages (e.g. a JSONL file) and prints the report (`CheckReport.to_text()` / `to_dict()`).
 
 Warnings are about templates that load but would write wrong or surprising data — the mistakes the
-MedTech samples themselves carry (../shared/compat/iomt-fhir/README.md):
+MedTech samples themselves carry (the iomt-fhir README, https://github.com/microsoft/iomt-fhir):
 
 * a blood-pressure component coded as heart rate (LOINC 8867-4);
 * a Quantity/String value with periodInterval other than 0 (fails on the second reading in the
@@ -125,8 +125,8 @@ class CheckReport:
             for o in m.observations:
                 lines.append(f"  Observation/{o['id'][:12]}… {o['code'].get('text')} "
                              f"{dumps(_value_summary(o), ensure_ascii=False)}")
-            for e in m.errors:
-                lines.append(f"  dead letter [{e.reason}] {e.detail}")
+            for failure in m.errors:
+                lines.append(f"  dead letter [{failure.reason}] {failure.detail}")
             for n in m.notes:
                 lines.append(f"  note: {n}")
         if self.batch is not None:
@@ -244,7 +244,9 @@ def _fhir_warnings(fhir: FhirTemplateSet) -> list[CheckWarning]:
             codes = _loinc(comp.codes)
             name = comp.value.value_name.lower()
             displays = " ".join((c.display or "").lower() for c in comp.codes)
-            bp_like = panel or "systolic" in name or "diastolic" in name or "systolic" in displays or "diastolic" in displays
+            bp_like = (
+                panel or "systolic" in name or "diastolic" in name or "systolic" in displays or "diastolic" in displays
+            )
             for code in codes:
                 if code in HEART_RATE_CODES and bp_like:
                     right = DIASTOLIC_BP if ("diastolic" in name or "diastolic" in displays) else SYSTOLIC_BP
@@ -277,7 +279,9 @@ def _value_warnings(warn: Any, t: CodeValueTemplate, value: ValueTemplate, loinc
         return
     code_list = ", ".join(loinc)
     if not declared:
-        warn("unit_missing", f"{where}.unit", f"no unit for LOINC {code_list}; the canonical UCUM unit is {canonical!r}")
+        warn(
+            "unit_missing", f"{where}.unit", f"no unit for LOINC {code_list}; the canonical UCUM unit is {canonical!r}"
+        )
         return
     if not is_known_unit(declared):
         warn("unit_mismatch", f"{where}.unit", f"unit {declared!r} is not a unit Vigil knows; LOINC {code_list} "

@@ -1,6 +1,6 @@
 """Device mapping templates (MedTech `devicecontent.json`): device message -> measurements.
 
-Supported template types, as in microsoft/iomt-fhir (see ../shared/reference/medtech.md §1.2):
+Supported template types, as in microsoft/iomt-fhir (https://github.com/microsoft/iomt-fhir/tree/main/docs):
 
 * `CollectionContent` — the root; a message is run through **every** child template and every
   match of each becomes one measurement.
@@ -398,12 +398,15 @@ class DeviceTemplateSet:
             try:
                 body = loads(message)  # numbers as written (common.jsonnum)
             except (ValueError, UnicodeDecodeError) as exc:
-                return NormalizeResult([], [MessageError(INVALID_JSON, f"payload is not valid JSON ({exc.__class__.__name__})")])
+                return NormalizeResult(
+                    [], [MessageError(INVALID_JSON, f"payload is not valid JSON ({exc.__class__.__name__})")]
+                )
         else:
             body = message
         if not isinstance(body, dict | list):
             return NormalizeResult(
-                [], [MessageError(INVALID_JSON, f"payload is a JSON {type(body).__name__}; expected an object or array")]
+                [],
+                [MessageError(INVALID_JSON, f"payload is a JSON {type(body).__name__}; expected an object or array")],
             )
         envelope = {"Body": body, "Properties": properties or {}, "SystemProperties": system_properties or {}}
         return self.normalize_envelope(envelope, ingested_at=ingested_at)
@@ -422,7 +425,8 @@ class DeviceTemplateSet:
             errors.append(
                 MessageError(
                     NO_TEMPLATE_MATCHED,
-                    f"no typeMatchExpression of the {len(self.templates)} template(s) in {self.name} matched the message",
+                    f"no typeMatchExpression of the {len(self.templates)} template(s) in {self.name} "
+                    "matched the message",
                 )
             )
         return NormalizeResult(measurements, errors, matched)
@@ -502,7 +506,9 @@ def read_template_source(source: str | Path | dict | list, name: str | None) -> 
         try:
             text = path.read_text(encoding="utf-8-sig")  # MedTech files often carry a BOM
         except OSError as exc:
-            raise TemplateError([TemplateIssue(display, None, "", f"cannot read file: {exc.strerror or exc}")]) from None
+            raise TemplateError(
+                [TemplateIssue(display, None, "", f"cannot read file: {exc.strerror or exc}")]
+            ) from None
     else:
         text = source
         display = name or "<template>"
@@ -634,7 +640,9 @@ def _load_one(index: int, entry: Any, errors: ErrorList) -> DeviceTemplate | Non
     if raw_zone is not None:
         zone = _zone(raw_zone)
         if zone is None:
-            issue("timestampZone", f"unknown time zone {raw_zone!r} (use an IANA name such as 'Europe/Paris', or 'UTC')")
+            issue(
+                "timestampZone", f"unknown time zone {raw_zone!r} (use an IANA name such as 'Europe/Paris', or 'UTC')"
+            )
 
     values: list[ValueSpec] = []
     raw_values = body.get("values", [])

@@ -121,7 +121,9 @@ def _observations(measurements: list[Measurement], fhir: FhirTemplateSet, checks
     return resources
 
 
-def _changes(group: MeasurementGroup, fhir: FhirTemplateSet, pending: dict[str, dict[str, Any]]) -> list[ObservationChange]:
+def _changes(
+    group: MeasurementGroup, fhir: FhirTemplateSet, pending: dict[str, dict[str, Any]]
+) -> list[ObservationChange]:
     patient = sha256_id(None, group.patient_id) if group.patient_id else sha256_id(None, f"device:{group.device_id}")
     encounter = sha256_id(None, group.encounter_id) if group.encounter_id else None
     return fhir.observations(group, patient_id=patient, device_id=sha256_id(None, group.device_id),

@@ -6,7 +6,7 @@ window (`periodInterval` 0 / 60 / 1440 / -1) and either a `value` or `components
 value type: `SampledData` (`defaultPeriod` ms, `unit`), `Quantity` (`unit`, `code`, `system`),
 `String`, or `CodeableConcept` (`text`, `codes`; the presence of the reading is the value).
 
-See ../shared/reference/medtech.md §1.3 and `ingest.templates.observation` for how Observations
+See https://github.com/microsoft/iomt-fhir/tree/main/docs and `ingest.templates.observation` for how Observations
 are built and merged.
 """
 
@@ -20,12 +20,21 @@ from typing import Any
 
 from ingest.templates.device import collection_entries, read_template_source
 from ingest.templates.errors import TEMPLATE_NOT_FOUND, ErrorList, MappingFailure, TemplateIssue
+from ingest.templates.fhir_model import (
+    CategoryConcept,
+    CodeValueTemplate,
+    ComponentTemplate,
+    FhirCode,
+    ObservationChange,
+    ValueTemplate,
+)
 from ingest.templates.grouping import (
     PERIOD_INTERVALS,
     MeasurementGroup,
     ObservationGroup,
     observation_groups,
 )
+from ingest.templates.observation import build_change, observation_identity
 
 COLLECTION = "CollectionFhir"
 CODE_VALUE = "CodeValueFhir"
@@ -36,94 +45,6 @@ CODEABLE_CONCEPT = "CodeableConcept"
 VALUE_TYPES = {t.lower(): t for t in (SAMPLED_DATA, QUANTITY, STRING, CODEABLE_CONCEPT)}
 _INTERVAL_NAMES = {name.lower(): value for value, name in PERIOD_INTERVALS.items()}
 KNOWN_FIELDS = {"typeName", "periodInterval", "codes", "category", "value", "components"}
-
-
-@dataclass(frozen=True)
-class FhirCode:
-    code: str | None
-    system: str | None
-    display: str | None
-
-    def coding(self) -> dict[str, str]:
-        out = {}
-        if self.system:
-            out["system"] = self.system
-        if self.code:
-            out["code"] = self.code
-        if self.display:
-            out["display"] = self.display
-        return out
-
-
-@dataclass(frozen=True)
-class CategoryConcept:
-    text: str | None
-    codes: tuple[FhirCode, ...]
-
-    def concept(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.codes:
-            out["coding"] = [c.coding() for c in self.codes]
-        if self.text:
-            out["text"] = self.text
-        return out
-
-
-@dataclass(frozen=True)
-class ValueTemplate:
-    value_type: str
-    value_name: str
-    unit: str | None = None
-    code: str | None = None  # Quantity
-    system: str | None = None  # Quantity
-    default_period: float | None = None  # SampledData, milliseconds
-    text: str | None = None  # CodeableConcept
-    codes: tuple[FhirCode, ...] = ()  # CodeableConcept
-
-
-@dataclass(frozen=True)
-class ComponentTemplate:
-    codes: tuple[FhirCode, ...]
-    value: ValueTemplate
-
-
-@dataclass
-class CodeValueTemplate:
-    index: int
-    type_name: str
-    period_interval: int
-    codes: tuple[FhirCode, ...]
-    category: tuple[CategoryConcept, ...] = ()
-    value: ValueTemplate | None = None
-    components: tuple[ComponentTemplate, ...] = ()
-    unknown_fields: tuple[str, ...] = ()
-    source: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def value_names(self) -> list[str]:
-        names = [self.value.value_name] if self.value else []
-        return names + [c.value.value_name for c in self.components]
-
-
-@dataclass
-class ObservationChange:
-    """What to write for one observation group.
-
-    action: "create" (PUT `resource` to its id), "update" (PUT the merged resource), or "noop"
-    (the stored Observation already says this: write nothing). `identifier` is MedTech's
-    `(system, value)`; `id` is sha256 of `system_value`.
-    """
-
-    resource: dict[str, Any]
-    action: str
-    id: str
-    identifier: tuple[str, str]
-
-    @property
-    def identifier_query(self) -> str:
-        """A search for the Observation by identifier (for stores where MedTech wrote it with a
-        server-assigned id, before iomt-fhir PR #259)."""
-        return f"identifier={self.identifier[0]}|{self.identifier[1]}"
 
 
 @dataclass
@@ -155,8 +76,6 @@ class FhirTemplateSet:
 
     def observation_key(self, obs_group: ObservationGroup, *, patient_id: str, device_id: str) -> tuple[str, str, str]:
         """(identifier system, identifier value, resource id) — so the caller can read `existing`."""
-        from ingest.templates.observation import observation_identity
-
         return observation_identity(obs_group, patient_id=patient_id, device_id=device_id)
 
     def observation_for(
@@ -172,8 +91,6 @@ class FhirTemplateSet:
         """Build (or merge into `existing`) the Observation for one observation group. Pure: the
         caller reads `existing` by `observation_key(...)[2]` and writes the result.
         Raises MappingFailure (incompatible_value, unknown_unit)."""
-        from ingest.templates.observation import build_change
-
         template = self.template_for(obs_group.name)
         return build_change(
             template, obs_group, patient_id=patient_id, device_id=device_id,
@@ -260,7 +177,9 @@ def _load_one(index: int, entry: Any, errors: ErrorList) -> CodeValueTemplate | 
     type_name = type_name.strip() if isinstance(type_name, str) and type_name.strip() else None
     raw_type = entry.get("templateType")
     if not isinstance(raw_type, str) or raw_type.strip().lower() not in (CODE_VALUE.lower(), "codevaluefhirtemplate"):
-        errors.add(index, "templateType", f"unknown FHIR template type {raw_type!r}; expected {CODE_VALUE!r}", type_name)
+        errors.add(
+            index, "templateType", f"unknown FHIR template type {raw_type!r}; expected {CODE_VALUE!r}", type_name
+        )
         return None
     if not isinstance(body, dict):
         errors.add(index, "template", f"{CODE_VALUE} needs a template object", type_name)
@@ -293,7 +212,9 @@ def _load_one(index: int, entry: Any, errors: ErrorList) -> CodeValueTemplate | 
                 if not isinstance(c, dict):
                     issue(f"category[{i}]", "each category must be an object with text and/or codes")
                     continue
-                category.append(CategoryConcept(_str(c.get("text")), _codes(c.get("codes") or [], f"category[{i}].codes", issue)))
+                category.append(
+                    CategoryConcept(_str(c.get("text")), _codes(c.get("codes") or [], f"category[{i}].codes", issue))
+                )
 
     value = None
     if body.get("value") is not None:

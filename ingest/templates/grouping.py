@@ -154,8 +154,9 @@ def observation_groups(group: MeasurementGroup, interval: int) -> list[Observati
     by_start: dict[datetime, ObservationGroup] = {}
     for m in group.measurements:
         start, end = window(m.occurrence_time, interval)
-        obs = by_start.get(start)
-        if obs is None:
-            obs = by_start[start] = ObservationGroup(group.type, start, end, id_segment(start, end), source=group)
-        obs.add(m)
+        window_group = by_start.get(start)
+        if window_group is None:
+            window_group = by_start[start] = ObservationGroup(group.type, start, end, id_segment(start, end),
+                                                              source=group)
+        window_group.add(m)
     return list(by_start.values())

@@ -15,7 +15,7 @@ status becomes `amended`.
 
 Vigil additions:
 * `category: vital-signs` when the template gives no category and one of its LOINC codes is a
-  vital sign (R4 Vital Signs profile, ../shared/reference/clinical.md §1.1).
+  vital sign (FHIR R4 Vital Signs profile, https://hl7.org/fhir/R4/observation-vitalsigns.html).
 * unit conversion to the Observation's unit (`ingest.templates.units`), with the device's own
   value in an extension.
 * an `ingested-at` extension: a replace-type value (Quantity, String, CodeableConcept) is only
@@ -28,19 +28,17 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from common.codes import LOINC, OBSERVATION_CATEGORY, UCUM, VITAL_SIGN_CODES
 from common.jsondata import json_copy
 from common.jsonnum import number
 from ingest.templates.errors import INCOMPATIBLE_VALUE, MappingFailure
+from ingest.templates.fhir_model import CodeValueTemplate, ObservationChange, ValueTemplate
 from ingest.templates.grouping import ObservationGroup, TimedValue
 from ingest.templates.instant import Instant, fraction_digits, parse_iso, ticks_of
 from ingest.templates.measurement import value_text
 from ingest.templates.units import convert, original_value_extension, target_unit
-
-if TYPE_CHECKING:
-    from ingest.templates.fhir import CodeValueTemplate, ObservationChange, ValueTemplate
 
 SERVICE_SYSTEM = "https://azure.microsoft.com/en-us/services/iomt-fhir-connector/"
 INGESTED_AT_URL = "urn:vigil:extension:ingested-at"
@@ -109,8 +107,6 @@ def build_change(
     existing: dict[str, Any] | None,
     now: datetime | None,
 ) -> ObservationChange:
-    from ingest.templates.fhir import ObservationChange
-
     system, value, obs_id = observation_identity(group, patient_id=patient_id, device_id=device_id)
     now = now or datetime.now(UTC)
     if existing is None:
@@ -171,7 +167,9 @@ def _create(
     return obs
 
 
-def _merge(template: CodeValueTemplate, group: ObservationGroup, existing: dict[str, Any], now: datetime) -> dict[str, Any]:
+def _merge(
+    template: CodeValueTemplate, group: ObservationGroup, existing: dict[str, Any], now: datetime
+) -> dict[str, Any]:
     merged = json_copy(existing)
     categories = _categories(template)
     if categories:
@@ -191,7 +189,9 @@ def _merge(template: CodeValueTemplate, group: ObservationGroup, existing: dict[
 
     codings = [c.coding() for c in template.codes]
     if template.value is not None and template.value.value_name in group.values:
-        _merge_value(merged, template.value, group.values[template.value.value_name], (old_start, start, end), codings, stale)
+        _merge_value(
+            merged, template.value, group.values[template.value.value_name], (old_start, start, end), codings, stale
+        )
     if template.components:
         comps = merged.setdefault("component", [])
         for comp in template.components:
@@ -267,7 +267,9 @@ def _value(
 ) -> tuple[str, Any]:
     vtype = template.value_type
     if vtype == "SampledData":
-        return "valueSampledData", _sampled(template, [(v.time, _converted_text(template, v, codings)) for v in series], start, end)
+        return "valueSampledData", _sampled(
+            template, [(v.time, _converted_text(template, v, codings)) for v in series], start, end
+        )
     if vtype == "CodeableConcept":
         concept: dict[str, Any] = {}
         if template.codes:
@@ -356,7 +358,9 @@ def _slots(start: datetime, end: datetime, period_ms: float) -> tuple[int, int]:
     return span // period_ticks + 1, period_ticks
 
 
-def _sampled(template: ValueTemplate, points: list[tuple[datetime, str]], start: datetime, end: datetime) -> dict[str, Any]:
+def _sampled(
+    template: ValueTemplate, points: list[tuple[datetime, str]], start: datetime, end: datetime
+) -> dict[str, Any]:
     period = template.default_period or 1000.0
     count, period_ticks = _slots(start, end, period)
     data = ["E"] * count

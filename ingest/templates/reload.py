@@ -39,7 +39,7 @@ class TemplateFiles:
             raise self.error
 
     def _stat(self) -> tuple:
-        out = []
+        out: list[tuple[int, int, int] | None] = []
         for path in (self.device_path, self.fhir_path):
             try:
                 st = path.stat()

@@ -7,7 +7,7 @@ rejects anything else, so an unexpected unit is a dead letter rather than a wron
 
 The FHIR side decides the target unit (`target_unit`): the Quantity template's own UCUM code when
 it has one, else the canonical unit of the Observation's LOINC code (common/codes.py,
-../shared/reference/clinical.md §1.3), else what the template's unit text means in UCUM. Glucose
+UCUM, https://ucum.org, and NIST SP 811), else what the template's unit text means in UCUM. Glucose
 is decided by the code: 41653-7 (mass) keeps mg/dL, 15074-8 (molar) keeps mmol/L, so a mmol/L
 reading sent to a mass code is converted instead of being read as severe hypoglycaemia.
 """

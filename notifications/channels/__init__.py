@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common.clock import Clock
-from notifications.channels.base import Channel
+from notifications.channels.base import Channel, OptOutChecker
 from notifications.channels.ledger import SendLedger
 from notifications.connection import ConnectionStringError, Secret
 
@@ -45,7 +45,7 @@ def build_channels(
     config: Mapping[str, Mapping[str, Any]],
     *,
     ledger: SendLedger | None = None,
-    opt_outs: Any = None,
+    opt_outs: OptOutChecker | None = None,
     clock: Clock | None = None,
     base_dir: Path | None = None,
 ) -> dict[str, Channel]:
@@ -89,7 +89,8 @@ def _secret_text(value: Any) -> str:
 def _need_ledger(name: str, ledger: SendLedger | None) -> SendLedger:
     if ledger is None:
         raise ChannelConfigError(
-            f"channel {name!r}: needs a send ledger (this provider is not idempotent; see notifications.channels.ledger)"
+            f"channel {name!r}: needs a send ledger "
+            "(this provider is not idempotent; see notifications.channels.ledger)"
         )
     return ledger
 
@@ -155,7 +156,9 @@ def _smtp(name: str, entry: Mapping[str, Any], *, ledger, opt_outs, clock, base_
         ledger=_need_ledger(name, ledger),
         name=name,
         username=entry.get("username") or None,
-        password=None if password in (None, "") else (password if isinstance(password, Secret) else Secret(str(password))),
+        password=None
+        if password in (None, "")
+        else (password if isinstance(password, Secret) else Secret(str(password))),
         security=entry.get("security", "starttls"),
         clock=clock,
         timeout_s=float(entry.get("timeout_s", 30.0)),

@@ -1,7 +1,8 @@
 """Azure Communication Services Email (`azure-communication-email` 1.1.0).
 
 Idempotency comes from the service: `begin_send(..., operation_id=...)` sends an `Operation-Id`
-header (platform-notes §0.4), and Vigil derives that UUID from the message id, so a replayed send
+header (Repeatability-Request-ID, https://learn.microsoft.com/rest/api/communication/sms/send), and Vigil derives that
+UUID from the message id, so a replayed send
 names the same operation. An optional send ledger additionally keeps a replay from calling the
 service at all once a send is recorded.
 
@@ -133,7 +134,9 @@ class AcsEmailChannel:
                     self.payload(message), operation_id=operation_id, polling_interval=self.polling_interval
                 )
             else:
-                poller = self._email_client().begin_send(self.payload(message), operation_id=operation_id, polling=False)
+                poller = self._email_client().begin_send(
+                    self.payload(message), operation_id=operation_id, polling=False
+                )
             outcome = poller.result() or {}
         except ResourceExistsError:
             # The service already has this operation: the message was accepted before.
@@ -161,15 +164,15 @@ class AcsEmailChannel:
                                   provider_id=operation_id, code="rejected")
             return SendResult("permanent", reason=f"ACS rejected the email (HTTP {status}): {scrub(exc.message, 200)}",
                               code="rejected")
-        status = str(outcome.get("status", ""))
+        state = str(outcome.get("status", ""))
         provider_id = str(outcome.get("id") or operation_id)
-        if status in ("Failed", "Canceled"):
-            error = outcome.get("error") or {}
-            reason = scrub(error.get("message") or error.get("code") or status, 200)
-            log.info("email %s failed at the provider (%s)", message.message_id, status)
-            return SendResult("permanent", provider_id=provider_id, reason=f"ACS email {status}: {reason}",
+        if state in ("Failed", "Canceled"):
+            failure = outcome.get("error") or {}
+            reason = scrub(str(failure.get("message") or failure.get("code") or state), 200)
+            log.info("email %s failed at the provider (%s)", message.message_id, state)
+            return SendResult("permanent", provider_id=provider_id, reason=f"ACS email {state}: {reason}",
                               code="rejected")
-        log.info("email %s accepted (%s)", message.message_id, status or "accepted")
+        log.info("email %s accepted (%s)", message.message_id, state or "accepted")
         return SendResult("sent", provider_id=provider_id)
 
     def close(self) -> None:

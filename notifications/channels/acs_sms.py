@@ -1,8 +1,9 @@
 """Azure Communication Services SMS (`azure-communication-sms` 1.1.0), sent exactly once per message id.
 
 Before every send: the number is normalized to E.164, the opt-out ledger is checked (the Python
-SDK has no opt-out API, platform-notes §0.5), and the message id is claimed in the send ledger
-(the SDK makes a new repeatability id per call, platform-notes §0.4, so a replayed call would
+SDK has no opt-out API), and the message id is claimed in the send ledger
+(the SDK makes a new repeatability id per call, Repeatability-Request-ID,
+https://learn.microsoft.com/rest/api/communication/sms/send, so a replayed call would
 otherwise send again). The message id goes out as the SMS `tag`, so the delivery report
 (`Microsoft.Communication.SMSDeliveryReportReceived`) names the message it is about.
 
@@ -16,10 +17,10 @@ import logging
 import re
 import threading
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from common.clock import Clock, SystemClock
-from notifications.channels.base import OutgoingMessage, SendResult
+from notifications.channels.base import OptOutChecker, OutgoingMessage, SendResult
 from notifications.channels.ledger import DEFAULT_LEASE, SendLedger, claim_or_refusal
 from notifications.connection import AcsConnection, transport_options
 
@@ -78,11 +79,6 @@ def _sender(sender: str, default_region: str) -> str:
         return normalize_e164(text, default_region=default_region)
     except InvalidPhoneNumber as exc:
         raise ValueError(f"the SMS 'from' is not a phone number, short code or sender id: {exc}") from None
-
-
-class OptOutChecker(Protocol):
-    def is_opted_out(self, phone_e164: str) -> bool:
-        ...
 
 
 class AcsSmsChannel:
@@ -149,7 +145,7 @@ class AcsSmsChannel:
         if not message.body.strip():
             return SendResult("permanent", reason="the SMS body is empty", code="empty-body")
         # Checked before every SMS; only the STOP/START/HELP replies themselves may reach an
-        # opted-out number (clinical.md §6.2 allows the one confirmation).
+        # opted-out number (FCC 24-18 allows the one confirmation).
         if message.category != "consent" and self.opt_outs is not None and self.opt_outs.is_opted_out(to):
             log.info("sms %s not sent: recipient opted out", message.message_id)
             return SendResult("permanent", reason="the recipient has opted out of SMS (STOP)", code="opted-out")
@@ -229,11 +225,6 @@ class AcsSmsChannel:
         self.ledger.mark_in_doubt(key, reason, self.clock.now())
         log.warning("sms %s outcome unknown: %s", key, reason)
         return SendResult("permanent", reason=f"{reason}; not sent again to avoid a duplicate", code="in-doubt")
-
-    def record_delivery_report(self, message_id: str, provider_id: str | None) -> None:
-        """Resolve an in-doubt send from an `SMSDeliveryReportReceived` event whose tag is the
-        message id: the provider did take it, so any later attempt reports "duplicate"."""
-        self.ledger.mark_sent(f"{self.name}:{message_id}", provider_id, self.clock.now())
 
     def close(self) -> None:
         with self._client_lock:

@@ -23,7 +23,7 @@ class OutgoingMessage:
     html: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
     # alert | reminder | notification | consent. "consent" marks the STOP/START/HELP replies,
-    # the only SMS allowed to a number that has opted out (clinical.md §6.2: one confirmation).
+    # the only SMS allowed to a number that has opted out (FCC 24-18 allows one confirmation).
     category: str | None = None
 
 
@@ -49,4 +49,11 @@ class Channel(Protocol):
     name: str
 
     def send(self, message: OutgoingMessage) -> SendResult:
+        ...
+
+
+class OptOutChecker(Protocol):
+    """Whether a number has opted out of SMS (`notifications.consent.SmsConsentRegistry`)."""
+
+    def is_opted_out(self, phone_e164: str) -> bool:
         ...

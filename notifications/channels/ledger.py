@@ -1,7 +1,8 @@
 """The send ledger: a durable "did this channel already hand this message to its provider?" record.
 
 ACS SMS and SMTP are not idempotent: the SMS SDK makes a new repeatability id on every call
-(../shared/reference/platform-notes.md §0.4) and SMTP has no idempotency at all. So a channel
+(Repeatability-Request-ID, https://learn.microsoft.com/rest/api/communication/sms/send) and SMTP has no idempotency at
+all. So a channel
 claims the message id here *before* calling the provider and records the outcome after:
 
     claim(key) -> new        call the provider; then mark_sent(key, provider_id), or release(key)
@@ -36,6 +37,7 @@ from typing import Any, Literal, Protocol
 
 from common.clock import iso, parse_instant
 from common.codes import vigil_system
+from common.sqlite_schema import Schema, migrate
 from common.storage import connect as private_sqlite
 from common.storage import private_dir
 from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
@@ -152,6 +154,19 @@ def _enable_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
             time.sleep(0.02)
 
 
+# Version 1 is the file of the first release (created with IF NOT EXISTS: unversioned files have it).
+SEND_LEDGER_SCHEMA = Schema("send ledger", [
+    """CREATE TABLE IF NOT EXISTS sends (
+        key TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        provider_id TEXT,
+        reason TEXT,
+        claimed_at TEXT NOT NULL,
+        finished_at TEXT
+    )""",
+])
+
+
 class SqliteSendLedger:
     """The embedded default: one SQLite file; a claim is one `BEGIN IMMEDIATE` transaction, so two
     processes on the same machine cannot both win it."""
@@ -164,16 +179,7 @@ class SqliteSendLedger:
         self._conn = private_sqlite(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         _enable_wal(self._conn)
         self._conn.execute("PRAGMA synchronous=FULL")  # a recorded send must survive a power cut
-        self._conn.execute(
-            """CREATE TABLE IF NOT EXISTS sends (
-                key TEXT PRIMARY KEY,
-                state TEXT NOT NULL,
-                provider_id TEXT,
-                reason TEXT,
-                claimed_at TEXT NOT NULL,
-                finished_at TEXT
-            )"""
-        )
+        migrate(self._conn, SEND_LEDGER_SCHEMA, self.path)
 
     def close(self) -> None:
         with self._lock:

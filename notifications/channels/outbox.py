@@ -10,16 +10,15 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any
 
 from common.storage import private_dir, write_private
-from notifications.channels.base import OutgoingMessage, SendResult
+from notifications.channels.base import OptOutChecker, OutgoingMessage, SendResult
 
 
 class OutboxChannel:
     name = "outbox"
 
-    def __init__(self, directory: Path, *, opt_outs: Any = None) -> None:
+    def __init__(self, directory: Path, *, opt_outs: OptOutChecker | None = None) -> None:
         self.directory = Path(directory)
         self.opt_outs = opt_outs  # set when the outbox stands in for SMS (the embedded default)
 

@@ -134,9 +134,13 @@ def test_enroll_a_patient_and_register_a_device(page: Any, served: Served) -> No
     store = served.services.store
     patient = store.read("Patient", patient_id)
     assert patient["name"][0]["family"] == "Fairweather"
-    assert {"url": "http://hl7.org/fhir/StructureDefinition/timezone", "valueCode": "America/Chicago"} in patient["extension"]
+    assert {"url": "http://hl7.org/fhir/StructureDefinition/timezone", "valueCode": "America/Chicago"} in patient[
+        "extension"
+    ]
     device = store.read("Device", "cuff-77001")
-    assert device["patient"]["reference"] == f"Patient/{patient_id}" and device["identifier"] == [{"value": "cuff-77001"}]
+    assert device["patient"]["reference"] == f"Patient/{patient_id}" and device["identifier"] == [
+        {"value": "cuff-77001"}
+    ]
     plan = store.read("CarePlan", f"{patient_id}-hypertension")
     assert plan["status"] == "active"
     # Wrong input is refused with what and why, and nothing is written.
@@ -194,8 +198,11 @@ def test_snooze_one_direction_and_the_other_still_alerts(page: Any, served: Serv
     from runtime.bootstrap import install
 
     store = served.services.store
-    diabetic = sorted(p["subject"]["reference"].split("/")[1] for p in search_all(store, "CarePlan", {"status": "active"})
-                      if "urn:vigil:program:diabetes" in p.get("instantiatesCanonical", []))
+    diabetic = sorted(
+        p["subject"]["reference"].split("/")[1]
+        for p in search_all(store, "CarePlan", {"status": "active"})
+        if "urn:vigil:program:diabetes" in p.get("instantiatesCanonical", [])
+    )
     pid = next(p for p in diabetic if not [i for i in search_all(store, "DetectedIssue", {"patient": f"Patient/{p}"})
                                            if i["code"]["coding"][0]["code"].startswith("dm-")])
     _login(page, served)
@@ -210,8 +217,19 @@ def test_snooze_one_direction_and_the_other_still_alerts(page: Any, served: Serv
     install(served.services)  # the functions the host runs use the installed services
     for value, minutes in ((262, 40), (61, 20)):
         at = (AS_OF - timedelta(minutes=minutes)).isoformat()
-        served.host.publish_device_messages([json.dumps({"deviceId": f"{pid}-meter", "patientId": pid, "type": "glucose",
-                                                         "time": at, "values": {"glucose": value}}).encode()])
+        served.host.publish_device_messages(
+            [
+                json.dumps(
+                    {
+                        "deviceId": f"{pid}-meter",
+                        "patientId": pid,
+                        "type": "glucose",
+                        "time": at,
+                        "values": {"glucose": value},
+                    }
+                ).encode()
+            ]
+        )
     assert served.host.run_until_idle(timeout_s=60)
     page.goto(served.url + "/console/inbox")
     titles = [r.locator("td").nth(2).inner_text() for r in page.locator("table.inbox tbody tr[data-alert]").all()

@@ -8,9 +8,14 @@ from pathlib import Path
 import pytest
 
 from runtime.cli import main
-from tests.support.compat import compat_root
+from tests.support.compat import compat_path, require
 
-COMPAT = compat_root() / "sample-templates"
+COMPAT = compat_path("iomt-fhir", "sample-templates")
+
+
+@pytest.fixture
+def samples() -> Path:
+    return require(COMPAT)
 
 
 def test_check_shows_observations_and_dead_letter_reasons_per_message(tmp_path: Path, capsys) -> None:
@@ -28,7 +33,7 @@ def test_check_shows_observations_and_dead_letter_reasons_per_message(tmp_path: 
     assert "[naive_timestamp]" in out and "[no_template_matched]" in out
 
 
-@pytest.mark.skipif(not COMPAT.is_dir(), reason="../shared/compat (beside the repository) is not present")
+@pytest.mark.usefixtures("samples")
 def test_check_warns_about_the_known_mistakes_of_the_medtech_samples(tmp_path: Path, capsys) -> None:
     code = main(["--data-dir", str(tmp_path / "d"), "templates", "check",
                  "--device", str(COMPAT / "basic__devicecontent.json"),
@@ -38,7 +43,7 @@ def test_check_warns_about_the_known_mistakes_of_the_medtech_samples(tmp_path: P
     assert "coded LOINC 8867-4 (heart rate)" in out and "[bp_component_heart_rate]" in out
 
 
-@pytest.mark.skipif(not COMPAT.is_dir(), reason="../shared/compat (beside the repository) is not present")
+@pytest.mark.usefixtures("samples")
 def test_an_invalid_template_file_is_rejected_naming_file_index_and_field(tmp_path: Path, capsys) -> None:
     bad = tmp_path / "device.json"
     bad.write_text(json.dumps({"templateType": "CollectionContent", "template": [
@@ -103,7 +108,7 @@ def test_check_wraps_a_documented_envelope_once_like_the_pipeline(tmp_path: Path
     assert {m["PatientId"] for m in bare["measurements"]} == {None}
 
 
-@pytest.mark.skipif(not COMPAT.is_dir(), reason="../shared/compat (beside the repository) is not present")
+@pytest.mark.usefixtures("samples")
 def test_check_reads_iot_hub_properties_of_an_envelope_sample(tmp_path: Path, capsys) -> None:
     testinput = COMPAT.parent / "testinput"
     sample = tmp_path / "m.jsonl"
@@ -117,7 +122,7 @@ def test_check_reads_iot_hub_properties_of_an_envelope_sample(tmp_path: Path, ca
     assert (m["DeviceId"], m["Properties"]) == ("ev-d795-1d04-55ae", [{"Name": "hr", "Value": "203"}])
 
 
-@pytest.mark.skipif(not COMPAT.is_dir(), reason="../shared/compat (beside the repository) is not present")
+@pytest.mark.usefixtures("samples")
 def test_check_merge_flag_builds_the_hourly_observation_of_several_messages(tmp_path: Path, capsys) -> None:
     fhir = tmp_path / "fhir.json"
     fhir.write_text(json.dumps({"templateType": "CollectionFhir", "template": [{"templateType": "CodeValueFhir",

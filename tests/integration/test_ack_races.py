@@ -76,7 +76,9 @@ def host(tmp_path: Path) -> Iterator[LocalHost]:
     s = h.services
     add_patient(s, "p1", programs=("hypertension", "diabetes"))
     for pid in ("nurse-1", "doctor-1"):
-        s.store.update({"resourceType": "Practitioner", "id": pid, "telecom": [{"system": "sms", "value": "+15550100201"}]})
+        s.store.update(
+            {"resourceType": "Practitioner", "id": pid, "telecom": [{"system": "sms", "value": "+15550100201"}]}
+        )
     s.store.update({"resourceType": "CareTeam", "id": "team-p1", "status": "active",
                     "subject": {"reference": "Patient/p1"}, "participant": [
                         {"role": [{"coding": [{"code": role}]}], "member": {"reference": who}}

@@ -180,12 +180,18 @@ def test_crash_after_claim_is_in_doubt_and_falls_back_instead_of_resending(acs, 
     assert len(acs.emails) == emails
 
 
-def test_delivery_report_resolves_an_in_doubt_send(acs, ledger, clock) -> None:
+def test_delivery_report_resolves_an_in_doubt_send(acs, store, ledger, clock) -> None:
+    from notifications.dispatch import SMS_DELIVERY_REPORT, apply_delivery_report
+
     channel = make_sms(acs, ledger, clock)
     ledger.claim("sms:msg-doubt-2", clock.now())
     clock.advance(timedelta(minutes=10))
     assert channel.send(OutgoingMessage("msg-doubt-2", "sms", "+15555550129", BODY)).code == "in-doubt"
-    channel.record_delivery_report("msg-doubt-2", "Outgoing_from_report")
+    # The report arrives through the entry point the ACS event handler uses.
+    report = {"eventType": SMS_DELIVERY_REPORT, "data": {
+        "messageId": "Outgoing_from_report", "from": "+18005550100", "to": "+15555550129",
+        "deliveryStatus": "Delivered", "receivedTimestamp": "2026-11-20T12:00:05Z", "tag": "msg-doubt-2"}}
+    apply_delivery_report(store, report, ledger=ledger, clock=clock)
     result = channel.send(OutgoingMessage("msg-doubt-2", "sms", "+15555550129", BODY))
     assert result.status == "duplicate" and result.provider_id == "Outgoing_from_report"
 

@@ -29,8 +29,13 @@ def test_a_small_persisted_sweep_bench_run() -> None:
 @pytest.fixture
 def two_stores(tmp_path: Path) -> Iterator[tuple[Services, Services]]:
     # One token key for both, so both derive the same acknowledgement codes.
-    pair = tuple(bootstrap(Settings.from_env({}, data_dir=tmp_path / name, ack_token_keys="k1:" + "bench-test-secret-" * 3),
-                           clock=FixedClock(T0)) for name in ("direct", "pipeline"))
+    pair = tuple(
+        bootstrap(
+            Settings.from_env({}, data_dir=tmp_path / name, ack_token_keys="k1:" + "bench-test-secret-" * 3),
+            clock=FixedClock(T0),
+        )
+        for name in ("direct", "pipeline")
+    )
     yield pair  # type: ignore[misc]
     for s in pair:
         s.close()

@@ -341,7 +341,9 @@ class _Flaky:
     def send(self, message: OutgoingMessage) -> SendResult:
         self.sent.append(message)
         if self.fail:
-            return SendResult("transient", reason="ACS is unavailable (HTTP 503)", retry_after_s=60, code="provider-error")
+            return SendResult(
+                "transient", reason="ACS is unavailable (HTTP 503)", retry_after_s=60, code="provider-error"
+            )
         return SendResult("sent", provider_id="op-1")
 
 

@@ -26,11 +26,33 @@ for _ in range(200):  # nested lists (hypothesis prints failing examples: deeper
     _DEEP = [_DEEP]
 
 hostile = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20),
-    st.sampled_from(["", "x\ud800", "9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+14:00", "Observation",
-                     "Patient", "../..", "+15550100001", "ACK 123456", "STOP", "Delivered", "Failed", _BIG,
-                     "Observation/obs-1", "A" * 5000]),
-    st.just(_DEEP), st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=20),
+    st.sampled_from(
+        [
+            "",
+            "x\ud800",
+            "9999-12-31T23:59:59-23:59",
+            "0001-01-01T00:00:00+14:00",
+            "Observation",
+            "Patient",
+            "../..",
+            "+15550100001",
+            "ACK 123456",
+            "STOP",
+            "Delivered",
+            "Failed",
+            _BIG,
+            "Observation/obs-1",
+            "A" * 5000,
+        ]
+    ),
+    st.just(_DEEP),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
 )
 
 FHIR_EVENT = {"id": "e1", "eventType": "Microsoft.HealthcareApis.FhirResourceUpdated", "subject": "x/Observation/o1",

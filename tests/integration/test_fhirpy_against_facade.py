@@ -101,7 +101,9 @@ def test_paging_follows_next_links(client: SyncFHIRClient) -> None:
 
 def test_conditional_create_and_update_from_fhirpy(client: SyncFHIRClient, store: SqliteFhirStore) -> None:
     searchset = client.resources("Patient").search(identifier="urn:mrn|7")
-    first, created = searchset.get_or_create(client.resource("Patient", identifier=[{"system": "urn:mrn", "value": "7"}]))
+    first, created = searchset.get_or_create(
+        client.resource("Patient", identifier=[{"system": "urn:mrn", "value": "7"}])
+    )
     again, created_again = searchset.get_or_create(client.resource("Patient"))
     updated, created_by_update = searchset.update(
         client.resource("Patient", identifier=[{"system": "urn:mrn", "value": "7"}], active=False))

@@ -82,7 +82,9 @@ def test_a_merge_computed_from_a_replaced_version_is_retried_and_keeps_both_batc
         setup.update({"resourceType": "Patient", "id": "pat-1"})
         setup.update({"resourceType": "Device", "id": "dev-1", "identifier": [{"value": "hr-1"}],
                       "patient": {"reference": "Patient/pat-1"}})
-        assert handle_device_messages(batch(("2026-11-20T08:04:00Z", 65)), deps_for(setup, tmp_path, files)).created == 1
+        assert (
+            handle_device_messages(batch(("2026-11-20T08:04:00Z", 65)), deps_for(setup, tmp_path, files)).created == 1
+        )
 
     other = SqliteFhirStore(path)
     store = InterleavingStore(path, lambda: handle_device_messages(B, deps_for(other, tmp_path, files)))

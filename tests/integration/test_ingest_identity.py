@@ -94,7 +94,10 @@ def test_lookup_with_a_patient_in_the_message_checks_the_link(store) -> None:
 def test_device_identifier_system(store) -> None:
     add_patient(store, "pat-a", "MRN-1")
     add_device(store, "dev-a", "cuff-1", "pat-a", system="urn:vendor:serial")
-    assert IdentityResolver(store, LOOKUP, device_identifier_system="urn:vendor:serial").resolve(group()).device_id == "dev-a"
+    assert (
+        IdentityResolver(store, LOOKUP, device_identifier_system="urn:vendor:serial").resolve(group()).device_id
+        == "dev-a"
+    )
     error = failure(lambda: IdentityResolver(store, LOOKUP, device_identifier_system="urn:other").resolve(group()))
     assert error.reason == "unknown_device"
 

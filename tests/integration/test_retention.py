@@ -167,6 +167,8 @@ def test_replay_skips_a_dead_letter_whose_payload_was_erased(services: Services,
     assert main(["--data-dir", str(data_dir), "dead-letters", "list"]) == 0
     listing = capsys.readouterr().out
     assert "(payload purged)" in listing
-    assert main(["--data-dir", str(data_dir), "dead-letters", "replay", str(old_open), str(recent)]) == 3  # the recent one fails again
+    assert (
+        main(["--data-dir", str(data_dir), "dead-letters", "replay", str(old_open), str(recent)]) == 3
+    )  # the recent one fails again
     out = capsys.readouterr().out
     assert "skipping 1 dead letters whose payload retention erased" in out and "replaying 1 dead letters" in out

@@ -1,4 +1,4 @@
-"""Acknowledging an escalation by texting `ACK <code>` (issue 5 item 7), through the local host
+"""Acknowledging an escalation by texting `ACK <code>`, through the local host
 (`function_app.py`'s `on_acs_event`, fed from the bus) with the real ACS SMS SDK sending to the
 local HTTPS stand-in.
 

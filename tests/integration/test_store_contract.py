@@ -146,7 +146,11 @@ def test_vread_and_history_newest_first(store: FhirStore, pid: str) -> None:
 
 def test_conditional_create(store: FhirStore) -> None:
     ident = key()
-    body = {"resourceType": "Basic", "code": {"text": "contract"}, "identifier": [{"system": ID_SYSTEM, "value": ident}]}
+    body = {
+        "resourceType": "Basic",
+        "code": {"text": "contract"},
+        "identifier": [{"system": ID_SYSTEM, "value": ident}],
+    }
     query = f"identifier={ID_SYSTEM}|{ident}"
     first = store.create(body, if_none_exist=query)
     assert first.outcome == "created"
@@ -228,7 +232,9 @@ def test_a_conditional_transaction_larger_than_a_chunk(store: FhirStore, pid: st
     entries += [put({"id": f"{pid}-n{i}", **observation(pid, HR, 90, f"2026-11-21T{i:02}:00:00Z")}) for i in range(8)]
     response = store.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries})
     assert len(response["entry"]) == 20
-    values = sorted(o["valueQuantity"]["value"] for o in search_all(store, "Observation", {"subject": f"Patient/{pid}"}))
+    values = sorted(
+        o["valueQuantity"]["value"] for o in search_all(store, "Observation", {"subject": f"Patient/{pid}"})
+    )
     assert values == [80] * 12 + [90] * 8
 
 
@@ -258,12 +264,21 @@ def readings(store: FhirStore, pid: str) -> dict[str, Any]:
     """Blood pressure panels and heart rates over three days, as ingest stores them."""
     def bp(i: int, when: str, sbp: float) -> dict[str, Any]:
         return {
-            "resourceType": "Observation", "id": f"{pid}-bp{i}", "status": "final",
+            "resourceType": "Observation",
+            "id": f"{pid}-bp{i}",
+            "status": "final",
             "code": {"coding": [{"system": LOINC, "code": BP_PANEL}]},
-            "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": when,
+            "subject": {"reference": f"Patient/{pid}"},
+            "effectiveDateTime": when,
             "component": [
-                {"code": {"coding": [{"system": LOINC, "code": SBP}]}, "valueQuantity": {"value": sbp, "unit": "mm[Hg]"}},
-                {"code": {"coding": [{"system": LOINC, "code": DBP}]}, "valueQuantity": {"value": 80, "unit": "mm[Hg]"}},
+                {
+                    "code": {"coding": [{"system": LOINC, "code": SBP}]},
+                    "valueQuantity": {"value": sbp, "unit": "mm[Hg]"},
+                },
+                {
+                    "code": {"coding": [{"system": LOINC, "code": DBP}]},
+                    "valueQuantity": {"value": 80, "unit": "mm[Hg]"},
+                },
             ],
         }
     days = ["2026-11-18T10:00:00Z", "2026-11-19T10:00:00Z", "2026-11-20T10:00:00Z"]
@@ -352,8 +367,9 @@ def test_communications_by_identifier_category_and_last_updated(store: FhirStore
                   "identifier": [{"system": "urn:vigil:provider-message-id-test", "value": msg}],
                   "category": [{"coding": [{"system": "urn:vigil:message-category-test", "code": "reminder"}]}],
                   "subject": {"reference": f"Patient/{pid}"}})
-    assert ids(store.search("Communication", {"identifier": f"urn:vigil:provider-message-id-test|{msg}"}).resources) == {
-        f"{pid}-c1"}
+    assert ids(
+        store.search("Communication", {"identifier": f"urn:vigil:provider-message-id-test|{msg}"}).resources
+    ) == {f"{pid}-c1"}
     since = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     found = search_all(store, "Communication", {"subject": f"Patient/{pid}",
                                                 "category": "urn:vigil:message-category-test|reminder",

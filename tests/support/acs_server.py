@@ -248,8 +248,15 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         with self.fake.lock:
             self.fake.state.requests.append(
-                Recorded(self.command, parts.path, parse_qs(parts.query), {k.lower(): v for k, v in self.headers.items()},
-                         body, status, auth_ok)
+                Recorded(
+                    self.command,
+                    parts.path,
+                    parse_qs(parts.query),
+                    {k.lower(): v for k, v in self.headers.items()},
+                    body,
+                    status,
+                    auth_ok,
+                )
             )
 
     def _respond(self, body: bytes, status: int, payload: Any = None, headers: dict[str, str] | None = None,

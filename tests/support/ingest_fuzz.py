@@ -211,7 +211,8 @@ def _message(draw: st.DrawFn, preset: str, nonce: int) -> list[RawMessage]:
     if kind not in ("repeat", "repeat_invalid"):
         return [first]
     # The same reading again (same device, type and time) with another value, valid or not.
-    leaves = [p for p in _leaves(body) if isinstance(_get(body, p), int | float) and not isinstance(_get(body, p), bool)]
+    leaves = [p for p in _leaves(body)
+              if isinstance(_get(body, p), int | float) and not isinstance(_get(body, p), bool)]
     if leaves:
         path = leaves[draw(st.integers(0, len(leaves) - 1))]
         new = draw(st.sampled_from([9999, -5, 10**6])) if kind == "repeat_invalid" else _get(body, path) + 1

@@ -163,7 +163,9 @@ def find_phi(text: str, corpus: Corpus = EMPTY_CORPUS) -> list[Finding]:
     Cheap substring checks gate the costlier patterns: this runs on every log record of the suite."""
     found: list[Finding] = []
     if corpus._names_re is not None:
-        found += [Finding("name", "fixture name", m.start(), m.end(), m.group()) for m in corpus._names_re.finditer(text)]
+        found += [
+            Finding("name", "fixture name", m.start(), m.end(), m.group()) for m in corpus._names_re.finditer(text)
+        ]
     if "@" in text:
         found += [Finding("email", "email address", m.start(), m.end(), m.group()) for m in _EMAIL.finditer(text)]
     if not any(c.isdigit() for c in text):
@@ -193,7 +195,9 @@ def find_phi(text: str, corpus: Corpus = EMPTY_CORPUS) -> list[Finding]:
     for m in _NUMBER_RE.finditer(text):
         unit = _UNIT_AFTER.match(text, m.end())
         if unit:
-            found.append(Finding("reading", "number with a clinical unit", m.start(), unit.end(), text[m.start():unit.end()]))
+            found.append(
+                Finding("reading", "number with a clinical unit", m.start(), unit.end(), text[m.start() : unit.end()])
+            )
         elif saturation and (pct := _PERCENT_AFTER.match(text, m.end())):
             found.append(Finding("reading", "oxygen saturation percentage", m.start(), pct.end(),
                                  text[m.start():pct.end()]))
@@ -298,7 +302,9 @@ def _literal(node: ast.AST) -> Any:
 # are parsed. Phone literals are read by pattern from every file (they are everywhere).
 _NEEDS_AST = ("family", "given", "birthDate", "birth_date", "BIRTH_DATES", "NAMES", "names =", "names: ")
 _QUOTED = re.compile(r"""(?<=["'])\+?[\d(][\d ().-]{6,22}\d(?=["'])""")
-_TELECOM_VALUE = re.compile(r"""["']system["']\s*:\s*["'](?:phone|sms)["']\s*,\s*["']value["']\s*:\s*["']([^"'{]+)["']""")
+_TELECOM_VALUE = re.compile(
+    r"""["']system["']\s*:\s*["'](?:phone|sms)["']\s*,\s*["']value["']\s*:\s*["']([^"'{]+)["']"""
+)
 
 
 def _scan_python(source: str, out: _Collected) -> None:

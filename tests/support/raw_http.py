@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import socket
 import time
+import weakref
 from urllib.parse import urlsplit
+
+# Bytes read past the end of one response (a pipelined next response can arrive in the same recv),
+# kept for the next read on that socket.
+_LEFTOVER: weakref.WeakKeyDictionary[socket.socket, bytes] = weakref.WeakKeyDictionary()
 
 
 def connect(url: str, timeout_s: float = 10.0) -> socket.socket:
@@ -16,7 +21,7 @@ def connect(url: str, timeout_s: float = 10.0) -> socket.socket:
 def read_until_closed(sock: socket.socket, timeout_s: float = 10.0) -> tuple[bytes, bool]:
     """Everything the server sends until it closes the connection: (data, closed by the server).
     `closed` is False when `timeout_s` passed with the connection still open."""
-    data = b""
+    data = _LEFTOVER.pop(sock, b"")
     deadline = time.monotonic() + timeout_s
     while True:
         left = deadline - time.monotonic()
@@ -36,7 +41,7 @@ def read_until_closed(sock: socket.socket, timeout_s: float = 10.0) -> tuple[byt
 
 def read_response(sock: socket.socket, timeout_s: float = 10.0) -> bytes:
     """One response (head and a Content-Length body), leaving the connection open."""
-    data = b""
+    data = _LEFTOVER.pop(sock, b"")
     sock.settimeout(timeout_s)
     while b"\r\n\r\n" not in data:
         chunk = sock.recv(65536)
@@ -54,6 +59,9 @@ def read_response(sock: socket.socket, timeout_s: float = 10.0) -> bytes:
         if not chunk:
             break
         body += chunk
+    if len(body) > length:
+        _LEFTOVER[sock] = body[length:]
+        body = body[:length]
     return head + b"\r\n\r\n" + body
 
 

@@ -22,7 +22,10 @@ def test_event_grid_schema() -> None:
         "id": "e1", "topic": "/t", "subject": "acct/Observation/o1", "data": DATA, "dataVersion": "2",
         "eventType": "Microsoft.HealthcareApis.FhirResourceUpdated", "eventTime": "2026-11-20T08:00:00Z",
         "metadataVersion": "1"}))
-    assert (payload["eventType"], payload["data"]["resourceFhirId"]) == ("Microsoft.HealthcareApis.FhirResourceUpdated", "o1")
+    assert (payload["eventType"], payload["data"]["resourceFhirId"]) == (
+        "Microsoft.HealthcareApis.FhirResourceUpdated",
+        "o1",
+    )
 
 
 def test_cloud_events_schema() -> None:

@@ -121,7 +121,10 @@ def test_console_ack_is_the_sms_link_operation_and_stops_the_chain(served: Serve
     task = store.read("Task", task_id)
     assert task["status"] == "accepted" and task["owner"]["reference"] == "Practitioner/demo-nurse"
     issue = store.read("DetectedIssue", task_id)
-    assert any((m.get("author") or {}).get("reference") == "Practitioner/demo-nurse" for m in issue.get("mitigation", []))
+    assert any(
+        (m.get("author") or {}).get("reference") == "Practitioner/demo-nurse" for m in issue.get("mitigation", [])
+    )
+
     # The escalation sweep, run long after the next level was due, sends nothing more for it.
     def messages(issue_id: str) -> int:
         return len([c for c in search_all(store, "Communication", {}) if any(
@@ -188,8 +191,13 @@ def test_a_stalled_pipeline_notifies_the_care_team_once_an_hour(served: Served) 
     store = served.services.store
 
     def notices() -> int:
-        return len([c for c in search_all(store, "Communication", {"category": "urn:vigil:message-category|notification"})
-                    if "pipeline needs attention" in c["payload"][0]["contentString"]])
+        return len(
+            [
+                c
+                for c in search_all(store, "Communication", {"category": "urn:vigil:message-category|notification"})
+                if "pipeline needs attention" in c["payload"][0]["contentString"]
+            ]
+        )
 
     assert check_thresholds(served.services) == []  # healthy: nothing sent
     assert notices() == 0

@@ -41,7 +41,9 @@ def test_round_trip_ndjson_and_parquet_equal_the_stored_json(tmp_path: Path, clo
     nd, pq_rows = _read(tmp_path / "lake")
     assert len(nd) == len(pq_rows) == 33
     assert nd == _stored(store, nd)
-    assert sorted(pq_rows, key=lambda r: (r["resourceType"], r["id"])) == sorted(nd, key=lambda r: (r["resourceType"], r["id"]))
+    assert sorted(pq_rows, key=lambda r: (r["resourceType"], r["id"])) == sorted(
+        nd, key=lambda r: (r["resourceType"], r["id"])
+    )
     # Nested, not JSON strings: the quantity is a struct with a double inside.
     schema = pq.read_schema(next((tmp_path / "lake" / "result" / "Observation").rglob("*.parquet")))
     assert str(schema.field("valueQuantity").type).startswith("struct<value: double")

@@ -4,36 +4,20 @@ of known failures (which may only shrink)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-import pytest
-
 from runtime.cli import main
+from tests.support.compat import compat_path, require
 
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _compat_root() -> Path:
-    # CI lays shared/ beside the clone; a developer's git worktree sits one folder deeper. VIGIL_COMPAT_DIR wins.
-    if os.environ.get("VIGIL_COMPAT_DIR"):
-        return Path(os.environ["VIGIL_COMPAT_DIR"])
-    for base in (REPO.parent, REPO.parent.parent):
-        if (base / "shared" / "compat").is_dir():
-            return base / "shared" / "compat"
-    return REPO.parent / "shared" / "compat"
-
-
-SUITE = _compat_root() / "sql-on-fhir-v2" / "tests"
+SUITE = compat_path("sql-on-fhir-v2", "tests")
 EXPECTED = REPO / "analytics" / "views" / "expected-failures.txt"
 
 
 def _suite_dir() -> Path:
-    if not SUITE.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the SQL-on-FHIR conformance suite is missing: {SUITE} (CI lays shared/ beside the clone)")
-        pytest.skip(f"no conformance suite at {SUITE}")
-    return SUITE
+    return require(SUITE)
 
 
 def _expected_failures() -> set[str]:

@@ -17,14 +17,34 @@ from tests.unit.analytics.fixtures import observation, seed
 
 
 def _bp(i: int, sys_v: float, dia_v: float) -> dict:
-    return {"resourceType": "Observation", "id": f"bp-{i}", "status": "final",
-            "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
-            "subject": {"reference": "Patient/pat-1"}, "effectiveDateTime": f"2026-11-1{i}T08:00:00Z",
-            "component": [
-                {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
-                 "valueQuantity": {"value": sys_v, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
-                {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
-                 "valueQuantity": {"value": dia_v, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}]}
+    return {
+        "resourceType": "Observation",
+        "id": f"bp-{i}",
+        "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        "subject": {"reference": "Patient/pat-1"},
+        "effectiveDateTime": f"2026-11-1{i}T08:00:00Z",
+        "component": [
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                "valueQuantity": {
+                    "value": sys_v,
+                    "unit": "mmHg",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "mm[Hg]",
+                },
+            },
+            {
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+                "valueQuantity": {
+                    "value": dia_v,
+                    "unit": "mmHg",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "mm[Hg]",
+                },
+            },
+        ],
+    }
 
 
 def test_views_in_duckdb_match_the_runner_after_updates_and_deletes(tmp_path: Path, data_dir: Path,

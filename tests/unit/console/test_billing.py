@@ -95,10 +95,20 @@ def _log(store: SqliteFhirStore, minutes: list[int], interactive: bool = True) -
                          interactive=interactive and i == 0)
 
 
-@pytest.mark.parametrize(("minutes", "codes"), [
-    ([9], []), ([10], ["99470"]), ([19], ["99470"]), ([41], ["99457", "99458"]), ([12, 7], ["99470"]), ([20], ["99457"]), ([39], ["99457"]),
-    ([20, 21], ["99457", "99458"]), ([60], ["99457", "99458", "99458"]),
-])
+@pytest.mark.parametrize(
+    ("minutes", "codes"),
+    [
+        ([9], []),
+        ([10], ["99470"]),
+        ([19], ["99470"]),
+        ([41], ["99457", "99458"]),
+        ([12, 7], ["99470"]),
+        ([20], ["99457"]),
+        ([39], ["99457"]),
+        ([20, 21], ["99457", "99458"]),
+        ([60], ["99457", "99458", "99458"]),
+    ],
+)
 def test_treatment_management_minutes(store: SqliteFhirStore, minutes: list[int], codes: list[str]) -> None:
     _log(store, minutes)
     row = _row(store)

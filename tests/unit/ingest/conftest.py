@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from tests.support.compat import compat_root
+from tests.support.compat import compat_path, require
 
-COMPAT = compat_root()
+COMPAT = compat_path("iomt-fhir")
 TESTINPUT = COMPAT / "testinput"
 SAMPLES = COMPAT / "sample-templates"
 INGESTED = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -30,6 +30,4 @@ def load_json(path: Path) -> Any:
 
 @pytest.fixture(scope="session")
 def compat_dir() -> Path:
-    if not COMPAT.is_dir():
-        pytest.skip(f"compat data not found at {COMPAT}")
-    return COMPAT
+    return require(COMPAT)

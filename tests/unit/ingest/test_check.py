@@ -136,9 +136,19 @@ def test_dry_run_reports_healthkit_sample_blood_pressure_defect(compat_dir) -> N
 
 HOURLY_HR = {"typeName": "heartrate", "periodInterval": 60, "codes": [{"code": "8867-4", "system": LOINC}],
              "value": {"defaultPeriod": 60000, "unit": "count/min", "valueName": "hr", "valueType": "SampledData"}}
-README_MESSAGES = [  # the iomt-fhir README's test message, twice in one hour (medtech.md §6)
-    {"heartrate": 65, "deviceid": "device1", "patientid": "patient1", "measurementdatetime": "2023-10-09T19:18:23+00:00"},
-    {"heartrate": 70, "deviceid": "device1", "patientid": "patient1", "measurementdatetime": "2023-10-09T19:20:05+00:00"},
+README_MESSAGES = [  # the iomt-fhir README's test message, twice in one hour
+    {
+        "heartrate": 65,
+        "deviceid": "device1",
+        "patientid": "patient1",
+        "measurementdatetime": "2023-10-09T19:18:23+00:00",
+    },
+    {
+        "heartrate": 70,
+        "deviceid": "device1",
+        "patientid": "patient1",
+        "measurementdatetime": "2023-10-09T19:20:05+00:00",
+    },
 ]
 
 

@@ -2,7 +2,7 @@
 
 Expectations are those of microsoft/iomt-fhir's own unit tests (NormalizationTests,
 IotJsonPathContentTemplateTests, IotCentralJsonPathContentTemplateTests,
-CalculatedFunctionContentTemplateTests) and ../shared/reference/medtech.md §6.
+CalculatedFunctionContentTemplateTests) and the iomt-fhir README, https://github.com/microsoft/iomt-fhir.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def test_hr_and_steps_one_message_many_measurements(name) -> None:
 
 
 def test_blood_pressure_array_fans_out_with_matched_token() -> None:
-    """medtech.md §6: one message -> two blood-pressure measurements, matchedToken mixing."""
+    """the iomt-fhir README, https://github.com/microsoft/iomt-fhir: one message -> two blood-pressure measurements, matchedToken mixing."""
     templates = load_device_templates({"templateType": "CollectionContent", "template": [{
         "templateType": "CalculatedContent",
         "template": {"typeName": "bloodPressure", "typeMatchExpression": "$..[?(@systolic && @diastolic)]",

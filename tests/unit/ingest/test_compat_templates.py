@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ingest.templates import TemplateError, check_templates, load_device_templates, load_fhir_templates
+from tests.support.compat import available
 
 from .conftest import COMPAT, load_json
 
@@ -109,7 +110,7 @@ def test_every_compat_file_is_classified(compat_dir: Path) -> None:
     assert not unclassified, f"classify these compat files in EXPLICIT: {unclassified}"
 
 
-TEMPLATE_FILES = [p for p in compat_files() if expected(p) is not None] if COMPAT.is_dir() else []
+TEMPLATE_FILES = [p for p in compat_files() if expected(p) is not None] if available(COMPAT) else []
 
 
 @pytest.mark.parametrize("path", [p for p in TEMPLATE_FILES if expected(p) is True], ids=lambda p: p.name)
@@ -182,7 +183,9 @@ def test_mixed_validity_keeps_valid_templates_when_not_strict(compat_dir: Path) 
 
 
 def test_single_templates_expose_medtech_fields(compat_dir: Path) -> None:
-    path = next(p for p in compat_files() if p.name.endswith("data_CalculatedFunctionContentTemplateValidOptional.json"))
+    path = next(
+        p for p in compat_files() if p.name.endswith("data_CalculatedFunctionContentTemplateValidOptional.json")
+    )
     (t,) = load_device_templates(path).templates
     assert t.type_name == "heartrate"
     assert (t.type_match.text, t.type_match.language) == ("$..[?(@heartrate)]", "JsonPath")

@@ -69,7 +69,7 @@ def test_identifier_and_id_follow_medtech_exactly() -> None:
 
 
 def test_hourly_sampled_data_matches_the_documented_observation() -> None:
-    """medtech.md §6: 65 @19:18:23Z and 70 @19:20:05Z, defaultPeriod 60000."""
+    """the iomt-fhir README, https://github.com/microsoft/iomt-fhir: 65 @19:18:23Z and 70 @19:20:05Z, defaultPeriod 60000."""
     templates = fhir(HR_SAMPLED)
     (change,) = changes(templates, [measurement(hr=65), measurement(at=T0.replace(minute=20, second=5), hr=70)])
     obs = change.resource

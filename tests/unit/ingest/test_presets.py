@@ -1,6 +1,6 @@
 """The shipped presets on realistic payloads: right codes, right units, valid R4, vital-signs profile.
 
-The vital-signs profile requirements are those of ../shared/reference/clinical.md §1.1.
+The vital-signs profile requirements are those of FHIR R4 Vital Signs profile, https://hl7.org/fhir/R4/observation-vitalsigns.html.
 """
 
 from __future__ import annotations

@@ -62,7 +62,10 @@ def test_correlation_window_and_sampled_slots_in_ticks() -> None:
 def test_hourly_window_ends_one_tick_before_the_next_and_replays_are_noops() -> None:
     templates = fhir(HR_SAMPLED)
     (created,) = changes(templates, [measurement(at=at(A), hr=60)])
-    assert created.resource["effectivePeriod"] == {"start": "2019-01-30T22:00:00Z", "end": "2019-01-30T22:59:59.9999999Z"}
+    assert created.resource["effectivePeriod"] == {
+        "start": "2019-01-30T22:00:00Z",
+        "end": "2019-01-30T22:59:59.9999999Z",
+    }
     stored = {created.id: created.resource}
     (replay,) = changes(templates, [measurement(at=at(A), hr=60)], existing=stored)
     assert replay.action == "noop"

@@ -86,7 +86,8 @@ def test_reminders_wait_escalations_to_staff_and_urgent_patient_alerts_do_not() 
 
 def test_patient_contacts_language_zone_and_preferences() -> None:
     patient = {
-        "resourceType": "Patient", "id": "p1",
+        "resourceType": "Patient",
+        "id": "p1",
         "telecom": [
             {"system": "email", "value": "maria@example.org", "rank": 2},
             {"system": "phone", "value": "(555) 555-0100", "use": "home", "rank": 1},  # landline: not texted
@@ -94,8 +95,10 @@ def test_patient_contacts_language_zone_and_preferences() -> None:
             {"system": "sms", "value": "+1 555 555 0102", "use": "old"},
             {"system": "sms", "value": "+15555550103", "period": {"end": "2026-01-01"}},
         ],
-        "communication": [{"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "en"}]}},
-                          {"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "es-MX"}]}, "preferred": True}],
+        "communication": [
+            {"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "en"}]}},
+            {"language": {"coding": [{"system": "urn:ietf:bcp:47", "code": "es-MX"}]}, "preferred": True},
+        ],
         "extension": [{"url": "http://hl7.org/fhir/StructureDefinition/timezone", "valueCode": "America/Chicago"}],
     }
     r = patient_recipient(patient, now=utc(2026, 11, 20, 12))

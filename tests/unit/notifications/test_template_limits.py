@@ -69,7 +69,9 @@ def test_the_limits_name_what_was_exceeded(tmp_path) -> None:
     with pytest.raises(TemplateLimitError, match="a range of more than 10000 items"):
         library(tmp_path / "a0", ATTACKS["nested ranges"]).render("alert_low", "email", "en", CTX)
     with pytest.raises(TemplateLimitError, match="loop iterations"):
-        library(tmp_path / "a", ATTACKS["nested ranges"].replace("100000", "10000")).render("alert_low", "email", "en", CTX)
+        library(tmp_path / "a", ATTACKS["nested ranges"].replace("100000", "10000")).render(
+            "alert_low", "email", "en", CTX
+        )
     with pytest.raises(TemplateLimitError, match="repetition longer than 65536"):
         library(tmp_path / "b", ATTACKS["string repetition"]).render("alert_low", "email", "en", CTX)
     with pytest.raises(TemplateLimitError, match="output longer than 65536 characters"):

@@ -86,7 +86,8 @@ def test_patient_messages_carry_no_phi_even_when_handed_some(lib, name, locale) 
         for value in PHI.values():
             assert value not in text
         if channel == "sms" and name != "consent_stop":
-            assert "STOP" in text  # every patient SMS says how to opt out (clinical.md §6.2)
+            # every patient SMS says how to opt out (the TCPA healthcare-message exemption, FCC 15-72)
+            assert "STOP" in text
     assert not {"patient_name", "reading", "diagnosis", "patient_label", "detail"} & lib.catalog.allowed(name, "sms")
 
 
@@ -115,7 +116,9 @@ def test_sandbox_escape_attempts_are_refused_with_the_file_named(tmp_path, sourc
 
 
 def test_a_template_using_a_field_its_audience_may_not_see_is_refused(tmp_path) -> None:
-    d = custom(tmp_path, {"en/alert_low.sms.j2": "Hi {{ patient_name }}, your BP was {{ reading }}. Call {{ contact_phone }}"})
+    d = custom(
+        tmp_path, {"en/alert_low.sms.j2": "Hi {{ patient_name }}, your BP was {{ reading }}. Call {{ contact_phone }}"}
+    )
     with pytest.raises(TemplateFieldError) as err:
         TemplateLibrary([d]).render("alert_low", "sms", "en", {**CTX, **PHI})
     message = str(err.value)
@@ -126,7 +129,10 @@ def test_a_template_using_a_field_its_audience_may_not_see_is_refused(tmp_path) 
 def test_a_program_can_widen_an_audience_explicitly(tmp_path) -> None:
     d = custom(tmp_path, {"en/escalation.sms.j2": "{{ org_name }} alert: {{ rule_title }}"})
     lib = TemplateLibrary([d], extra_fields={"staff": {"sms": ["rule_title"]}})
-    assert lib.render("escalation", "sms", "en", {"org_name": "Acme", "rule_title": "BP high"}).body == "Acme alert: BP high"
+    assert (
+        lib.render("escalation", "sms", "en", {"org_name": "Acme", "rule_title": "BP high"}).body
+        == "Acme alert: BP high"
+    )
 
 
 def test_context_values_must_be_plain(lib) -> None:
@@ -141,8 +147,15 @@ def test_missing_field_is_reported(lib) -> None:
 
 def test_sms_over_budget_is_refused(lib) -> None:
     with pytest.raises(TemplateBudgetError) as err:
-        lib.render("alert_high", "sms", "en", {"org_name": "The Regional Medical Center of the Greater Metropolitan Area, Inc.",
-                                              "contact_phone": "(555) 010-0100 ext. 200"})
+        lib.render(
+            "alert_high",
+            "sms",
+            "en",
+            {
+                "org_name": "The Regional Medical Center of the Greater Metropolitan Area, Inc.",
+                "contact_phone": "(555) 010-0100 ext. 200",
+            },
+        )
     assert "alert_high (sms, en)" in str(err.value) and "characters (limit 160)" in str(err.value)
 
 

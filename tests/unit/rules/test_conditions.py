@@ -51,7 +51,7 @@ def sbp(*points: tuple[float, float]) -> list[tuple[str, float, float]]:
 
 
 CASES = [
-    # threshold on the triggering reading; >= versus > is the rule's choice (clinical.md §2.1)
+    # threshold on the triggering reading; >= versus > is the rule's choice
     Case("reading >= holds at the bound", R("systolic_bp >= 180"), {"systolic_bp": 180}, True,
          text="systolic_bp 180 mm[Hg] >= 180 mm[Hg] (rule value 180)"),
     Case("reading > does not hold at the bound", R("systolic_bp > 180"), {"systolic_bp": 180}, False),
@@ -255,7 +255,9 @@ def test_compiled_check_agrees_with_explained_evaluation() -> None:
     for trial in range(25):
         readings = [Reading(m, max(0.0, rng.gauss(mu, sd)), at(-rng.uniform(0, 24 * 10)), f"Observation/{trial}-{i}")
                     for i in range(120) for m, (mu, sd) in [rng.choice(list(metrics.items()))]]
-        trigger = {m: Reading(m, max(0.0, rng.gauss(mu, sd)), at(0), "Observation/t") for m, (mu, sd) in metrics.items()}
+        trigger = {
+            m: Reading(m, max(0.0, rng.gauss(mu, sd)), at(0), "Observation/t") for m, (mu, sd) in metrics.items()
+        }
         history = History(readings, trigger.values())
         goals = (goal(SBP, high=(rng.choice([130, 140]), "mm[Hg]"), comparator=rng.choice(["<", None])),)
         ctx = context(goals=goals, tz=ZoneInfo("Europe/Berlin"))

@@ -182,9 +182,17 @@ def test_resources_validate_and_round_trip() -> None:
     key = episode_key("r1", PATIENT, at(0))
     assert issue["id"] == task["id"] == flag["id"] == key
     assert issue["identifier"] == [{"system": "urn:vigil:alert", "value": key}]
-    assert task["identifier"][0]["system"] == "urn:vigil:alert-task" and flag["identifier"][0]["system"] == "urn:vigil:alert-flag"
+    assert (
+        task["identifier"][0]["system"] == "urn:vigil:alert-task"
+        and flag["identifier"][0]["system"] == "urn:vigil:alert-flag"
+    )
     assert task["focus"] == {"reference": f"DetectedIssue/{key}"} and task["for"] == {"reference": PATIENT}
-    assert (task["status"], task["intent"], issue["status"], issue["severity"]) == ("requested", "order", "preliminary", "moderate")
+    assert (task["status"], task["intent"], issue["status"], issue["severity"]) == (
+        "requested",
+        "order",
+        "preliminary",
+        "moderate",
+    )
     assert issue["implicated"] == [{"reference": "Observation/a"}]
     state = episode_from_detected_issue(issue)
     assert state == apply_decision(decide(RULE, first, None, at(0), PATIENT), first, None, at(0), PATIENT)
@@ -212,7 +220,9 @@ def test_open_episode_is_deterministic_and_explanation_has_no_identifiers() -> N
     b = open_episode(fire(185, 0, "Observation/secret-id-123"), "Patient/jane-doe-42", at(5))
     assert a.detected_issue["id"] == b.detected_issue["id"]
     detail = a.detected_issue["detail"]
-    assert "secret-id-123" not in detail and "jane-doe" not in detail and not re.search(r"Patient/|Observation/", detail)
+    assert (
+        "secret-id-123" not in detail and "jane-doe" not in detail and not re.search(r"Patient/|Observation/", detail)
+    )
     assert "systolic_bp 185 mm[Hg] >= 160 mm[Hg]" in detail and "Severity raised to high" in detail
 
 

@@ -40,7 +40,9 @@ SBP, WEIGHT = "8480-6", "29463-7"
         ([goal(WEIGHT, high=(80, "[stone_av]"))], "body_weight", "high", None),  # unreadable unit: ignored
     ],
 )
-def test_personal_bound(goals: list[dict[str, Any]], metric: str, bound: str, expected: tuple[float, bool] | None) -> None:
+def test_personal_bound(
+    goals: list[dict[str, Any]], metric: str, bound: str, expected: tuple[float, bool] | None
+) -> None:
     found = personal_bound(goals, metric, bound)
     if expected is None:
         assert found is None

@@ -30,7 +30,8 @@ def problems(text: str) -> list[str]:
          "hf.yaml:9:15: rules[0].severity: Input should be 'low', 'moderate' or 'high'; got 'hgh'"),
         ("  - id: a\n    title: A\n    severty: high\n    when: {reading: systolic_bp >= 180}\n",
          "hf.yaml:9:5: rules[0].severty: unknown field 'severty'; did you mean 'severity'? valid fields here: "
-         "actions, description, enabled, id, more_severe, params, severity, source, suppression, title, triggers, when"),
+         "actions, description, enabled, id, more_severe, params, severity, source, suppression, title, "
+         "triggers, when"),
         ("  - id: a\n    title: A\n    when: {reading: systolic_bp >= 180}\n",
          "hf.yaml:7:5: rules[0].severity: missing required field 'severity'"),
         ("  - id: a\n    title: A\n    severity: high\n    when:\n      reading: sytolic_bp >= 180\n",

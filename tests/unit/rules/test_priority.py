@@ -37,7 +37,9 @@ def test_priority_is_the_highest_of_severity_default_rule_and_tier() -> None:
                   "more_severe": [{"severity": "high", "priority": "asap", "when": {"reading": "glucose < 54"}}]})
     rule = rs.rules[0]
     assert (rule.priority_for("moderate"), rule.priority_for("high")) == ("routine", "asap")
-    plain = ruleset({"id": "p", "severity": "high", "when": {"reading": "glucose < 54"}, "actions": {"priority": "routine"}}).rules[0]
+    plain = ruleset(
+        {"id": "p", "severity": "high", "when": {"reading": "glucose < 54"}, "actions": {"priority": "routine"}}
+    ).rules[0]
     assert plain.priority_for("high") == "urgent"  # a rule cannot ask for less than its severity's default
 
 

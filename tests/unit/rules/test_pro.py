@@ -26,7 +26,9 @@ def response(answers: list[Any], items: tuple[str, ...] = PHQ9_ITEMS, *, status:
         if answer is None:
             item_list.append({"linkId": f"/{code}"})
             continue
-        value = answer if isinstance(answer, dict) else {"valueCoding": {"system": coding_system, "code": ANSWERS[answer]}}
+        value = (
+            answer if isinstance(answer, dict) else {"valueCoding": {"system": coding_system, "code": ANSWERS[answer]}}
+        )
         item_list.append({"linkId": f"/{code}", "answer": [value]})
     return {"resourceType": "QuestionnaireResponse", "id": "qr1", "status": status, "questionnaire": questionnaire,
             "subject": {"reference": "Patient/p1"}, "authored": "2025-02-01T10:00:00-06:00", "item": item_list}
@@ -92,7 +94,8 @@ def test_answer_without_any_weight_is_unscorable_and_says_so() -> None:
 
 
 def test_weight_outside_0_to_3_is_rejected_not_summed() -> None:
-    """A stored FSH revision of the SDC CodeSystem had 4 for "Nearly every day" (clinical.md §4.2)."""
+    """A stored FSH revision of the SDC CodeSystem had 4 for "Nearly every day" (LOINC 44249-1 and 69737-5, and the SDC
+    itemWeight extension)."""
     result = score_response(custom_response(["a3"] * 9), custom_questionnaire([0, 1, 2, 4]))
     assert result.total is None
     assert "answerOption weight 4 is not a whole number from 0 to 3" in result.notes[0]

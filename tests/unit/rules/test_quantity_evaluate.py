@@ -62,8 +62,12 @@ def test_format_duration() -> None:
 def test_trigger_must_be_one_observation() -> None:
     rs = one_rule({"reading": "systolic_bp >= 100"})
     with pytest.raises(ValueError, match="one Observation"):
-        evaluate([rs], [reading("systolic_bp", 150, 0, "Observation/a"), reading("diastolic_bp", 90, 0, "Observation/b")],
-                 [], context())
+        evaluate(
+            [rs],
+            [reading("systolic_bp", 150, 0, "Observation/a"), reading("diastolic_bp", 90, 0, "Observation/b")],
+            [],
+            context(),
+        )
     assert evaluate([rs], [], [], context()) == []
 
 

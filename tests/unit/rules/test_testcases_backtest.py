@@ -82,7 +82,9 @@ def test_a_matching_expectation_passes_and_reports_the_alert(tmp_path: Path) -> 
 
 def test_unknown_override_fails_the_case_with_a_clear_message(tmp_path: Path) -> None:
     path = write_suite(tmp_path, "bad override", "[]")
-    path.write_text(path.read_text().replace("    readings:", "    overrides: {gain: {params: {max: 3}}}\n    readings:"))
+    path.write_text(
+        path.read_text().replace("    readings:", "    overrides: {gain: {params: {max: 3}}}\n    readings:")
+    )
     suite, ruleset = load_test_suite(path)
     [result] = run_suite(suite, ruleset)
     assert result.problems == ["overrides.gain: unknown param(s) max; valid: max_gain"]

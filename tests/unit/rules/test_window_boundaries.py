@@ -122,7 +122,10 @@ def _local(day: int, hour: int, minute: int = 0) -> datetime:
     ("hf-weight-gain-day", 1, 1.0), ("hf-weight-gain-3-days", 3, 2.1), ("hf-weight-gain-week", 7, 2.4)])
 def test_heart_failure_weight_gain_windows_are_calendar_days(rule_id: str, days: int, gain: float) -> None:
     today = 20
-    inside = [(_local(today - days, 0, 1), {"body_weight": 80.0}), (_local(today, 23, 50), {"body_weight": 80.0 + gain})]
+    inside = [
+        (_local(today - days, 0, 1), {"body_weight": 80.0}),
+        (_local(today, 23, 50), {"body_weight": 80.0 + gain}),
+    ]
     outside = [(_local(today - days - 1, 23, 59), {"body_weight": 80.0}),
                (_local(today, 7, 0), {"body_weight": 80.0 + gain})]
     assert _fired(rule_id, inside) == ["high"]
