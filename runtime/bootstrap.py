@@ -62,17 +62,22 @@ class Services:
                 close()
 
 
-def bootstrap(settings: Settings, *, clock: Clock | None = None) -> Services:
+def bootstrap(settings: Settings, *, clock: Clock | None = None, bus_clock: Clock | None = None) -> Services:
+    """Every adapter from `settings`. `clock` is Vigil's clinical and messaging time; `bus_clock`
+    times the local bus's deliveries (visibility, retry backoff, leases) and defaults to the wall
+    clock, whatever `clock` is (docs/decisions.md, "The local bus runs on the wall clock")."""
     if clock is None:
         clock = FixedClock(parse_instant(settings.as_of)) if settings.as_of else SystemClock()
     data_dir = settings.data_dir
     private_dir(data_dir)  # 0700, or one warning if an existing directory is looser
     dead_letters = SqliteDeadLetterStore(settings.path("deadletters.db"))
     store = _fhir_store(settings, clock)
-    # The bus schedules retries on the injected clock, as every other time in Vigil: a test or a
-    # simulation that advances its clock past a backoff sees the retry come due.
+    # Every process that shares bus.db (a `vigil ingest` beside a running `vigil serve`, whatever
+    # clock each runs on) must agree on when a message is visible: the bus runs on the wall clock
+    # unless a caller (a test) gives it another.
+    bus_time = bus_clock or SystemClock()
     bus = LocalBus(settings.path("bus.db"), dead_letters=dead_letters, max_attempts=settings.bus_max_attempts,
-                   now=lambda: clock.now().timestamp())
+                   now=lambda: bus_time.now().timestamp())
     consent = SmsConsentRegistry(store, clock)
     ledger = send_ledger(settings, store)
     channels = build_channels(_channel_config(settings), ledger=ledger, opt_outs=consent, clock=clock,

@@ -144,3 +144,30 @@ def test_serve_on_the_demo_data_sends_nothing_for_its_past_unless_asked_to_catch
     # On the wall clock (weeks past the demo) the past comes due at once: absence alerts, escalations.
     caught_up = _sends_after_serving(catch_up, catch_up=True)
     assert sum(n for t, n in caught_up.items() if not t.startswith("reminder")) > 0, caught_up
+
+
+def test_a_host_resumed_on_demo_time_takes_messages_another_process_published(tmp_path: Path, capsys) -> None:
+    """`vigil ingest` beside a `vigil serve` that runs on a demo's resumed clock: the bus times
+    deliveries on the wall clock, so the host sees the messages now, not weeks later."""
+    from runtime.bootstrap import bootstrap
+    from runtime.cli import serve_clock
+    from runtime.host import LocalHost
+
+    demo = tmp_path / "demo"
+    assert main(["--data-dir", str(demo), "demo", "--patients", "4", "--days", "3"]) == 0
+    capsys.readouterr()
+    settings = Settings.from_env({}, data_dir=demo)
+    served = bootstrap(settings, clock=serve_clock(settings, catch_up=False))
+    publisher = bootstrap(settings)  # a second process on the system clock
+    host = LocalHost(served)
+    host.acquire()
+    try:
+        message = (b'{"deviceId": "demo-001-cuff", "type": "heart_rate", "time": "'
+                   + served.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ").encode() + b'", "values": {"bpm": 70}}')
+        LocalHost(publisher).publish_device_messages([message])
+        assert host.run_until_idle(timeout_s=30)
+        assert served.bus is not None and served.bus.pending(host.device_queue) == 0
+    finally:
+        host.release()
+        served.close()
+        publisher.close()

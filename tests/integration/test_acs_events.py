@@ -38,7 +38,7 @@ def clock() -> FixedClock:
 @pytest.fixture
 def host(acs: FakeAcsServer, tmp_path: Path, clock: FixedClock):
     config = write_channels_config(acs, tmp_path / "channels.json")
-    h = make_host(tmp_path / "data", clock=clock, channels_config=config, contact_phone=HELP_LINE)
+    h = make_host(tmp_path / "data", clock=clock, bus_on_clock=True, channels_config=config, contact_phone=HELP_LINE)
     h.acquire()
     add_patient(h.services, "p1")
     yield h

@@ -21,9 +21,13 @@ DAYTIME = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
 CLINIC_PHONE = "+1-555-010-0199"
 
 
-def make_host(data_dir: Path, clock: Clock | None = None, **settings: Any) -> LocalHost:
+def make_host(data_dir: Path, clock: Clock | None = None, *, bus_on_clock: bool = False, **settings: Any) -> LocalHost:
+    """A local host on `data_dir`; with `bus_on_clock` the bus's retries come due when the test's
+    clock is advanced past them (instead of in wall-clock time)."""
     settings.setdefault("contact_phone", CLINIC_PHONE)
-    services = bootstrap(Settings.from_env({}, data_dir=data_dir, **settings), clock=clock or FixedClock(DAYTIME))
+    clock = clock or FixedClock(DAYTIME)
+    services = bootstrap(Settings.from_env({}, data_dir=data_dir, **settings), clock=clock,
+                         bus_clock=clock if bus_on_clock else None)
     return LocalHost(services)
 
 
