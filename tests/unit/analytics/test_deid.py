@@ -185,3 +185,31 @@ def test_export_deidentified_leaves_no_canary_in_what_the_console_and_sms_ack_wr
     assert '"AuditEvent"' in ndjson and '"Basic"' in ndjson
     _assert_no_canary(ndjson)
     assert phone not in ndjson and CANARIES["phone"].replace("-", "") not in ndjson
+
+
+def test_a_kept_decimal_leaves_the_deidentified_export_and_deidentify_as_written(
+        tmp_path: Path, data_dir: Path, clock: FixedClock) -> None:
+    """Vigil keeps FHIR decimals as written (22.40 stays 22.40, common/jsonnum.py: FHIR R4 says the
+    precision is significant); a profile that keeps the value must not turn it into 22.4."""
+    from fhirstore.sqlite_store import SqliteFhirStore
+
+    store = SqliteFhirStore(data_dir / "fhir.db", clock=clock)
+    store.update(patient(0))
+    resource = observation(0, CANARIES["patient_id"], 70.0)
+    raw = json.dumps(resource).replace('"value": 70.0', '"value": 22.40')
+    assert "22.40" in raw
+    from common import jsonnum
+
+    store.update(jsonnum.loads(raw))
+    store.close()
+    lake = tmp_path / "lake"
+    assert main(["--data-dir", str(data_dir), "export", str(lake), "--deidentify", "research", "--no-progress",
+                 "--grace", "0"]) == 0
+    ndjson = "".join(p.read_text() for p in lake.rglob("Observation*.ndjson"))
+    assert '"value":22.40' in ndjson
+    src = tmp_path / "in.ndjson"
+    src.write_text(raw + "\n")
+    out = tmp_path / "out.ndjson"
+    assert main(["--data-dir", str(data_dir), "deidentify", str(src), str(out), "--config", "research",
+                 "--no-check"]) == 0
+    assert '"value": 22.40' in out.read_text()
