@@ -141,6 +141,12 @@ def _local_day_edge(store: FhirStore, patient_id: str, day: date, *, end: bool =
     return edge.isoformat(timespec="milliseconds" if end else "seconds")
 
 
+def patient_today(store: FhirStore, patient_id: str, now: datetime) -> date:
+    """The date it is now where the patient lives: the default start and end of an enrollment (the
+    UTC date can be tomorrow there, which would start the enrollment in the future)."""
+    return now.astimezone(patient_time_zone(_patient(store, patient_id), "UTC")).date()
+
+
 def enroll(store: FhirStore, rulesets: list[Ruleset], patient_id: str, program: str, start: date) -> dict[str, Any]:
     _patient(store, patient_id)
     if program not in program_ids(rulesets):

@@ -32,3 +32,18 @@ def test_an_enrollment_day_starts_and_ends_in_the_patients_zone(tmp_path: Path) 
         assert not careplan_active(ended, datetime(2026, 11, 25, 15, 30, tzinfo=UTC))  # 00:30 on the 26th
         # Billing reads the same days.
         assert enrollment_spans([ended]) == [(date(2026, 11, 20), date(2026, 11, 25))]
+
+
+def test_enrolling_today_in_the_evening_west_of_utc_is_active_at_once(tmp_path: Path) -> None:
+    """At 21:00 in Chicago it is already tomorrow in UTC: "today" is the patient's date, so an
+    enrollment started now is active now (not from the next local midnight)."""
+    from console.enrollment import patient_today
+
+    now = datetime(2026, 11, 21, 3, 0, tzinfo=UTC)  # 21:00 on the 20th in Chicago
+    with SqliteFhirStore(tmp_path / "fhir.db") as store:
+        store.update({"resourceType": "Patient", "id": "chi", "active": True,
+                      "extension": [{"url": TZ_EXT, "valueCode": "America/Chicago"}]})
+        today = patient_today(store, "chi", now)
+        assert today == date(2026, 11, 20)
+        plan = enroll(store, load_rulesets([DEFAULT_RULES]), "chi", "hypertension", today)
+        assert careplan_active(plan, now)
