@@ -8,7 +8,6 @@ Hashing is argon2-cffi's `PasswordHasher` (RFC 9106 defaults), never a hand-writ
 from __future__ import annotations
 
 import re
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -17,6 +16,8 @@ from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from common.storage import connect as private_sqlite
 
 ROLES = ("nurse", "physician", "care-manager", "admin")
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
@@ -46,7 +47,9 @@ class StaffAccounts:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # The stores' own connect: the file 0600 before SQLite makes it (its -wal/-shm take its mode)
+        # and errors that name it, whatever umask the embedding host runs with (common/storage.py).
+        self._db = private_sqlite(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("""CREATE TABLE IF NOT EXISTS staff (
             username TEXT PRIMARY KEY, role TEXT NOT NULL, practitioner_id TEXT NOT NULL,

@@ -176,10 +176,10 @@ def _patients_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _enroll(args: argparse.Namespace, settings: Settings) -> int:
-    from console.enrollment import end_enrollment, enroll
+    from console.enrollment import end_enrollment, enroll, patient_today
 
     def action(s: Any) -> str:
-        today = s.clock.now().date()
+        today = patient_today(s.store, args.patient, s.clock.now())  # the patient's date, not UTC's
         if args.end:
             from console.views import messaging
 

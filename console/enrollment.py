@@ -14,11 +14,12 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from common.codes import LOINC, METRICS, UCUM, vigil_system
+from common.patient_time import patient_time_zone
 from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
 from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
@@ -131,6 +132,21 @@ def program_ids(rulesets: list[Ruleset]) -> list[str]:
     return sorted({r.program.id for r in rulesets})
 
 
+def _local_day_edge(store: FhirStore, patient_id: str, day: date, *, end: bool = False) -> str:
+    """`day`'s first (or last) instant in the patient's time zone, with its offset: the rules read a
+    bare FHIR date as a UTC day, so a start on "2026-11-20" would begin at 09:00 in Tokyo. The text
+    still begins with the local date, which billing reads (DESIGN §5: calendar days are the patient's)."""
+    tz = patient_time_zone(_patient(store, patient_id), "UTC")
+    edge = datetime.combine(day, time(23, 59, 59, 999000) if end else time(0), tz)
+    return edge.isoformat(timespec="milliseconds" if end else "seconds")
+
+
+def patient_today(store: FhirStore, patient_id: str, now: datetime) -> date:
+    """The date it is now where the patient lives: the default start and end of an enrollment (the
+    UTC date can be tomorrow there, which would start the enrollment in the future)."""
+    return now.astimezone(patient_time_zone(_patient(store, patient_id), "UTC")).date()
+
+
 def enroll(store: FhirStore, rulesets: list[Ruleset], patient_id: str, program: str, start: date) -> dict[str, Any]:
     _patient(store, patient_id)
     if program not in program_ids(rulesets):
@@ -143,7 +159,7 @@ def enroll(store: FhirStore, rulesets: list[Ruleset], patient_id: str, program: 
         "instantiatesCanonical": [f"urn:vigil:program:{program}"],
         "title": program,
         "subject": {"reference": f"Patient/{patient_id}"},
-        "period": {"start": start.isoformat()},
+        "period": {"start": _local_day_edge(store, patient_id, start)},
     }
     return store.update(plan).resource or plan
 
@@ -157,7 +173,7 @@ def end_enrollment(store: FhirStore, patient_id: str, program: str, end: date, *
     except (ResourceNotFound, ResourceGone):
         raise EnrollmentError(f"program: the patient is not enrolled in {program!r}") from None
     plan["status"] = "completed"
-    plan["period"] = {**(plan.get("period") or {}), "end": end.isoformat()}
+    plan["period"] = {**(plan.get("period") or {}), "end": _local_day_edge(store, patient_id, end, end=True)}
     written = store.update(plan, if_match=plan["meta"]["versionId"]).resource or plan
     rule_ids = {r.id for rs in rulesets or [] if rs.program.id == program for r in rs.rules}
     for issue in search_all(store, "DetectedIssue", {"patient": f"Patient/{patient_id}", "status": "preliminary"}):

@@ -14,6 +14,7 @@ from fhirstore.errors import ResourceGone, ResourceNotFound
 from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
 from rules.enrollment import careplan_active
+from rules.episode_resources import PRIORITY_EXT
 from rules.model import SEVERITY_RANK, Ruleset
 
 RULE_SYSTEM = "urn:vigil:rule"
@@ -97,7 +98,7 @@ def inbox(store: FhirStore, rulesets: list[Ruleset], *, program: str = "", sever
             issue_id=issue["id"], task_id=task["id"] if task else None, patient_id=pid,
             patient_name=display_name(patients[pid]), rule_id=rule,
             title=(issue.get("code") or {}).get("text") or rule, program=programs.get(rule, ""),
-            severity=issue.get("severity", "low"), priority=(task or {}).get("priority", "routine"),
+            severity=issue.get("severity", "low"), priority=_priority(issue, task),
             status=state, owner=((task or {}).get("owner") or {}).get("reference"),
             opened=parse_instant((issue.get("identifiedPeriod") or {}).get("start") or issue["meta"]["lastUpdated"]),
             comparison=comparison(issue.get("detail", "")),
@@ -105,8 +106,19 @@ def inbox(store: FhirStore, rulesets: list[Ruleset], *, program: str = "", sever
         ))
     rows = [r for r in rows if (not program or r.program == program) and (not severity or r.severity == severity)
             and (not status or r.status == status) and (not owner or r.owner == owner)]
-    rows.sort(key=lambda r: (-SEVERITY_RANK.get(r.severity, 0), -PRIORITY_RANK.get(r.priority, 0), r.opened))
+    # STAT above all (docs/console.md): a rule may route a moderate or low alert as stat (docs/rules.md §5).
+    rows.sort(key=lambda r: (not r.stat, -SEVERITY_RANK.get(r.severity, 0), -PRIORITY_RANK.get(r.priority, 0),
+                             r.opened))
     return rows
+
+
+def _priority(issue: dict[str, Any], task: dict[str, Any] | None) -> str:
+    """The alert's routing priority: the higher of its Task's and the one the DetectedIssue carries
+    (an alert without a Task carries it only there)."""
+    carried = next((e.get("valueCode") for e in issue.get("extension") or []
+                    if e.get("url") == PRIORITY_EXT), None)
+    found = [p for p in ((task or {}).get("priority"), carried) if p in PRIORITY_RANK]
+    return max(found, key=PRIORITY_RANK.__getitem__, default="routine")
 
 
 def comparison(detail: str) -> str:

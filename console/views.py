@@ -366,10 +366,13 @@ class Console:
                     quiet_hours=f("quiet_hours", "21:00-08:00"), sms_consent=f("sms_consent") == "yes"),
                     now=self.s.clock.now())
             elif step == "program":
+                start = f("start")
                 res = enrollment.enroll(self.store, self.s.rulesets, f("patient"), f("program"),
-                                        date.fromisoformat(f("start") or today.isoformat()))
+                                        date.fromisoformat(start) if start else
+                                        enrollment.patient_today(self.store, f("patient"), self.s.clock.now()))
             elif step == "end":
-                res = enrollment.end_enrollment(self.store, f("patient"), f("program"), today,
+                res = enrollment.end_enrollment(self.store, f("patient"), f("program"),
+                                                enrollment.patient_today(self.store, f("patient"), self.s.clock.now()),
                                                 rulesets=self.s.rulesets, messaging=self.m)
             elif step == "device":
                 res = enrollment.register_device(self.store, f("patient"), f("identifier"), f("kind"))

@@ -18,6 +18,8 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from common import jsonnum
+from common.storage import StorageFault
+from common.storage import describe as describe_storage_fault
 from fhirstore.errors import FhirError, InvalidResource, operation_outcome
 from fhirstore.port import FhirStore, Resource, WriteOutcome, WriteResult
 from fhirstore.search_params import REGISTRY, params_for
@@ -63,8 +65,14 @@ def handle(
     try:
         return request.route()
     except FhirError as exc:
+        fault = describe_storage_fault(exc) if exc.status >= 500 else None
+        if fault is not None:
+            return _storage_fault(fault)
         return _json(exc.status, exc.outcome)
     except Exception as exc:
+        fault = describe_storage_fault(exc)
+        if fault is not None:
+            return _storage_fault(fault)
         # Type and place only: an exception's message may quote resource content (PHI).
         where = traceback.extract_tb(exc.__traceback__)[-1]
         logger.error("FHIR %s %s failed: %s at %s:%s", request.method, request.segments[:1],
@@ -403,6 +411,16 @@ def _flatten(params: Mapping[str, Any]) -> list[tuple[str, str]]:
 def _json(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> RestResponse:
     body = jsonnum.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     return RestResponse(status, {**(headers or {}), "Content-Type": FHIR_JSON}, body)
+
+
+def _storage_fault(fault: StorageFault) -> RestResponse:
+    """The store's file could not be written or read (full disk, read-only, corrupt): 503 with
+    Retry-After (RFC 9110 §15.6.4), the FHIR `transient` code, so a client retries the interaction
+    later rather than giving it up as a server bug. The log names the file (common/storage.py)."""
+    logger.error("FHIR store storage fault: %s", fault.line())
+    response = _problem(503, "transient", f"storage unavailable: {fault.what}; try again later")
+    response.headers["Retry-After"] = "60"
+    return response
 
 
 def _problem(status: int, code: str, text: str) -> RestResponse:

@@ -20,7 +20,6 @@ check). A notification is turned into events for the same handler path as every 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,10 +27,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from fhirstore.errors import ResourceGone, ResourceNotFound
+from fhirstore.errors import InvalidResource, ResourceGone, ResourceNotFound
 from fhirstore.event_source import WATCHED_TYPES, Deliver, change_event
 from fhirstore.events import event_grid_event
 from fhirstore.port import FhirStore, Resource
+from fhirstore.rest import parse_json_body
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +94,12 @@ def handle_notification(body: bytes, deliver: Deliver, *, account: str, on_ping:
     if not body.strip():
         return NotificationResult("ping", on_ping())
     try:
-        resource = json.loads(body)
-    except ValueError as exc:
-        raise InvalidNotification(f"notification body is not JSON: {exc}") from None
+        # The facade's parser of request bodies: FHIR JSON from outside, so nesting past its limit,
+        # lone surrogates, NaN and over-long integers are this body's error, not an exception the
+        # server's retry would repeat.
+        resource = parse_json_body(body)
+    except InvalidResource as exc:
+        raise InvalidNotification(f"notification body is not JSON Vigil can read: {exc}") from None
     if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
         raise InvalidNotification("notification body is not a FHIR resource")
     if resource["resourceType"] != "Bundle":

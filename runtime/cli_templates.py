@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from runtime.settings import Settings
@@ -31,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:
+    from common.clock import parse_instant
     from common.jsonnum import dumps
     from ingest.batches import split_messages
     from ingest.templates.check import check_templates
@@ -53,7 +55,11 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
             print(f"vigil: cannot read {args.messages}: {exc.strerror}", file=sys.stderr)
             return 2
         messages = split_messages(data)
-    report = check_templates(device, fhir, messages, merge=args.merge)
+    # Judged as the ingest handler judges them: at the host's clock (VIGIL_AS_OF in a simulation)
+    # and with its clock skew, so a reading it would dead-letter as future_reading is one here too.
+    now = parse_instant(settings.as_of) if settings.as_of else datetime.now(UTC)
+    report = check_templates(device, fhir, messages, merge=args.merge, now=now,
+                             max_future_skew=timedelta(seconds=settings.max_future_skew_s))
     if args.json:
         print(dumps(report.to_dict(), indent=2, default=str))  # Quantity values as written
     else:

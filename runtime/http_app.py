@@ -26,7 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
+from common.storage import StorageFault
+from common.storage import describe as describe_storage_fault
+
 log = logging.getLogger(__name__)
+# How long a client should wait before retrying a request that met a storage fault (Retry-After).
+STORAGE_RETRY_AFTER_S = 60
 
 ALL_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
@@ -70,6 +75,17 @@ ErrorBody = Callable[[int, str], Response]
 
 def json_error(status: int, message: str) -> Response:
     return Response(status, {"Content-Type": "application/json"}, json.dumps({"error": message}).encode())
+
+
+def storage_fault_response(errors: ErrorBody, route: str, fault: StorageFault) -> Response:
+    """Vigil's own storage failed (full disk, read-only or corrupt file): the server's state, not the
+    request's fault, so 503 with Retry-After (RFC 9110 §15.6.4, §10.2.3) tells a gateway or device
+    to send it again later; nothing of it was accepted. The log names the file, as the CLI does
+    (common/storage.py); the fault's wording holds no request content."""
+    log.error("http route %s: storage fault: %s", route, fault.line())
+    response = errors(503, f"storage unavailable: {fault.what}; try again later")
+    response.headers["Retry-After"] = str(STORAGE_RETRY_AFTER_S)
+    return response
 
 
 @dataclass(frozen=True)
@@ -195,6 +211,9 @@ class HttpApp:
         try:
             return await asyncio.to_thread(route.handler, request)
         except Exception as exc:
+            fault = describe_storage_fault(exc)
+            if fault is not None:
+                return storage_fault_response(route.errors, route.name, fault)
             # The type only: an exception's message can quote what the client sent (PHI).
             log.warning("http route %s failed: %s", route.name, type(exc).__name__)
             return route.errors(500, "internal error")

@@ -18,6 +18,7 @@ from typing import Any
 from analytics.deid.config import Config, load_config
 from analytics.deid.engine import Anonymizer
 from analytics.deid.phi_check import collect, leaks
+from common import jsonnum
 
 _KEYS = ("cryptoHashKey", "dateShiftKey")
 
@@ -63,11 +64,11 @@ def read_resources(path: Path) -> Iterator[dict[str, Any]]:
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
-                    yield json.loads(line)
+                    yield jsonnum.loads(line)  # decimals as written (common/jsonnum.py)
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"{path} line {n}: not JSON ({exc.msg})") from exc
         return
-    data = json.loads(text)
+    data = jsonnum.loads(text)
     if isinstance(data, list):
         yield from data
     elif isinstance(data, dict) and data.get("resourceType") == "Bundle" and data.get("type") != "document":
@@ -109,6 +110,6 @@ def deidentify_path(src: Path, dest: Path, config: Config, *, check: bool = True
     for target, out in outputs:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out), encoding="utf-8")
+        tmp.write_text("".join(jsonnum.dumps(r, ensure_ascii=False) + "\n" for r in out), encoding="utf-8")
         os.replace(tmp, target)
     return DeidSummary(len(outputs), count, {})

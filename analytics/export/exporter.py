@@ -35,6 +35,7 @@ from tqdm import tqdm
 from analytics.export.schema import SchemaConflict, SchemaStore, table_from_ndjson
 from analytics.export.source import Change, SqliteSource
 from analytics.export.state import ExportState, PendingRun
+from common import jsonnum
 from common.clock import Clock, SystemClock
 
 FORMATS = frozenset({"ndjson", "parquet"})
@@ -192,8 +193,10 @@ def run_export(
                         summary.deleted[rtype] = summary.deleted.get(rtype, 0) + 1
                     else:
                         if transform:
-                            line = json.dumps(transform(json.loads(change.body)), separators=(",", ":"),
-                                              ensure_ascii=False).encode()
+                            # Decimals as written through the transform (common/jsonnum.py), as the
+                            # untransformed body keeps them.
+                            line = jsonnum.dumps(transform(jsonnum.loads(change.body)), separators=(",", ":"),
+                                                 ensure_ascii=False).encode()
                         else:
                             line = change.body.encode()
                         live.add(day, line)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,8 @@ def check_templates(
     *,
     validate_fhir: bool = True,
     merge: bool = False,
+    now: datetime | None = None,
+    max_future_skew: timedelta | None = None,
 ) -> CheckReport:
     """Load and validate both template files, report warnings, dry-run `messages` (dicts, JSON
     text or bytes; a dict with only Body/Properties/SystemProperties keys is taken as an already
@@ -194,7 +197,7 @@ def check_templates(
         report.warnings.extend(_cross_warnings(devices, fhir))
     if devices is not None:
         report.messages, report.batch = dry_run(list(messages), devices, fhir, validate_fhir=validate_fhir,
-                                                merge=merge)
+                                                merge=merge, now=now, max_future_skew=max_future_skew)
     return report
 
 

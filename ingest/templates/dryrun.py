@@ -12,9 +12,11 @@ looks nothing up.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from common.jsonnum import loads
+from ingest.reading_time import DEFAULT_MAX_FUTURE_SKEW, check_reading_times
 from ingest.templates.device import DeviceTemplateSet, NormalizeResult
 from ingest.templates.errors import MappingFailure, MessageError
 from ingest.templates.fhir import FhirTemplateSet, ObservationChange
@@ -39,12 +41,24 @@ class MessageCheck:
 
 
 def dry_run(messages: list[Any], devices: DeviceTemplateSet, fhir: FhirTemplateSet | None, *,
-            validate_fhir: bool = True, merge: bool = False) -> tuple[list[MessageCheck], list[dict[str, Any]] | None]:
-    """(one check per message, the batch's Observations when `merge` else None)."""
+            validate_fhir: bool = True, merge: bool = False, now: datetime | None = None,
+            max_future_skew: timedelta | None = None) -> tuple[list[MessageCheck], list[dict[str, Any]] | None]:
+    """(one check per message, the batch's Observations when `merge` else None).
+
+    `now` is the arrival time the samples are judged at (default: the wall clock); a reading dated
+    more than `max_future_skew` after it is dead-lettered as `future_reading`, as the ingest
+    handler does (ingest/reading_time.py)."""
+    arrival = now or datetime.now(UTC)
     checks = []
     for number, message in enumerate(messages, start=1):
-        result = normalize_sample(message, devices)
-        checks.append(MessageCheck(number, measurements=list(result.measurements), errors=list(result.errors)))
+        result = normalize_sample(message, devices, ingested_at=arrival)
+        check = MessageCheck(number, measurements=list(result.measurements), errors=list(result.errors))
+        if check.measurements and not check.errors:
+            try:
+                check_reading_times(check.measurements, arrival, max_future_skew or DEFAULT_MAX_FUTURE_SKEW)
+            except MappingFailure as failure:
+                check.errors.append(failure.to_error())
+        checks.append(check)
     if fhir is None:
         return checks, [] if merge else None
     if not merge:
@@ -57,7 +71,7 @@ def dry_run(messages: list[Any], devices: DeviceTemplateSet, fhir: FhirTemplateS
     return checks, _observations(batch, fhir, by_number, validate_fhir)
 
 
-def normalize_sample(message: Any, devices: DeviceTemplateSet) -> NormalizeResult:
+def normalize_sample(message: Any, devices: DeviceTemplateSet, *, ingested_at: datetime | None = None) -> NormalizeResult:
     """A sample message through the pipeline's own path (`DeviceTemplateSet.normalize`, which
     wraps the body once as `{Body, Properties, SystemProperties}`).
 
@@ -72,12 +86,13 @@ def normalize_sample(message: Any, devices: DeviceTemplateSet) -> NormalizeResul
         try:
             body = loads(body)  # numbers as written (common.jsonnum), as the ingest handler reads them
         except (ValueError, UnicodeDecodeError):
-            return devices.normalize(message)  # its own invalid_json error, as in the pipeline
+            return devices.normalize(message, ingested_at=ingested_at)  # its own invalid_json error, as in the pipeline
     if isinstance(body, dict) and "Body" in body and body.keys() <= _ENVELOPE_KEYS:
         props, sys_props = body.get("Properties"), body.get("SystemProperties")
         return devices.normalize(body["Body"], properties=props if isinstance(props, dict) else None,
-                                 system_properties=sys_props if isinstance(sys_props, dict) else None)
-    return devices.normalize(body)
+                                 system_properties=sys_props if isinstance(sys_props, dict) else None,
+                                 ingested_at=ingested_at)
+    return devices.normalize(body, ingested_at=ingested_at)
 
 
 def _observations(measurements: list[Measurement], fhir: FhirTemplateSet, checks: dict[int, MessageCheck],

@@ -142,3 +142,22 @@ def test_check_merge_flag_builds_the_hourly_observation_of_several_messages(tmp_
     assert "readings at 18:65 20:70" in out
     assert main(args) == 0
     assert "batch:" not in capsys.readouterr().out
+
+
+def test_check_dead_letters_a_reading_the_pipeline_would_refuse_as_future(tmp_path: Path, capsys,
+                                                                          monkeypatch) -> None:
+    """`templates check --merge` answers what ingest would do: a reading dated past VIGIL_MAX_FUTURE_SKEW_S
+    after the host's clock (VIGIL_AS_OF here) is a future_reading dead letter, not an Observation."""
+    monkeypatch.setenv("VIGIL_AS_OF", "2026-11-20T13:00:00Z")
+    sample = tmp_path / "m.jsonl"
+    sample.write_text("\n".join([
+        json.dumps({"deviceId": "cuff-1", "patientId": "p1", "type": "heart_rate",
+                    "time": "2026-11-20T07:31:00-05:00", "values": {"bpm": 70}}),
+        json.dumps({"deviceId": "cuff-1", "patientId": "p1", "type": "heart_rate",
+                    "time": "2027-11-20T07:31:00.1234567-05:00", "values": {"bpm": 71}}),
+    ]))
+    assert main(["--data-dir", str(tmp_path / "d"), "templates", "check", "--merge", "--json", str(sample)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    reasons = [[e["reason"] for e in m["deadLetter"]] for m in report["messages"]]
+    assert reasons == [[], ["future_reading"]]
+    assert len(report["batchObservations"]) == 1

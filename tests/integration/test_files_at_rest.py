@@ -112,3 +112,20 @@ def test_database_files_an_older_version_left_world_readable_are_tightened(tmp_p
             assert stat.S_IMODE((data_dir / name).stat().st_mode) == 0o600, name
     finally:
         services.close()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000], indirect=True)
+def test_the_consoles_staff_database_is_private_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    """The console keeps staff accounts (password hashes) in the data directory; embedded in a host
+    that did not set the umask (the Functions worker's console route), it must still be 0600 with
+    its WAL side files, like every other store."""
+    from console.views import accounts_for
+
+    data_dir = tmp_path / "data"
+    services = bootstrap(Settings.from_env({}, data_dir=data_dir))
+    try:
+        accounts_for(services).add("nurse.one", "nurse", "correct horse battery")
+        assert (data_dir / "staff.db").exists()
+        _assert_private(data_dir)
+    finally:
+        services.close()

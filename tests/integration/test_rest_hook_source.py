@@ -147,3 +147,20 @@ def test_the_endpoint_is_closed_unless_the_source_is_rest_hook(tmp_path: Path) -
     finally:
         install(None)
         services.close()
+
+
+@pytest.mark.parametrize("body, why", [
+    (b'{"resourceType": "Observation", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}", "deeper"),
+    (b'{"resourceType": "Observation", "id": "o\\ud800", "meta": {"versionId": "1"}}', "surrogate"),
+    (b'{"resourceType": "Observation", "id": "o1", "meta": {"versionId": "1"}, "valueQuantity": {"value": NaN}}',
+     "NaN"),
+])
+def test_a_poison_notification_is_kept_and_refused_like_any_unreadable_one(vigil: Services, body: bytes,
+                                                                          why: str) -> None:
+    """A rest-hook body is FHIR JSON from outside, as a facade request body is: nesting past the
+    parser's limit, a lone surrogate or NaN is a 400 with a dead letter (the server stops retrying),
+    never an exception the server's retry would repeat forever."""
+    status, answer = notify(body)
+    assert status == 400 and why in answer["error"]
+    [dead] = vigil.dead_letters.list()
+    assert (dead.reason, dead.payload) == ("invalid_notification", body)

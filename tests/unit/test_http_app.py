@@ -76,3 +76,33 @@ def test_a_failing_handler_is_a_500_without_its_message() -> None:
 
     resp = asyncio.run(go())
     assert resp.status_code == 500 and "Jane" not in resp.text
+
+
+def test_a_storage_fault_in_a_handler_is_a_503_to_retry_and_names_the_file_in_the_log(caplog) -> None:
+    """A full disk is the server's state, not the request's fault: 503 with Retry-After (RFC 9110
+    §15.6.4, §10.2.3), so a gateway retries the message instead of treating it as a 500."""
+    import sqlite3
+
+    def full(request: Request) -> Response:
+        exc = sqlite3.OperationalError("database or disk is full")
+        exc.vigil_path = "/data/fhir.db"  # type: ignore[attr-defined]
+        raise exc
+
+    def bug(request: Request) -> Response:
+        raise KeyError("x")
+
+    registry = RouteRegistry()
+    registry.add("/full", full, auth="anonymous")
+    registry.add("/bug", bug, auth="anonymous")
+
+    async def go(path: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=HttpApp(TOKEN, registry))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get(path)
+
+    with caplog.at_level("WARNING"):
+        resp = asyncio.run(go("/full"))
+    assert resp.status_code == 503 and int(resp.headers["Retry-After"]) > 0
+    assert "disk is full" in resp.json()["error"]
+    assert any("/data/fhir.db" in r.getMessage() and "disk is full" in r.getMessage() for r in caplog.records)
+    assert asyncio.run(go("/bug")).status_code == 500  # anything else stays an internal error

@@ -210,3 +210,29 @@ def test_capability_statement_lists_types_and_search_params(store) -> None:
     params = {p["name"]: p["type"] for p in resources["Observation"]["searchParam"]}
     assert params["component-code"] == "token" and params["date"] == "date" and params["patient"] == "reference"
     assert {i["code"] for i in statement["rest"][0]["interaction"]} == {"transaction", "batch"}
+
+
+def test_a_full_disk_is_a_503_to_retry_not_a_500(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write the embedded store cannot make for lack of space (SQLITE_FULL, simulated with
+    `PRAGMA max_page_count` as tests/e2e/test_storage_faults.py does) is the server's state: 503 with
+    Retry-After, so a FHIR client retries the write later instead of giving it up as a server bug."""
+    import sqlite3
+
+    path = tmp_path / "full.db"
+    SqliteFhirStore(path).close()
+    pages = sqlite3.connect(path).execute("PRAGMA page_count").fetchone()[0]
+    real = sqlite3.connect
+
+    def connect(p, *args, **kwargs):  # noqa: ANN001, ANN202
+        conn = real(p, *args, **kwargs)
+        if str(p).endswith("full.db"):
+            conn.execute(f"PRAGMA max_page_count = {pages}")
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", connect)
+    with SqliteFhirStore(path) as full:
+        response = call(full, "PUT", "Patient/big", body=patient(id="big", text={"status": "generated",
+                        "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">" + "x" * 200_000 + "</div>"}))
+    assert response.status == 503, response.body[:300]
+    assert int(response.headers["Retry-After"]) > 0
+    assert "full" in diagnostics(response)

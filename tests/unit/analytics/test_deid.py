@@ -156,3 +156,60 @@ def test_export_refuses_to_mix_identified_and_deidentified_data(tmp_path: Path, 
     assert main(["--data-dir", str(data_dir), "export", str(lake), "--no-progress"]) == 1
     assert main(["--data-dir", str(data_dir), "export", str(lake), "--deidentify", "research", "--no-progress"]) == 1
     assert main(["--data-dir", str(data_dir), "export", str(lake), "--deidentify", "--no-progress"]) == 0
+
+
+@pytest.mark.parametrize("profile", ["safe-harbor", "research"])
+def test_export_deidentified_leaves_no_canary_in_what_the_console_and_sms_ack_write(
+        tmp_path: Path, data_dir: Path, clock: FixedClock, profile: str) -> None:
+    """The console's AuditEvents (a resolve note is free text staff type: it can name the patient),
+    the SMS ACK lockout's Basic (the sender's number) and the polling cursor's Basic are in the
+    store the export reads: none of their PHI may reach the de-identified lake."""
+    from console.audit import audit
+    from fhirstore.polling_source import Cursor, FhirCursorStore
+    from fhirstore.sqlite_store import SqliteFhirStore
+    from notifications.ack_lockout import AckSenderLimit
+
+    phone = "+1" + CANARIES["phone"].replace("-", "")
+    store = SqliteFhirStore(data_dir / "fhir.db", clock=clock)
+    store.update(patient(0))
+    audit(store, clock, actor="Practitioner/nurse-1", action="resolve-alert", kind="update",
+          entities=[f"Patient/{CANARIES['patient_id']}"],
+          detail=f"treated: called {CANARIES['name']} {CANARIES['family']} at {CANARIES['phone']}")
+    AckSenderLimit(store, clock).record_failure(phone, "inbound-1", member="Practitioner/nurse-1")
+    FhirCursorStore(store).save("polling", "Observation", Cursor(clock.now(), {"obs-1/1"}))
+    store.close()
+    lake = tmp_path / "lake"
+    assert main(["--data-dir", str(data_dir), "export", str(lake), "--deidentify", profile, "--no-progress",
+                 "--grace", "0"]) == 0
+    ndjson = "".join(p.read_text() for p in lake.rglob("*.ndjson"))
+    assert '"AuditEvent"' in ndjson and '"Basic"' in ndjson
+    _assert_no_canary(ndjson)
+    assert phone not in ndjson and CANARIES["phone"].replace("-", "") not in ndjson
+
+
+def test_a_kept_decimal_leaves_the_deidentified_export_and_deidentify_as_written(
+        tmp_path: Path, data_dir: Path, clock: FixedClock) -> None:
+    """Vigil keeps FHIR decimals as written (22.40 stays 22.40, common/jsonnum.py: FHIR R4 says the
+    precision is significant); a profile that keeps the value must not turn it into 22.4."""
+    from fhirstore.sqlite_store import SqliteFhirStore
+
+    store = SqliteFhirStore(data_dir / "fhir.db", clock=clock)
+    store.update(patient(0))
+    resource = observation(0, CANARIES["patient_id"], 70.0)
+    raw = json.dumps(resource).replace('"value": 70.0', '"value": 22.40')
+    assert "22.40" in raw
+    from common import jsonnum
+
+    store.update(jsonnum.loads(raw))
+    store.close()
+    lake = tmp_path / "lake"
+    assert main(["--data-dir", str(data_dir), "export", str(lake), "--deidentify", "research", "--no-progress",
+                 "--grace", "0"]) == 0
+    ndjson = "".join(p.read_text() for p in lake.rglob("Observation*.ndjson"))
+    assert '"value":22.40' in ndjson
+    src = tmp_path / "in.ndjson"
+    src.write_text(raw + "\n")
+    out = tmp_path / "out.ndjson"
+    assert main(["--data-dir", str(data_dir), "deidentify", str(src), str(out), "--config", "research",
+                 "--no-check"]) == 0
+    assert '"value": 22.40' in out.read_text()

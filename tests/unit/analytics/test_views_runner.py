@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from analytics.views import ViewDefinitionError, compile_view, run_view
+from analytics.views.duck import shipped_views
 
 BP = {
     "resourceType": "Observation", "id": "bp1", "status": "final",
@@ -80,3 +81,30 @@ def test_where_that_is_not_boolean_is_an_error() -> None:
             "select": [{"column": [{"name": "id", "path": "id"}]}]}
     with pytest.raises(ViewDefinitionError, match=r"where\[0\]\.path"):
         run_view(view, [BP])
+
+
+def test_the_shipped_rpm_views_date_the_observations_vigils_own_ingest_writes(data_dir) -> None:
+    """Vigil's ingest writes MedTech's Observations: `effectivePeriod` (start = end for a single
+    reading), not `effectiveDateTime`. The RPM views must date those readings, or every
+    reading-day count and time series built on them is empty."""
+    from fhirstore.paging import search_all
+    from handlers.ingest import RawMessage, handle_device_messages
+    from tests.support.pipeline import add_patient, make_host, reading
+    from triggers.device_messages import ingest_deps
+
+    host = make_host(data_dir)
+    try:
+        add_patient(host.services, "p1")
+        handle_device_messages([
+            RawMessage(reading("p1", "heart_rate", "2026-11-20T08:15:00-05:00", {"bpm": 71})),
+            RawMessage(reading("p1", "blood_pressure", "2026-11-20T08:16:00-05:00", {"systolic": 141, "diastolic": 92})),
+        ], ingest_deps(host.services))
+        observations = search_all(host.services.store, "Observation", {})
+    finally:
+        host.services.close()
+    assert observations and all("effectiveDateTime" not in o for o in observations)  # the premise
+    views = shipped_views()
+    days = run_view(views["reading_days"], observations)
+    assert sorted(r["day"] for r in days) == ["2026-11-20", "2026-11-20"]
+    assert [r["effective"] for r in run_view(views["blood_pressure"], observations)] == ["2026-11-20T13:16:00Z"]
+    assert {r["effective"] for r in run_view(views["vital_signs"], observations)} >= {"2026-11-20T13:15:00Z"}

@@ -187,3 +187,26 @@ def test_merge_keeps_each_messages_dead_letter() -> None:
     bad = check_templates(templates, fhir_file(quantity), [messages[0], {"hr": "fast", "device": "d",
                                                                          "time": "2024-05-01T10:07:00Z"}], merge=True)
     assert [[e.reason for e in m.errors] for m in bad.messages] == [[], ["incompatible_value"]]
+
+
+def test_a_reading_dated_in_the_future_is_the_dry_runs_dead_letter_as_in_the_pipeline() -> None:
+    """The ingest handler dead-letters a reading dated past the clock skew (future_reading); the
+    dry run must say so too, and leave it out of the merged batch, or it shows Observations the
+    pipeline never writes."""
+    from datetime import UTC, datetime, timedelta
+
+    templates = device_file("hr")
+    quantity = {"typeName": "hr", "codes": [{"code": "8867-4", "system": LOINC}],
+                "value": {"valueName": "hr", "valueType": "Quantity", "unit": "/min",
+                          "system": "http://unitsofmeasure.org", "code": "/min"}}
+    now = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+    messages = [{"hr": 60, "device": "d", "time": "2026-11-20T11:00:00Z"},
+                {"hr": 61, "device": "d", "time": "2027-11-20T11:00:00.1234567Z"}]  # a year ahead, 100 ns
+    report = check_templates(templates, fhir_file(quantity), messages, merge=True, now=now,
+                             max_future_skew=timedelta(minutes=15))
+    assert [[e.reason for e in m.errors] for m in report.messages] == [[], ["future_reading"]]
+    assert [o["valueQuantity"]["value"] for o in report.batch] == [60]
+    # Within the skew it is an ordinary reading.
+    near = check_templates(templates, fhir_file(quantity), [{"hr": 62, "device": "d", "time": "2026-11-20T12:10:00Z"}],
+                           now=now, max_future_skew=timedelta(minutes=15))
+    assert not near.messages[0].errors
