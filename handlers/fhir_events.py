@@ -52,6 +52,10 @@ class EventDeps:
         return self.messaging.store
 
 
+# The resource types whose events this handler acts on (the rest are ignored unread): a relay
+# or an Event Grid subscription need deliver only these.
+HANDLED_TYPES = frozenset({"Observation", "QuestionnaireResponse", "CarePlan"})
+
 # Events of types Vigil does not handle, by type, in this process: a topic shared with other
 # services (DICOM events on a Health Data Services workspace) or Event Grid's own subscription
 # validation event. They are well-formed events meant for someone else: counted, not dead-lettered.
@@ -74,7 +78,7 @@ def handle_fhir_event(payload: dict[str, Any], deps: EventDeps) -> EventOutcome:
         error = poison_error(exc, "reading the event envelope")
         _park(deps, payload, error.reason, error.detail)
         return EventOutcome("dead-lettered")
-    if event.action == "deleted" or event.resource_type not in ("Observation", "QuestionnaireResponse", "CarePlan"):
+    if event.action == "deleted" or event.resource_type not in HANDLED_TYPES:
         return EventOutcome("ignored")
     try:
         resource = deps.store.vread(event.resource_type, event.resource_id, event.version_id)
