@@ -29,6 +29,7 @@ from common import jsonnum  # decimals as written: 22.40 stays 22.40
 from common.clock import Clock, SystemClock, iso, parse_instant
 from common.storage import connect as private_sqlite
 from common.storage import tag_error
+from fhirstore import readings_index
 from fhirstore.errors import (
     FhirError,
     InvalidResource,
@@ -254,10 +255,11 @@ class SqliteFhirStore:
                 if version not in (0, SCHEMA_VERSION):
                     raise ServerError(f"the FHIR store at {self._path} has schema version {version}; "
                                       f"this Vigil reads version {SCHEMA_VERSION}")
-                for statement in _SCHEMA.split(";"):
+                for statement in (_SCHEMA + readings_index.SCHEMA).split(";"):
                     if statement.strip():
                         tx.db.execute(statement)
                 tx.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                readings_index.build(tx.db, tx.iso, _VERSION_BITS)
             self._ensure_types(REGISTRY)
             self._spans.update(self._db().execute("SELECT pid, span FROM spans"))
         except sqlite3.Error as exc:
@@ -460,6 +462,8 @@ class SqliteFhirStore:
         db.execute("INSERT INTO versions (vkey, method, at, body) VALUES (?, 'DELETE', ?, NULL)",
                    ((current.rid << _VERSION_BITS) + version, tx.iso))
         self._drop_index(db, current.rid)
+        if resource_type == "Observation":
+            readings_index.drop(db, current.rid)
         self._emit(tx, "deleted", current.rid, version)
         return WriteResult("deleted", None, resource_type, id, str(version))
 
@@ -495,9 +499,13 @@ class SqliteFhirStore:
                        (version, tx.updated, rid))
             if not current.deleted:
                 self._drop_index(db, rid)
+                if resource_type == "Observation":
+                    readings_index.drop(db, rid)
         db.execute("INSERT INTO versions (vkey, method, at, body) VALUES (?, ?, ?, ?)",
                    ((rid << _VERSION_BITS) + version, method, tx.iso, body))
         self._index(tx, resource_type, rid, rows)
+        if resource_type == "Observation":
+            readings_index.write(db, doc, rows, rid, version)
         self._emit(tx, "created" if current is None or current.deleted else "updated", rid, version)
         return doc
 
@@ -567,6 +575,15 @@ class SqliteFhirStore:
     @_typed_errors
     def outbox_size(self) -> int:
         return self._db().execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+
+    # ------------------------------------------------------------ readings (fhirstore.readings_index)
+
+    @_typed_errors
+    def readings_window(self, patient_ref: str, metrics: Sequence[str] | set[str] | frozenset[str],
+                        since: str) -> list[Any]:
+        """The readings `rules.readings` finds in the patient's Observations of `metrics` that
+        match `date=ge<since>`, from the index written with each Observation (no JSON read)."""
+        return readings_index.window(self._db(), patient_ref, metrics, since)
 
     # ------------------------------------------------------------ search
 

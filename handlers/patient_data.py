@@ -12,10 +12,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from common.clock import iso
-from common.codes import ALTERNATE_CODES, LOINC
+from common.codes import LOINC
 from fhirstore.errors import ResourceGone, ResourceNotFound
 from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
+from fhirstore.readings_index import metric_codes
 from rules.enrollment import (
     PatientContext,
     careplan_active,
@@ -25,7 +26,7 @@ from rules.enrollment import (
 )
 from rules.evaluate import data_needed
 from rules.model import Ruleset
-from rules.readings import Reading, ReadingError, observation_code_for, readings_from_observation
+from rules.readings import Reading, ReadingError, readings_from_observation
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,16 @@ def load_patient_rules(store: FhirStore, patient_ref: str, rulesets: list[Rulese
 
 
 def codes_for(metric: str) -> list[str]:
-    primary = observation_code_for(metric)
-    return [primary, *(code for code, alias in ALTERNATE_CODES.items() if alias == metric and code != primary)]
+    return metric_codes(metric)
 
 
 def load_readings(store: FhirStore, patient_ref: str, metrics: frozenset[str] | set[str], since: datetime) -> list[Reading]:
-    """Readings of `metrics` for the patient with effective time from `since` on."""
+    """Readings of `metrics` for the patient with effective time from `since` on. The embedded
+    store answers from its readings index (fhirstore.readings_index: the same readings, no JSON
+    decoded); any other store by one search per code list."""
+    indexed = getattr(store, "readings_window", None)
+    if indexed is not None:
+        return indexed(patient_ref, metrics, iso(since))
     by_query: dict[str, set[str]] = {}
     for metric in metrics:
         key = ",".join(f"{LOINC}|{c}" for c in codes_for(metric))
