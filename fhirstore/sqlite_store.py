@@ -103,6 +103,7 @@ CREATE TABLE IF NOT EXISTS dt (
 CREATE INDEX IF NOT EXISTS dt_lo ON dt (pid, lo);
 CREATE INDEX IF NOT EXISTS dt_hi ON dt (pid, hi);
 CREATE TABLE IF NOT EXISTS spans (pid INTEGER PRIMARY KEY, span INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS type_changes (type TEXT PRIMARY KEY, n INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, vkey INTEGER NOT NULL, action TEXT NOT NULL
 );
@@ -146,6 +147,7 @@ class _Tx:
     iso: str
     updated: int  # lastUpdated in microseconds, truncated to the millisecond `iso` shows
     spans: dict[int, int] = field(default_factory=dict)  # widest date ranges written, per parameter id
+    types: set[str] = field(default_factory=set)  # resource types written (their change counters move)
 
 
 class _Handle:
@@ -285,6 +287,9 @@ class SqliteFhirStore:
                 db.execute("ROLLBACK")
             raise
         try:
+            for resource_type in tx.types:
+                db.execute("INSERT INTO type_changes (type, n) VALUES (?, 1)"
+                           " ON CONFLICT (type) DO UPDATE SET n = n + 1", (resource_type,))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             tag_error(exc, self._path)
@@ -456,6 +461,7 @@ class SqliteFhirStore:
         if current is None or current.deleted:
             return WriteResult("gone", None, resource_type, id, str(current.version) if current else None)
         version = _next_version(current, resource_type, id)
+        tx.types.add(resource_type)
         db = tx.db
         db.execute("UPDATE resources SET version = ?, deleted = 1, updated = ? WHERE rid = ?",
                    (version, tx.updated, current.rid))
@@ -470,6 +476,7 @@ class SqliteFhirStore:
     def _put_version(self, tx: _Tx, resource_type: str, id: str, resource: Resource, method: str,
                      current: _Current | None) -> Resource:
         version = 1 if current is None else _next_version(current, resource_type, id)
+        tx.types.add(resource_type)
         meta = dict(resource.get("meta") or {})
         meta["versionId"] = str(version)
         meta["lastUpdated"] = tx.iso
@@ -575,6 +582,15 @@ class SqliteFhirStore:
     @_typed_errors
     def outbox_size(self) -> int:
         return self._db().execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+
+    @_typed_errors
+    def change_mark(self, types: Sequence[str]) -> tuple[tuple[str, int], ...]:
+        """A value that changes whenever a resource of one of `types` is written or deleted, by
+        any process on this file (a counter per type, moved in the write's own transaction):
+        caches compare it to know whether what they hold may be stale."""
+        marks = ",".join("?" * len(types))
+        return tuple(sorted(self._db().execute(
+            f"SELECT type, n FROM type_changes WHERE type IN ({marks})", tuple(types)).fetchall()))
 
     # ------------------------------------------------------------ readings (fhirstore.readings_index)
 

@@ -18,6 +18,7 @@ from fhirstore.errors import ResourceGone, ResourceNotFound
 from fhirstore.events import EVENT_TYPES, InvalidEvent, parse_event
 from fhirstore.port import FhirStore
 from handlers.alerting import act_on_firing
+from handlers.enrollment_cache import EnrollmentCache
 from handlers.messaging import Messaging
 from handlers.patient_data import history_window, load_patient_rules, load_readings
 from ingest.deadletter import DeadLetterSink
@@ -46,6 +47,7 @@ class EventDeps:
     rulesets: list[Ruleset]
     dead_letters: DeadLetterSink
     topic: str = "fhir-events"
+    enrollments: EnrollmentCache | None = None  # kept by the process across events (triggers.fhir_events)
 
     @property
     def store(self) -> FhirStore:
@@ -105,7 +107,7 @@ def evaluate_observation(obs: dict[str, Any], deps: EventDeps, payload: dict[str
     if not trigger or not patient_ref.startswith("Patient/"):
         return EventOutcome("ignored")
     patient = load_patient_rules(deps.store, patient_ref, deps.rulesets, deps.messaging.clock.now(),
-                                 default_tz=deps.messaging.defaults.time_zone)
+                                 default_tz=deps.messaging.defaults.time_zone, cache=deps.enrollments)
     if patient is None:
         return EventOutcome("not-enrolled")
     metrics, since = history_window(patient.rulesets, trigger[0].effective, frozenset(r.metric for r in trigger))
@@ -123,6 +125,8 @@ def check_careplan(careplan: dict[str, Any], deps: EventDeps, payload: dict[str,
     """A CarePlan that names a Vigil program no ruleset defines would enroll its patient in nothing,
     silently: it is dead-lettered (reason `unknown_program`) and logged, so staff fix the program
     id or load the ruleset, then replay it. Enrollment itself is read when readings arrive."""
+    if deps.enrollments is not None:
+        deps.enrollments.forget((careplan.get("subject") or {}).get("reference"))
     unknown = unknown_programs(careplan, (rs.program for rs in deps.rulesets))
     if not unknown or careplan.get("status") not in ("active", "draft", "on-hold"):
         return EventOutcome("ignored")

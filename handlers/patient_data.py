@@ -17,6 +17,7 @@ from fhirstore.errors import ResourceGone, ResourceNotFound
 from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
 from fhirstore.readings_index import metric_codes
+from handlers.enrollment_cache import Enrollment, EnrollmentCache
 from rules.enrollment import (
     PatientContext,
     careplan_active,
@@ -39,11 +40,26 @@ class PatientRules:
     context: PatientContext
 
 
-def load_patient_rules(store: FhirStore, patient_ref: str, rulesets: list[Ruleset], now: datetime, *,
-                       default_tz: str = "UTC") -> PatientRules | None:
-    """None when the patient is not enrolled in any program (no active CarePlan naming one).
-    `default_tz` is the zone of a patient who records none: the same default their messages use."""
+def load_enrollment(store: FhirStore, patient_ref: str) -> Enrollment:
+    """The patient's active CarePlans, the Patient (None when gone) and active Goals, from the store."""
     careplans = search_all(store, "CarePlan", {"subject": patient_ref, "status": "active"})
+    try:
+        patient = store.read("Patient", patient_ref.partition("/")[2])
+    except (ResourceNotFound, ResourceGone):
+        patient = None
+    goals = search_all(store, "Goal", {"subject": patient_ref, "lifecycle-status": "active"})
+    return Enrollment(careplans, patient, goals)
+
+
+def load_patient_rules(store: FhirStore, patient_ref: str, rulesets: list[Ruleset], now: datetime, *,
+                       default_tz: str = "UTC", cache: EnrollmentCache | None = None) -> PatientRules | None:
+    """None when the patient is not enrolled in any program (no active CarePlan naming one).
+    `default_tz` is the zone of a patient who records none: the same default their messages use.
+    With `cache`, the CarePlans, Patient and Goals come from it while the store says they are current."""
+    if cache is None:
+        careplans, patient, goals = load_enrollment(store, patient_ref)
+    else:
+        careplans, patient, goals = cache.get(store, patient_ref, lambda: load_enrollment(store, patient_ref))
     enrolled = enrolled_rulesets(careplans, rulesets, now)
     if not enrolled:
         unknown = sum(len(unknown_programs(cp, (rs.program for rs in rulesets))) for cp in careplans
@@ -53,11 +69,6 @@ def load_patient_rules(store: FhirStore, patient_ref: str, rulesets: list[Rulese
             # here, for CarePlans written before that check. No program ids: they name the condition.
             log.warning("a patient's active CarePlan names %d unknown program id(s); not enrolled", unknown)
         return None
-    try:
-        patient = store.read("Patient", patient_ref.partition("/")[2])
-    except (ResourceNotFound, ResourceGone):
-        patient = None
-    goals = search_all(store, "Goal", {"subject": patient_ref, "lifecycle-status": "active"})
     context, problems = patient_context(patient_ref, now=now, rulesets=enrolled, patient=patient,
                                         careplans=careplans, goals=goals, default_tz=default_tz)
     for problem in problems:
