@@ -30,6 +30,8 @@ class Enrollment(NamedTuple):
     careplans: list[dict[str, Any]]
     patient: dict[str, Any] | None
     goals: list[dict[str, Any]]
+    # What was computed from this entry (handlers.patient_data: the rules per set of active CarePlans).
+    memo: dict[Any, Any]
 
 
 class EnrollmentCache:

@@ -48,7 +48,7 @@ def load_enrollment(store: FhirStore, patient_ref: str) -> Enrollment:
     except (ResourceNotFound, ResourceGone):
         patient = None
     goals = search_all(store, "Goal", {"subject": patient_ref, "lifecycle-status": "active"})
-    return Enrollment(careplans, patient, goals)
+    return Enrollment(careplans, patient, goals, {})
 
 
 def load_patient_rules(store: FhirStore, patient_ref: str, rulesets: list[Ruleset], now: datetime, *,
@@ -57,24 +57,36 @@ def load_patient_rules(store: FhirStore, patient_ref: str, rulesets: list[Rulese
     `default_tz` is the zone of a patient who records none: the same default their messages use.
     With `cache`, the CarePlans, Patient and Goals come from it while the store says they are current."""
     if cache is None:
-        careplans, patient, goals = load_enrollment(store, patient_ref)
+        found, warnings = _patient_rules(patient_ref, load_enrollment(store, patient_ref), rulesets, now, default_tz)
     else:
-        careplans, patient, goals = cache.get(store, patient_ref, lambda: load_enrollment(store, patient_ref))
+        enrollment = cache.get(store, patient_ref, lambda: load_enrollment(store, patient_ref))
+        # The result depends on `now` only through which CarePlans are active then: computed once
+        # per set of active CarePlans (for these rulesets and default zone) of the cached entry.
+        key = (default_tz, tuple(careplan_active(cp, now) for cp in enrollment.careplans))
+        memo = enrollment.memo.get(key)
+        if memo is None or memo[0] is not rulesets:
+            memo = enrollment.memo[key] = (rulesets, *_patient_rules(patient_ref, enrollment, rulesets, now, default_tz))
+        found, warnings = memo[1], memo[2]
+    for warning in warnings:
+        log.warning(*warning)
+    return found
+
+
+def _patient_rules(patient_ref: str, enrollment: Enrollment, rulesets: list[Ruleset], now: datetime,
+                   default_tz: str) -> tuple[PatientRules | None, list[tuple[Any, ...]]]:
+    careplans, patient, goals = enrollment.careplans, enrollment.patient, enrollment.goals
     enrolled = enrolled_rulesets(careplans, rulesets, now)
     if not enrolled:
         unknown = sum(len(unknown_programs(cp, (rs.program for rs in rulesets))) for cp in careplans
                       if careplan_active(cp, now))
-        if unknown:
-            # Not silence: the CarePlan's own event was dead-lettered (unknown_program); say it again
-            # here, for CarePlans written before that check. No program ids: they name the condition.
-            log.warning("a patient's active CarePlan names %d unknown program id(s); not enrolled", unknown)
-        return None
+        # Not silence: the CarePlan's own event was dead-lettered (unknown_program); say it again
+        # here, for CarePlans written before that check. No program ids: they name the condition.
+        return None, [("a patient's active CarePlan names %d unknown program id(s); not enrolled", unknown)] \
+            if unknown else []
     context, problems = patient_context(patient_ref, now=now, rulesets=enrolled, patient=patient,
                                         careplans=careplans, goals=goals, default_tz=default_tz)
-    for problem in problems:
-        # Problems name the rule and the override field, never values.
-        log.warning("care plan override ignored: %s", problem)
-    return PatientRules(enrolled, context)
+    # Problems name the rule and the override field, never values.
+    return PatientRules(enrolled, context), [("care plan override ignored: %s", problem) for problem in problems]
 
 
 def codes_for(metric: str) -> list[str]:
