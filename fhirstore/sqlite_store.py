@@ -107,6 +107,7 @@ CREATE TABLE IF NOT EXISTS type_changes (type TEXT PRIMARY KEY, n INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS outbox (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, vkey INTEGER NOT NULL, action TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS outbox_vkey ON outbox (vkey);
 """
 
 _TYPE = re.compile(r"[A-Z][A-Za-z]{1,63}")
@@ -578,6 +579,20 @@ class SqliteFhirStore:
             return
         with self._write_tx() as tx:
             tx.db.executemany("DELETE FROM outbox WHERE seq = ?", [(int(s),) for s in seqs])
+
+    @_typed_errors
+    def outbox_find(self, versions: Sequence[tuple[str, str, str]]) -> list[int]:
+        """The seqs of the undelivered events of these (type, id, version) versions: a host that
+        acted on them in process settles them with `outbox_done` (an event it never acted on
+        stays for the relay)."""
+        db = self._db()
+        found = []
+        for rtype, id, version in versions:
+            row = db.execute("SELECT o.seq FROM resources r JOIN outbox o ON o.vkey = (r.rid << ?) + ?"
+                             " WHERE r.type = ? AND r.id = ?", (_VERSION_BITS, int(version), rtype, id)).fetchone()
+            if row is not None:
+                found.append(row[0])
+        return found
 
     @_typed_errors
     def outbox_size(self) -> int:

@@ -370,6 +370,9 @@ class _Batch:
                 self.report.created += 1
             else:
                 self.report.updated += 1
+            stored = entry.get("resource")
+            if isinstance(stored, dict):
+                self.report.stored.append(stored)
 
     def _write_one(self, w: _Write) -> None:
         try:
@@ -381,6 +384,8 @@ class _Batch:
         except POISON_AT_STORE as exc:
             error = poison_error(exc, "writing the Observation")
         else:
+            if result.resource is not None:
+                self.report.stored.append(result.resource)
             if result.outcome == "created":
                 self.report.created += 1
             elif result.outcome == "updated":
