@@ -144,11 +144,29 @@ def history_window(rulesets: list[Ruleset], at: datetime,
     if trigger_metrics is None:
         metrics, lookback = data_needed(rulesets)
     else:
-        rules = [r for rs in rulesets for r in rs.rules if r.trigger_metrics & trigger_metrics]
-        metrics = frozenset(m for r in rules for m in r.metrics)
-        lookback = max((r.horizon for r in rules), default=timedelta(0))
+        metrics, lookback = _triggered_needs(rulesets, trigger_metrics)
     # A day of margin: calendar-day windows start at local midnight, up to 14 h before UTC's.
     return metrics, at - lookback - timedelta(days=1)
+
+
+# What the rules a set of metrics triggers need, per (rulesets, metrics): the same few combinations
+# come back with every reading. Keyed by the rulesets' identities and checked against them, so a
+# reloaded ruleset is never answered for; cleared when it grows past a bound.
+_NEEDS: dict[tuple[Any, ...], tuple[tuple[Ruleset, ...], frozenset[str], timedelta]] = {}
+
+
+def _triggered_needs(rulesets: list[Ruleset], trigger_metrics: frozenset[str]) -> tuple[frozenset[str], timedelta]:
+    key = (*map(id, rulesets), trigger_metrics)
+    found = _NEEDS.get(key)
+    if found is not None and len(found[0]) == len(rulesets) and all(a is b for a, b in zip(found[0], rulesets, strict=True)):
+        return found[1], found[2]
+    rules = [r for rs in rulesets for r in rs.rules if r.trigger_metrics & trigger_metrics]
+    metrics = frozenset(m for r in rules for m in r.metrics)
+    lookback = max((r.horizon for r in rules), default=timedelta(0))
+    if len(_NEEDS) > 4096:
+        _NEEDS.clear()
+    _NEEDS[key] = (tuple(rulesets), metrics, lookback)
+    return metrics, lookback
 
 
 def _readings(obs: dict[str, Any]) -> list[Reading]:
