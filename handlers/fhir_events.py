@@ -64,7 +64,9 @@ HANDLED_TYPES = frozenset({"Observation", "QuestionnaireResponse", "CarePlan"})
 IGNORED_EVENT_TYPES: Counter[str] = Counter()
 
 
-def handle_fhir_event(payload: dict[str, Any], deps: EventDeps) -> EventOutcome:
+def handle_fhir_event(payload: dict[str, Any], deps: EventDeps, *, stored: dict[str, Any] | None = None) -> EventOutcome:
+    """Act on one event. `stored` is the version the event names when the caller has it at hand
+    (it just wrote it: handlers.in_process); it is used only if its type, id and version match."""
     event_type = (payload.get("eventType") or payload.get("type")) if isinstance(payload, dict) else None
     if isinstance(event_type, str) and event_type and event_type not in EVENT_TYPES:
         name = event_type[:120]
@@ -82,19 +84,27 @@ def handle_fhir_event(payload: dict[str, Any], deps: EventDeps) -> EventOutcome:
         return EventOutcome("dead-lettered")
     if event.action == "deleted" or event.resource_type not in HANDLED_TYPES:
         return EventOutcome("ignored")
-    try:
-        resource = deps.store.vread(event.resource_type, event.resource_id, event.version_id)
-    except (ResourceNotFound, ResourceGone):
-        return EventOutcome("gone")  # deleted or purged since: nothing left to act on
-    except POISON_AT_STORE as exc:  # an id the store cannot even look up (e.g. a lone surrogate)
-        error = poison_error(exc, "reading the resource the event names")
-        _park(deps, payload, error.reason, error.detail)
-        return EventOutcome("dead-lettered")
+    if stored is not None and _names(stored, event.resource_type, event.resource_id, event.version_id):
+        resource = stored
+    else:
+        try:
+            resource = deps.store.vread(event.resource_type, event.resource_id, event.version_id)
+        except (ResourceNotFound, ResourceGone):
+            return EventOutcome("gone")  # deleted or purged since: nothing left to act on
+        except POISON_AT_STORE as exc:  # an id the store cannot even look up (e.g. a lone surrogate)
+            error = poison_error(exc, "reading the resource the event names")
+            _park(deps, payload, error.reason, error.detail)
+            return EventOutcome("dead-lettered")
     if event.resource_type == "CarePlan":
         return check_careplan(resource, deps, payload)
     if event.resource_type == "QuestionnaireResponse":
         return score_questionnaire_response(resource, deps, payload)
     return evaluate_observation(resource, deps, payload)
+
+
+def _names(resource: dict[str, Any], resource_type: str, resource_id: str, version_id: str) -> bool:
+    return (resource.get("resourceType") == resource_type and resource.get("id") == resource_id
+            and str((resource.get("meta") or {}).get("versionId")) == version_id)
 
 
 def evaluate_observation(obs: dict[str, Any], deps: EventDeps, payload: dict[str, Any] | None = None) -> EventOutcome:

@@ -24,9 +24,11 @@ from fhirstore.port import FhirStore
 log = logging.getLogger(__name__)
 
 
-def evaluate_in_process(store: FhirStore, stored: Sequence[dict[str, Any]], deliver: Callable[[dict[str, Any]], Any],
+def evaluate_in_process(store: FhirStore, stored: Sequence[dict[str, Any]],
+                        deliver: Callable[[dict[str, Any], dict[str, Any]], Any],
                         *, account: str, topic: str = "in-process") -> int:
-    """Deliver each stored version's event to `deliver`, then settle the ones that returned.
+    """Deliver each stored version's event, with the version as written, to `deliver(event,
+    resource)`, then settle the ones that returned.
     Returns how many were evaluated here; a store without an outbox (HTTP) evaluates none."""
     find = getattr(store, "outbox_find", None)
     done = getattr(store, "outbox_done", None)
@@ -40,7 +42,7 @@ def evaluate_in_process(store: FhirStore, stored: Sequence[dict[str, Any]], deli
         if event is None:
             continue  # already delivered (a replay), or not a stored version
         try:
-            deliver(event)
+            deliver(event, resource)
         except Exception as exc:  # left to the relay, which retries and dead-letters
             if storage_fault(exc) is not None:
                 raise  # Vigil's own storage failed: the host stops and says which (runtime.host)

@@ -36,7 +36,7 @@ def ingest_device_messages(events: typing.List[func.EventHubEvent]) -> None:  # 
     report = handle_device_messages([_raw(e, i) for i, e in enumerate(events)], ingest_deps(services))
     if services.settings.embedded:  # the embedded store: evaluate here, after the commit (handlers.in_process)
         deps = event_deps(services)
-        evaluate_in_process(services.store, report.stored, lambda event: handle_fhir_event(event, deps),
+        evaluate_in_process(services.store, report.stored, lambda event, resource: handle_fhir_event(event, deps, stored=resource),
                             account=services.settings.fhir_account)
 
 

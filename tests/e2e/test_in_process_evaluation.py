@@ -34,8 +34,12 @@ def issues(services: Services) -> list[dict]:
     return search_all(services.store, "DetectedIssue", {"patient": "Patient/p1"})
 
 
-def test_readings_are_evaluated_in_process_and_their_events_settled(host: tuple[Services, LocalHost]) -> None:
+def test_readings_are_evaluated_in_process_and_their_events_settled(
+        host: tuple[Services, LocalHost], monkeypatch: pytest.MonkeyPatch) -> None:
     services, h = host
+    vreads: list[str] = []
+    vread = services.store.vread
+    monkeypatch.setattr(services.store, "vread", lambda t, *a: vreads.append(t) or vread(t, *a))
     relayed, invoked = h.stats.relayed_events, h.stats.invocations.get("on_fhir_event", 0)
     h.publish_device_messages([reading("p1", "blood_pressure", "2026-11-20T09:30:00-05:00", CRISIS),
                                reading("p1", "heart_rate", "2026-11-20T09:31:00-05:00", {"bpm": 70})])
@@ -46,6 +50,7 @@ def test_readings_are_evaluated_in_process_and_their_events_settled(host: tuple[
     assert h.stats.invocations.get("on_fhir_event", 0) == invoked  # no Observation went round the outbox
     assert h.stats.relayed_events == relayed
     assert services.store.outbox_size() == 0  # type: ignore[attr-defined]
+    assert "Observation" not in vreads  # the version just written is evaluated as written
 
 
 def test_an_evaluation_that_fails_in_process_is_delivered_by_the_relay(
