@@ -37,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# Run as a script, bench/ comes first on sys.path, where bench/http.py would shadow the standard
+# library's `http` package: put the repository root there instead.
+sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench")]
 
 from fhirstore.paging import search_all  # noqa: E402
 from fhirstore.sqlite_store import SqliteFhirStore  # noqa: E402

@@ -30,6 +30,7 @@ from common.clock import Clock, SystemClock, iso, parse_instant
 from common.sqlite_schema import Schema, SchemaError, migrate
 from common.storage import connect as private_sqlite
 from common.storage import tag_error
+from fhirstore import readings_index
 from fhirstore.errors import (
     FhirError,
     InvalidResource,
@@ -106,8 +107,14 @@ CREATE TABLE IF NOT EXISTS outbox (
   seq INTEGER PRIMARY KEY AUTOINCREMENT, vkey INTEGER NOT NULL, action TEXT NOT NULL
 );
 """
+# Version 2: per-type change counters (caches check them), the outbox looked up by version, and
+# the readings index the rules' windows read (fhirstore/readings_index.py; built on open below).
+_SCHEMA_2 = """
+CREATE TABLE IF NOT EXISTS type_changes (type TEXT PRIMARY KEY, n INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS outbox_vkey ON outbox (vkey);
+""" + readings_index.SCHEMA
 # Step i takes a file from version i to i + 1 (common/sqlite_schema.py); a table change is a new step.
-FHIR_SCHEMA = Schema("FHIR store", [_SCHEMA])
+FHIR_SCHEMA = Schema("FHIR store", [_SCHEMA, _SCHEMA_2])
 SCHEMA_VERSION = FHIR_SCHEMA.version
 
 
@@ -149,6 +156,7 @@ class _Tx:
     iso: str
     updated: int  # lastUpdated in microseconds, truncated to the millisecond `iso` shows
     spans: dict[int, int] = field(default_factory=dict)  # widest date ranges written, per parameter id
+    types: set[str] = field(default_factory=set)  # resource types written (their change counters move)
 
 
 class _Handle:
@@ -254,6 +262,8 @@ class SqliteFhirStore:
         try:
             self._db().execute("PRAGMA journal_mode = WAL")
             migrate(self._db(), FHIR_SCHEMA, self._path)
+            with self._write_tx() as tx:  # a file written before the readings index gets it once
+                readings_index.build(tx.db, tx.iso, _VERSION_BITS)
             self._ensure_types(REGISTRY)
             self._spans.update(self._db().execute("SELECT pid, span FROM spans"))
         except SchemaError as exc:
@@ -281,6 +291,9 @@ class SqliteFhirStore:
                 db.execute("ROLLBACK")
             raise
         try:
+            for resource_type in tx.types:
+                db.execute("INSERT INTO type_changes (type, n) VALUES (?, 1)"
+                           " ON CONFLICT (type) DO UPDATE SET n = n + 1", (resource_type,))
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             tag_error(exc, self._path)
@@ -452,18 +465,22 @@ class SqliteFhirStore:
         if current is None or current.deleted:
             return WriteResult("gone", None, resource_type, id, str(current.version) if current else None)
         version = _next_version(current, resource_type, id)
+        tx.types.add(resource_type)
         db = tx.db
         db.execute("UPDATE resources SET version = ?, deleted = 1, updated = ? WHERE rid = ?",
                    (version, tx.updated, current.rid))
         db.execute("INSERT INTO versions (vkey, method, at, body) VALUES (?, 'DELETE', ?, NULL)",
                    ((current.rid << _VERSION_BITS) + version, tx.iso))
         self._drop_index(db, current.rid)
+        if resource_type == "Observation":
+            readings_index.drop(db, current.rid)
         self._emit(tx, "deleted", current.rid, version)
         return WriteResult("deleted", None, resource_type, id, str(version))
 
     def _put_version(self, tx: _Tx, resource_type: str, id: str, resource: Resource, method: str,
                      current: _Current | None) -> Resource:
         version = 1 if current is None else _next_version(current, resource_type, id)
+        tx.types.add(resource_type)
         meta = dict(resource.get("meta") or {})
         meta["versionId"] = str(version)
         meta["lastUpdated"] = tx.iso
@@ -493,9 +510,13 @@ class SqliteFhirStore:
                        (version, tx.updated, rid))
             if not current.deleted:
                 self._drop_index(db, rid)
+                if resource_type == "Observation":
+                    readings_index.drop(db, rid)
         db.execute("INSERT INTO versions (vkey, method, at, body) VALUES (?, ?, ?, ?)",
                    ((rid << _VERSION_BITS) + version, method, tx.iso, body))
         self._index(tx, resource_type, rid, rows)
+        if resource_type == "Observation":
+            readings_index.write(db, doc, rows, rid, version)
         self._emit(tx, "created" if current is None or current.deleted else "updated", rid, version)
         return doc
 
@@ -563,8 +584,40 @@ class SqliteFhirStore:
             tx.db.executemany("DELETE FROM outbox WHERE seq = ?", [(int(s),) for s in seqs])
 
     @_typed_errors
+    def outbox_find(self, versions: Sequence[tuple[str, str, str]]) -> list[int]:
+        """The seqs of the undelivered events of these (type, id, version) versions: a host that
+        acted on them in process settles them with `outbox_done` (an event it never acted on
+        stays for the relay)."""
+        db = self._db()
+        found = []
+        for rtype, id, version in versions:
+            row = db.execute("SELECT o.seq FROM resources r JOIN outbox o ON o.vkey = (r.rid << ?) + ?"
+                             " WHERE r.type = ? AND r.id = ?", (_VERSION_BITS, int(version), rtype, id)).fetchone()
+            if row is not None:
+                found.append(row[0])
+        return found
+
+    @_typed_errors
     def outbox_size(self) -> int:
         return self._db().execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+
+    @_typed_errors
+    def change_mark(self, types: Sequence[str]) -> tuple[tuple[str, int], ...]:
+        """A value that changes whenever a resource of one of `types` is written or deleted, by
+        any process on this file (a counter per type, moved in the write's own transaction):
+        caches compare it to know whether what they hold may be stale."""
+        marks = ",".join("?" * len(types))
+        return tuple(sorted(self._db().execute(
+            f"SELECT type, n FROM type_changes WHERE type IN ({marks})", tuple(types)).fetchall()))
+
+    # ------------------------------------------------------------ readings (fhirstore.readings_index)
+
+    @_typed_errors
+    def readings_window(self, patient_ref: str, metrics: Sequence[str] | set[str] | frozenset[str],
+                        since: str) -> list[Any]:
+        """The readings `rules.readings` finds in the patient's Observations of `metrics` that
+        match `date=ge<since>`, from the index written with each Observation (no JSON read)."""
+        return readings_index.window(self._db(), patient_ref, metrics, since)
 
     # ------------------------------------------------------------ search
 

@@ -18,6 +18,7 @@ from fhirstore.errors import ResourceGone, ResourceNotFound
 from fhirstore.events import EVENT_TYPES, InvalidEvent, parse_event
 from fhirstore.port import FhirStore
 from handlers.alerting import act_on_firing
+from handlers.enrollment_cache import EnrollmentCache
 from handlers.messaging import Messaging
 from handlers.patient_data import history_window, load_patient_rules, load_readings
 from ingest.deadletter import DeadLetterSink
@@ -46,11 +47,16 @@ class EventDeps:
     rulesets: list[Ruleset]
     dead_letters: DeadLetterSink
     topic: str = "fhir-events"
+    enrollments: EnrollmentCache | None = None  # kept by the process across events (triggers.fhir_events)
 
     @property
     def store(self) -> FhirStore:
         return self.messaging.store
 
+
+# The resource types whose events this handler acts on (the rest are ignored unread): a relay
+# or an Event Grid subscription need deliver only these.
+HANDLED_TYPES = frozenset({"Observation", "QuestionnaireResponse", "CarePlan"})
 
 # Events of types Vigil does not handle, by type, in this process: a topic shared with other
 # services (DICOM events on a Health Data Services workspace) or Event Grid's own subscription
@@ -58,7 +64,11 @@ class EventDeps:
 IGNORED_EVENT_TYPES: Counter[str] = Counter()
 
 
-def handle_fhir_event(payload: dict[str, Any], deps: EventDeps) -> EventOutcome:
+def handle_fhir_event(
+    payload: dict[str, Any], deps: EventDeps, *, stored: dict[str, Any] | None = None
+) -> EventOutcome:
+    """Act on one event. `stored` is the version the event names when the caller has it at hand
+    (it just wrote it: handlers.in_process); it is used only if its type, id and version match."""
     event_type = (payload.get("eventType") or payload.get("type")) if isinstance(payload, dict) else None
     if isinstance(event_type, str) and event_type and event_type not in EVENT_TYPES:
         name = event_type[:120]
@@ -74,21 +84,29 @@ def handle_fhir_event(payload: dict[str, Any], deps: EventDeps) -> EventOutcome:
         error = poison_error(exc, "reading the event envelope")
         _park(deps, payload, error.reason, error.detail)
         return EventOutcome("dead-lettered")
-    if event.action == "deleted" or event.resource_type not in ("Observation", "QuestionnaireResponse", "CarePlan"):
+    if event.action == "deleted" or event.resource_type not in HANDLED_TYPES:
         return EventOutcome("ignored")
-    try:
-        resource = deps.store.vread(event.resource_type, event.resource_id, event.version_id)
-    except (ResourceNotFound, ResourceGone):
-        return EventOutcome("gone")  # deleted or purged since: nothing left to act on
-    except POISON_AT_STORE as exc:  # an id the store cannot even look up (e.g. a lone surrogate)
-        error = poison_error(exc, "reading the resource the event names")
-        _park(deps, payload, error.reason, error.detail)
-        return EventOutcome("dead-lettered")
+    if stored is not None and _names(stored, event.resource_type, event.resource_id, event.version_id):
+        resource = stored
+    else:
+        try:
+            resource = deps.store.vread(event.resource_type, event.resource_id, event.version_id)
+        except (ResourceNotFound, ResourceGone):
+            return EventOutcome("gone")  # deleted or purged since: nothing left to act on
+        except POISON_AT_STORE as exc:  # an id the store cannot even look up (e.g. a lone surrogate)
+            error = poison_error(exc, "reading the resource the event names")
+            _park(deps, payload, error.reason, error.detail)
+            return EventOutcome("dead-lettered")
     if event.resource_type == "CarePlan":
         return check_careplan(resource, deps, payload)
     if event.resource_type == "QuestionnaireResponse":
         return score_questionnaire_response(resource, deps, payload)
     return evaluate_observation(resource, deps, payload)
+
+
+def _names(resource: dict[str, Any], resource_type: str, resource_id: str, version_id: str) -> bool:
+    return (resource.get("resourceType") == resource_type and resource.get("id") == resource_id
+            and str((resource.get("meta") or {}).get("versionId")) == version_id)
 
 
 def evaluate_observation(obs: dict[str, Any], deps: EventDeps, payload: dict[str, Any] | None = None) -> EventOutcome:
@@ -101,7 +119,7 @@ def evaluate_observation(obs: dict[str, Any], deps: EventDeps, payload: dict[str
     if not trigger or not patient_ref.startswith("Patient/"):
         return EventOutcome("ignored")
     patient = load_patient_rules(deps.store, patient_ref, deps.rulesets, deps.messaging.clock.now(),
-                                 default_tz=deps.messaging.defaults.time_zone)
+                                 default_tz=deps.messaging.defaults.time_zone, cache=deps.enrollments)
     if patient is None:
         return EventOutcome("not-enrolled")
     metrics, since = history_window(patient.rulesets, trigger[0].effective, frozenset(r.metric for r in trigger))
@@ -119,6 +137,8 @@ def check_careplan(careplan: dict[str, Any], deps: EventDeps, payload: dict[str,
     """A CarePlan that names a Vigil program no ruleset defines would enroll its patient in nothing,
     silently: it is dead-lettered (reason `unknown_program`) and logged, so staff fix the program
     id or load the ruleset, then replay it. Enrollment itself is read when readings arrive."""
+    if deps.enrollments is not None:
+        deps.enrollments.forget((careplan.get("subject") or {}).get("reference"))
     unknown = unknown_programs(careplan, (rs.program for rs in deps.rulesets))
     if not unknown or careplan.get("status") not in ("active", "draft", "on-hold"):
         return EventOutcome("ignored")

@@ -35,13 +35,13 @@ from ingest.deadletter import DeadLetterSink
 from ingest.identity import IdentityResolver
 from ingest.plausibility import check_observation
 from ingest.poison import INVALID_UNICODE, POISON, POISON_AT_STORE, lone_surrogate_path, poison_error
-from ingest.reading_time import DEFAULT_MAX_FUTURE_SKEW, check_reading_times
 from ingest.report import DEAD_LETTERED, SUPERSEDED, WRITTEN, IngestReport, notify, reports_to
 from ingest.templates import group_measurements
 from ingest.templates.errors import INVALID_JSON, MappingFailure, MessageError
 from ingest.templates.fhir_model import ObservationChange
 from ingest.templates.grouping import MeasurementGroup
 from ingest.templates.measurement import Measurement
+from ingest.templates.reading_time import DEFAULT_MAX_FUTURE_SKEW, check_reading_times
 from ingest.templates.reload import TemplatePair
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ class _Batch:
         if not result.ok:
             self.park(i, result.errors[0])
             return
-        try:  # a device clock ahead of the arrival time (ingest/reading_time.py)
+        try:  # a device clock ahead of the arrival time (ingest/templates/reading_time.py)
             check_reading_times(result.measurements, self.now, self.deps.max_future_skew)
         except MappingFailure as failure:
             self.park(i, failure.to_error())
@@ -370,6 +370,9 @@ class _Batch:
                 self.report.created += 1
             else:
                 self.report.updated += 1
+            stored = entry.get("resource")
+            if isinstance(stored, dict):
+                self.report.stored.append(stored)
 
     def _write_one(self, w: _Write) -> None:
         try:
@@ -381,6 +384,8 @@ class _Batch:
         except POISON_AT_STORE as exc:
             error = poison_error(exc, "writing the Observation")
         else:
+            if result.resource is not None:
+                self.report.stored.append(result.resource)
             if result.outcome == "created":
                 self.report.created += 1
             elif result.outcome == "updated":

@@ -12,10 +12,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from common.clock import iso
-from common.codes import ALTERNATE_CODES, LOINC
+from common.codes import LOINC
 from fhirstore.errors import ResourceGone, ResourceNotFound
 from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
+from fhirstore.readings_index import metric_codes
+from handlers.enrollment_cache import Enrollment, EnrollmentCache
 from rules.enrollment import (
     PatientContext,
     careplan_active,
@@ -25,7 +27,7 @@ from rules.enrollment import (
 )
 from rules.evaluate import data_needed
 from rules.model import Ruleset
-from rules.readings import Reading, ReadingError, observation_code_for, readings_from_observation
+from rules.readings import Reading, ReadingError, readings_from_observation
 
 log = logging.getLogger(__name__)
 
@@ -38,40 +40,67 @@ class PatientRules:
     context: PatientContext
 
 
-def load_patient_rules(store: FhirStore, patient_ref: str, rulesets: list[Ruleset], now: datetime, *,
-                       default_tz: str = "UTC") -> PatientRules | None:
-    """None when the patient is not enrolled in any program (no active CarePlan naming one).
-    `default_tz` is the zone of a patient who records none: the same default their messages use."""
+def load_enrollment(store: FhirStore, patient_ref: str) -> Enrollment:
+    """The patient's active CarePlans, the Patient (None when gone) and active Goals, from the store."""
     careplans = search_all(store, "CarePlan", {"subject": patient_ref, "status": "active"})
-    enrolled = enrolled_rulesets(careplans, rulesets, now)
-    if not enrolled:
-        unknown = sum(len(unknown_programs(cp, (rs.program for rs in rulesets))) for cp in careplans
-                      if careplan_active(cp, now))
-        if unknown:
-            # Not silence: the CarePlan's own event was dead-lettered (unknown_program); say it again
-            # here, for CarePlans written before that check. No program ids: they name the condition.
-            log.warning("a patient's active CarePlan names %d unknown program id(s); not enrolled", unknown)
-        return None
     try:
         patient = store.read("Patient", patient_ref.partition("/")[2])
     except (ResourceNotFound, ResourceGone):
         patient = None
     goals = search_all(store, "Goal", {"subject": patient_ref, "lifecycle-status": "active"})
+    return Enrollment(careplans, patient, goals, {})
+
+
+def load_patient_rules(store: FhirStore, patient_ref: str, rulesets: list[Ruleset], now: datetime, *,
+                       default_tz: str = "UTC", cache: EnrollmentCache | None = None) -> PatientRules | None:
+    """None when the patient is not enrolled in any program (no active CarePlan naming one).
+    `default_tz` is the zone of a patient who records none: the same default their messages use.
+    With `cache`, the CarePlans, Patient and Goals come from it while the store says they are current."""
+    if cache is None:
+        found, warnings = _patient_rules(patient_ref, load_enrollment(store, patient_ref), rulesets, now, default_tz)
+    else:
+        enrollment = cache.get(store, patient_ref, lambda: load_enrollment(store, patient_ref))
+        # The result depends on `now` only through which CarePlans are active then: computed once
+        # per set of active CarePlans (for these rulesets and default zone) of the cached entry.
+        key = (default_tz, tuple(careplan_active(cp, now) for cp in enrollment.careplans))
+        memo = enrollment.memo.get(key)
+        if memo is None or memo[0] is not rulesets:
+            memo = enrollment.memo[key] = (rulesets, *_patient_rules(patient_ref, enrollment, rulesets, now, default_tz))
+        found, warnings = memo[1], memo[2]
+    for warning in warnings:
+        log.warning(*warning)
+    return found
+
+
+def _patient_rules(patient_ref: str, enrollment: Enrollment, rulesets: list[Ruleset], now: datetime,
+                   default_tz: str) -> tuple[PatientRules | None, list[tuple[Any, ...]]]:
+    careplans, patient, goals = enrollment.careplans, enrollment.patient, enrollment.goals
+    enrolled = enrolled_rulesets(careplans, rulesets, now)
+    if not enrolled:
+        unknown = sum(len(unknown_programs(cp, (rs.program for rs in rulesets))) for cp in careplans
+                      if careplan_active(cp, now))
+        # Not silence: the CarePlan's own event was dead-lettered (unknown_program); say it again
+        # here, for CarePlans written before that check. No program ids: they name the condition.
+        return None, [("a patient's active CarePlan names %d unknown program id(s); not enrolled", unknown)] \
+            if unknown else []
     context, problems = patient_context(patient_ref, now=now, rulesets=enrolled, patient=patient,
                                         careplans=careplans, goals=goals, default_tz=default_tz)
-    for problem in problems:
-        # Problems name the rule and the override field, never values.
-        log.warning("care plan override ignored: %s", problem)
-    return PatientRules(enrolled, context)
+    # Problems name the rule and the override field, never values.
+    return PatientRules(enrolled, context), [("care plan override ignored: %s", problem) for problem in problems]
 
 
 def codes_for(metric: str) -> list[str]:
-    primary = observation_code_for(metric)
-    return [primary, *(code for code, alias in ALTERNATE_CODES.items() if alias == metric and code != primary)]
+    return metric_codes(metric)
 
 
 def load_readings(store: FhirStore, patient_ref: str, metrics: frozenset[str] | set[str], since: datetime) -> list[Reading]:
-    """Readings of `metrics` for the patient with effective time from `since` on."""
+    """Readings of `metrics` for the patient with effective time from `since` on. The embedded
+    store answers from its readings index (fhirstore.readings_index: the same readings, no JSON
+    decoded); any other store by one search per code list."""
+    indexed = getattr(store, "readings_window", None)
+    if indexed is not None:
+        window: list[Reading] = indexed(patient_ref, metrics, iso(since))
+        return window
     by_query: dict[str, set[str]] = {}
     for metric in metrics:
         key = ",".join(f"{LOINC}|{c}" for c in codes_for(metric))
@@ -116,11 +145,29 @@ def history_window(rulesets: list[Ruleset], at: datetime,
     if trigger_metrics is None:
         metrics, lookback = data_needed(rulesets)
     else:
-        rules = [r for rs in rulesets for r in rs.rules if r.trigger_metrics & trigger_metrics]
-        metrics = frozenset(m for r in rules for m in r.metrics)
-        lookback = max((r.horizon for r in rules), default=timedelta(0))
+        metrics, lookback = _triggered_needs(rulesets, trigger_metrics)
     # A day of margin: calendar-day windows start at local midnight, up to 14 h before UTC's.
     return metrics, at - lookback - timedelta(days=1)
+
+
+# What the rules a set of metrics triggers need, per (rulesets, metrics): the same few combinations
+# come back with every reading. Keyed by the rulesets' identities and checked against them, so a
+# reloaded ruleset is never answered for; cleared when it grows past a bound.
+_NEEDS: dict[tuple[Any, ...], tuple[tuple[Ruleset, ...], frozenset[str], timedelta]] = {}
+
+
+def _triggered_needs(rulesets: list[Ruleset], trigger_metrics: frozenset[str]) -> tuple[frozenset[str], timedelta]:
+    key = (*map(id, rulesets), trigger_metrics)
+    found = _NEEDS.get(key)
+    if found is not None and len(found[0]) == len(rulesets) and all(a is b for a, b in zip(found[0], rulesets, strict=True)):
+        return found[1], found[2]
+    rules = [r for rs in rulesets for r in rs.rules if r.trigger_metrics & trigger_metrics]
+    metrics = frozenset(m for r in rules for m in r.metrics)
+    lookback = max((r.horizon for r in rules), default=timedelta(0))
+    if len(_NEEDS) > 4096:
+        _NEEDS.clear()
+    _NEEDS[key] = (tuple(rulesets), metrics, lookback)
+    return metrics, lookback
 
 
 def _readings(obs: dict[str, Any]) -> list[Reading]:

@@ -61,7 +61,9 @@ class ResolvedIdentity:
 
 
 class IdentityResolver:
-    """Resolves identifiers against a `FhirStore`. Stateless between calls (no cache)."""
+    """Resolves identifiers against a `FhirStore`. Lookups are remembered only on a store with a
+    change mark (the embedded store, `SqliteFhirStore.change_mark`): an answer is reused while no
+    Device or Patient was written since, by any process on the file; any other store is asked each time."""
 
     def __init__(self, store: FhirStore, mode: str = LOOKUP, *, device_identifier_system: str | None = None):
         normalized = MODES.get(mode.strip().lower()) if isinstance(mode, str) else None
@@ -70,6 +72,8 @@ class IdentityResolver:
         self.store = store
         self.mode = normalized
         self.device_system = device_identifier_system or None
+        self._known: dict[tuple[str, str | None], tuple[str, str]] = {}
+        self._known_mark: object = None
 
     def resolve(self, group: HasIdentifiers) -> ResolvedIdentity:
         """Resolve one measurement group (anything with device_id, patient_id, encounter_id)."""
@@ -90,6 +94,23 @@ class IdentityResolver:
     # --- Lookup ---------------------------------------------------------------------------------
 
     def _lookup(self, device_identifier: str, patient_identifier: str | None) -> tuple[str, str]:
+        mark_of = getattr(self.store, "change_mark", None)
+        if mark_of is None:
+            return self._lookup_now(device_identifier, patient_identifier)
+        mark = mark_of(("Device", "Patient"))  # read before the lookup: a write in between moves it
+        if mark != self._known_mark:
+            self._known.clear()
+            self._known_mark = mark
+        key = (device_identifier, patient_identifier)
+        found = self._known.get(key)
+        if found is None:
+            found = self._lookup_now(device_identifier, patient_identifier)  # failures are not remembered
+            if len(self._known) > 50000:
+                self._known.clear()
+            self._known[key] = found
+        return found
+
+    def _lookup_now(self, device_identifier: str, patient_identifier: str | None) -> tuple[str, str]:
         device = self._find_one("Device", device_identifier, self.device_system)
         if device is None:
             raise MappingFailure(UNKNOWN_DEVICE, "no Device has the message's device identifier"

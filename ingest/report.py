@@ -31,6 +31,9 @@ class IngestReport:
     unchanged: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
     outcomes: list[str | None] = field(default_factory=list, repr=False)  # per message, in batch order
+    # The Observation versions this batch wrote (created or changed), as stored: a host with an
+    # embedded store evaluates them at once (handlers.in_process).
+    stored: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     @property
     def accepted(self) -> int:
@@ -45,6 +48,7 @@ class IngestReport:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.reasons.update(other.reasons)
         self.outcomes.extend(other.outcomes)
+        self.stored.extend(other.stored)
 
     def as_dict(self) -> dict[str, Any]:
         return {

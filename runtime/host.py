@@ -30,16 +30,20 @@ from azure.functions.timer import TimerRequest
 from croniter import croniter
 
 from common.storage import describe as storage_fault
+from handlers.fhir_events import HANDLED_TYPES
 from runtime.bootstrap import WORKFLOW_EVENTS, Services, install
 from runtime.bus import Lease
 from runtime.http_app import route_pattern
 
 log = logging.getLogger(__name__)
 
-# Event Grid functions subscribed to the FHIR store's events (the local analogue of an Event Grid
-# subscription on the Health Data Services topic). Other Event Grid functions (Communication
-# Services events) are fed from their own queue, `eg:<function name>`.
-FHIR_EVENT_SUBSCRIBERS = frozenset({"on_fhir_event"})
+# Event Grid functions subscribed to the FHIR store's events, each with the resource types it acts
+# on (the local analogue of an Event Grid subscription on the Health Data Services topic, filtered
+# by subject the way an advanced filter would). Events of other types (the episode's own
+# DetectedIssues, Tasks, Communications) are not relayed: no subscriber reads them.
+# Other Event Grid functions (Communication Services events) are fed from their own queue,
+# `eg:<function name>`.
+FHIR_EVENT_SUBSCRIBERS: dict[str, frozenset[str]] = {"on_fhir_event": HANDLED_TYPES}
 
 
 @dataclass
@@ -245,13 +249,18 @@ class LocalHost:
         rows = pending(limit)
         if not rows:
             return 0
-        subscribers = [s.source for s in self.of_kind("eventGridTrigger") if s.name in FHIR_EVENT_SUBSCRIBERS]
-        for queue in subscribers:
+        relayed = 0
+        for spec in self.of_kind("eventGridTrigger"):
+            wanted = FHIR_EVENT_SUBSCRIBERS.get(spec.name)
+            if wanted is None:
+                continue
+            events = [event for _, event in rows if (event.get("data") or {}).get("resourceType") in wanted]
+            relayed += len(events)
             self.bus.publish_many(
-                queue, ((json.dumps(event).encode(), event["id"], event.get("subject"), None) for _, event in rows)
+                spec.source, ((json.dumps(event).encode(), event["id"], event.get("subject"), None) for event in events)
             )
         self.services.store.outbox_done([seq for seq, _ in rows])  # type: ignore[attr-defined]
-        self.stats.relayed_events += len(rows)
+        self.stats.relayed_events += relayed
         return len(rows)
 
     def _run_event_grid(self, spec: FunctionSpec) -> int:

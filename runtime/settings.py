@@ -55,7 +55,7 @@ class Settings:
     subscription_key: str | None = field(default=None, repr=False)
     max_message_bytes: int = 256 * 1024
     # Readings dated more than this after they arrived are dead-lettered (`future_reading`):
-    # a wrong device clock, not a reading (ingest/reading_time.py).
+    # a wrong device clock, not a reading (ingest/templates/reading_time.py).
     max_future_skew_s: float = 900.0
     # Ingest mapping: MedTech-compatible template files, or a shipped preset (ingest/presets).
     templates_preset: str = "vigil-generic"

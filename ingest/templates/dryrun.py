@@ -16,13 +16,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from common.jsonnum import loads
-from ingest.reading_time import DEFAULT_MAX_FUTURE_SKEW, check_reading_times
 from ingest.templates.device import DeviceTemplateSet, NormalizeResult
 from ingest.templates.errors import MappingFailure, MessageError
 from ingest.templates.fhir import FhirTemplateSet, ObservationChange
 from ingest.templates.grouping import MeasurementGroup, group_measurements
 from ingest.templates.measurement import Measurement
 from ingest.templates.observation import sha256_id
+from ingest.templates.reading_time import DEFAULT_MAX_FUTURE_SKEW, check_reading_times
 
 _ENVELOPE_KEYS = frozenset({"Body", "Properties", "SystemProperties"})
 
@@ -47,7 +47,7 @@ def dry_run(messages: list[Any], devices: DeviceTemplateSet, fhir: FhirTemplateS
 
     `now` is the arrival time the samples are judged at (default: the wall clock); a reading dated
     more than `max_future_skew` after it is dead-lettered as `future_reading`, as the ingest
-    handler does (ingest/reading_time.py)."""
+    handler does (ingest/templates/reading_time.py)."""
     arrival = now or datetime.now(UTC)
     checks = []
     for number, message in enumerate(messages, start=1):
@@ -71,7 +71,9 @@ def dry_run(messages: list[Any], devices: DeviceTemplateSet, fhir: FhirTemplateS
     return checks, _observations(batch, fhir, by_number, validate_fhir)
 
 
-def normalize_sample(message: Any, devices: DeviceTemplateSet, *, ingested_at: datetime | None = None) -> NormalizeResult:
+def normalize_sample(
+    message: Any, devices: DeviceTemplateSet, *, ingested_at: datetime | None = None
+) -> NormalizeResult:
     """A sample message through the pipeline's own path (`DeviceTemplateSet.normalize`, which
     wraps the body once as `{Body, Properties, SystemProperties}`).
 

@@ -262,3 +262,18 @@ def test_two_concurrent_batches_for_the_same_device_create_no_duplicates(tmp_pat
     assert not errors
     with SqliteFhirStore(path) as store:
         assert (count(store, "Observation"), count(store, "Patient"), count(store, "Device")) == (3, 1, 2)
+
+
+def test_a_remembered_lookup_follows_a_device_relinked_by_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "fhir.db"
+    with SqliteFhirStore(path) as mine, SqliteFhirStore(path) as theirs:
+        add_patient(mine, "p1", "mrn-1")
+        add_patient(mine, "p2", "mrn-2")
+        add_device(mine, "d1", "cuff-1", "p1")
+        resolver = IdentityResolver(mine, LOOKUP)
+        assert resolver.resolve(group()).patient_id == "p1"
+        assert resolver.resolve(group()).patient_id == "p1"  # remembered
+        add_device(theirs, "d1", "cuff-1", "p2")  # re-linked by another host on the same file
+        assert resolver.resolve(group()).patient_id == "p2"
+        theirs.delete("Device", "d1")
+        assert failure(lambda: resolver.resolve(group())).reason == "unknown_device"

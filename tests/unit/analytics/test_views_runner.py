@@ -95,10 +95,15 @@ def test_the_shipped_rpm_views_date_the_observations_vigils_own_ingest_writes(da
     host = make_host(data_dir)
     try:
         add_patient(host.services, "p1")
-        handle_device_messages([
-            RawMessage(reading("p1", "heart_rate", "2026-11-20T08:15:00-05:00", {"bpm": 71})),
-            RawMessage(reading("p1", "blood_pressure", "2026-11-20T08:16:00-05:00", {"systolic": 141, "diastolic": 92})),
-        ], ingest_deps(host.services))
+        handle_device_messages(
+            [
+                RawMessage(reading("p1", "heart_rate", "2026-11-20T08:15:00-05:00", {"bpm": 71})),
+                RawMessage(
+                    reading("p1", "blood_pressure", "2026-11-20T08:16:00-05:00", {"systolic": 141, "diastolic": 92})
+                ),
+            ],
+            ingest_deps(host.services),
+        )
         observations = search_all(host.services.store, "Observation", {})
     finally:
         host.services.close()
