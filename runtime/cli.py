@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the local host: bus, scheduler, HTTP endpoints, /fhir")
     serve.add_argument("--host", default=None, help="listen address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="listen port (default 7071)")
+    serve.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate: serve HTTPS (with --tls-key)")
+    serve.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
     serve.add_argument("--catch-up", action="store_true",
                        help="on a demo data directory, run on the wall clock and send everything that came "
                             "due since the demo's as-of time (default: resume from that time)")
@@ -167,7 +169,18 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     settings.require_contact_phone()
     from runtime.bootstrap import bootstrap, local_token
     from runtime.host import HostAlreadyRunning, LocalHost
-    from runtime.http_server import make_server, server_limits
+    from runtime.http_server import Tls, make_server, server_limits
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("vigil: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    for pem in (args.tls_cert, args.tls_key):
+        if pem is not None and not pem.is_file():
+            print(f"vigil: no TLS file {pem}", file=sys.stderr)
+            return 2
+    tls = Tls(str(args.tls_cert), str(args.tls_key)) if args.tls_cert else None
+    if tls is not None and not settings.public_base_url:
+        settings = replace(settings, public_base_url=f"https://{settings.ack_base_url.split('://', 1)[1]}")
 
     clock = serve_clock(settings, catch_up=args.catch_up)
     services = bootstrap(settings, clock=clock)
@@ -180,7 +193,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     token = local_token(settings)
     address = (args.host or settings.http_host, args.port if args.port is not None else settings.http_port)
     try:
-        server = make_server(host, token, address, server_limits(settings))
+        server = make_server(host, token, address, server_limits(settings), tls)
     except OSError as exc:
         print(f"vigil: cannot listen on {address[0]}:{address[1]}: {exc.strerror or exc}", file=sys.stderr)
         host.release()

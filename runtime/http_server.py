@@ -54,6 +54,15 @@ class ServerLimits:
     body: Limits = Limits()
 
 
+@dataclass(frozen=True)
+class Tls:
+    """A PEM certificate (chain) and its private key: `vigil serve --tls-cert/--tls-key` serves
+    HTTPS only, for use beyond loopback (session cookies are then `Secure`)."""
+
+    certfile: str
+    keyfile: str
+
+
 def build_app(host: LocalHost, token: str, limits: Limits | None = None) -> HttpApp:
     """Vigil's routes on one registry: /fhir, then every HTTP-trigger function under /api."""
     registry = RouteRegistry()
@@ -134,11 +143,14 @@ class HttpServer:
 
     The socket is bound in the constructor, so `address` is known (port 0 picks a free port)."""
 
-    def __init__(self, app: HttpApp, address: tuple[str, int], limits: ServerLimits | None = None) -> None:
+    def __init__(self, app: HttpApp, address: tuple[str, int], limits: ServerLimits | None = None,
+                 tls: Tls | None = None) -> None:
         limits = limits or ServerLimits()
         config = Config()
         host, port = address
         config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        if tls is not None:  # hypercorn then serves `bind` with TLS and opens no cleartext socket
+            config.certfile, config.keyfile = tls.certfile, tls.keyfile
         config.keep_alive_timeout = limits.idle_timeout_s  # also bounds the wait for a request's headers
         config.read_timeout = limits.idle_timeout_s  # type: ignore[assignment]  # a silent socket
         config.h11_max_incomplete_size = MAX_HEADER_BYTES
@@ -150,10 +162,12 @@ class HttpServer:
         self.app = app
         self.config = config
         self.capacity = connection_capacity()
+        self.scheme = "https" if tls is not None else "http"
         self._sockets = config.create_sockets()
-        for sock in self._sockets.insecure_sockets:
+        listening = self._sockets.secure_sockets if tls is not None else self._sockets.insecure_sockets
+        for sock in listening:
             sock.listen(config.backlog)  # connects from now on wait in the kernel until the loop accepts
-        name = self._sockets.insecure_sockets[0].getsockname()
+        name = listening[0].getsockname()
         self.address: tuple[str, int] = (name[0], name[1])
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -163,7 +177,7 @@ class HttpServer:
     @property
     def url(self) -> str:
         host = f"[{self.address[0]}]" if ":" in self.address[0] else self.address[0]
-        return f"http://{host}:{self.address[1]}"
+        return f"{self.scheme}://{host}:{self.address[1]}"
 
     def serve_forever(self) -> None:
         """Serve until `shutdown()`; blocks the calling thread."""
@@ -191,7 +205,7 @@ class HttpServer:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(timeout=self.config.graceful_timeout + 5)
-        for sock in self._sockets.insecure_sockets:
+        for sock in (*self._sockets.secure_sockets, *self._sockets.insecure_sockets):
             sock.close()
 
 
@@ -202,9 +216,9 @@ def server_limits(settings: Settings) -> ServerLimits:
 
 
 def make_server(host: LocalHost, token: str, address: tuple[str, int],
-                limits: ServerLimits | None = None) -> HttpServer:
+                limits: ServerLimits | None = None, tls: Tls | None = None) -> HttpServer:
     limits = limits or ServerLimits()
-    return HttpServer(build_app(host, token, limits.body), address, limits)
+    return HttpServer(build_app(host, token, limits.body), address, limits, tls)
 
 
 @contextmanager
