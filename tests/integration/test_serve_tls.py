@@ -3,6 +3,7 @@ beyond loopback; a certificate from a local CA (trustme) stands in for a real on
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import httpx
@@ -31,7 +32,8 @@ def test_the_local_host_serves_https_only_with_a_certificate(tmp_path: Path, tls
     server.start()
     try:
         assert server.url.startswith("https://127.0.0.1:")
-        resp = httpx.get(server.url + "/api/health", verify=str(ca_file), timeout=10)
+        resp = httpx.get(server.url + "/api/health", verify=ssl.create_default_context(cafile=str(ca_file)),
+                         timeout=10)
         assert resp.status_code == 200
         with pytest.raises(httpx.HTTPError):  # no cleartext on the TLS port
             httpx.get(server.url.replace("https://", "http://") + "/api/health", timeout=5).raise_for_status()
