@@ -13,28 +13,19 @@ from typing import Any
 from common.codes import METRICS
 from common.patient_time import days_with_readings
 from common.units import UnitError
+from rules import registry
 from rules.enrollment import PatientContext, RuleOverride
 from rules.goals import personal_bound
 from rules.model import (
-    AbsenceCond,
     AbsenceSpec,
-    AggregateCond,
     AggregateSpec,
-    AllCond,
-    AnyCond,
-    ChangeCond,
     ChangeSpec,
     Comparison,
-    ConsecutiveCond,
     ConsecutiveSpec,
-    CountCond,
     CountSpec,
     GoalBound,
-    NotCond,
     ParamRef,
-    ProCond,
     ProSpec,
-    ReadingCond,
     Rule,
     Windowed,
 )
@@ -187,7 +178,8 @@ NOT_HELD = ConditionResult("check", False, lambda: "did not hold")
 
 
 def evaluate_condition(condition: Any, scope: Scope) -> ConditionResult:
-    return _DISPATCH[type(condition)](condition, scope)
+    result: ConditionResult = registry.of(condition).evaluate(condition, scope)
+    return result
 
 
 def _quick(held: bool) -> ConditionResult:
@@ -206,7 +198,7 @@ def _combine(kind: str, children: Sequence[Any], scope: Scope, *, stop_when: boo
     results = []
     held = not stop_when
     for child in children:
-        result = _DISPATCH[type(child)](child, scope)
+        result = evaluate_condition(child, scope)
         results.append(result)
         if result.held is stop_when:
             held = stop_when
@@ -378,13 +370,3 @@ def _pro(spec: ProSpec, scope: Scope) -> ConditionResult:
     held = compare(spec.op, reading.value, spec.value)
     return ConditionResult("pro", held, lambda: f"{what} {reading.value:g} {spec.op} {spec.value:g}", (reading,),
                            (threshold,))
-
-
-_DISPATCH: dict[type, Callable[[Any, Scope], ConditionResult]] = {
-    ReadingCond: lambda c, s: _reading(c.reading, s), CountCond: lambda c, s: _count(c.count, s),
-    ChangeCond: lambda c, s: _change(c.change, s), AggregateCond: lambda c, s: _aggregate(c.aggregate, s),
-    ConsecutiveCond: lambda c, s: _consecutive(c.consecutive, s), AbsenceCond: lambda c, s: _absence(c.absence, s),
-    ProCond: lambda c, s: _pro(c.pro, s), NotCond: _not,
-    AllCond: lambda c, s: _combine("all", c.all, s, stop_when=False),
-    AnyCond: lambda c, s: _combine("any", c.any, s, stop_when=True),
-}

@@ -17,12 +17,11 @@ from typing import Any
 
 from common.codes import METRICS
 from common.patient_time import days_with_readings
+from rules import registry
 from rules.conditions import _EPS, Scope, _delta
 from rules.model import (
     AbsenceCond,
     AggregateCond,
-    AllCond,
-    AnyCond,
     ChangeCond,
     Comparison,
     ConsecutiveCond,
@@ -73,7 +72,12 @@ def compiled(rule: Rule) -> tuple[Check, tuple[Check, ...]]:
 
 
 def compile_check(condition: Any) -> Check:
-    return _COMPILERS[type(condition)](condition)
+    kind = registry.of(condition)
+    if kind.compile is not None:
+        return kind.compile(condition)
+    evaluate = kind.evaluate
+    # A kind without a compiler is checked by its explaining evaluator.
+    return lambda scope: bool(evaluate(condition, scope).held)
 
 
 def _threshold(comparison: Any, metric: str, *, difference: bool = False) -> Callable[[Scope], Predicate]:
@@ -225,11 +229,3 @@ def _any(children: Sequence[Check]) -> Check:
 def _not(cond: NotCond) -> Check:
     inner = compile_check(cond.not_)
     return lambda scope: not inner(scope)
-
-
-_COMPILERS: dict[type, Callable[[Any], Check]] = {
-    ReadingCond: _reading, CountCond: _count, ChangeCond: _change, AggregateCond: _aggregate,
-    ConsecutiveCond: _consecutive, AbsenceCond: _absence, ProCond: _pro, NotCond: _not,
-    AllCond: lambda c: _all(tuple(compile_check(x) for x in c.all)),
-    AnyCond: lambda c: _any(tuple(compile_check(x) for x in c.any)),
-}

@@ -108,8 +108,19 @@ def validate(model: type[M], data: Any, marks: _Marks, source: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = [_problem(err, data, marks, source) for err in exc.errors(include_url=False)]
+        problems = [_problem(err, data, marks, source) for err in _flatten(exc.errors(include_url=False))]
         raise RuleLoadError(_dedupe(problems)[:MAX_PROBLEMS]) from None
+
+
+def _flatten(errors: Iterable[Any], prefix: Path_ = ()) -> Iterable[Any]:
+    """Errors of a condition's own model arrive nested in one `vigil_nested` error (see
+    `rules.model._validate_condition`): bring them back with their full location."""
+    for err in errors:
+        loc = (*prefix, *err["loc"])
+        if err["type"] == "vigil_nested":
+            yield from _flatten(err["ctx"]["errors"], loc)
+        else:
+            yield {**err, "loc": loc}
 
 
 def _problem(err: Any, data: Any, marks: _Marks, source: str) -> Problem:

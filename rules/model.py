@@ -25,19 +25,20 @@ from pydantic import (
     PlainValidator,
     PrivateAttr,
     Tag,
+    ValidationError,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from common.codes import METRICS
+from rules import registry
 from rules.pro import INSTRUMENTS
 from rules.quantity import Quantity, check_unit, format_duration, parse_duration
 
 OPS = (">", ">=", "<", "<=", "==", "!=")
 SEVERITIES = ("low", "moderate", "high")
 SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
-CONDITION_KINDS = ("reading", "count", "change", "aggregate", "consecutive", "absence", "pro", "all", "any", "not")
 Op = Literal[">", ">=", "<", "<=", "==", "!="]
 Severity = Literal["low", "moderate", "high"]
 PRIORITIES = ("routine", "urgent", "asap", "stat")  # FHIR request-priority, lowest first
@@ -304,48 +305,43 @@ class NotCond(StrictModel):
     not_: Condition = Field(alias="not")
 
 
-class _BadCondition(StrictModel):
-    """Never valid: turns a malformed condition into one error that says what was found."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _explain(cls, data: Any) -> Any:
-        found = (f"keys {', '.join(map(str, data))}" if isinstance(data, dict) and data
-                 else f"a {type(data).__name__} {data!r}"[:120])
-        raise PydanticCustomError(
-            "invalid_condition", "a condition is a mapping with exactly one key, one of: {kinds}; found {found}",
-            {"kinds": ", ".join(CONDITION_KINDS), "found": found})
+def _invalid(data: Any) -> PydanticCustomError:
+    """A malformed condition: one error that says what was found and lists the valid kinds."""
+    found = (f"keys {', '.join(map(str, data))}" if isinstance(data, dict) and data
+             else f"a {type(data).__name__} {data!r}"[:120])
+    return PydanticCustomError(
+        "invalid_condition", "a condition is a mapping with exactly one key, one of: {kinds}; found {found}",
+        {"kinds": ", ".join(registry.names()), "found": found})
 
 
-_KIND_OF_MODEL: dict[type, str] = {}
+def _validate_condition(value: Any) -> Any:
+    """Validate a condition through the registry (so a kind registered later is known). The kind's
+    own errors travel as one `vigil_nested` error whose context carries them with their locations
+    relative to the condition; `rules.loader` expands them into line-accurate problems."""
+    if isinstance(value, BaseModel):
+        if registry.of_model(type(value)) is None:
+            raise _invalid(value)
+        return value
+    kind = registry.named(next(iter(value))) if isinstance(value, dict) and len(value) == 1 else None
+    if kind is None:
+        raise _invalid(value)
+    try:
+        return kind.model.model_validate(value)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        summary = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors)
+        raise PydanticCustomError("vigil_nested", "{summary}", {"summary": summary, "errors": errors}) from None
 
 
-def _condition_tag(value: Any) -> str:
-    if isinstance(value, dict):
-        return next(iter(value)) if len(value) == 1 and next(iter(value)) in CONDITION_KINDS else "invalid"
-    return _KIND_OF_MODEL.get(type(value), "invalid")
-
-
-Condition = Annotated[
-    Union[  # noqa: UP007
-        Annotated[ReadingCond, Tag("reading")], Annotated[CountCond, Tag("count")],
-        Annotated[ChangeCond, Tag("change")], Annotated[AggregateCond, Tag("aggregate")],
-        Annotated[ConsecutiveCond, Tag("consecutive")], Annotated[AbsenceCond, Tag("absence")],
-        Annotated[ProCond, Tag("pro")], Annotated[AllCond, Tag("all")], Annotated[AnyCond, Tag("any")],
-        Annotated[NotCond, Tag("not")], Annotated[_BadCondition, Tag("invalid")],
-    ],
-    Discriminator(_condition_tag),
-]
-_KIND_OF_MODEL.update({ReadingCond: "reading", CountCond: "count", ChangeCond: "change",
-                       AggregateCond: "aggregate", ConsecutiveCond: "consecutive", AbsenceCond: "absence",
-                       ProCond: "pro", AllCond: "all", AnyCond: "any", NotCond: "not"})
+# A condition is any registered kind's model (`rules.registry`, built-ins in `rules.kinds`).
+Condition = Annotated[Any, PlainValidator(_validate_condition)]
 AllCond.model_rebuild()
 AnyCond.model_rebuild()
 NotCond.model_rebuild()
 
 
 def kind_of(condition: BaseModel) -> str:
-    return _KIND_OF_MODEL[type(condition)]
+    return registry.of(condition).name
 
 
 def iter_conditions(condition: BaseModel, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], BaseModel]]:
@@ -422,6 +418,13 @@ class Rule(StrictModel):
     def _check(self, path: tuple[Any, ...], cond: BaseModel, used: set[str]) -> None:
         kind = kind_of(cond)
         if kind in ("all", "any", "not"):
+            return
+        entry = registry.of(cond)
+        if entry.needs is not None:
+            metrics, horizon = entry.needs(cond)
+            used |= metrics
+            self._metrics |= metrics
+            self._horizon = max(self._horizon, horizon)
             return
         spec = getattr(cond, kind)
         where = ".".join(map(str, (*path, kind)))
