@@ -20,18 +20,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import secrets
 import shutil
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from analytics.export.source import SqliteSource
 from common import jsonnum
-from common.storage import private_dir, replace_private
+from common.storage import PRIVATE_FILE, private_dir, replace_private
 from runtime.http_app import ErrorBody, Request, Response, RouteRegistry
 
 log = logging.getLogger(__name__)
@@ -212,7 +213,7 @@ class BulkExports:
         folder = self.root / job_id
         try:
             job = json.loads((folder / "request.json").read_text())
-            for partial in folder.glob("*.ndjson"):
+            for partial in (*folder.glob("*.ndjson"), *folder.glob(".*.part")):
                 partial.unlink()  # a redone job starts clean, so no line is written twice
             output = self._export(job_id, folder, job)
             if job_id in self._cancelled:
@@ -238,22 +239,42 @@ class BulkExports:
             patients = None if job["level"] == "system" else _patient_filter(source, job)
             output = []
             for resource_type in types:
-                lines = []
-                for change in source.changes(resource_type, job["since"], job["upto"]):
-                    if job_id in self._cancelled:
-                        return []
-                    if change.deleted or change.body is None:
-                        continue
-                    if patients is not None and not _in_compartment(resource_type, change.id, change.body,
-                                                                    patients):
-                        continue
-                    lines.append(change.body)
-                if lines:
-                    replace_private(folder / f"{resource_type}.ndjson", ("\n".join(lines) + "\n").encode())
-                    output.append({"type": resource_type, "url": f"{resource_type}.ndjson", "count": len(lines)})
+                count = _write_type(source, job, resource_type, patients, folder,
+                                    cancelled=lambda: job_id in self._cancelled)
+                if count is None:
+                    return []
+                if count:
+                    output.append({"type": resource_type, "url": f"{resource_type}.ndjson", "count": count})
             return output
         finally:
             source.close()
+
+
+def _write_type(source: SqliteSource, job: dict[str, Any], resource_type: str, patients: set[str] | None,
+                folder: Path, *, cancelled: Callable[[], bool]) -> int | None:
+    """Stream one type's resources into `{Type}.ndjson` (0600, renamed into place when whole); how many
+    were written, or None when the job was cancelled meanwhile."""
+    part = folder / f".{resource_type}.ndjson.part"
+    part.unlink(missing_ok=True)
+    count = 0
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+    os.fchmod(fd, PRIVATE_FILE)  # the umask only filters what open asks for (common/storage.py)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        for change in source.changes(resource_type, job["since"], job["upto"]):
+            if cancelled():
+                return None
+            if change.deleted or change.body is None:
+                continue
+            if patients is not None and not _in_compartment(resource_type, change.id, change.body, patients):
+                continue
+            out.write(change.body)
+            out.write("\n")
+            count += 1
+    if count:
+        os.replace(part, folder / f"{resource_type}.ndjson")
+    else:
+        part.unlink()
+    return count
 
 
 def _patient_filter(source: SqliteSource, job: dict[str, Any]) -> set[str]:
