@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from analytics.export.source import SqliteSource
 from common import jsonnum
@@ -186,7 +187,7 @@ class BulkExports:
             patients = self._group_members(request.route_params["group"], upto)
         elif request.path.rstrip("/").endswith("/Patient/$export"):
             level = "patient"
-        return {"request": request.url, "level": level, "types": types, "since": since, "upto": upto,
+        return {"request": _request_url(request), "level": level, "types": types, "since": since, "upto": upto,
                 "patients": patients}
 
     def _group_members(self, group_id: str, upto: int) -> list[str]:
@@ -301,6 +302,7 @@ def _in_compartment(resource_type: str, id: str, body: str, patients: set[str]) 
 
 def _params(request: Request) -> dict[str, str]:
     params = dict(request.params)
+    params.pop("code", None)  # the key, as the app's auth takes it (runtime/http_app.py), not an export parameter
     if request.method == "POST" and request.body:
         try:
             body = json.loads(request.body)
@@ -314,6 +316,12 @@ def _params(request: Request) -> dict[str, str]:
                 params[p["name"]] = f"{params[p['name']]},{value}" if p["name"] == "_type" and p["name"] in params \
                     else value
     return params
+
+
+def _request_url(request: Request) -> str:
+    """The kick-off URL for the manifest, without a `code` key parameter (the token never goes to disk)."""
+    kept = [(k, v) for k, v in parse_qsl(request.query, keep_blank_values=True) if k != "code"]
+    return request.base_url + request.path + (f"?{urlencode(kept)}" if kept else "")
 
 
 def _iter(value: Any) -> Iterable[dict[str, Any]]:

@@ -116,6 +116,20 @@ def test_type_and_since_filter(served) -> None:
     assert manifest["request"].endswith("_since=2026-11-20T15%3A00%3A02.500Z")
 
 
+def test_the_key_in_a_code_parameter_stays_out_of_the_manifest(served, data_dir) -> None:
+    _, url, _ = served
+    kick = httpx.get(f"{url}/fhir/$export?_type=Patient&code={TOKEN}", headers={"Prefer": "respond-async"})
+    assert kick.status_code == 202
+    status_url = kick.headers["Content-Location"]
+    for _ in range(200):
+        poll = httpx.get(status_url, headers=AUTH)
+        if poll.status_code == 200:
+            break
+        time.sleep(0.05)
+    assert poll.json()["request"] == f"{url}/fhir/$export?_type=Patient"
+    assert not any(TOKEN in f.read_text() for f in (data_dir / "bulk-export").rglob("*.json"))
+
+
 def test_patient_and_group_level_return_compartment_resources(served) -> None:
     _, url, _ = served
     _, manifest = _export(url, "Patient/$export")
