@@ -188,3 +188,30 @@ def test_a_restart_keeps_a_finished_job_and_redoes_an_interrupted_one(served, da
             assert poll.status_code == 202
             time.sleep(0.05)
         assert [r["id"] for r in _download(poll.json())["Patient"]] == ["p1", "p2"]
+
+
+def test_polling_a_running_job_reports_progress_and_delete_cancels_it(served, data_dir, monkeypatch) -> None:
+    import threading
+
+    import runtime.bulk_export as bulk
+
+    _, url, _ = served
+    release = threading.Event()
+    real = bulk._write_type
+
+    def held(*args, **kwargs):  # the job waits here until the test lets it go
+        release.wait(10)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bulk, "_write_type", held)
+    kick = httpx.get(f"{url}/fhir/$export", headers=ASYNC)
+    status_url = kick.headers["Content-Location"]
+    poll = httpx.get(status_url, headers=AUTH)
+    assert poll.status_code == 202 and poll.headers["X-Progress"].startswith("in progress")
+    assert httpx.get(status_url, headers=AUTH).status_code == 202  # still running: not started twice
+    job_dir = data_dir / "bulk-export" / status_url.rsplit("/", 1)[1]
+    assert job_dir.exists()
+    threading.Timer(0.2, release.set).start()
+    assert httpx.delete(status_url, headers=AUTH).status_code == 202
+    assert httpx.get(status_url, headers=AUTH).status_code == 404
+    assert not job_dir.exists()
