@@ -66,6 +66,11 @@ class Tls:
 def build_app(host: LocalHost, token: str, limits: Limits | None = None) -> HttpApp:
     """Vigil's routes on one registry: /fhir, then every HTTP-trigger function under /api."""
     registry = RouteRegistry()
+    # Bulk Data $export (runtime/bulk_export.py) ahead of /fhir, whose prefix route would take its paths.
+    from runtime.bulk_export import BulkExports
+
+    settings = host.services.settings
+    BulkExports(settings.path("bulk-export"), settings.path("fhir.db")).register(registry, fhir_error)
     add_fhir_route(registry, host.services.store)
     add_event_grid_webhook(registry, host)
     for spec in host.http_functions():
