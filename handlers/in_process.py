@@ -51,3 +51,17 @@ def evaluate_in_process(store: FhirStore, stored: Sequence[dict[str, Any]],
         settled += seqs
     done(settled)
     return len(settled)
+
+
+def ingest_and_evaluate(messages: Sequence[Any], ingest: Any, events: Any | None, *, account: str) -> Any:
+    """Ingest a batch (`handlers.ingest.handle_device_messages`) and, with `events` (the embedded
+    store's EventDeps), evaluate what it wrote in this process; returns the ingest report."""
+    from handlers.fhir_events import handle_fhir_event
+    from handlers.ingest import handle_device_messages
+
+    report = handle_device_messages(list(messages), ingest)
+    if events is not None:
+        evaluate_in_process(ingest.store, report.stored,
+                            lambda event, resource: handle_fhir_event(event, events, stored=resource),
+                            account=account)
+    return report

@@ -202,3 +202,13 @@ def escalation_candidates(store: FhirStore, now: datetime) -> list[dict[str, Any
             seen.add(task.get("id"))
             out.append(task)
     return out
+
+
+def recheck_snoozes(store: FhirStore, now: datetime, deps: Any) -> int:
+    """Snoozes whose time is up: the newest reading of their metric goes through the rules again
+    (`deps` are the FHIR-event handler's EventDeps)."""
+    from handlers.fhir_events import evaluate_observation
+    from handlers.snooze import newest_observation, recheck_expired
+
+    return recheck_expired(store, now, lambda obs: evaluate_observation(obs, deps),
+                           lambda patient_ref, metric: newest_observation(store, patient_ref, metric))

@@ -156,12 +156,6 @@ class Settings:
             raise SettingsError("VIGIL_ACK_SMS_MAX_FAILURES must be at least 1")
         if self.ack_sms_failure_window_s <= 0 or self.ack_sms_lockout_s <= 0:
             raise SettingsError("VIGIL_ACK_SMS_FAILURE_WINDOW_S and VIGIL_ACK_SMS_LOCKOUT_S must be positive")
-        if self.http_idle_timeout_s <= 0 or self.http_body_timeout_s <= 0:
-            raise SettingsError("VIGIL_HTTP_IDLE_TIMEOUT_S and VIGIL_HTTP_BODY_TIMEOUT_S must be positive")
-        if self.http_max_body_bytes < 1024:
-            raise SettingsError("VIGIL_HTTP_MAX_BODY_BYTES must be at least 1024")
-        if not 0 <= self.max_future_skew_s <= 366 * 86400:
-            raise SettingsError("VIGIL_MAX_FUTURE_SKEW_S must be between 0 and 31622400 seconds (366 days)")
         for name in ("retention_dead_letter_days", "retention_outbox_days", "retention_bus_days"):
             if getattr(self, name) < 0:
                 raise SettingsError(f"VIGIL_{name.upper()} must be 0 (keep forever) or a number of days")

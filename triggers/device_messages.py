@@ -8,9 +8,8 @@ from typing import Any
 
 import azure.functions as func
 
-from handlers.fhir_events import handle_fhir_event
-from handlers.in_process import evaluate_in_process
-from handlers.ingest import IngestDeps, RawMessage, handle_device_messages
+from handlers.in_process import ingest_and_evaluate
+from handlers.ingest import IngestDeps, RawMessage
 from runtime.bootstrap import Services, current
 from triggers.fhir_events import event_deps
 
@@ -33,15 +32,10 @@ bp = func.Blueprint()
 # alias, so the worker would refuse the whole app (docs/deploy-azure.md, "Indexing").
 def ingest_device_messages(events: typing.List[func.EventHubEvent]) -> None:  # noqa: UP006
     services = current()
-    report = handle_device_messages([_raw(e, i) for i, e in enumerate(events)], ingest_deps(services))
-    if services.settings.embedded:  # the embedded store: evaluate here, after the commit (handlers.in_process)
-        deps = event_deps(services)
-        evaluate_in_process(
-            services.store,
-            report.stored,
-            lambda event, resource: handle_fhir_event(event, deps, stored=resource),
-            account=services.settings.fhir_account,
-        )
+    # With the embedded store the batch is evaluated here, after its commit (handlers/in_process.py).
+    ingest_and_evaluate([_raw(e, i) for i, e in enumerate(events)], ingest_deps(services),
+                        event_deps(services) if services.settings.embedded else None,
+                        account=services.settings.fhir_account)
 
 
 def _raw(event: func.EventHubEvent, index: int) -> RawMessage:

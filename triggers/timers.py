@@ -5,9 +5,8 @@ from __future__ import annotations
 import azure.functions as func
 
 from console.operations import check_thresholds
-from handlers.fhir_events import evaluate_observation
 from handlers.reminders import run_reminder_sweep
-from handlers.snooze import newest_observation, recheck_expired
+from handlers.sweeps import recheck_snoozes as sweep_snoozes
 from handlers.sweeps import run_alert_sweep, run_escalation_sweep
 from runtime.bootstrap import Services, current
 from triggers.fhir_events import event_deps, messaging
@@ -26,11 +25,7 @@ def alert_sweep(timer: func.TimerRequest) -> None:
 
 
 def recheck_snoozes(services: Services) -> int:
-    """Snoozes whose time is up: the newest reading of their metric goes through the rules again."""
-    deps = event_deps(services)
-    store = services.store
-    return recheck_expired(store, services.clock.now(), lambda obs: evaluate_observation(obs, deps),
-                           lambda patient_ref, metric: newest_observation(store, patient_ref, metric))
+    return sweep_snoozes(services.store, services.clock.now(), event_deps(services))
 
 
 @bp.function_name("escalation_sweep")
