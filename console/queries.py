@@ -9,7 +9,7 @@ from typing import Any
 
 from common.clock import iso, parse_instant
 from common.codes import METRIC_BY_LOINC, METRICS
-from common.patient_time import days_with_readings, patient_time_zone
+from common.patient_time import days_with_readings, local_day, patient_time_zone
 from fhirstore.errors import ResourceGone, ResourceNotFound
 from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
@@ -229,21 +229,25 @@ def last_reading(store: FhirStore, patient_ref: str) -> datetime | None:
 
 
 def data_gaps(store: FhirStore, now: datetime) -> list[GapRow]:
-    """Actively enrolled patients by days since their last reading, longest silence first."""
+    """Actively enrolled patients by days since their last reading, longest silence first. Days are
+    calendar days in the patient's zone (`common.patient_time`, as billing and adherence count them):
+    a reading at 23:30 yesterday is one day ago at 00:30 today."""
     rows = []
     last: dict[str, datetime | None] = {}
-    names: dict[str, str] = {}
+    patients: dict[str, dict[str, Any] | None] = {}
     for plan in search_all(store, "CarePlan", {"status": "active"}):
-        if not careplan_active(plan, now):
-            continue
         pref = (plan.get("subject") or {}).get("reference", "")
+        if pref not in patients:
+            patients[pref] = _read(store, "Patient", pref.partition("/")[2])
+        tz = patient_time_zone(patients[pref], "UTC")
+        if not careplan_active(plan, now, tz):
+            continue
         if pref not in last:
             last[pref] = last_reading(store, pref)
-            names[pref] = display_name(_read(store, "Patient", pref.partition("/")[2]))
         program = next((c.rsplit(":", 1)[-1] for c in plan.get("instantiatesCanonical") or []), plan.get("title", ""))
         when = last[pref]
-        rows.append(GapRow(pref.partition("/")[2], names[pref], program, when,
-                           (now - when).days if when else None))
+        rows.append(GapRow(pref.partition("/")[2], display_name(patients[pref]), program, when,
+                           (local_day(now, tz) - local_day(when, tz)).days if when else None))
     rows.sort(key=lambda r: (-(r.days_since if r.days_since is not None else 10**6), r.patient_id))
     return rows
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from common.clock import parse_instant
+from common.patient_time import patient_time_zone
 from console import billing, enrollment, queries
 from console.accounts import StaffAccounts
 from console.audit import audit
@@ -238,9 +239,9 @@ class Console:
         now = self.s.clock.now()
         start = now - timedelta(days=days)
         plans = search_all(self.store, "CarePlan", {"subject": ref})
-        programs = {
-            c.rsplit(":", 1)[-1] for p in plans if careplan_active(p, now) for c in p.get("instantiatesCanonical") or []
-        }
+        tz = patient_time_zone(patient, "UTC")
+        programs = {c.rsplit(":", 1)[-1] for p in plans if careplan_active(p, now, tz)
+                    for c in p.get("instantiatesCanonical") or []}
         goals = search_all(self.store, "Goal", {"subject": ref})
         obs = search_all(self.store, "Observation", {"subject": ref, "date": f"ge{start.isoformat()}"})
         series: dict[str, list[tuple[Any, float]]] = {}

@@ -23,6 +23,7 @@ from rules.enrollment import (
     careplan_active,
     enrolled_rulesets,
     patient_context,
+    patient_timezone,
     unknown_programs,
 )
 from rules.evaluate import data_needed
@@ -62,7 +63,8 @@ def load_patient_rules(store: FhirStore, patient_ref: str, rulesets: list[Rulese
         enrollment = cache.get(store, patient_ref, lambda: load_enrollment(store, patient_ref))
         # The result depends on `now` only through which CarePlans are active then: computed once
         # per set of active CarePlans (for these rulesets and default zone) of the cached entry.
-        key = (default_tz, tuple(careplan_active(cp, now) for cp in enrollment.careplans))
+        tz = patient_timezone(enrollment.patient, default_tz)
+        key = (default_tz, tuple(careplan_active(cp, now, tz) for cp in enrollment.careplans))
         memo = enrollment.memo.get(key)
         if memo is None or memo[0] is not rulesets:
             memo = enrollment.memo[key] = (rulesets, *_patient_rules(patient_ref, enrollment, rulesets, now, default_tz))
@@ -75,10 +77,11 @@ def load_patient_rules(store: FhirStore, patient_ref: str, rulesets: list[Rulese
 def _patient_rules(patient_ref: str, enrollment: Enrollment, rulesets: list[Ruleset], now: datetime,
                    default_tz: str) -> tuple[PatientRules | None, list[tuple[Any, ...]]]:
     careplans, patient, goals = enrollment.careplans, enrollment.patient, enrollment.goals
-    enrolled = enrolled_rulesets(careplans, rulesets, now)
+    tz = patient_timezone(patient, default_tz)  # a bare-date CarePlan period is the patient's day
+    enrolled = enrolled_rulesets(careplans, rulesets, now, tz)
     if not enrolled:
         unknown = sum(len(unknown_programs(cp, (rs.program for rs in rulesets))) for cp in careplans
-                      if careplan_active(cp, now))
+                      if careplan_active(cp, now, tz))
         # Not silence: the CarePlan's own event was dead-lettered (unknown_program); say it again
         # here, for CarePlans written before that check. No program ids: they name the condition.
         return None, [("a patient's active CarePlan names %d unknown program id(s); not enrolled", unknown)] \

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, date, datetime, time, tzinfo
 from typing import Any
 
 from common.clock import parse_instant
@@ -47,11 +47,14 @@ class PatientContext:
     enrolled_since: datetime | None = None  # anchors an absence gap when there was never a reading
 
 
-def careplan_active(careplan: dict[str, Any], now: datetime) -> bool:
+def careplan_active(careplan: dict[str, Any], now: datetime, tz: tzinfo = UTC) -> bool:
+    """Active and its period covers `now`. A bare-date bound ("2026-11-20") is a whole calendar day
+    in `tz`, the patient's zone (DESIGN §5: calendar days are the patient's), from its midnight to
+    its last instant; bounds with a time and offset are instants whatever `tz` is."""
     if careplan.get("resourceType") != "CarePlan" or careplan.get("status") != "active":
         return False
     period = careplan.get("period") or {}
-    start, end = _instant(period.get("start")), _instant(period.get("end"), end_of_day=True)
+    start, end = _instant(period.get("start"), tz=tz), _instant(period.get("end"), end_of_day=True, tz=tz)
     return (start is None or start <= now) and (end is None or now <= end)
 
 
@@ -90,8 +93,9 @@ def unknown_programs(careplan: dict[str, Any], programs: Iterable[Program]) -> l
     return list(dict.fromkeys(unknown))
 
 
-def enrolled_rulesets(careplans: Iterable[dict[str, Any]], rulesets: Sequence[Ruleset], now: datetime) -> list[Ruleset]:
-    active = [cp for cp in careplans if careplan_active(cp, now)]
+def enrolled_rulesets(careplans: Iterable[dict[str, Any]], rulesets: Sequence[Ruleset], now: datetime,
+                      tz: tzinfo = UTC) -> list[Ruleset]:
+    active = [cp for cp in careplans if careplan_active(cp, now, tz)]
     return [rs for rs in rulesets if any(enrolls(cp, rs.program) for cp in active)]
 
 
@@ -101,7 +105,7 @@ def patient_timezone(patient: dict[str, Any] | None, default: str = "UTC") -> tz
 
 
 def overrides_from_careplans(careplans: Iterable[dict[str, Any]], rulesets: Sequence[Ruleset],
-                             now: datetime) -> tuple[dict[str, RuleOverride], list[str]]:
+                             now: datetime, tz: tzinfo = UTC) -> tuple[dict[str, RuleOverride], list[str]]:
     """Overrides from the active CarePlans that enroll in `rulesets`, plus problems (for the log:
     they name rules and params only). An unusable override is skipped, never half-applied."""
     rules = {rule.id: rule for rs in rulesets for rule in rs.rules}
@@ -109,7 +113,7 @@ def overrides_from_careplans(careplans: Iterable[dict[str, Any]], rulesets: Sequ
     params: dict[str, dict[str, Quantity]] = {}
     problems: list[str] = []
     for careplan in careplans:
-        if not careplan_active(careplan, now) or not any(enrolls(careplan, rs.program) for rs in rulesets):
+        if not careplan_active(careplan, now, tz) or not any(enrolls(careplan, rs.program) for rs in rulesets):
             continue
         for ext in careplan.get("extension") or []:
             if ext.get("url") == OVERRIDE_URL:
@@ -178,19 +182,24 @@ def patient_context(patient_ref: str, *, now: datetime, rulesets: Sequence[Rules
                     goals: Iterable[dict[str, Any]] = (), default_tz: str = "UTC") -> tuple[PatientContext, list[str]]:
     """Build the context for `rulesets` (already filtered to the patient's enrollment)."""
     careplans = list(careplans)
-    overrides, problems = overrides_from_careplans(careplans, rulesets, now)
-    starts = [_instant((cp.get("period") or {}).get("start")) for cp in careplans
-              if careplan_active(cp, now) and any(enrolls(cp, rs.program) for rs in rulesets)]
+    tz = patient_timezone(patient, default_tz)
+    overrides, problems = overrides_from_careplans(careplans, rulesets, now, tz)
+    starts = [_instant((cp.get("period") or {}).get("start"), tz=tz) for cp in careplans
+              if careplan_active(cp, now, tz) and any(enrolls(cp, rs.program) for rs in rulesets)]
     since = min((s for s in starts if s is not None), default=None)
-    context = PatientContext(patient_ref, tuple(goals), overrides, patient_timezone(patient, default_tz), since)
+    context = PatientContext(patient_ref, tuple(goals), overrides, tz, since)
     return context, problems
 
 
-def _instant(text: Any, *, end_of_day: bool = False) -> datetime | None:
+def _instant(text: Any, *, end_of_day: bool = False, tz: tzinfo = UTC) -> datetime | None:
     if not isinstance(text, str):
         return None
-    if len(text) == 10:  # a FHIR date: the whole day counts (read in UTC)
-        text += "T23:59:59.999Z" if end_of_day else "T00:00:00Z"
+    if len(text) == 10:  # a FHIR date: the whole calendar day counts, where the patient lives
+        try:
+            day = date.fromisoformat(text)
+        except ValueError:
+            return None
+        return datetime.combine(day, time(23, 59, 59, 999000) if end_of_day else time(0), tz)
     try:
         return parse_instant(text)
     except ValueError:

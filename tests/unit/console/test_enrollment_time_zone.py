@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from console.billing import enrollment_spans
 from console.enrollment import end_enrollment, enroll
@@ -47,3 +48,29 @@ def test_enrolling_today_in_the_evening_west_of_utc_is_active_at_once(tmp_path: 
         assert today == date(2026, 11, 20)
         plan = enroll(store, load_rulesets([DEFAULT_RULES]), "chi", "hypertension", today)
         assert careplan_active(plan, now)
+
+
+def test_a_bare_date_careplan_period_is_the_patients_day_for_the_rules(tmp_path: Path) -> None:
+    """A CarePlan written by another system with bare dates ("2026-11-20") enrolls the patient for
+    those calendar days where the patient lives: the rule loading the pipeline runs reads it so."""
+    from handlers.patient_data import load_patient_rules
+
+    rulesets = load_rulesets([DEFAULT_RULES])
+    plan = {"resourceType": "CarePlan", "id": "la-htn", "status": "active", "intent": "plan",
+            "instantiatesCanonical": ["urn:vigil:program:hypertension"], "subject": {"reference": "Patient/la"},
+            "period": {"start": "2026-11-20", "end": "2026-11-25"}}
+    la = ZoneInfo("America/Los_Angeles")
+    # 20:00 on the 19th in Los Angeles is the 20th in UTC: not yet enrolled there; 23:30 on the 25th is.
+    before, last_evening, after = (datetime(2026, 11, 20, 4, 0, tzinfo=UTC), datetime(2026, 11, 26, 7, 30, tzinfo=UTC),
+                                   datetime(2026, 11, 26, 8, 30, tzinfo=UTC))
+    assert not careplan_active(plan, before, la) and careplan_active(plan, before)  # UTC days would say yes
+    assert careplan_active(plan, last_evening, la) and not careplan_active(plan, last_evening)
+    assert not careplan_active(plan, after, la)
+    with SqliteFhirStore(tmp_path / "fhir.db") as store:
+        store.update({"resourceType": "Patient", "id": "la", "active": True,
+                      "extension": [{"url": TZ_EXT, "valueCode": "America/Los_Angeles"}]})
+        store.update(plan)
+        assert load_patient_rules(store, "Patient/la", rulesets, before) is None
+        enrolled = load_patient_rules(store, "Patient/la", rulesets, last_evening)
+        assert enrolled is not None and [rs.program.id for rs in enrolled.rulesets] == ["hypertension"]
+        assert enrolled.context.enrolled_since == datetime(2026, 11, 20, tzinfo=la)

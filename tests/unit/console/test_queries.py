@@ -48,3 +48,28 @@ def test_the_inbox_puts_stat_above_all_and_reads_the_priority_an_alert_without_a
     assert [(r.issue_id, r.priority) for r in rows] == [
         ("moderate-stat", "stat"), ("low-stat", "stat"), ("high-urgent", "urgent")]
     assert all(r.stat for r in rows[:2])
+
+
+def test_the_gap_list_counts_calendar_days_in_the_patients_zone(tmp_path) -> None:
+    """Days since the last reading are the patient's calendar days, as billing and adherence count
+    them: 23:30 yesterday in Los Angeles is one day ago at 00:30 today (an hour, not a day, by the clock)."""
+    from datetime import UTC, date, datetime
+
+    from console.enrollment import NewPatient, add_patient, enroll
+    from console.queries import data_gaps
+    from fhirstore.sqlite_store import SqliteFhirStore
+    from rules.loader import load_rulesets
+    from runtime.settings import DEFAULT_RULES
+
+    now = datetime(2026, 11, 21, 8, 30, tzinfo=UTC)  # 00:30 on the 21st in Los Angeles
+    with SqliteFhirStore(tmp_path / "fhir.db") as store:
+        add_patient(store, None, NewPatient("Ottilie", "Thistlewood", "1950-07-29", time_zone="America/Los_Angeles"),
+                    "la")
+        enroll(store, load_rulesets([DEFAULT_RULES]), "la", "hypertension", date(2026, 11, 1))
+        store.update({"resourceType": "Observation", "id": "o1", "status": "final",
+                      "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                      "subject": {"reference": "Patient/la"},
+                      "effectivePeriod": {"start": "2026-11-21T07:30:00Z", "end": "2026-11-21T07:30:00Z"},
+                      "valueQuantity": {"value": 70, "system": "http://unitsofmeasure.org", "code": "/min"}})
+        [row] = data_gaps(store, now)
+        assert (row.patient_id, row.program, row.days_since) == ("la", "hypertension", 1)
