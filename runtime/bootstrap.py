@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -32,6 +32,9 @@ from rules.model import Ruleset
 from runtime.bus import LocalBus
 from runtime.rule_checks import unknown_chain_problems
 from runtime.settings import Settings
+
+if TYPE_CHECKING:
+    from handlers.pipeline_health import PipelineDeps
 
 WORKFLOW_EVENTS = "vigil-events"  # the local bus topic workflow events go to (`vigil events tail`)
 
@@ -116,6 +119,19 @@ def messaging(services: Services) -> Messaging:
         chains=services.chains, tokens=services.tokens, workflow=services.workflow, org_name=settings.org_name,
         contact_phone=settings.contact_phone, public_base_url=settings.ack_base_url,
         staff_fallback_address=settings.staff_address,
+    )
+
+
+def pipeline_deps(services: Services) -> PipelineDeps:
+    """What the pipeline-health handler reads (the console's operations page and the alert-sweep
+    timer's stalled-pipeline notice both call this)."""
+    from handlers.pipeline_health import PipelineDeps  # the sweeps it reads load the rules: not at start-up
+
+    return PipelineDeps(
+        store=services.store, clock=services.clock, channels=services.channels, dead_letters=services.dead_letters,
+        bus=services.bus, staff_address=services.settings.staff_address, org_name=services.settings.org_name,
+        # Published workflow events are kept a week for `vigil events tail`: not a backlog.
+        not_backlog=frozenset({WORKFLOW_EVENTS}), outbox_size=getattr(services.store, "outbox_size", None),
     )
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from console.operations import check_thresholds
+from handlers.pipeline_health import check_pipeline
 from handlers.reminders import run_reminder_sweep
 from handlers.sweeps import recheck_snoozes as sweep_snoozes
 from handlers.sweeps import run_alert_sweep, run_escalation_sweep
-from runtime.bootstrap import Services, current
+from runtime.bootstrap import Services, current, pipeline_deps
 from triggers.fhir_events import event_deps, messaging
 
 bp = func.Blueprint()
@@ -17,11 +17,12 @@ bp = func.Blueprint()
 @bp.function_name("alert_sweep")
 @bp.timer_trigger(arg_name="timer", schedule="0 */15 * * * *", run_on_startup=False, use_monitor=True)
 def alert_sweep(timer: func.TimerRequest) -> None:
-    """Absence of data, deferred patient messages and closing of resolved episodes, every 15 minutes."""
+    """Absence of data, deferred patient messages and closing of resolved episodes, every 15 minutes;
+    then the staff notice if the pipeline itself looks stalled (handlers/pipeline_health.py)."""
     services = current()
     run_alert_sweep(messaging(services), services.rulesets)
     recheck_snoozes(services)
-    check_thresholds(services)
+    check_pipeline(pipeline_deps(services))
 
 
 def recheck_snoozes(services: Services) -> int:

@@ -48,3 +48,35 @@ def test_channel_outcomes_and_escalation_lag_follow_the_store(tmp_path: Path) ->
     finally:
         host.release()
         s.close()
+
+
+def test_the_alert_sweep_timer_sends_the_stalled_pipeline_notice_without_the_console(tmp_path: Path) -> None:
+    """Triggers decode and call a handler (DESIGN §3): the timer's stalled-pipeline check is
+    handlers.pipeline_health, reached without importing any console module."""
+    import subprocess
+    import sys
+
+    code = ("import sys, triggers.timers; "
+            "print(sorted(m for m in sys.modules if m == 'console' or m.startswith('console.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[3])
+    assert out.stdout.strip() == "[]"
+
+    from runtime.bootstrap import install
+    from tests.support.pipeline import make_host
+
+    clock = FixedClock(DAYTIME)
+    host = make_host(tmp_path / "data", clock=clock)
+    s = host.services
+    try:
+        for i in range(51):  # past MAX_DEAD_LETTERS_24H
+            s.dead_letters.add(topic="device-messages", reason="invalid_json", detail="not JSON",
+                               payload=f"{{{i}".encode(), source="test")
+        install(s)
+        host.run_timer("alert_sweep")
+        notices = [c for c in search_all(s.store, "Communication", {})
+                   if "pipeline needs attention" in c["payload"][0]["contentString"]]
+        assert len(notices) == 1 and "51 dead letters in 24 h" in notices[0]["payload"][0]["contentString"]
+    finally:
+        install(None)
+        s.close()
