@@ -28,7 +28,8 @@ def audit(store: FhirStore, clock: Clock, *, actor: str, action: str, kind: str,
         "outcome": outcome,  # 0 success, 4 minor failure (refused)
         "purposeOfEvent": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActReason",
                                         "code": "TREAT"}]}],
-        "agent": [{"who": {"reference": actor}, "requestor": True}],
+        # No actor: a sign-in to an account that does not exist (the detail names what was tried).
+        "agent": [{"who": {"reference": actor} if actor else {"display": "unknown user"}, "requestor": True}],
         "source": {"observer": {"display": "Vigil console"}},
         "entity": [{"what": {"reference": ref}} for ref in entities],
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -110,6 +111,13 @@ def inbox(store: FhirStore, rulesets: list[Ruleset], *, program: str = "", sever
     rows.sort(key=lambda r: (not r.stat, -SEVERITY_RANK.get(r.severity, 0), -PRIORITY_RANK.get(r.priority, 0),
                              r.opened))
     return rows
+
+
+def inbox_signature(rows: list[InboxRow]) -> str:
+    """A short digest of what the inbox shows (which alerts, in which order, in which state and
+    hands): the page compares it with /console/inbox.json's to know when to refresh its rows."""
+    text = "|".join(f"{r.issue_id}:{r.status}:{r.owner or ''}:{r.escalation}" for r in rows)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _priority(issue: dict[str, Any], task: dict[str, Any] | None) -> str:

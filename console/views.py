@@ -10,8 +10,9 @@ import re
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
-from common.clock import parse_instant
+from common.clock import iso, parse_instant
 from common.patient_time import patient_time_zone
 from console import billing, enrollment, queries
 from console.accounts import StaffAccounts
@@ -19,7 +20,7 @@ from console.audit import audit
 from console.charts import svg_chart, threshold_lines
 from console.operations import health
 from console.web import Ctx, Web
-from fhirstore.errors import ResourceGone, ResourceNotFound
+from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
 from fhirstore.paging import search_all
 from handlers.acknowledge import record_acknowledgement
 from handlers.alerting import close
@@ -121,23 +122,36 @@ class Console:
     # -- sign in -------------------------------------------------------------------------------
     def login(self, request: Request) -> Response:
         if request.method == "GET":
-            return self.web.render("login.html")
-        from urllib.parse import parse_qs
-
+            return self._login_page(request)
         form = parse_qs(request.body.decode("utf-8", "replace"))
+        if not self.web.login_csrf_ok(request, (form.get("csrf") or [""])[-1]):
+            return self._login_page(request, 403, "The sign-in form expired. Please sign in again.")
         username = (form.get("username") or [""])[-1].strip().lower()
         password = (form.get("password") or [""])[-1]
-        key = f"user:{username}"
-        if self.web.limiter.blocked(key):
-            return self.web.render("login.html", 429, error="Too many failed sign-ins. Wait a few minutes.")
+        key, address = f"user:{username}", f"address:{request.client}"
+        if self.web.limiter.blocked(key) or (request.client and self.web.address_limiter.blocked(address)):
+            return self._login_page(request, 429, "Too many failed sign-ins. Wait a few minutes.")
         account = self.web.accounts.verify(username, password)
         if account is None:
             self.web.limiter.failed(key)
-            return self.web.render("login.html", 401, error="Wrong username or password.")
+            self.web.address_limiter.failed(address)
+            known = self.web.accounts.get(username)
+            # A failed sign-in names the account it tried (never the password), for the audit trail.
+            audit(self.store, self.s.clock, actor=known.actor if known else "", action="login-failed",
+                  kind="execute", entities=[], detail=f"username {username[:64]!r}", outcome="4")
+            return self._login_page(request, 401, "Wrong username or password.")
         self.web.limiter.succeeded(key)
+        audit(self.store, self.s.clock, actor=account.actor, action="login", kind="execute", entities=[])
         return self.web.redirect(f"{self.web.prefix}/inbox", cookie=self.web.session_cookie(account, request))
 
+    def _login_page(self, request: Request, status: int = 200, error: str = "") -> Response:
+        token, cookie = self.web.login_form(request)
+        response = self.web.render("login.html", status, csrf=token, error=error)
+        response.headers["Set-Cookie"] = cookie
+        return response
+
     def logout(self, ctx: Ctx) -> Response:
+        self._audit(ctx, "logout", "execute", [])
         return self.web.redirect(f"{self.web.prefix}/login", cookie=self.web.clear_cookie())
 
     def static(self, request: Request) -> Response:
@@ -158,16 +172,25 @@ class Console:
         if ctx.request.route_params.get("page") not in (None, "inbox"):
             return self.web.text(404, "no such console page")
         rows = self._rows(ctx)
+        # The inbox names patients: a view of each (HIPAA §164.312(b)), as the patient page is.
+        self._audit(ctx, "view-inbox", "view", _patients(r.patient_id for r in rows))
+        try:
+            refresh_s = min(300, max(2, int(ctx.query("refresh", "15"))))
+        except ValueError:
+            refresh_s = 15
         return self.web.render("inbox.html", staff=ctx.staff, rows=rows, now=self.s.clock.now(),
                                programs=enrollment.program_ids(self.s.rulesets), f=ctx.request.params,
-                               notice=ctx.query("notice"))
+                               notice=ctx.query("notice"), signature=queries.inbox_signature(rows),
+                               refresh_s=refresh_s)
 
     def inbox_json(self, ctx: Ctx) -> Response:
         import json
 
         rows = self._rows(ctx)
-        body = {"count": len(rows), "alerts": [{"id": r.issue_id, "severity": r.severity, "status": r.status,
-                                                 "priority": r.priority} for r in rows]}
+        # Ids and states only, no patient details: polled every few seconds, it is not a patient view.
+        body = {"count": len(rows), "signature": queries.inbox_signature(rows),
+                "alerts": [{"id": r.issue_id, "severity": r.severity, "status": r.status, "priority": r.priority}
+                           for r in rows]}
         return Response(
             200, {"Content-Type": "application/json", "Cache-Control": "no-store"}, json.dumps(body).encode()
         )
@@ -205,16 +228,42 @@ class Console:
 
     def resolve(self, ctx: Ctx) -> Response:
         issue_id = ctx.request.route_params["id"]
-        outcome = ctx.field("outcome")
+        outcome, note = ctx.field("outcome"), ctx.field("note")[:500]
         if outcome not in OUTCOMES:
             return self.web.text(400, f"outcome must be one of {', '.join(OUTCOMES)}")
+        try:
+            issue = self.store.read("DetectedIssue", issue_id)
+        except (ResourceNotFound, ResourceGone):
+            return self.web.text(404, "no such alert")
         record_acknowledgement(self.m, issue_id, ctx.staff.actor)  # resolving claims it too: the chain stops
+        now = self.s.clock.now()
         issue = self.store.read("DetectedIssue", issue_id)
         if issue.get("status") == "preliminary":
-            close(self.m, issue, self.s.clock.now(), f"resolved by staff: {outcome}", code=outcome)
-        self._audit(ctx, "resolve-alert", "update", [f"DetectedIssue/{issue_id}"],
-                    detail=f"{outcome}: {ctx.field('note')}")
+            # The outcome and the note are the record's, by the staff member who resolved it.
+            close(self.m, issue, now, f"resolved by staff: {outcome}" + (f": {note}" if note else ""), code=outcome,
+                  by={"reference": ctx.staff.actor})
+            self._complete_task(issue_id, ctx.staff.actor, outcome, note, now)
+        self._audit(ctx, "resolve-alert", "update", [f"DetectedIssue/{issue_id}"], detail=f"{outcome}: {note}")
         return self.web.redirect(f"{self.web.prefix}/alerts/{issue_id}")
+
+    def _complete_task(self, task_id: str, actor: str, outcome: str, note: str, now: Any) -> None:
+        for _ in range(3):  # a sweep may write the Task between our read and write
+            try:
+                task = self.store.read("Task", task_id)
+            except (ResourceNotFound, ResourceGone):
+                return  # an alert without a care-team Task
+            if task.get("status") in ("completed", "cancelled"):
+                return
+            task["status"] = "completed"
+            task["statusReason"] = {"text": outcome}
+            task["lastModified"] = iso(now)
+            task.setdefault("note", []).append({"authorReference": {"reference": actor}, "time": iso(now),
+                                                "text": f"{outcome}: {note}" if note else outcome})
+            try:
+                self.store.update(task, if_match=task["meta"]["versionId"])
+                return
+            except PreconditionFailed:
+                continue
 
     def alert(self, ctx: Ctx) -> Response:
         issue_id = ctx.request.route_params["id"]
@@ -225,6 +274,7 @@ class Console:
                                                 (detail.issue.get("patient") or {}).get("reference", "")])
         return self.web.render("alert.html", staff=ctx.staff, d=detail, name=queries.display_name(detail.patient),
                                state=queries.task_state(detail.task), outcomes=OUTCOMES,
+                               practitioners=[p["id"] for p in search_all(self.store, "Practitioner", {})],
                                comparison=queries.comparison(detail.issue.get("detail", "")))
 
     # -- patient -------------------------------------------------------------------------------
@@ -275,6 +325,7 @@ class Console:
 
     def gaps(self, ctx: Ctx) -> Response:
         rows = queries.data_gaps(self.store, self.s.clock.now())
+        self._audit(ctx, "view-gaps", "view", _patients(r.patient_id for r in rows))
         return self.web.render("gaps.html", staff=ctx.staff, rows=rows)
 
     # -- billing -------------------------------------------------------------------------------
@@ -289,7 +340,7 @@ class Console:
         except ValueError as exc:
             return self.web.text(400, str(exc))
         rows = billing.billing_report(self.store, month, self.s.clock.now())
-        self._audit(ctx, "view-billing", "view", [f"Patient/{r.patient_id}" for r in rows][:50], detail=month)
+        self._audit(ctx, "view-billing", "view", _patients(r.patient_id for r in rows), detail=month)
         return self.web.render("billing.html", staff=ctx.staff, rows=rows, month=month)
 
     def billing_csv(self, ctx: Ctx) -> Response:
@@ -298,7 +349,7 @@ class Console:
         except ValueError as exc:
             return self.web.text(400, str(exc))
         rows = billing.billing_report(self.store, month, self.s.clock.now())
-        self._audit(ctx, "export-billing", "view", [f"Patient/{r.patient_id}" for r in rows][:50], detail=month)
+        self._audit(ctx, "export-billing", "view", _patients(r.patient_id for r in rows), detail=month)
         return Response(200, {"Content-Type": "text/csv; charset=utf-8", "Cache-Control": "no-store",
                               "Content-Disposition": f'attachment; filename="billing-{month}.csv"'},
                         billing.billing_csv(rows, month).encode())
@@ -390,6 +441,11 @@ class Console:
         subject = res.get("subject") or res.get("patient") or {"reference": ref}
         self._audit(ctx, f"enroll-{step}", "update", [ref, subject.get("reference", ref)])
         return self.enroll_page(ctx, done=ref)
+
+
+def _patients(ids: Any) -> list[str]:
+    """Each patient a page shows, once, in the order shown."""
+    return [f"Patient/{pid}" for pid in dict.fromkeys(ids) if pid]
 
 
 def _num(text: str) -> float | None:

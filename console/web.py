@@ -8,7 +8,10 @@
   trusted only when the console is built with `trust_app_service=True` (setting
   VIGIL_CONSOLE_IDENTITY=app-service on Azure); `vigil serve` never builds it so, since any client
   could send the header to a bare server.
-- Every POST carries the session's CSRF token (OWASP CSRF cheat sheet: synchronizer token).
+- Every POST carries the session's CSRF token (OWASP CSRF cheat sheet: synchronizer token). The
+  sign-in form, before any session, carries a token signed over a random value in a short-lived
+  `Path=/console/login` cookie (the cheat sheet's "login CSRF": a forged sign-in would put staff in
+  an attacker's session).
 - Pages are Jinja2 with autoescape; responses carry a CSP that allows only same-origin scripts.
 """
 
@@ -35,7 +38,9 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/console"
 COOKIE = "vigil_console"
+LOGIN_COOKIE = "vigil_console_login"
 SESSION_MAX_AGE_S = 8 * 3600
+LOGIN_FORM_MAX_AGE_S = 3600
 HERE = Path(__file__).parent
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -85,6 +90,9 @@ class Web:
         self.accounts = accounts
         self.signer = URLSafeTimedSerializer(secret, salt="vigil-console-session")
         self.limiter = LoginLimiter()
+        # Per client address: many usernames tried from one place (password spraying) are slowed
+        # too, with room for a clinic whose staff sign in from behind one address.
+        self.address_limiter = LoginLimiter(attempts=20)
         self.trust_app_service = trust_app_service
         self.env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]))
         self.env.globals["prefix"] = self.prefix
@@ -111,6 +119,24 @@ class Web:
                                    "c": secrets.token_urlsafe(24)})
         secure = "; Secure" if request.base_url.startswith("https://") else ""
         return f"{COOKIE}={value}; Path={self.prefix}; HttpOnly; SameSite=Strict; Max-Age={SESSION_MAX_AGE_S}{secure}"
+
+    def login_form(self, request: Request) -> tuple[str, str]:
+        """(the form's CSRF token, the Set-Cookie that pairs with it) for a sign-in page."""
+        nonce = _cookie(request.headers.get("cookie", ""), LOGIN_COOKIE) or secrets.token_urlsafe(24)
+        secure = "; Secure" if request.base_url.startswith("https://") else ""
+        cookie = (f"{LOGIN_COOKIE}={nonce}; Path={self.prefix}/login; HttpOnly; SameSite=Strict; "
+                  f"Max-Age={LOGIN_FORM_MAX_AGE_S}{secure}")
+        return self.signer.dumps(nonce, salt="login-csrf"), cookie
+
+    def login_csrf_ok(self, request: Request, sent: str) -> bool:
+        nonce = _cookie(request.headers.get("cookie", ""), LOGIN_COOKIE)
+        if not nonce or not sent:
+            return False
+        try:
+            signed = self.signer.loads(sent, salt="login-csrf", max_age=LOGIN_FORM_MAX_AGE_S)
+        except BadSignature:
+            return False
+        return hmac.compare_digest(str(signed).encode(), nonce.encode())
 
     def clear_cookie(self) -> str:
         return f"{COOKIE}=; Path={self.prefix}; HttpOnly; SameSite=Strict; Max-Age=0"

@@ -128,10 +128,12 @@ def _raise_priority(store: FhirStore, task_id: str, rule: Rule, severity: str) -
                 raise
 
 
-def close(m: Messaging, issue: dict[str, Any], now: datetime, reason: str, *, code: str = "resolved") -> None:
-    """Close an episode (the rule stopped holding long enough, or staff resolved it). The Task is
-    left alone: an unacknowledged Task keeps escalating until someone acts on it."""
-    m.store.update(close_episode(issue, now, reason), if_match=issue["meta"]["versionId"])
+def close(m: Messaging, issue: dict[str, Any], now: datetime, reason: str, *, code: str = "resolved",
+          by: dict[str, Any] | None = None) -> None:
+    """Close an episode (the rule stopped holding long enough, or staff resolved it: `by` is then
+    their reference, the mitigation's author). The Task is left alone: an unacknowledged Task keeps
+    escalating until someone acts on it."""
+    m.store.update(close_episode(issue, now, reason, by=by), if_match=issue["meta"]["versionId"])
     try:
         flag = m.store.read("Flag", issue["identifier"][0]["value"])
         if flag.get("status") == "active":

@@ -166,6 +166,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     # Acknowledgement links follow the address served on unless VIGIL_PUBLIC_BASE_URL says otherwise.
     settings = replace(settings, http_host=args.host or settings.http_host,
                        http_port=args.port if args.port is not None else settings.http_port)
+    if not settings.contact_phone.strip() and settings.path(DEMO_AS_OF).is_file():
+        # `make demo` then `vigil serve`: the demo's fictional clinic has its phone, as `vigil demo` gave it.
+        settings = replace(settings, contact_phone=DEMO_CLINIC_PHONE)
     settings.require_contact_phone()
     from runtime.bootstrap import bootstrap, local_token
     from runtime.host import HostAlreadyRunning, LocalHost

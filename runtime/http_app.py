@@ -50,6 +50,7 @@ class Request:
     body: bytes
     base_url: str  # scheme://host[:port] the client addressed
     route_params: Mapping[str, str] = field(default_factory=dict)
+    client: str = ""  # the peer's address as the server saw it (ASGI scope "client"); "" when unknown
 
     @property
     def params(self) -> dict[str, str]:
@@ -207,7 +208,8 @@ class HttpApp:
             return route.errors(exc.status, str(exc))
         except _Disconnected:
             return Response(400)  # nobody is listening; the server drops it
-        request = Request(method, path, query, headers, body, _base_url(scope, headers), params)
+        peer = scope.get("client") or ("", 0)
+        request = Request(method, path, query, headers, body, _base_url(scope, headers), params, client=str(peer[0]))
         try:
             return await asyncio.to_thread(route.handler, request)
         except Exception as exc:

@@ -28,9 +28,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     services.close()
 
 
+def _login_token(client: httpx.Client) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', client.get("/console/login").text).group(1)
+
+
+def _sign_in(client: httpx.Client, username: str, password: str = PASSWORD) -> httpx.Response:
+    return client.post("/console/login", data={"username": username, "password": password,
+                                               "csrf": _login_token(client)})
+
+
 def _login(served: Served, username: str = NURSE) -> httpx.Client:
     client = httpx.Client(base_url=served.url, timeout=30)
-    r = client.post("/console/login", data={"username": username, "password": PASSWORD})
+    r = _sign_in(client, username)
     assert r.status_code == 303, r.text
     return client
 
@@ -54,7 +63,7 @@ def test_pages_need_a_session(served: Served) -> None:
 
 def test_session_cookie_is_httponly_strict_and_signed(served: Served) -> None:
     client = httpx.Client(base_url=served.url)
-    r = client.post("/console/login", data={"username": NURSE, "password": PASSWORD})
+    r = _sign_in(client, NURSE)
     cookie = r.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/console" in cookie
     assert "Secure" not in cookie  # plain HTTP on loopback; Secure is set when the request came over TLS
@@ -76,11 +85,76 @@ def test_a_form_without_the_csrf_token_is_refused(served: Served) -> None:
 
 def test_wrong_passwords_are_rate_limited(served: Served) -> None:
     client = httpx.Client(base_url=served.url)
-    codes = [client.post("/console/login", data={"username": MANAGER, "password": "wrong-password"}).status_code
-             for _ in range(6)]
+    codes = [_sign_in(client, MANAGER, "wrong-password").status_code for _ in range(6)]
     assert codes[:5] == [401] * 5 and codes[5] == 429
     # Even the right password waits out the window now.
-    assert client.post("/console/login", data={"username": MANAGER, "password": PASSWORD}).status_code == 429
+    assert _sign_in(client, MANAGER).status_code == 429
+    failed = _audits(served, "login-failed")
+    assert len(failed) >= 5 and failed[-1]["outcome"] == "4"
+    assert failed[-1]["agent"][0]["who"] == {"reference": "Practitioner/demo-care-manager"}
+    assert "wrong-password" not in json.dumps(failed)
+
+
+def test_the_sign_in_form_has_its_own_csrf_token(served: Served) -> None:
+    client = httpx.Client(base_url=served.url)
+    # A cross-site sign-in (no token, or a token without its cookie) is refused: no session cookie.
+    r = client.post("/console/login", data={"username": NURSE, "password": PASSWORD})
+    assert r.status_code == 403 and "vigil_console=" not in r.headers.get("set-cookie", "")
+    token = _login_token(client)
+    other = httpx.Client(base_url=served.url)
+    r = other.post("/console/login", data={"username": NURSE, "password": PASSWORD, "csrf": token})
+    assert r.status_code == 403
+    cookie = client.get("/console/login").headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/console/login" in cookie
+    r = client.post("/console/login", data={"username": NURSE, "password": PASSWORD, "csrf": token})
+    assert r.status_code == 303
+    assert _audits(served, "login")[-1]["agent"][0]["who"] == {"reference": "Practitioner/demo-nurse"}
+
+
+def test_many_usernames_from_one_address_are_rate_limited(tmp_path: Path) -> None:
+    """Password spraying (one address, a different username each time) is slowed per address."""
+    import asyncio
+
+    from console.views import add_console_routes
+    from runtime.bootstrap import bootstrap
+    from runtime.http_app import HttpApp, RouteRegistry
+    from runtime.settings import Settings
+
+    services = bootstrap(Settings.from_env({}, data_dir=tmp_path, contact_phone="+15550100999"))
+    registry = RouteRegistry()
+    add_console_routes(registry, services, trust_app_service=False)
+    app = HttpApp("t", registry)
+
+    def call(method: str, address: str, body: bytes = b"", cookie: str = "") -> tuple[int, dict[str, str], str]:
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        headers = [(b"host", b"vigil.example"), (b"content-type", b"application/x-www-form-urlencoded"),
+                   (b"content-length", str(len(body)).encode())] + ([(b"cookie", cookie.encode())] if cookie else [])
+        scope = {"type": "http", "method": method, "path": "/console/login", "raw_path": b"/console/login",
+                 "query_string": b"", "headers": headers, "scheme": "http", "client": (address, 5000)}
+        asyncio.run(app(scope, receive, send))
+        hdrs = {k.decode(): v.decode() for k, v in sent[0]["headers"]}
+        return sent[0]["status"], hdrs, b"".join(m.get("body", b"") for m in sent[1:]).decode()
+
+    def attempt(address: str, username: str) -> int:
+        _, hdrs, page = call("GET", address)
+        token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        cookie = hdrs["set-cookie"].split(";")[0]
+        form = f"username={username}&password=wrong-password&csrf={token}".encode()
+        return call("POST", address, form, cookie)[0]
+
+    try:
+        codes = [attempt("203.0.113.7", f"spray{i:02d}") for i in range(21)]
+        assert codes[:20] == [401] * 20 and codes[20] == 429  # each username once: the address is limited
+        assert attempt("198.51.100.9", "spray99") == 401  # another address is not
+    finally:
+        services.close()
 
 
 def test_app_service_headers_are_not_trusted_on_vigil_serve(served: Served) -> None:
@@ -178,9 +252,20 @@ def test_bulk_acknowledge_assign_and_resolve_with_an_outcome(served: Served) -> 
     assert bad.status_code == 400 and "contacted-patient" in bad.text
     client.post(f"/console/alerts/{third}/resolve", data={"outcome": "contacted-patient", "note": "called, fine",
                                                           "csrf": _csrf(client)})
-    assert store.read("DetectedIssue", third)["status"] == "final"
+    issue = store.read("DetectedIssue", third)
+    assert issue["status"] == "final"
+    # The outcome and the note are on the record, by the nurse, not only in the audit trail.
+    assert issue["mitigation"][-1]["action"]["text"] == "resolved by staff: contacted-patient: called, fine"
+    assert issue["mitigation"][-1]["author"] == {"reference": "Practitioner/demo-nurse"}
+    task = store.read("Task", third)
+    assert task["status"] == "completed" and task["note"][-1]["text"] == "contacted-patient: called, fine"
     resolved = _audits(served, "resolve-alert")[-1]
     assert resolved["entity"][0]["description"] == "contacted-patient: called, fine"
+    # An acknowledged alert can still be handed to someone else while its episode is open.
+    first = tasks[0]
+    assert 'id="f-assign"' in client.get(f"/console/alerts/{first}").text
+    client.post(f"/console/alerts/{first}/assign", data={"practitioner": "demo-physician", "csrf": _csrf(client)})
+    assert store.read("Task", first)["owner"]["reference"] == "Practitioner/demo-physician"
     page = client.get(f"/console/alerts/{third}").text
     assert 'id="episode-status">closed' in page
 
@@ -205,6 +290,22 @@ def test_a_stalled_pipeline_notifies_the_care_team_once_an_hour(served: Served) 
     assert problems == ["6 dead letters in 24 h"]
     check_thresholds(served.services, max_dead_letters=1)  # the same hour: no second notice
     assert notices() == 1
+
+
+def test_the_inbox_and_the_gap_list_are_audited_views_of_the_patients_they_show(served: Served) -> None:
+    client = _login(served)
+    inbox = client.get("/console/inbox").text
+    shown = {f"Patient/{p}" for p in re.findall(r'href="/console/patients/([\w.-]+)"', inbox)}
+    viewed = _audits(served, "view-inbox")[-1]
+    assert shown and {e["what"]["reference"] for e in viewed["entity"]} == shown
+    gaps = client.get("/console/gaps").text
+    listed = {f"Patient/{p}" for p in re.findall(r'href="/console/patients/([\w.-]+)"', gaps)}
+    assert {e["what"]["reference"] for e in _audits(served, "view-gaps")[-1]["entity"]} == listed
+    # The poll behind live updates carries ids and states only, and is no patient view.
+    before = len(_audits(served, "view-inbox"))
+    body = client.get("/console/inbox.json").json()
+    assert set(body) == {"count", "signature", "alerts"} and len(_audits(served, "view-inbox")) == before
+    assert f'data-signature="{body["signature"]}"' in inbox
 
 
 def test_inbox_filters_by_severity_and_program(served: Served) -> None:
