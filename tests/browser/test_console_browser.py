@@ -236,3 +236,23 @@ def test_snooze_one_direction_and_the_other_still_alerts(page: Any, served: Serv
               if r.locator(f"a[href='/console/patients/{pid}']").count()]
     assert any("low" in t.lower() or "hypoglyc" in t.lower() for t in titles), titles
     assert not any("ketone" in t.lower() for t in titles), titles
+
+
+def test_the_inbox_updates_without_a_reload(page: Any, served: Served) -> None:
+    """An alert acknowledged elsewhere (here by the SMS link's operation) changes its row in an open
+    inbox without a reload; a box the nurse ticked stays ticked."""
+    from handlers.acknowledge import record_acknowledgement
+
+    _login(page, served)
+    page.goto(served.url + "/console/inbox?refresh=2")
+    open_rows = page.locator("table.inbox tbody tr[data-status=open]")
+    assert open_rows.count() >= 2
+    first, second = (open_rows.nth(i).get_attribute("data-alert") for i in (0, 1))
+    page.check(f"tr[data-alert='{second}'] input[type=checkbox]")
+    page.evaluate("window.__marker = 'same page'")  # gone if the page reloaded
+    record_acknowledgement(messaging(served.services), first, "Practitioner/demo-physician")
+    page.wait_for_selector(f"tr[data-alert='{first}'][data-status=acknowledged]", timeout=20000)
+    assert page.evaluate("window.__marker") == "same page"
+    assert page.is_checked(f"tr[data-alert='{second}'] input[type=checkbox]")
+    assert "demo-physician" in page.locator(f"tr[data-alert='{first}'] td.status").inner_text()
+    assert page.locator("#live").inner_text().startswith("Updated")
