@@ -225,7 +225,7 @@ def _report_gaps(args: argparse.Namespace, settings: Settings) -> int:
     from console.queries import data_gaps
 
     def action(s: Any) -> str:
-        rows = data_gaps(s.store, s.clock.now())
+        rows = data_gaps(s.store, s.clock.now(), s.rulesets)
         return "\n".join(f"{r.days_since if r.days_since is not None else 'never':>6}  {r.patient_id:<20} {r.program}"
                          for r in rows) or "no enrolled patients"
     return _run(settings, action)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, time
+from datetime import UTC, date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -201,6 +201,57 @@ def _cancel_task(store: FhirStore, task_id: str) -> None:
             return
         except PreconditionFailed:
             continue
+
+
+def set_override(store: FhirStore, rulesets: list[Ruleset], patient_id: str, program: str, rule_id: str, *,
+                 param: str = "", value: str = "", disabled: bool = False, clear: bool = False,
+                 now: datetime | None = None) -> dict[str, Any]:
+    """A per-patient rule override on the program's CarePlan (the `rule-override` extension the
+    pipeline reads, rules/enrollment.py): disable `rule_id`, or set one of its params to `value`
+    ("150 mm[Hg]", "3 [lb_av]"), or with `clear` remove the rule's overrides. It replaces an earlier
+    override of the same rule and param; it is checked by the pipeline's own reading of overrides,
+    so what is refused here would be ignored there."""
+    from rules.enrollment import OVERRIDE_URL, override_extension, overrides_from_careplans
+    from rules.quantity import Quantity
+
+    try:
+        plan = store.read("CarePlan", f"{_check_id(patient_id, 'patient')}-{program}")
+    except (ResourceNotFound, ResourceGone):
+        raise EnrollmentError(f"program: the patient is not enrolled in {program!r}") from None
+    ruleset = next((rs for rs in rulesets if rs.program.id == program), None)
+    rule = next((r for r in ruleset.rules if r.id == rule_id), None) if ruleset else None
+    if ruleset is None or rule is None:
+        known = ", ".join(r.id for r in ruleset.rules) if ruleset else "none"
+        raise EnrollmentError(f"rule: {rule_id!r} is not a rule of {program!r} ({known})")
+
+    def names(ext: dict[str, Any]) -> tuple[str | None, str | None]:
+        parts = {p.get("url"): p for p in ext.get("extension") or []}
+        return (parts.get("rule") or {}).get("valueString"), (parts.get("param") or {}).get("valueString")
+
+    kept = [e for e in plan.get("extension") or [] if e.get("url") != OVERRIDE_URL
+            or names(e)[0] != rule_id or (not clear and not disabled and names(e)[1] not in (None, param))]
+    if not clear:
+        if disabled:
+            ext = override_extension(rule_id, disabled=True)
+        else:
+            if param not in rule.params:
+                raise EnrollmentError(f"param: {param!r} is not a param of {rule_id} "
+                                      f"({', '.join(sorted(rule.params)) or 'it has none'})")
+            try:
+                quantity = Quantity.parse(value.strip())
+            except ValueError as exc:
+                raise EnrollmentError(f"value: {exc}") from None
+            ext = override_extension(rule_id, param=param, value=quantity)
+        kept.append(ext)
+    plan["extension"] = kept
+    if not plan["extension"]:
+        del plan["extension"]
+    # Judged as if in force now, whatever the plan's dates: a bad override must not wait to be ignored.
+    probe = {**plan, "status": "active", "period": {}}
+    _, problems = overrides_from_careplans([probe], [ruleset], now or datetime.now(UTC))
+    if problems:
+        raise EnrollmentError(f"override: {problems[0]}")
+    return store.update(plan, if_match=plan["meta"]["versionId"]).resource or plan
 
 
 def register_device(store: FhirStore, patient_id: str, identifier: str, kind: str = "") -> dict[str, Any]:

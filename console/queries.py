@@ -10,7 +10,7 @@ from typing import Any
 
 from common.clock import iso, parse_instant
 from common.codes import METRIC_BY_LOINC, METRICS
-from common.patient_time import days_with_readings, local_day, patient_time_zone
+from common.patient_time import days_with_readings, local_day, patient_time_zone, patient_time_zone_name
 from fhirstore.errors import ResourceGone, ResourceNotFound
 from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
@@ -236,12 +236,17 @@ def last_reading(store: FhirStore, patient_ref: str) -> datetime | None:
     return effective(found.resources[0]) if found.resources else None
 
 
-def data_gaps(store: FhirStore, now: datetime) -> list[GapRow]:
-    """Actively enrolled patients by days since their last reading, longest silence first. Days are
-    calendar days in the patient's zone (`common.patient_time`, as billing and adherence count them):
-    a reading at 23:30 yesterday is one day ago at 00:30 today."""
+def data_gaps(store: FhirStore, now: datetime, rulesets: list[Ruleset] | None = None) -> list[GapRow]:
+    """Actively enrolled patients by days since their last reading, longest silence first. With
+    `rulesets`, per program: the newest reading of a metric that program's rules read (a glucometer
+    that went quiet is a diabetes gap even while the BP cuff sends), else of any Observation. Days
+    are calendar days in the patient's zone (`common.patient_time`, as billing and adherence count
+    them): a reading at 23:30 yesterday is one day ago at 00:30 today."""
+    from handlers.patient_data import newest_readings
+
+    metrics_of = {rs.program.id: {m for rule in rs.rules for m in rule.metrics} for rs in rulesets or []}
     rows = []
-    last: dict[str, datetime | None] = {}
+    last: dict[tuple[str, frozenset[str]], datetime | None] = {}
     patients: dict[str, dict[str, Any] | None] = {}
     for plan in search_all(store, "CarePlan", {"status": "active"}):
         pref = (plan.get("subject") or {}).get("reference", "")
@@ -250,10 +255,15 @@ def data_gaps(store: FhirStore, now: datetime) -> list[GapRow]:
         tz = patient_time_zone(patients[pref], "UTC")
         if not careplan_active(plan, now, tz):
             continue
-        if pref not in last:
-            last[pref] = last_reading(store, pref)
         program = next((c.rsplit(":", 1)[-1] for c in plan.get("instantiatesCanonical") or []), plan.get("title", ""))
-        when = last[pref]
+        metrics = frozenset(metrics_of.get(program) or ())
+        if (pref, metrics) not in last:
+            if metrics:
+                times = [r.effective for r in newest_readings(store, pref, set(metrics))]
+                last[(pref, metrics)] = max(times, default=None)
+            else:
+                last[(pref, metrics)] = last_reading(store, pref)
+        when = last[(pref, metrics)]
         rows.append(GapRow(pref.partition("/")[2], display_name(patients[pref]), program, when,
                            (local_day(now, tz) - local_day(when, tz)).days if when else None))
     rows.sort(key=lambda r: (-(r.days_since if r.days_since is not None else 10**6), r.patient_id))
@@ -274,3 +284,39 @@ def adherence(store: FhirStore, patient: dict[str, Any], now: datetime, days: in
 def metric_label(metric: str) -> str:
     m = METRICS.get(metric)
     return f"{m.display} ({m.unit_display})" if m else metric
+
+
+def override_texts(careplan: dict[str, Any]) -> list[str]:
+    """The CarePlan's per-patient rule overrides as staff read them ("htn-crisis disabled",
+    "htn-weekly-mean-above-goal systolic_goal = 135 mm[Hg]")."""
+    from rules.enrollment import OVERRIDE_URL
+
+    out = []
+    for ext in careplan.get("extension") or []:
+        if ext.get("url") != OVERRIDE_URL:
+            continue
+        parts = {p.get("url"): p for p in ext.get("extension") or []}
+        rule = (parts.get("rule") or {}).get("valueString", "?")
+        if (parts.get("disabled") or {}).get("valueBoolean"):
+            out.append(f"{rule} disabled")
+            continue
+        q = (parts.get("value") or {}).get("valueQuantity") or {}
+        number = q.get("value")
+        shown = f"{number:g}" if isinstance(number, int | float) else "?"
+        value = f"{shown} {q.get('code') or q.get('unit') or ''}".strip()
+        out.append(f"{rule} {(parts.get('param') or {}).get('valueString', '?')} = {value}")
+    return out
+
+
+def contact_details(patient: dict[str, Any]) -> dict[str, str]:
+    """What a nurse needs to reach the patient: phone, email, language, time zone, quiet hours."""
+    from notifications.preferences import PREFERENCES_EXT
+
+    telecom = patient.get("telecom") or []
+    pick = lambda *systems: next((t.get("value", "") for t in telecom if t.get("system") in systems), "")  # noqa: E731
+    language = next((c.get("code", "") for comm in patient.get("communication") or []
+                     for c in (comm.get("language") or {}).get("coding") or []), "")
+    prefs = next((e for e in patient.get("extension") or [] if e.get("url") == PREFERENCES_EXT), {})
+    quiet = next((x.get("valueString", "") for x in prefs.get("extension") or [] if x.get("url") == "quiet-hours"), "")
+    return {"phone": pick("sms", "phone"), "email": pick("email"), "language": language,
+            "time zone": patient_time_zone_name(patient, ""), "quiet hours": quiet}

@@ -315,6 +315,8 @@ class Console:
         self._audit(ctx, "view-patient", "view", [ref])
         return self.web.render(
             "patient.html", staff=ctx.staff, p=patient, pid=pid, name=queries.display_name(patient), days=days,
+            overrides={plan["id"]: queries.override_texts(plan) for plan in plans},
+            contact=queries.contact_details(patient),
             windows=WINDOWS, charts=charts, plans=plans, goals=goals, adherence=(with_readings, window),
             devices=search_all(self.store, "Device", {"patient": ref}),
             teams=search_all(self.store, "CareTeam", {"subject": ref}), comms=comms, metrics=CHART_METRICS,
@@ -324,7 +326,7 @@ class Console:
             issues=sorted(issues, key=lambda i: i["meta"]["lastUpdated"], reverse=True)[:10], now=now)
 
     def gaps(self, ctx: Ctx) -> Response:
-        rows = queries.data_gaps(self.store, self.s.clock.now())
+        rows = queries.data_gaps(self.store, self.s.clock.now(), self.s.rulesets)
         self._audit(ctx, "view-gaps", "view", _patients(r.patient_id for r in rows))
         return self.web.render("gaps.html", staff=ctx.staff, rows=rows)
 
@@ -403,6 +405,8 @@ class Console:
     def enroll_page(self, ctx: Ctx, error: str = "", done: str = "", status: int = 200) -> Response:
         return self.web.render("enroll.html", status, staff=ctx.staff, error=error, done=done,
                                programs=enrollment.program_ids(self.s.rulesets), roles=enrollment.CARE_TEAM_ROLES,
+                               rules=[(rs.program.id, r.id, sorted(r.params)) for rs in self.s.rulesets
+                                      for r in rs.rules],
                                practitioners=[p["id"] for p in search_all(self.store, "Practitioner", {})],
                                form=ctx.form, today=self.s.clock.now().date().isoformat())
 
@@ -426,6 +430,10 @@ class Console:
                 res = enrollment.end_enrollment(self.store, f("patient"), f("program"),
                                                 enrollment.patient_today(self.store, f("patient"), self.s.clock.now()),
                                                 rulesets=self.s.rulesets, messaging=self.m)
+            elif step == "override":
+                res = enrollment.set_override(self.store, self.s.rulesets, f("patient"), f("program"), f("rule"),
+                                              param=f("param"), value=f("value"), disabled=f("disabled") == "yes",
+                                              clear=f("clear") == "yes", now=self.s.clock.now())
             elif step == "device":
                 res = enrollment.register_device(self.store, f("patient"), f("identifier"), f("kind"))
             elif step == "goal":

@@ -299,7 +299,8 @@ def test_the_inbox_and_the_gap_list_are_audited_views_of_the_patients_they_show(
     viewed = _audits(served, "view-inbox")[-1]
     assert shown and {e["what"]["reference"] for e in viewed["entity"]} == shown
     gaps = client.get("/console/gaps").text
-    listed = {f"Patient/{p}" for p in re.findall(r'href="/console/patients/([\w.-]+)"', gaps)}
+    listed = {f"Patient/{p}" for p in re.findall(r'href="/console/patients/([\w.-]+)#contact"', gaps)}
+    assert listed
     assert {e["what"]["reference"] for e in _audits(served, "view-gaps")[-1]["entity"]} == listed
     # The poll behind live updates carries ids and states only, and is no patient view.
     before = len(_audits(served, "view-inbox"))
@@ -367,3 +368,29 @@ def test_the_identity_setting_is_honoured_except_on_vigil_serve(tmp_path: Path) 
         assert status(build_app(LocalHost(services), "t")) == 303  # vigil serve: sent to sign in
     finally:
         services.close()
+
+
+def test_a_care_manager_sets_a_rule_override_and_the_patient_page_shows_it_with_contact_details(
+        served: Served) -> None:
+    from console.views import accounts_for
+
+    # Its own care manager: another test locks manager1 out on purpose.
+    accounts_for(served.services).add("manager2", "care-manager", PASSWORD, "demo-care-manager")
+    client = _login(served, "manager2")
+    pid = next(p["subject"]["reference"].split("/")[1]
+               for p in search_all(served.services.store, "CarePlan", {"status": "active"})
+               if "urn:vigil:program:hypertension" in p.get("instantiatesCanonical", []))
+    token = _csrf(client, "/console/enroll")
+    r = client.post("/console/enroll/override", data={"csrf": token, "patient": pid, "program": "hypertension",
+                                                      "rule": "htn-weekly-mean-above-goal",
+                                                      "param": "systolic_goal", "value": "135 mm[Hg]"})
+    assert r.status_code == 200 and f"CarePlan/{pid}-hypertension" in r.text
+    bad = client.post("/console/enroll/override", data={"csrf": token, "patient": pid, "program": "hypertension",
+                                                        "rule": "htn-weekly-mean-above-goal",
+                                                        "param": "systolic_goal", "value": "135 kg"})
+    assert bad.status_code == 400 and "override" in bad.text
+    page = client.get(f"/console/patients/{pid}").text
+    assert "override: htn-weekly-mean-above-goal systolic_goal = 135 mm[Hg]" in page
+    phone = served.services.store.read("Patient", pid)["telecom"][0]["value"]
+    assert f'data-field="phone">{phone}<' in page
+    assert _audits(served, "enroll-override")

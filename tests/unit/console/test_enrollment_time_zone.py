@@ -8,6 +8,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from console.billing import enrollment_spans
 from console.enrollment import end_enrollment, enroll
 from fhirstore.sqlite_store import SqliteFhirStore
@@ -74,3 +76,34 @@ def test_a_bare_date_careplan_period_is_the_patients_day_for_the_rules(tmp_path:
         enrolled = load_patient_rules(store, "Patient/la", rulesets, last_evening)
         assert enrolled is not None and [rs.program.id for rs in enrolled.rulesets] == ["hypertension"]
         assert enrolled.context.enrolled_since == datetime(2026, 11, 20, tzinfo=la)
+
+
+def test_a_per_patient_override_is_written_where_the_pipeline_reads_it(tmp_path: Path) -> None:
+    from console.enrollment import EnrollmentError, set_override
+    from rules.enrollment import overrides_from_careplans
+    from rules.quantity import Quantity
+
+    rulesets = load_rulesets([DEFAULT_RULES])
+    now = datetime(2026, 11, 21, 18, 0, tzinfo=UTC)
+    with SqliteFhirStore(tmp_path / "fhir.db") as store:
+        store.update({"resourceType": "Patient", "id": "p", "active": True})
+        enroll(store, rulesets, "p", "hypertension", date(2026, 11, 1))
+        set_override(store, rulesets, "p", "hypertension", "htn-weekly-mean-above-goal", param="systolic_goal",
+                     value="135 mm[Hg]", now=now)
+        set_override(store, rulesets, "p", "hypertension", "htn-weekly-mean-above-goal", param="systolic_goal",
+                     value="140 mm[Hg]", now=now)  # replaces, not adds
+        plan = set_override(store, rulesets, "p", "hypertension", "htn-crisis", disabled=True, now=now)
+        overrides, problems = overrides_from_careplans([plan], rulesets, now)
+        assert problems == []
+        assert overrides["htn-weekly-mean-above-goal"].params == {"systolic_goal": Quantity(140.0, "mm[Hg]")}
+        assert overrides["htn-crisis"].disabled
+        for kwargs, message in (({"param": "nope", "value": "1"}, "param"),
+                                ({"param": "systolic_goal", "value": "135 kg"}, "override"),
+                                ({"param": "systolic_goal", "value": "high"}, "value")):
+            with pytest.raises(EnrollmentError, match=message):
+                set_override(store, rulesets, "p", "hypertension", "htn-weekly-mean-above-goal", now=now,
+                             **kwargs)  # type: ignore[arg-type]
+        with pytest.raises(EnrollmentError, match="rule"):
+            set_override(store, rulesets, "p", "hypertension", "dm-hypoglycemia", disabled=True, now=now)
+        plan = set_override(store, rulesets, "p", "hypertension", "htn-crisis", clear=True, now=now)
+        assert set(overrides_from_careplans([plan], rulesets, now)[0]) == {"htn-weekly-mean-above-goal"}

@@ -73,3 +73,39 @@ def test_the_gap_list_counts_calendar_days_in_the_patients_zone(tmp_path) -> Non
                       "valueQuantity": {"value": 70, "system": "http://unitsofmeasure.org", "code": "/min"}})
         [row] = data_gaps(store, now)
         assert (row.patient_id, row.program, row.days_since) == ("la", "hypertension", 1)
+
+
+def test_the_gap_list_judges_each_program_by_the_readings_its_rules_read(tmp_path) -> None:
+    """A glucometer that went quiet is a diabetes gap even while the BP cuff still sends."""
+    from datetime import UTC, date, datetime
+
+    from console.enrollment import NewPatient, add_patient, enroll
+    from console.queries import data_gaps
+    from fhirstore.sqlite_store import SqliteFhirStore
+    from rules.loader import load_rulesets
+    from runtime.settings import DEFAULT_RULES
+
+    rulesets = load_rulesets([DEFAULT_RULES])
+    now = datetime(2026, 11, 21, 18, 0, tzinfo=UTC)
+    with SqliteFhirStore(tmp_path / "fhir.db") as store:
+        add_patient(store, None, NewPatient("Ottilie", "Thistlewood", "1950-07-29", time_zone="UTC"), "p")
+        for program in ("hypertension", "diabetes"):
+            enroll(store, rulesets, "p", program, date(2026, 11, 1))
+        for oid, code, unit, value, at in (("g", "2339-0", "mg/dL", 120, "2026-11-15T09:00:00Z"),
+                                           ("wt", "29463-7", "kg", 80, "2026-11-21T09:00:00Z")):
+            store.update({"resourceType": "Observation", "id": oid, "status": "final",
+                          "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                          "subject": {"reference": "Patient/p"}, "effectiveDateTime": at,
+                          "valueQuantity": {"value": value, "system": "http://unitsofmeasure.org", "code": unit}})
+        store.update({"resourceType": "Observation", "id": "bp", "status": "final",
+                      "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+                      "subject": {"reference": "Patient/p"}, "effectiveDateTime": "2026-11-20T09:00:00Z",
+                      "component": [
+                          {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+                           "valueQuantity": {"value": 128, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}},
+                          {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]},
+                           "valueQuantity": {"value": 78, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}]})
+        rows = {r.program: r.days_since for r in data_gaps(store, now, rulesets)}
+        assert rows == {"diabetes": 6, "hypertension": 1}
+        # Without the rulesets: the newest reading of any kind (the weight of today).
+        assert {r.program: r.days_since for r in data_gaps(store, now)} == {"diabetes": 0, "hypertension": 0}
