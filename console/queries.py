@@ -316,7 +316,7 @@ def contact_details(patient: dict[str, Any]) -> dict[str, str]:
     pick = lambda *systems: next((t.get("value", "") for t in telecom if t.get("system") in systems), "")  # noqa: E731
     language = next((c.get("code", "") for comm in patient.get("communication") or []
                      for c in (comm.get("language") or {}).get("coding") or []), "")
-    prefs = next((e for e in patient.get("extension") or [] if e.get("url") == PREFERENCES_EXT), {})
+    prefs: dict[str, Any] = next((e for e in patient.get("extension") or [] if e.get("url") == PREFERENCES_EXT), {})
     quiet = next((x.get("valueString", "") for x in prefs.get("extension") or [] if x.get("url") == "quiet-hours"), "")
     return {"phone": pick("sms", "phone"), "email": pick("email"), "language": language,
             "time zone": patient_time_zone_name(patient, ""), "quiet hours": quiet}
