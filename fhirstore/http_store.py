@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 from azure.core.credentials import TokenCredential
 
+from fhirstore.batch_reads import Answer, Read, batch_answers, batch_bundle
 from fhirstore.errors import (
     FhirError,
     InvalidResource,
@@ -26,6 +27,7 @@ from fhirstore.errors import (
 )
 from fhirstore.http_transport import HttpTransport, json_or_none
 from fhirstore.port import Resource, SearchParams, SearchResult, WriteOutcome, WriteResult
+from fhirstore.version_cache import DEFAULT_VERSIONS, VersionCache
 
 _TYPE_RE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # FHIR R4 id datatype
@@ -51,12 +53,14 @@ class HttpFhirStore(HttpTransport):
         client: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
         max_transaction_entries: int = DEFAULT_TRANSACTION_SIZE,
+        version_cache: int = DEFAULT_VERSIONS,
     ) -> None:
         if max_transaction_entries < 1:
             raise ValueError(f"max_transaction_entries must be >= 1, got {max_transaction_entries}")
         super().__init__(base_url, credential=credential, scope=scope, timeout=timeout, max_retries=max_retries,
                          backoff_base=backoff_base, backoff_max=backoff_max, client=client, sleep=sleep)
         self.max_transaction_entries = max_transaction_entries
+        self.versions = VersionCache(version_cache)
 
     def __enter__(self) -> HttpFhirStore:
         return self
@@ -68,11 +72,28 @@ class HttpFhirStore(HttpTransport):
 
     def read(self, resource_type: str, id: str) -> Resource:
         path = _resource_path(resource_type, id)
-        return self._resource(self._request("GET", path, interaction="read"), "read", path)
+        found = self._resource(self._request("GET", path, interaction="read"), "read", path)
+        self.versions.remember(found)
+        return found
 
     def vread(self, resource_type: str, id: str, version_id: str) -> Resource:
+        """Answered from the versions this adapter wrote or read (fhirstore.version_cache) when it has it."""
         path = f"{_resource_path(resource_type, id)}/_history/{_checked_id(version_id, 'version id')}"
-        return self._resource(self._request("GET", path, interaction="vread"), "vread", path)
+        known = self.versions.get(resource_type, id, version_id)
+        if known is not None:
+            return known
+        found = self._resource(self._request("GET", path, interaction="vread"), "vread", path)
+        self.versions.remember(found)
+        return found
+
+    def read_batch(self, reads: Sequence[Read]) -> list[Answer]:
+        """Several reads in one `batch` Bundle of GET entries (fhirstore.batch_reads); reads only,
+        so it is retried like any GET."""
+        for r in reads:  # refused here, as read() and search() would: nothing odd goes into a URL
+            _resource_path(r.resource_type, r.id) if r.id is not None else _checked_type(r.resource_type)
+        response = self._bundle(self._request("POST", "", json_body=batch_bundle(reads), interaction="batch"),
+                                "batch", "Bundle")
+        return batch_answers(self, reads, response)
 
     def create(self, resource: Resource, *, if_none_exist: str | None = None) -> WriteResult:
         resource_type = _checked_type(resource.get("resourceType") if isinstance(resource, dict) else None)
@@ -190,7 +211,10 @@ class HttpFhirStore(HttpTransport):
 
     def _post_bundle(self, bundle: Resource) -> Resource:
         response = self._request("POST", "", json_body=bundle, interaction="transaction", idempotent=False)
-        return self._bundle(response, "transaction", "Bundle")
+        answered = self._bundle(response, "transaction", "Bundle")
+        for entry in answered.get("entry") or []:
+            self.versions.remember(entry.get("resource") if isinstance(entry, dict) else None)
+        return answered
 
     def history(self, resource_type: str, id: str) -> Resource:
         """All versions in one Bundle: servers page history, the port promises every version."""
@@ -266,6 +290,7 @@ class HttpFhirStore(HttpTransport):
         vid = _meta_version(body) or vid
         if not id_:
             raise ServerError(f"FHIR {interaction} {resource_type}: the server returned no id")
+        self.versions.remember(body)
         return WriteResult(outcome, body, resource_type, id_, vid)
 
 
