@@ -158,7 +158,7 @@ def _workflow_publisher(settings: Settings, bus: LocalBus) -> WorkflowPublisher:
 
 def _fhir_store(settings: Settings, clock: Clock) -> FhirStore:
     if settings.fhir_url is None:
-        from fhirstore.sqlite_store import SqliteFhirStore
+        from fhirstore.sqlite import SqliteFhirStore
 
         return SqliteFhirStore(settings.path("fhir.db"), clock=clock, account=settings.fhir_account)
     from fhirstore.http_store import HttpFhirStore

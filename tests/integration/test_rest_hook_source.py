@@ -15,7 +15,7 @@ import pytest
 import function_app
 from common.clock import FixedClock
 from fhirstore.paging import search_all
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from handlers.ingest import RawMessage, handle_device_messages
 from runtime.bootstrap import Services, bootstrap, install
 from runtime.event_sources import RestHookSource, event_source
