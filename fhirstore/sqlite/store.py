@@ -10,11 +10,8 @@ by `query.py`, Bundles run by `bundle.py` and events kept by `outbox.py`.
 from __future__ import annotations
 
 import functools
-import os
 import sqlite3
-import threading
 import uuid
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -22,8 +19,8 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from common.clock import Clock, SystemClock, iso
-from common.sqlite_schema import SchemaError, migrate
-from common.storage import connect as private_sqlite
+from common.sqlite_db import ThreadConnections, transaction
+from common.sqlite_schema import SchemaError
 from common.storage import tag_error
 from fhirstore import readings_index
 from fhirstore.errors import FhirError, InvalidResource, InvalidSearch, ServerError
@@ -41,16 +38,6 @@ DEFAULT_TOPIC = "/subscriptions/local/resourceGroups/local/providers/Microsoft.H
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
-
-
-class _Handle:
-    """Holds one thread's connection; when the thread ends it drops this and the connection closes."""
-
-    __slots__ = ("db", "pid", "__weakref__")
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-        self.pid = os.getpid()
 
 
 _Method = Callable[Concatenate["SqliteFhirStore", _P], _R]
@@ -85,9 +72,7 @@ class SqliteFhirStore:
         self._clock = clock or SystemClock()
         self._account = account
         self._topic = topic
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._closers: list[tuple[int, weakref.finalize[Any, Any]]] = []
+        self._connections: ThreadConnections | None = None
         self._closed = False
         self._catalog = ParamCatalog()
         self._searches = query.SearchCache(self._catalog)
@@ -96,41 +81,15 @@ class SqliteFhirStore:
     # ------------------------------------------------------------ connections
 
     def _db(self) -> sqlite3.Connection:
-        if self._closed:
+        if self._closed or self._connections is None:
             raise ServerError("the embedded FHIR store is closed")
-        handle = getattr(self._local, "handle", None)
-        if handle is not None and handle.pid == os.getpid():
-            db: sqlite3.Connection = handle.db
-            return db
-        # After a fork the parent's handle must never be used (nor closed) in the child.
-        # Plain connections on this hot path (a wrapped cursor halves read throughput): errors are
-        # tagged with the file where they leave the store instead (_typed_errors, transactions).
-        db = private_sqlite(self._path, tag_errors=False, timeout=30, isolation_level=None,
-                            check_same_thread=False, cached_statements=256)
-        try:
-            db.execute("PRAGMA busy_timeout = 30000")
-            db.execute("PRAGMA synchronous = NORMAL")  # with WAL, commits survive a crashed process
-            db.execute("PRAGMA cache_size = -32000")
-        except sqlite3.Error as exc:
-            tag_error(exc, self._path)
-            db.close()
-            raise
-        handle = _Handle(db)
-        closer = weakref.finalize(handle, db.close)
-        with self._lock:
-            self._closers = [(p, c) for p, c in self._closers if c.alive]
-            self._closers.append((handle.pid, closer))
-        self._local.handle = handle
-        return db
+        return self._connections.get()
 
     def close(self) -> None:
         """Close every connection this store opened in this process."""
-        with self._lock:
-            self._closed = True
-            closers, self._closers = self._closers, []
-        for pid, closer in closers:
-            if pid == os.getpid():
-                closer()
+        self._closed = True
+        if self._connections is not None:
+            self._connections.close()
 
     def __enter__(self) -> SqliteFhirStore:
         return self
@@ -140,8 +99,10 @@ class SqliteFhirStore:
 
     def _init_schema(self) -> None:
         try:
-            self._db().execute("PRAGMA journal_mode = WAL")
-            migrate(self._db(), FHIR_SCHEMA, self._path)
+            # Plain connections on this hot path (a wrapped cursor halves read throughput): errors
+            # are tagged with the file where they leave the store instead (_typed_errors, _write_tx).
+            self._connections = ThreadConnections(self._path, FHIR_SCHEMA, tag_errors=False, cached_statements=256,
+                                                  pragmas=["cache_size = -32000"])
             with self._write_tx() as tx:  # a file written before the readings index gets it once
                 readings_index.build(tx.db, tx.iso, VERSION_BITS)
             self._ensure_types(REGISTRY)
@@ -156,27 +117,22 @@ class SqliteFhirStore:
     def _write_tx(self) -> Iterator[Tx]:
         """One IMMEDIATE transaction: writers queue here (busy_timeout) instead of failing later."""
         db = self._db()
+        stage = "begin"
         try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            tag_error(exc, self._path)
-            raise ServerError(f"the embedded FHIR store is unavailable: {exc}") from exc
-        try:
-            now = self._clock.now().astimezone(UTC)
-            millis = now.replace(microsecond=now.microsecond // 1000 * 1000)
-            tx = Tx(db, iso(now), (millis - _EPOCH) // timedelta(microseconds=1), self._catalog)
-            yield tx
-        except BaseException:
-            if db.in_transaction:  # some SQLite errors have rolled back already
-                db.execute("ROLLBACK")
-            raise
-        try:
-            outbox.count_changes(db, tx.types)
-            db.execute("COMMIT")
+            with transaction(db):
+                stage = "write"
+                now = self._clock.now().astimezone(UTC)
+                millis = now.replace(microsecond=now.microsecond // 1000 * 1000)
+                tx = Tx(db, iso(now), (millis - _EPOCH) // timedelta(microseconds=1), self._catalog)
+                yield tx
+                stage = "commit"
+                outbox.count_changes(db, tx.types)
         except sqlite3.Error as exc:
+            if stage == "write":  # the write's own failure: _typed_errors names the operation
+                raise
             tag_error(exc, self._path)
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            if stage == "begin":
+                raise ServerError(f"the embedded FHIR store is unavailable: {exc}") from exc
             raise ServerError(f"the embedded FHIR store could not commit: {exc}") from exc
         self._catalog.widen(tx.spans)
 
