@@ -22,7 +22,7 @@ from fhirstore.sqlite import SqliteFhirStore
 from handlers.ingest import RawMessage, handle_device_messages
 from runtime.bootstrap import Services, bootstrap, install
 from runtime.event_sources import event_source, source_kind
-from runtime.host import registered_functions
+from runtime.host_functions import registered_functions
 from runtime.settings import Settings, SettingsError
 from tests.support.fhir_server import serve_store
 from tests.support.pipeline import DAYTIME, add_patient, reading
