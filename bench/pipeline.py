@@ -41,7 +41,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(_HERE.parent), *(p for p in sys.path if Path(p or ".").resolve() != _HERE)]
 
 from fhirstore.paging import search_all  # noqa: E402
-from fhirstore.sqlite_store import SqliteFhirStore  # noqa: E402
+from fhirstore.sqlite import SqliteFhirStore  # noqa: E402
 from handlers import fhir_events  # noqa: E402
 from handlers.ingest import RawMessage, handle_device_messages  # noqa: E402
 from runtime.bootstrap import Services, bootstrap, install  # noqa: E402

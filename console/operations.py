@@ -21,7 +21,6 @@ def health(services: Services) -> dict[str, Any]:
             if topic == WORKFLOW_EVENTS:
                 continue  # published events are kept a week for `vigil events tail`: not a backlog
             queues[topic] = {"pending": count, "oldest_pending_age_s": round(age, 1)}
-    size = getattr(services.store, "outbox_size", None)
     since = time.time() - DAY_S
     by_reason: dict[str, int] = {}
     for letter in services.dead_letters.list(include_replayed=True, limit=10000):
@@ -33,7 +32,7 @@ def health(services: Services) -> dict[str, Any]:
         "bus_backlog": backlog,
         "oldest_pending_age_s": oldest,
         "queues": queues,
-        "fhir_events_waiting": int(size()) if size else 0,
+        "fhir_events_waiting": services.outbox.outbox_size() if services.outbox is not None else 0,
         "dead_letters_24h": dict(sorted(by_reason.items())),
         "dead_letters_24h_total": sum(by_reason.values()),
         "channels_24h": channel_outcomes(services),
