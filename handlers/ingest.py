@@ -216,6 +216,8 @@ class _Batch:
         """Read every Observation the groups can merge into at once (handlers.ingest_writes). Only
         a forecast: a group whose identity or grouping fails here fails the same way when mapped,
         which parks its culprits."""
+        if not self.stored.round_trips:
+            return
         ids = []
         for ms in keys:
             try:

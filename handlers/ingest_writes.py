@@ -1,8 +1,8 @@
 """The store side of ingest (handlers.ingest): what a batch merges into, and writing it.
 
-Reads: every Observation a batch's readings can land in is read in ONE query before mapping
-(`prefetch`, an `_id` search: fhirstore.batch_reads.read_many) instead of one read per
-Observation; on the HTTP adapter that is a round trip per Observation saved. What the prefetch
+Reads: on a store where each read is a round trip (the HTTP adapter), every Observation a batch's
+readings can land in is read in ONE query before mapping (`prefetch`, an `_id` search:
+fhirstore.batch_reads.read_many) instead of one request per Observation. What the prefetch
 cannot know (it failed, or an id it did not foresee) is read one by one, as before.
 
 Writes: the batch's Observations go in ONE FHIR transaction, each update with If-Match on the
@@ -44,6 +44,12 @@ class StoredObservations:
     def __init__(self, store: FhirStore) -> None:
         self.store = store
         self._known: dict[str, dict[str, Any] | None] = {}
+
+    @property
+    def round_trips(self) -> bool:
+        """Whether each read is a network request (a store that batches reads): only then does a
+        prefetch pay for the grouping it repeats (measured: on the embedded store it does not)."""
+        return getattr(self.store, "read_batch", None) is not None
 
     def prefetch(self, ids: Iterable[str]) -> None:
         wanted = [i for i in set(ids) if i not in self._known]
