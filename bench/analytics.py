@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from analytics.deid import Anonymizer, load_config  # noqa: E402
 from analytics.export import run_export  # noqa: E402
-from fhirstore.sqlite_store import SqliteFhirStore  # noqa: E402
+from fhirstore.sqlite import SqliteFhirStore  # noqa: E402
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 LOINC = [("8867-4", "Heart rate", "/min"), ("59408-5", "Oxygen saturation", "%"), ("29463-7", "Body weight", "kg")]

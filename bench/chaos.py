@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT), *(p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench")]
 
 from fhirstore.paging import search_all  # noqa: E402
-from fhirstore.sqlite_store import SqliteFhirStore  # noqa: E402
+from fhirstore.sqlite import SqliteFhirStore  # noqa: E402
 from runtime.bus import LocalBus  # noqa: E402
 from runtime.cohort import careplan, device  # noqa: E402
 

@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common.clock import FixedClock, SystemClock  # noqa: E402
 from fhirstore.paging import search_all  # noqa: E402
 from fhirstore.port import FhirStore  # noqa: E402
-from fhirstore.sqlite_store import SqliteFhirStore  # noqa: E402
+from fhirstore.sqlite import SqliteFhirStore  # noqa: E402
 from handlers.fhir_events import EventDeps, evaluate_observation  # noqa: E402
 from handlers.messaging import (  # noqa: E402
     DEFAULT_CHAINS,

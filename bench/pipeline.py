@@ -9,7 +9,8 @@ that each have `--history-days` of history (one reading of each kind a day), so 
 - `p50_ms`, `p99_ms` (accepted -> rules evaluated, every reading) and `alert_p99_ms` (accepted ->
   messages recorded, the alerting ones) at a steady offered rate `--rate` for `--rate-seconds`;
 - `fhir_requests_per_reading`: the same mix with Vigil on the HTTP adapter against the facade,
-  counted at the server;
+  counted at the server; `fhir_requests_per_non_alerting_reading` (and `_alerting_`): the batch's
+  ingest requests shared over its readings, plus the requests of evaluating a reading of that kind;
 - `rss_mb`; the floors measured in the same run (`json_loads_us`, `sqlite_insert_us` per reading)
   and `ratio_to_floor` (CPU per reading over their sum).
 `--details` adds the older figures below (store, ingest alone, backlog latency).
@@ -40,7 +41,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(_HERE.parent), *(p for p in sys.path if Path(p or ".").resolve() != _HERE)]
 
 from fhirstore.paging import search_all  # noqa: E402
-from fhirstore.sqlite_store import SqliteFhirStore  # noqa: E402
+from fhirstore.sqlite import SqliteFhirStore  # noqa: E402
 from handlers import fhir_events  # noqa: E402
 from handlers.ingest import RawMessage, handle_device_messages  # noqa: E402
 from runtime.bootstrap import Services, bootstrap, install  # noqa: E402
@@ -356,17 +357,28 @@ def measure_http_requests(tmp: Path, patients: int, history_days: int, n: int) -
             events = event_deps(services)
             msgs = [RawMessage(body=m) for m in messages(n, patients, seed=11)]
             counted["on"] = True
+            ingest_requests, quiet, alerting = 0, [], []  # requests per evaluated reading, by outcome
             for i in range(0, n, 100):
+                before = counted["n"]
                 handle_device_messages(msgs[i:i + 100], ingest)
+                ingest_requests += counted["n"] - before
                 for _, event in server_store.outbox_pending(100000):
-                    fhir_events.handle_fhir_event(event, events)
+                    before = counted["n"]
+                    outcome = fhir_events.handle_fhir_event(event, events)
+                    if outcome.status == "evaluated":
+                        (alerting if outcome.rules_fired else quiet).append(counted["n"] - before)
                 drain_outbox(server_store)
             counted["on"] = False
             install(None)
             services.close()
     finally:
         rest.handle = original  # type: ignore[assignment]
-    return {"fhir_requests_per_reading": round(counted["n"] / n, 2), "http_readings": n}
+    per_quiet = ingest_requests / n + (statistics.mean(quiet) if quiet else 0.0)
+    return {"fhir_requests_per_reading": round(counted["n"] / n, 2),
+            "fhir_requests_per_non_alerting_reading": round(per_quiet, 2),
+            "fhir_requests_per_alerting_reading": round(ingest_requests / n + statistics.mean(alerting), 2)
+            if alerting else None,
+            "http_readings": n}
 
 
 def measure_floors(msgs: list[bytes], tmp: Path) -> dict[str, float]:
@@ -441,7 +453,6 @@ def main() -> None:
         return
     for key, value in figures.items():
         print(f"{key:<28} {value}")
-    _ = statistics  # figures above are exact percentiles of the samples
 
 
 if __name__ == "__main__":

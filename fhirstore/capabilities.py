@@ -48,7 +48,7 @@ class ParamSupport:
 
 def capability_statement(store: FhirStore) -> Resource | None:
     """The store's CapabilityStatement, or None when it serves none (or none could be read)."""
-    from fhirstore.sqlite_store import SqliteFhirStore
+    from fhirstore.sqlite import SqliteFhirStore
 
     if isinstance(store, SqliteFhirStore):
         from fhirstore.rest import capability_statement as embedded
@@ -91,7 +91,7 @@ def search_params_listed(statement: Resource, resource_type: str) -> set[str] | 
 
 def search_param_support(store: FhirStore, resource_type: str, code: str) -> ParamSupport:
     """Whether searching `resource_type` by `code` is supported, and where that was read."""
-    from fhirstore.sqlite_store import SqliteFhirStore
+    from fhirstore.sqlite import SqliteFhirStore
 
     statement = capability_statement(store)
     listed = search_params_listed(statement, resource_type) if statement is not None else None

@@ -1,28 +1,21 @@
 """`FhirStore` over HTTP for any FHIR R4 server (Azure Health Data Services, HAPI, Medplum).
 
-Tokens come from an `azure-identity` credential. Retries are limited to what is safe to repeat: a
-plain create (POST without If-None-Exist) and a transaction may already have been applied when a
-gateway answers 502/503/504 or a read times out, so those only retry 429 and connection failures.
+Auth, retries and error mapping are `fhirstore.http_transport`'s; this module maps the port's
+interactions onto FHIR R4 REST (read-compare-PUT updates, split transactions, paged history).
 """
 
 from __future__ import annotations
 
-import base64
-import json
-import logging
-import random
 import re
-import threading
 import time
-from collections.abc import Callable, Iterable
-from email.utils import parsedate_to_datetime
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
-from azure.core.credentials import AccessToken, TokenCredential
+from azure.core.credentials import TokenCredential
 
-from common import jsonnum
+from fhirstore.batch_reads import Answer, Read, batch_answers, batch_bundle
 from fhirstore.errors import (
     FhirError,
     InvalidResource,
@@ -31,28 +24,20 @@ from fhirstore.errors import (
     ResourceGone,
     ResourceNotFound,
     ServerError,
-    Unauthorized,
-    error_for_status,
 )
+from fhirstore.http_transport import HttpTransport, json_or_none
 from fhirstore.port import Resource, SearchParams, SearchResult, WriteOutcome, WriteResult
+from fhirstore.version_cache import DEFAULT_VERSIONS, VersionCache
 
-logger = logging.getLogger(__name__)
-
-FHIR_JSON = "application/fhir+json"
 _TYPE_RE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 _ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # FHIR R4 id datatype
-_RETRY_STATUSES = frozenset({429, 502, 503, 504})
-# Refresh before expiry so a request never leaves with a token that lapses in flight.
-_TOKEN_REFRESH_MARGIN_S = 300
 _MAX_HISTORY_PAGES = 1000
 # Entries per transaction POST. Medplum refuses transactions of more than 50 updates and Health Data
 # Services bundles of more than 500 entries (docs/fhir-servers.md); 50 serves both.
 DEFAULT_TRANSACTION_SIZE = 50
-# Exceptions raised before any byte of the request reached the server: always safe to retry.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
-class HttpFhirStore:
+class HttpFhirStore(HttpTransport):
     """A `FhirStore` talking FHIR R4 REST. Not tied to one server: only standard interactions."""
 
     def __init__(
@@ -68,33 +53,14 @@ class HttpFhirStore:
         client: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
         max_transaction_entries: int = DEFAULT_TRANSACTION_SIZE,
+        version_cache: int = DEFAULT_VERSIONS,
     ) -> None:
-        parts = urlsplit(base_url)
-        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
-            raise ValueError(f"FHIR base_url must be an http(s) URL without a query, got {base_url!r}")
-        if max_retries < 0 or backoff_base < 0 or backoff_max < 0 or timeout <= 0:
-            raise ValueError("max_retries, backoff_base and backoff_max must be >= 0 and timeout > 0")
         if max_transaction_entries < 1:
             raise ValueError(f"max_transaction_entries must be >= 1, got {max_transaction_entries}")
+        super().__init__(base_url, credential=credential, scope=scope, timeout=timeout, max_retries=max_retries,
+                         backoff_base=backoff_base, backoff_max=backoff_max, client=client, sleep=sleep)
         self.max_transaction_entries = max_transaction_entries
-        self.base_url = base_url.rstrip("/")
-        self._credential = credential
-        self._scope = scope or f"{parts.scheme}://{parts.netloc}/.default"
-        self._max_retries = max_retries
-        self._backoff_base = backoff_base
-        self._backoff_max = backoff_max
-        self._sleep = sleep
-        self._owns_client = client is None
-        self._client = client or httpx.Client(timeout=httpx.Timeout(timeout))
-        self._token: AccessToken | None = None
-        self._token_lock = threading.Lock()
-        self._rng = random.Random()
-        _redact_httpx_request_log()
-
-    def close(self) -> None:
-        """Close the connection pool (only a client this store created; an injected one is the caller's)."""
-        if self._owns_client:
-            self._client.close()
+        self.versions = VersionCache(version_cache)
 
     def __enter__(self) -> HttpFhirStore:
         return self
@@ -106,11 +72,28 @@ class HttpFhirStore:
 
     def read(self, resource_type: str, id: str) -> Resource:
         path = _resource_path(resource_type, id)
-        return self._resource(self._request("GET", path, interaction="read"), "read", path)
+        found = self._resource(self._request("GET", path, interaction="read"), "read", path)
+        self.versions.remember(found)
+        return found
 
     def vread(self, resource_type: str, id: str, version_id: str) -> Resource:
+        """Answered from the versions this adapter wrote or read (fhirstore.version_cache) when it has it."""
         path = f"{_resource_path(resource_type, id)}/_history/{_checked_id(version_id, 'version id')}"
-        return self._resource(self._request("GET", path, interaction="vread"), "vread", path)
+        known = self.versions.get(resource_type, id, version_id)
+        if known is not None:
+            return known
+        found = self._resource(self._request("GET", path, interaction="vread"), "vread", path)
+        self.versions.remember(found)
+        return found
+
+    def read_batch(self, reads: Sequence[Read]) -> list[Answer]:
+        """Several reads in one `batch` Bundle of GET entries (fhirstore.batch_reads); reads only,
+        so it is retried like any GET."""
+        for r in reads:  # refused here, as read() and search() would: nothing odd goes into a URL
+            _resource_path(r.resource_type, r.id) if r.id is not None else _checked_type(r.resource_type)
+        response = self._bundle(self._request("POST", "", json_body=batch_bundle(reads), interaction="batch"),
+                                "batch", "Bundle")
+        return batch_answers(self, reads, response)
 
     def create(self, resource: Resource, *, if_none_exist: str | None = None) -> WriteResult:
         resource_type = _checked_type(resource.get("resourceType") if isinstance(resource, dict) else None)
@@ -228,7 +211,10 @@ class HttpFhirStore:
 
     def _post_bundle(self, bundle: Resource) -> Resource:
         response = self._request("POST", "", json_body=bundle, interaction="transaction", idempotent=False)
-        return self._bundle(response, "transaction", "Bundle")
+        answered = self._bundle(response, "transaction", "Bundle")
+        for entry in answered.get("entry") or []:
+            self.versions.remember(entry.get("resource") if isinstance(entry, dict) else None)
+        return answered
 
     def history(self, resource_type: str, id: str) -> Resource:
         """All versions in one Bundle: servers page history, the port promises every version."""
@@ -258,132 +244,6 @@ class HttpFhirStore:
         return self._resource(self._request("GET", "metadata", interaction="capabilities"), "capabilities",
                               "metadata")
 
-    # -- HTTP -----------------------------------------------------------------------------------
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        interaction: str,
-        params: list[tuple[str, str]] | None = None,
-        json_body: Resource | None = None,
-        headers: dict[str, str] | None = None,
-        idempotent: bool = True,
-    ) -> httpx.Response:
-        """Send with auth and retries; return a 2xx response or raise the typed error."""
-        url = f"{self.base_url}/{path}" if path else self.base_url
-        label = _label(path, params)
-        content = jsonnum.dumps(json_body, separators=(",", ":")).encode() if json_body is not None else None
-        refreshed = False
-        attempt = 0
-        while True:
-            request_headers = {"Accept": FHIR_JSON, **(headers or {})}
-            if content is not None:
-                request_headers["Content-Type"] = FHIR_JSON
-            token = self._bearer(force=False)
-            if token is not None:
-                request_headers["Authorization"] = f"Bearer {token}"
-            try:
-                response = self._client.request(
-                    method, url, params=params, content=content, headers=request_headers
-                )
-            except httpx.TransportError as exc:
-                retryable = idempotent or isinstance(exc, _NOT_SENT)
-                if not retryable or attempt >= self._max_retries:
-                    raise _transport_error(exc, interaction, label, attempt + 1) from exc
-                delay = self._backoff(attempt)
-                logger.warning(
-                    "FHIR %s %s: %s, retry %d/%d in %.2fs",
-                    interaction,
-                    label,
-                    type(exc).__name__,
-                    attempt + 1,
-                    self._max_retries,
-                    delay,
-                )
-                self._sleep(delay)
-                attempt += 1
-                continue
-            status = response.status_code
-            if status < 300:
-                return response
-            if status == 401 and self._credential is not None and not refreshed:
-                # A revoked token or a continuous-access-evaluation challenge: fetch a fresh token once.
-                # Credentials cache tokens; only the challenge's claims make them skip their cache.
-                refreshed = True
-                self._bearer(force=True, claims=_challenge_claims(response.headers.get("WWW-Authenticate")))
-                continue
-            retryable = status == 429 or (status in _RETRY_STATUSES and idempotent)
-            if not retryable or attempt >= self._max_retries:
-                raise self._http_error(response, interaction, label, token)
-            hinted = self._retry_after(response) if status in (429, 503) else None
-            delay = self._backoff(attempt) if hinted is None else hinted
-            logger.warning(
-                "FHIR %s %s: HTTP %d, retry %d/%d in %.2fs",
-                interaction,
-                label,
-                status,
-                attempt + 1,
-                self._max_retries,
-                delay,
-            )
-            self._sleep(delay)
-            attempt += 1
-
-    def _bearer(self, *, force: bool, claims: str | None = None) -> str | None:
-        if self._credential is None:
-            return None
-        with self._token_lock:
-            token = self._token
-            if force or token is None or token.expires_on - _TOKEN_REFRESH_MARGIN_S <= time.time():
-                try:
-                    if claims:
-                        token = self._credential.get_token(self._scope, claims=claims)
-                    else:
-                        token = self._credential.get_token(self._scope)
-                except Exception as exc:
-                    # Credential errors name the failing source, never a token (none was issued).
-                    first_line = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-                    raise Unauthorized(
-                        f"could not get a token for scope {self._scope}: {type(exc).__name__}: {first_line}"
-                    ) from exc
-                self._token = token
-            return token.token
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential with jitter in [cap/2, cap] so concurrent clients do not retry in lockstep."""
-        cap = min(self._backoff_max, self._backoff_base * (2**attempt))
-        return self._rng.uniform(cap / 2, cap)
-
-    def _retry_after(self, response: httpx.Response) -> float | None:
-        value = response.headers.get("Retry-After")
-        if not value:
-            return None
-        value = value.strip()
-        if value.isdigit():
-            return min(float(value), self._backoff_max)
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            return None
-        return min(max(0.0, when.timestamp() - time.time()), self._backoff_max)
-
-    def _http_error(
-        self, response: httpx.Response, interaction: str, label: str, token: str | None
-    ) -> FhirError:
-        outcome = _operation_outcome(response)
-        detail = _first_diagnostics(outcome) or response.reason_phrase or "no detail"
-        message = f"FHIR {interaction} {label} failed with HTTP {response.status_code}: {detail}"
-        if token:
-            # A server may echo request headers in diagnostics; never let the token out.
-            message = message.replace(token, "[redacted]")
-            if outcome is not None and token in json.dumps(outcome):
-                outcome = json.loads(json.dumps(outcome).replace(token, "[redacted]"))
-        return error_for_status(response.status_code, message, outcome)
-
     # -- responses ------------------------------------------------------------------------------
 
     def _current_or_none(self, resource_type: str, id: str) -> Resource | None:
@@ -393,7 +253,7 @@ class HttpFhirStore:
             return None
 
     def _resource(self, response: httpx.Response, interaction: str, label: str) -> Resource:
-        body = _json_or_none(response)
+        body = json_or_none(response)
         if not isinstance(body, dict) or "resourceType" not in body:
             raise ServerError(
                 f"FHIR {interaction} {label}: the server answered {response.status_code} without a resource"
@@ -414,7 +274,7 @@ class HttpFhirStore:
         interaction: str,
         known_id: str | None = None,
     ) -> WriteResult:
-        body = _json_or_none(response)
+        body = json_or_none(response)
         location = response.headers.get("Content-Location") or response.headers.get("Location")
         id_, vid = _location_ids(location, resource_type)
         id_ = id_ or known_id
@@ -430,6 +290,7 @@ class HttpFhirStore:
         vid = _meta_version(body) or vid
         if not id_:
             raise ServerError(f"FHIR {interaction} {resource_type}: the server returned no id")
+        self.versions.remember(body)
         return WriteResult(outcome, body, resource_type, id_, vid)
 
 
@@ -474,12 +335,6 @@ def _query_pairs(resource_type: str, params: SearchParams | None) -> list[tuple[
     return pairs
 
 
-def _label(path: str, params: list[tuple[str, str]] | None) -> str:
-    """The request for messages and logs: parameter names only, since values can identify a patient."""
-    label = path or "(base)"
-    if params:
-        label += "?" + "&".join(dict.fromkeys(name for name, _ in params))
-    return label
 
 
 def _next_params(bundle: Resource) -> dict[str, Any] | None:
@@ -495,30 +350,6 @@ def _next_params(bundle: Resource) -> dict[str, Any] | None:
                     params[name] = value
             return params
     return None
-
-
-def _json_or_none(response: httpx.Response) -> Any:
-    if not response.content:
-        return None
-    try:
-        return jsonnum.loads(response.content)  # decimals as written
-    except ValueError:
-        return None
-
-
-def _operation_outcome(response: httpx.Response) -> dict[str, Any] | None:
-    body = _json_or_none(response)
-    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
-        return body
-    return None
-
-
-def _first_diagnostics(outcome: dict[str, Any] | None) -> str | None:
-    issues = (outcome or {}).get("issue") or []
-    if not issues or not isinstance(issues[0], dict):
-        return None
-    issue = issues[0]
-    return issue.get("diagnostics") or (issue.get("details") or {}).get("text") or issue.get("code")
 
 
 def _check_splittable(entries: list[Resource], size: int) -> None:
@@ -576,51 +407,3 @@ def _location_ids(location: str | None, resource_type: str) -> tuple[str | None,
             has_version = i + 3 < len(segments) and segments[i + 2] == "_history"
             return id_, segments[i + 3] if has_version else None
     return None, None
-
-
-class _QueryValueRedactor(logging.Filter):
-    """httpx logs every request URL at INFO; search values (identifiers, patient ids) must not reach logs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) for a in record.args):
-            record.args = tuple(_redacted_url(a) if isinstance(a, httpx.URL) else a for a in record.args)
-        return True
-
-
-def _redacted_url(url: httpx.URL) -> str:
-    if not url.query:
-        return str(url)
-    names = dict.fromkeys(name for name, _ in parse_qsl(url.query.decode(), keep_blank_values=True))
-    return str(url.copy_with(query=None)) + "?" + "&".join(f"{name}=..." for name in names)
-
-
-def _redact_httpx_request_log() -> None:
-    httpx_logger = logging.getLogger("httpx")
-    if not any(isinstance(f, _QueryValueRedactor) for f in httpx_logger.filters):
-        httpx_logger.addFilter(_QueryValueRedactor())
-
-
-def _challenge_claims(challenge: str | None) -> str | None:
-    """The decoded `claims` of a Bearer challenge (Entra ID CAE sends them base64url-encoded)."""
-    match = re.search(r'claims="([^"]+)"', challenge or "")
-    if not match:
-        return None
-    encoded = match.group(1)
-    try:
-        return base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
-def _transport_error(exc: httpx.TransportError, interaction: str, label: str, attempts: int) -> ServerError:
-    # Only the exception class: transport messages can carry the full URL with query values.
-    if isinstance(exc, httpx.TimeoutException):
-        return ServerError(
-            f"FHIR {interaction} {label}: timed out after {attempts} attempt(s) ({type(exc).__name__})",
-            status=504,
-        )
-    return ServerError(
-        f"FHIR {interaction} {label}: could not reach the server after {attempts} attempt(s) "
-        f"({type(exc).__name__})",
-        status=503,
-    )

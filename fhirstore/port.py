@@ -87,3 +87,29 @@ class FhirStore(Protocol):
         request.method (POST/PUT/DELETE) and response.etag W/"<vid>"; a delete entry has no
         resource."""
         ...
+
+
+class EventOutbox(Protocol):
+    """The change events a store committed with its writes and nobody has delivered yet.
+
+    The embedded store keeps one (`fhirstore.sqlite`): each write records its Event Grid event
+    (`fhirstore.events`) in the write's own transaction; the local host relays the pending ones to
+    the Event Grid functions and then settles them. A FHIR server publishes its events itself (Azure
+    Health Data Services through Event Grid), so its store has no outbox (`Services.outbox` is None).
+    """
+
+    def outbox_pending(self, limit: int = 500) -> list[tuple[int, dict[str, Any]]]:
+        """Undelivered events, oldest first, as (seq, Event Grid event)."""
+        ...
+
+    def outbox_done(self, seqs: Sequence[int]) -> None:
+        """Forget delivered events; unknown seqs are ignored, so a retried call is harmless."""
+        ...
+
+    def outbox_find(self, versions: Sequence[tuple[str, str, str]]) -> list[int]:
+        """The seqs of the undelivered events of these (type, id, version) versions."""
+        ...
+
+    def outbox_size(self) -> int:
+        """How many events wait for delivery."""
+        ...

@@ -22,15 +22,16 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
 from common import jsonnum
 from common.clock import Clock
-from fhirstore.errors import FhirError, ResourceGone, ResourceNotFound
+from fhirstore.errors import FhirError
 from fhirstore.port import FhirStore
+from handlers.ingest_writes import StoredObservations, Write, write_all
 from ingest.deadletter import DeadLetterSink
 from ingest.identity import IdentityResolver
 from ingest.plausibility import check_observation
@@ -48,13 +49,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DEAD_LETTERED", "SUPERSEDED", "WRITTEN", "IngestDeps", "IngestReport", "RawMessage",
            "handle_device_messages", "reports_to"]
-
-# FHIR errors worth retrying the whole batch for (the server, not the message, is the problem).
-TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-# Also retried: 412, another writer changed an Observation this batch merged into (If-Match). The
-# re-delivered batch reads the new version and merges again, so neither writer's values are lost.
-# (A *create* racing another create of the same Observation is not guarded: docs/decisions.md.)
-RETRY_BATCH_STATUSES = TRANSIENT_STATUSES | {412}
 
 @dataclass(frozen=True)
 class RawMessage:
@@ -83,6 +77,7 @@ def handle_device_messages(messages: list[RawMessage], deps: IngestDeps) -> Inge
     batch = _Batch(messages, deps)
     for i, message in enumerate(messages):
         batch.decode(i, message)
+    batch.identity = deps.identity.for_batch(m.device_id for ms in batch.readings.values() for m in ms)
     todo = sorted(batch.readings)
     while todo:  # a second pass only when a write refused a message that superseded another one
         plan = batch.plan(todo)
@@ -102,18 +97,12 @@ def handle_device_messages(messages: list[RawMessage], deps: IngestDeps) -> Inge
 
 
 @dataclass
-class _Write:
-    change: ObservationChange
-    messages: set[int]
-
-
-@dataclass
 class _Plan:
     """What one mapping pass over some of the batch's messages decided to write."""
 
     messages: list[int]
-    store: FhirStore
-    writes: dict[str, _Write] = field(default_factory=dict)  # Observation id -> what is written there
+    stored: StoredObservations
+    writes: dict[str, Write] = field(default_factory=dict)  # Observation id -> what is written there
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # Observation id -> resource as merged
     contributors: set[int] = field(default_factory=set)  # messages with readings in `writes`
     slots: dict[tuple[Any, ...], int] = field(default_factory=dict)  # (Observation id, time) -> message
@@ -123,18 +112,18 @@ class _Plan:
     def existing(self, oid: str) -> dict[str, Any] | None:
         # Two groups of one batch can land in one Observation (e.g. readings of the same hour with
         # and without a patient id): the later one merges onto what the earlier one will write, and
-        # the batch writes each Observation once (If-Match on the stored version, see _put).
-        return self.pending[oid] if oid in self.pending else _existing(self.store, oid)
+        # the batch writes each Observation once (If-Match on the stored version: ingest_writes).
+        return self.pending[oid] if oid in self.pending else self.stored.get(oid)
 
     def add(self, changes: list[ObservationChange], sources: set[int]) -> None:
         for change in changes:
             earlier = self.writes.get(change.id)
             if earlier is None:
-                self.writes[change.id] = _Write(change, set(sources))
+                self.writes[change.id] = Write(change, set(sources))
                 continue
             # Merged onto the earlier change (see existing()): it holds both. A create stays a create.
             kept = earlier.change if change.action == "noop" else _combine(earlier.change, change)
-            self.writes[change.id] = _Write(kept, earlier.messages | sources)
+            self.writes[change.id] = Write(kept, earlier.messages | sources)
         for change in changes:
             if change.action != "noop":
                 self.pending[change.id] = change.resource
@@ -156,6 +145,8 @@ class _Batch:
         self.outcome: dict[int, str] = {}
         self.readings: dict[int, list[Measurement]] = {}  # message -> its measurements
         self.owner: dict[int, int] = {}  # id(measurement) -> message
+        self.identity = deps.identity  # for_batch() once the batch is decoded
+        self.stored = StoredObservations(deps.store)
 
     def dead(self, i: int) -> bool:
         return self.outcome.get(i) == DEAD_LETTERED
@@ -209,16 +200,35 @@ class _Batch:
         """Map the readings of `todo` to Observation changes. A message parked after its readings
         were merged into a change makes the pass start again without it."""
         while True:
-            plan = _Plan(messages=[i for i in todo if not self.dead(i)], store=self.deps.store)
+            plan = _Plan(messages=[i for i in todo if not self.dead(i)], stored=self.stored)
             by_key: dict[tuple[Any, ...], list[Measurement]] = {}
             for i in plan.messages:  # batch order: among same-time readings the later message wins
                 for m in self.readings[i]:
                     by_key.setdefault(_key(m), []).append(m)
+            self._prefetch(by_key.values())
             # Only groups sharing device and type with another group can write the same Observation.
             per_source = Counter((key[0], key[1]) for key in by_key)
             plan.shared = {source for source, n in per_source.items() if n > 1}
             if all(self._map_key(ms, plan) for ms in by_key.values()):
                 return plan
+
+    def _prefetch(self, keys: Iterable[list[Measurement]]) -> None:
+        """Read every Observation the groups can merge into at once (handlers.ingest_writes). Only
+        a forecast: a group whose identity or grouping fails here fails the same way when mapped,
+        which parks its culprits."""
+        if not self.stored.round_trips:
+            return
+        ids = []
+        for ms in keys:
+            try:
+                [group] = group_measurements(ms)
+                who = self.identity.resolve(group)
+                for obs_group in self.pair.fhir.observation_groups(group):
+                    ids.append(self.pair.fhir.observation_key(obs_group, patient_id=who.patient_id,
+                                                              device_id=who.device_id)[2])
+            except (MappingFailure, FhirError, *POISON_AT_STORE):
+                continue
+        self.stored.prefetch(ids)
 
     def _map_key(self, ms: list[Measurement], plan: _Plan) -> bool:
         """Map one group key. On failure the culprits are parked and the key is mapped again without
@@ -253,7 +263,7 @@ class _Batch:
         some of its readings turned out replaced by later messages (`cross`) and it must be regrouped."""
         sources = list(dict.fromkeys(self.owner[id(m)] for m in group.measurements))
         try:
-            who = self.deps.identity.resolve(group)
+            who = self.identity.resolve(group)
         except MappingFailure as failure:  # identity is the key's: every reading of it fails alike
             return dict.fromkeys({self.owner[id(m)] for m in ms}, failure.to_error(type_name=group.type))
         except POISON_AT_STORE as exc:
@@ -341,60 +351,10 @@ class _Batch:
                 plan.superseded_by.setdefault(earlier, set()).add(owner)
             plan.slots[slot] = owner
 
-    # -- writing ----------------------------------------------------------------------------------
+    # -- writing (handlers.ingest_writes) ------------------------------------------------------------
     def write(self, plan: _Plan) -> None:
-        writes = list(plan.writes.values())
-        todo = [w for w in writes if w.change.action != "noop"]
-        self.report.unchanged += len(writes) - len(todo)
-        if not todo:
-            return
-        bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-            {"resource": w.change.resource, "request": _put(w.change)} for w in todo
-        ]}
-        try:
-            response = self.deps.store.transaction(bundle)
-        except FhirError as exc:
-            if exc.status in RETRY_BATCH_STATUSES:
-                raise
-            response = None
-        except POISON_AT_STORE:
-            response = None
-        if response is None:  # one entry spoiled the all-or-nothing transaction: write one by one
-            for w in todo:
-                if not (w.messages and all(self.dead(i) for i in w.messages)):
-                    self._write_one(w)
-            return
-        for entry in response.get("entry", []):
-            status = str((entry.get("response") or {}).get("status", ""))
-            if status.startswith("201"):
-                self.report.created += 1
-            else:
-                self.report.updated += 1
-            stored = entry.get("resource")
-            if isinstance(stored, dict):
-                self.report.stored.append(stored)
-
-    def _write_one(self, w: _Write) -> None:
-        try:
-            result = self.deps.store.update(w.change.resource, if_match=_merged_version(w.change))
-        except FhirError as exc:
-            if exc.status in RETRY_BATCH_STATUSES:
-                raise
-            error = MessageError("fhir_rejected", f"FHIR server answered {exc.status}: {exc}")
-        except POISON_AT_STORE as exc:
-            error = poison_error(exc, "writing the Observation")
-        else:
-            if result.resource is not None:
-                self.report.stored.append(result.resource)
-            if result.outcome == "created":
-                self.report.created += 1
-            elif result.outcome == "updated":
-                self.report.updated += 1
-            else:
-                self.report.unchanged += 1
-            return
-        for i in sorted(w.messages):
-            self.park(i, error)
+        write_all(self.deps.store, list(plan.writes.values()), self.report, self.park, self.dead)
+        self.stored.forget()
 
     def settle(self, plan: _Plan) -> list[int]:
         """Each message of the pass gets its outcome; those whose replacement was refused on writing
@@ -425,26 +385,10 @@ def _combine(earlier: ObservationChange, later: ObservationChange) -> Observatio
     return later
 
 
-def _existing(store: FhirStore, obs_id: str) -> dict[str, Any] | None:
-    try:
-        return store.read("Observation", obs_id)
-    except (ResourceNotFound, ResourceGone):
-        return None
 
 
-def _merged_version(change: ObservationChange) -> str | None:
-    """The version a merge was computed from: written back only if it is still the current one."""
-    if change.action != "update":
-        return None
-    return (change.resource.get("meta") or {}).get("versionId")
 
 
-def _put(change: ObservationChange) -> dict[str, Any]:
-    request: dict[str, Any] = {"method": "PUT", "url": f"Observation/{change.id}"}
-    version = _merged_version(change)
-    if version is not None:
-        request["ifMatch"] = f'W/"{version}"'
-    return request
 
 
 def _park(deps: IngestDeps, message: RawMessage, error: MessageError, version: int, report: IngestReport) -> None:

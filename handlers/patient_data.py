@@ -13,7 +13,7 @@ from typing import Any
 
 from common.clock import iso
 from common.codes import LOINC
-from fhirstore.errors import ResourceGone, ResourceNotFound
+from fhirstore.batch_reads import Read, read_together
 from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
 from fhirstore.readings_index import metric_codes
@@ -42,13 +42,14 @@ class PatientRules:
 
 
 def load_enrollment(store: FhirStore, patient_ref: str) -> Enrollment:
-    """The patient's active CarePlans, the Patient (None when gone) and active Goals, from the store."""
-    careplans = search_all(store, "CarePlan", {"subject": patient_ref, "status": "active"})
-    try:
-        patient = store.read("Patient", patient_ref.partition("/")[2])
-    except (ResourceNotFound, ResourceGone):
-        patient = None
-    goals = search_all(store, "Goal", {"subject": patient_ref, "lifecycle-status": "active"})
+    """The patient's active CarePlans, the Patient (None when gone) and active Goals, from the store:
+    read fresh each time, in one round trip on a store that batches reads (fhirstore.batch_reads)."""
+    careplans, patient, goals = read_together(store, [
+        Read("CarePlan", params={"subject": patient_ref, "status": "active"}),
+        Read("Patient", patient_ref.partition("/")[2]),
+        Read("Goal", params={"subject": patient_ref, "lifecycle-status": "active"}),
+    ])
+    assert isinstance(careplans, list) and isinstance(goals, list) and not isinstance(patient, list)
     return Enrollment(careplans, patient, goals, {})
 
 

@@ -11,16 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from common.sqlite_schema import Schema, migrate
-from common.storage import connect as private_sqlite
+from common.sqlite_db import ThreadConnections
+from common.sqlite_schema import Schema
 from ingest.poison import storable_text
 
 
@@ -106,28 +104,13 @@ class SqliteDeadLetterStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._local = threading.local()
-        migrate(self._conn(), DEAD_LETTER_SCHEMA, self.path)
+        self._connections = ThreadConnections(self.path, DEAD_LETTER_SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = private_sqlite(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
-        return conn
+        return self._connections.get()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._connections.transaction()
 
     def add(
         self,
@@ -227,10 +210,7 @@ class SqliteDeadLetterStore:
         return {"deleted": deleted, "payloads_erased": erased}
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._connections.close()
 
     @staticmethod
     def _row(r: tuple[Any, ...]) -> DeadLetter:

@@ -24,11 +24,14 @@ not their values.
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from common.jsondata import json_copy
 from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
+from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
 from ingest.templates.errors import (
     AMBIGUOUS_IDENTIFIER,
@@ -74,6 +77,32 @@ class IdentityResolver:
         self.device_system = device_identifier_system or None
         self._known: dict[tuple[str, str | None], tuple[str, str]] = {}
         self._known_mark: object = None
+        self._devices: dict[str, list[dict[str, Any]]] | None = None  # one batch's Devices (for_batch)
+
+    def for_batch(self, device_identifiers: Iterable[str]) -> IdentityResolver:
+        """This resolver for one batch. On a store without a change mark (the HTTP adapter, where
+        each lookup is a round trip) the batch's Devices are searched together, one search per
+        50 identifiers (`identifier=a,b,...` is an OR, FHIR R4 search.html#combining), and each
+        group is resolved from what came back: read for this batch, kept for no other. Should
+        that search fail, each group is looked up on its own as before."""
+        wanted = sorted({d for d in device_identifiers if d and d.strip()})
+        if len(wanted) < 2 or self.mode == CREATE or getattr(self.store, "change_mark", None) is not None:
+            return self
+        devices: dict[str, list[dict[str, Any]]] = {d: [] for d in wanted}
+        try:
+            for start in range(0, len(wanted), 50):
+                chunk = wanted[start:start + 50]
+                token = ",".join(f"{_escape(self.device_system)}|{_escape(v)}" if self.device_system else _escape(v)
+                                 for v in chunk)
+                for device in search_all(self.store, "Device", {"identifier": token, "_count": str(2 * len(chunk))}):
+                    for value in chunk:
+                        if any(_identifier_matches(i, value, self.device_system) for i in device.get("identifier", [])):
+                            devices[value].append(device)
+        except Exception:  # noqa: BLE001 - whatever it was, the lookups one by one meet it and report it
+            return self
+        batch = copy.copy(self)
+        batch._devices = devices
+        return batch
 
     def resolve(self, group: HasIdentifiers) -> ResolvedIdentity:
         """Resolve one measurement group (anything with device_id, patient_id, encounter_id)."""
@@ -147,8 +176,11 @@ class IdentityResolver:
         return str(encounter["id"])
 
     def _find_one(self, resource_type: str, value: str, system: str | None) -> dict[str, Any] | None:
-        token = f"{_escape(system)}|{_escape(value)}" if system else _escape(value)
-        found = self.store.search(resource_type, {"identifier": token}).resources
+        if resource_type == "Device" and self._devices is not None and value in self._devices:
+            found = self._devices[value]
+        else:
+            token = f"{_escape(system)}|{_escape(value)}" if system else _escape(value)
+            found = self.store.search(resource_type, {"identifier": token}).resources
         # Exact match on the client as well: some servers compare only a prefix of long
         # identifiers (https://github.com/microsoft/iomt-fhir/tree/main/docs, "first 128 characters").
         exact = [r for r in found if any(_identifier_matches(i, value, system) for i in r.get("identifier", []))]

@@ -14,7 +14,7 @@ import yaml
 
 from common.clock import Clock, FixedClock, SystemClock, parse_instant
 from common.storage import private_dir
-from fhirstore.port import FhirStore
+from fhirstore.port import EventOutbox, FhirStore
 from handlers.messaging import Messaging
 from ingest.deadletter import SqliteDeadLetterStore
 from ingest.identity import IdentityResolver
@@ -57,6 +57,7 @@ class Services:
     bus: LocalBus | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     send_ledger: SendLedger | None = None  # what the SMS/SMTP channels claim sends in
+    outbox: EventOutbox | None = None  # the embedded store's events, relayed by the local host
 
     def close(self) -> None:
         for closable in (self.send_ledger, self.store, self.dead_letters, self.bus):
@@ -74,7 +75,7 @@ def bootstrap(settings: Settings, *, clock: Clock | None = None, bus_clock: Cloc
     data_dir = settings.data_dir
     private_dir(data_dir)  # 0700, or one warning if an existing directory is looser
     dead_letters = SqliteDeadLetterStore(settings.path("deadletters.db"))
-    store = _fhir_store(settings, clock)
+    store, outbox = _fhir_store(settings, clock)
     # Every process that shares bus.db (a `vigil ingest` beside a running `vigil serve`, whatever
     # clock each runs on) must agree on when a message is visible: the bus runs on the wall clock
     # unless a caller (a test) gives it another.
@@ -107,6 +108,7 @@ def bootstrap(settings: Settings, *, clock: Clock | None = None, bus_clock: Cloc
         workflow=_workflow_publisher(settings, bus),
         bus=bus,
         send_ledger=ledger,
+        outbox=outbox,
     )
 
 
@@ -131,7 +133,8 @@ def pipeline_deps(services: Services) -> PipelineDeps:
         store=services.store, clock=services.clock, channels=services.channels, dead_letters=services.dead_letters,
         bus=services.bus, staff_address=services.settings.staff_address, org_name=services.settings.org_name,
         # Published workflow events are kept a week for `vigil events tail`: not a backlog.
-        not_backlog=frozenset({WORKFLOW_EVENTS}), outbox_size=getattr(services.store, "outbox_size", None),
+        not_backlog=frozenset({WORKFLOW_EVENTS}),
+        outbox_size=services.outbox.outbox_size if services.outbox is not None else None,
     )
 
 
@@ -172,11 +175,13 @@ def _workflow_publisher(settings: Settings, bus: LocalBus) -> WorkflowPublisher:
     return CallablePublisher(lambda body, event_id: bus.publish(WORKFLOW_EVENTS, body, msg_id=event_id))
 
 
-def _fhir_store(settings: Settings, clock: Clock) -> FhirStore:
+def _fhir_store(settings: Settings, clock: Clock) -> tuple[FhirStore, EventOutbox | None]:
+    """The FHIR store, and its event outbox when it keeps one (the embedded store does)."""
     if settings.fhir_url is None:
-        from fhirstore.sqlite_store import SqliteFhirStore
+        from fhirstore.sqlite import SqliteFhirStore
 
-        return SqliteFhirStore(settings.path("fhir.db"), clock=clock, account=settings.fhir_account)
+        embedded = SqliteFhirStore(settings.path("fhir.db"), clock=clock, account=settings.fhir_account)
+        return embedded, embedded
     from fhirstore.http_store import HttpFhirStore
 
     credential = None
@@ -185,7 +190,7 @@ def _fhir_store(settings: Settings, clock: Clock) -> FhirStore:
 
         credential = DefaultAzureCredential()
     return HttpFhirStore(settings.fhir_url, credential=credential, scope=settings.fhir_scope,
-                         max_transaction_entries=settings.fhir_transaction_size)
+                         max_transaction_entries=settings.fhir_transaction_size), None
 
 
 def local_token(settings: Settings) -> str:

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.sqlite_schema import Schema, migrate
-from common.storage import connect as private_sqlite
+from common.sqlite_db import ThreadConnections
+from common.sqlite_schema import Schema
 from ingest.deadletter import DeadLetterSink
 
 
@@ -68,38 +67,18 @@ class LocalBus:
         self.base_backoff_s = base_backoff_s
         self.max_backoff_s = max_backoff_s
         self._now = now
-        self._local = threading.local()
-        migrate(self._conn(), BUS_SCHEMA, self.path)
+        # An acknowledged message's bytes (a reading) are zeroed where that costs no extra
+        # I/O, instead of lingering in free pages (sqlite.org/pragma.html#pragma_secure_delete).
+        self._connections = ThreadConnections(self.path, BUS_SCHEMA, pragmas=["secure_delete = FAST"])
 
-    # -- connections -------------------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = private_sqlite(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            # An acknowledged message's bytes (a reading) are zeroed where that costs no extra
-            # I/O, instead of lingering in free pages (sqlite.org/pragma.html#pragma_secure_delete).
-            conn.execute("PRAGMA secure_delete=FAST")
-            self._local.conn = conn
-        return conn
+        return self._connections.get()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return self._connections.transaction()
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self._connections.close()
 
     # -- sending -----------------------------------------------------------------------------
     def publish(

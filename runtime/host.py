@@ -21,19 +21,23 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import azure.functions as func
 from azure.functions.timer import TimerRequest
-from croniter import croniter
 
 from common.storage import describe as storage_fault
 from handlers.fhir_events import HANDLED_TYPES
 from runtime.bootstrap import WORKFLOW_EVENTS, Services, install
 from runtime.bus import Lease
-from runtime.http_app import route_pattern
+from runtime.host_functions import (
+    FunctionSpec,
+    event_grid_event,
+    event_hub_event,
+    function_spec,
+    registered_functions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,24 +51,6 @@ FHIR_EVENT_SUBSCRIBERS: dict[str, frozenset[str]] = {"on_fhir_event": HANDLED_TY
 
 
 @dataclass
-class FunctionSpec:
-    name: str
-    trigger: str  # eventHubTrigger | eventGridTrigger | timerTrigger | httpTrigger
-    binding: dict[str, Any]
-    arg_name: str
-    call: Callable[..., Any]
-    source: str = ""  # the bus queue that feeds it (event hub / event grid)
-    # timers
-    cron: croniter | None = None
-    next_run: float = 0.0
-    # http
-    route_regex: re.Pattern[str] | None = None
-    methods: tuple[str, ...] = ()
-    auth_level: str = "function"
-    disabled: bool = False  # the app setting AzureWebJobs.<name>.Disabled (as the Functions host)
-
-
-@dataclass
 class HostStats:
     invocations: dict[str, int] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
@@ -73,18 +59,6 @@ class HostStats:
     def count(self, name: str, ok: bool) -> None:
         target = self.invocations if ok else self.failures
         target[name] = target.get(name, 0) + 1
-
-
-_functions_cache: dict[int, list[Any]] = {}
-
-
-def registered_functions(app: func.FunctionApp) -> list[Any]:
-    """app.get_functions() raises on a second call (the azure-functions library indexes an app once): call it once per
-    app."""
-    key = id(app)
-    if key not in _functions_cache:
-        _functions_cache[key] = app.get_functions()
-    return _functions_cache[key]
 
 
 class HostAlreadyRunning(RuntimeError):
@@ -107,36 +81,8 @@ class LocalHost:
             import function_app
 
             app = function_app.app
-        self.functions = [self._spec(f) for f in registered_functions(app)]
+        self.functions = [function_spec(f, self._resolve) for f in registered_functions(app)]
         install(services)
-
-    # -- discovery ---------------------------------------------------------------------------
-    def _spec(self, fn: Any) -> FunctionSpec:
-        bindings = fn.get_bindings_dict()["bindings"]
-        trigger = next(b for b in bindings if str(b["type"]).endswith("Trigger"))
-        kind = str(trigger["type"])
-        spec = FunctionSpec(
-            name=fn.get_function_name(),
-            trigger=kind,
-            binding=trigger,
-            arg_name=trigger["name"],
-            call=fn.get_user_function(),
-        )
-        spec.disabled = function_disabled(spec.name)
-        if kind == "eventHubTrigger":
-            spec.source = "eh:" + self._resolve(str(trigger["eventHubName"]))
-        elif kind == "eventGridTrigger":
-            spec.source = "eg:" + spec.name
-        elif kind == "timerTrigger":
-            spec.cron = croniter(ncrontab_to_croniter(str(trigger["schedule"])), datetime.now(UTC))
-            spec.next_run = 0.0 if trigger.get("runOnStartup") else spec.cron.get_next(float)
-        elif kind == "httpTrigger":
-            spec.route_regex = route_regex(str(trigger.get("route") or spec.name))
-            spec.methods = tuple(str(getattr(m, "value", m)).upper() for m in trigger.get("methods") or ["GET", "POST"])
-            spec.auth_level = str(
-                getattr(trigger.get("authLevel"), "value", trigger.get("authLevel") or "function")
-            ).lower()
-        return spec
 
     def _resolve(self, value: str) -> str:
         """Binding expressions like %VIGIL_EVENT_HUB_NAME% come from app settings."""
@@ -238,15 +184,15 @@ class LocalHost:
 
     def pending_store_events(self) -> int:
         """FHIR events committed by the store and not yet relayed to the Event Grid functions."""
-        size = getattr(self.services.store, "outbox_size", None)
-        return int(size()) if size else 0
+        outbox = self.services.outbox
+        return outbox.outbox_size() if outbox is not None else 0
 
     # -- event grid: relay the store's outbox to each subscribed function -----------------------
     def relay_fhir_events(self, limit: int = 500) -> int:
-        pending = getattr(self.services.store, "outbox_pending", None)
-        if pending is None:
+        outbox = self.services.outbox
+        if outbox is None:
             return 0
-        rows = pending(limit)
+        rows = outbox.outbox_pending(limit)
         if not rows:
             return 0
         relayed = 0
@@ -259,7 +205,7 @@ class LocalHost:
             self.bus.publish_many(
                 spec.source, ((json.dumps(event).encode(), event["id"], event.get("subject"), None) for event in events)
             )
-        self.services.store.outbox_done([seq for seq, _ in rows])  # type: ignore[attr-defined]
+        outbox.outbox_done([seq for seq, _ in rows])
         self.stats.relayed_events += relayed
         return len(rows)
 
@@ -360,48 +306,3 @@ class LocalHost:
         return self.of_kind("httpTrigger")
 
 
-def function_disabled(name: str, environ: dict[str, str] | None = None) -> bool:
-    """The Functions host's switch: the app setting `AzureWebJobs.<name>.Disabled` set to true
-    (learn.microsoft.com/azure/azure-functions/disable-function). Shells cannot export a name
-    with dots, so `AzureWebJobs__<name>__Disabled` is read too."""
-    env = os.environ if environ is None else environ
-    for key in (f"AzureWebJobs.{name}.Disabled", f"AzureWebJobs__{name}__Disabled"):
-        if str(env.get(key, "")).strip().lower() in ("true", "1"):
-            return True
-    return False
-
-
-def event_hub_event(lease: Lease) -> func.EventHubEvent:
-    return func.EventHubEvent(
-        body=lease.body,
-        enqueued_time=datetime.fromtimestamp(lease.enqueued_at, UTC),
-        partition_key=lease.partition_key,
-        sequence_number=lease.seq,
-        offset=str(lease.seq),
-    )
-
-
-def event_grid_event(payload: dict[str, Any]) -> func.EventGridEvent:
-    when = payload.get("eventTime") or payload.get("time")
-    return func.EventGridEvent(
-        id=payload["id"],
-        data=payload.get("data") or {},
-        topic=payload.get("topic") or payload.get("source") or "",
-        subject=payload.get("subject") or "",
-        event_type=payload.get("eventType") or payload.get("type") or "",
-        event_time=datetime.fromisoformat(when.replace("Z", "+00:00")) if when else None,
-        data_version=str(payload.get("dataVersion") or payload.get("dataschema") or ""),
-    )
-
-
-def ncrontab_to_croniter(schedule: str) -> str:
-    """NCRONTAB puts seconds first ("s m h dom mon dow"); croniter takes seconds last."""
-    parts = schedule.split()
-    if len(parts) != 6:
-        raise ValueError(f"timer schedule {schedule!r} must have 6 fields (seconds first)")
-    return " ".join(parts[1:] + parts[:1])
-
-
-def route_regex(route: str) -> re.Pattern[str]:
-    """Functions route templates: {name}, {name?} and {name:constraint} segments."""
-    return route_pattern(route)

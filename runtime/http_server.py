@@ -32,7 +32,8 @@ from fhirstore import rest
 from fhirstore.errors import operation_outcome
 from fhirstore.port import FhirStore
 from runtime.event_webhook import add_event_grid_webhook
-from runtime.host import FunctionSpec, LocalHost
+from runtime.host import LocalHost
+from runtime.host_functions import FunctionSpec
 from runtime.http_app import ALL_METHODS, Auth, HttpApp, Limits, Request, Response, RouteRegistry, json_error
 from runtime.settings import Settings
 

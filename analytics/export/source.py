@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from fhirstore.sqlite_store import SCHEMA_VERSION
+from fhirstore.sqlite import SCHEMA_VERSION
 
-_VERSION_BITS = 20  # versions.vkey = rid << 20 | version (fhirstore/sqlite_store.py)
+_VERSION_BITS = 20  # versions.vkey = rid << 20 | version (fhirstore/sqlite/schema.py)
 
 
 @dataclass(frozen=True)

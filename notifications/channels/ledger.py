@@ -27,9 +27,7 @@ for tests and benchmarks.
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import threading
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,8 +35,8 @@ from typing import Any, Literal, Protocol
 
 from common.clock import iso, parse_instant
 from common.codes import vigil_system
+from common.sqlite_db import open_database, transaction
 from common.sqlite_schema import Schema, migrate
-from common.storage import connect as private_sqlite
 from common.storage import private_dir
 from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
 from fhirstore.port import FhirStore
@@ -141,19 +139,6 @@ class MemorySendLedger:
                          row["reason"], row["claimed_at"])
 
 
-def _enable_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
-    """Switching to WAL needs a moment alone with the file; SQLite answers "locked" at once (without
-    its busy timeout) when another connection opens it at the same instant, so try again."""
-    for attempt in range(attempts):
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or attempt == attempts - 1:
-                raise
-            time.sleep(0.02)
-
-
 # Version 1 is the file of the first release (created with IF NOT EXISTS: unversioned files have it).
 SEND_LEDGER_SCHEMA = Schema("send ledger", [
     """CREATE TABLE IF NOT EXISTS sends (
@@ -176,9 +161,7 @@ class SqliteSendLedger:
         if self.path != ":memory:":
             private_dir(Path(self.path).parent)
         self._lock = threading.Lock()
-        self._conn = private_sqlite(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        _enable_wal(self._conn)
-        self._conn.execute("PRAGMA synchronous=FULL")  # a recorded send must survive a power cut
+        self._conn = open_database(self.path, synchronous="FULL")  # a recorded send must survive a power cut
         migrate(self._conn, SEND_LEDGER_SCHEMA, self.path)
 
     def close(self) -> None:
@@ -186,32 +169,25 @@ class SqliteSendLedger:
             self._conn.close()
 
     def claim(self, key: str, now: datetime, lease: timedelta = DEFAULT_LEASE) -> Claim:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._conn.execute(
-                    "SELECT state, provider_id, reason, claimed_at FROM sends WHERE key = ?", (key,)
-                ).fetchone()
-                if row is None:
-                    self._conn.execute(
-                        "INSERT INTO sends (key, state, claimed_at) VALUES (?, 'claimed', ?)", (key, iso(now))
-                    )
-                    self._conn.execute("COMMIT")
-                    return Claim("new", claimed_at=now)
-                state, provider_id, reason, claimed_text = row
-                claimed_at = parse_instant(claimed_text)
-                decided = _decide(state, claimed_at, now, lease)
-                if decided == "in-doubt" and state == "claimed":
-                    reason = "claim expired before the send was recorded"
-                    self._conn.execute(
-                        "UPDATE sends SET state = 'in-doubt', reason = ?, finished_at = ? WHERE key = ?",
-                        (reason, iso(now), key),
-                    )
-                self._conn.execute("COMMIT")
-                return Claim(decided, provider_id, reason, claimed_at)
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
+        with self._lock, transaction(self._conn):
+            row = self._conn.execute(
+                "SELECT state, provider_id, reason, claimed_at FROM sends WHERE key = ?", (key,)
+            ).fetchone()
+            if row is None:
+                self._conn.execute(
+                    "INSERT INTO sends (key, state, claimed_at) VALUES (?, 'claimed', ?)", (key, iso(now))
+                )
+                return Claim("new", claimed_at=now)
+            state, provider_id, reason, claimed_text = row
+            claimed_at = parse_instant(claimed_text)
+            decided = _decide(state, claimed_at, now, lease)
+            if decided == "in-doubt" and state == "claimed":
+                reason = "claim expired before the send was recorded"
+                self._conn.execute(
+                    "UPDATE sends SET state = 'in-doubt', reason = ?, finished_at = ? WHERE key = ?",
+                    (reason, iso(now), key),
+                )
+            return Claim(decided, provider_id, reason, claimed_at)
 
     def mark_sent(self, key: str, provider_id: str | None, now: datetime) -> None:
         self._finish(key, "sent", provider_id, None, now)

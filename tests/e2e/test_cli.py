@@ -30,7 +30,7 @@ def test_demo_summarizes_alerts_and_messages_and_a_rerun_adds_nothing(data_dir: 
 
 
 def _patient(data_dir: Path, pid: str, device_id: str) -> None:
-    from fhirstore.sqlite_store import SqliteFhirStore
+    from fhirstore.sqlite import SqliteFhirStore
     from runtime.cohort import device
 
     store = SqliteFhirStore(data_dir / "fhir.db")
@@ -80,7 +80,7 @@ def test_ingest_then_dead_letters_list_show_and_replay_after_the_fix(data_dir: P
     _patient(data_dir, "p2", "d2")  # the fix: the device is registered to its patient
     assert main([*base, "dead-letters", "replay", str(dl_id)]) == 0
     assert "0 failed again" in capsys.readouterr().out
-    from fhirstore.sqlite_store import SqliteFhirStore
+    from fhirstore.sqlite import SqliteFhirStore
 
     assert SqliteFhirStore(data_dir / "fhir.db").search("Observation", {"_summary": "count"}).total == 2
 
@@ -107,7 +107,7 @@ def test_ingest_from_stdin_keeps_the_valid_reading_and_dead_letters_the_invalid_
     import subprocess
     import sys
 
-    from fhirstore.sqlite_store import SqliteFhirStore
+    from fhirstore.sqlite import SqliteFhirStore
 
     _patient(data_dir, "demo-001", "demo-001-cuff")
     root = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from fhirstore.paging import search_all
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from runtime.bus import LocalBus
 from runtime.cohort import careplan, device
 

@@ -79,3 +79,23 @@ def test_an_evaluation_that_fails_in_process_is_delivered_by_the_relay(
     h.publish_device_messages([reading("p1", "blood_pressure", "2026-11-20T09:30:00-05:00", CRISIS)])
     assert h.run_until_idle(timeout_s=60)
     assert len(issues(services)) == 1 and len(services.channels["outbox"].messages()) == sent
+
+
+def test_the_http_ingest_route_evaluates_what_it_wrote_in_process(host: tuple[Services, LocalHost]) -> None:
+    import azure.functions as func
+
+    from runtime.bootstrap import install
+    from triggers.http_api import http_ingest
+
+    services, h = host
+    install(services)
+    relayed = h.stats.relayed_events
+    body = reading("p1", "blood_pressure", "2026-11-20T09:30:00-05:00", CRISIS)
+    resp = http_ingest(func.HttpRequest("POST", "http://localhost/api/ingest", body=body))
+    assert resp.status_code == 200
+    [issue] = issues(services)  # opened before the response, with no relay round
+    assert issue["code"]["coding"][0]["code"] == "htn-crisis"
+    pending = services.store.outbox_pending(1000)  # type: ignore[attr-defined]
+    assert "Observation" not in {event["data"]["resourceType"] for _, event in pending}  # its event settled
+    assert h.run_until_idle(timeout_s=60)
+    assert h.stats.relayed_events == relayed and len(issues(services)) == 1

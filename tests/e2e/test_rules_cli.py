@@ -237,7 +237,7 @@ rules:
 
 def test_backtest_honours_a_per_patient_override_on_the_care_plan(history_dir: Path,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    from fhirstore.sqlite_store import SqliteFhirStore
+    from fhirstore.sqlite import SqliteFhirStore
     from rules.enrollment import override_extension
     from rules.quantity import Quantity
 

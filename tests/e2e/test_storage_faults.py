@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from fhirstore.paging import search_all
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from runtime.cli import main
 from runtime.cohort import device
 

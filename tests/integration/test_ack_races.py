@@ -23,7 +23,7 @@ import pytest
 
 from fhirstore.errors import PreconditionFailed
 from fhirstore.paging import search_all
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from handlers import alerting
 from handlers.acknowledge import acknowledge_by_token, record_acknowledgement
 from handlers.fhir_events import EventDeps, evaluate_observation

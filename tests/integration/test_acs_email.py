@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from notifications.channels import build_channels
 from notifications.channels.acs_email import OPERATION_NS, AcsEmailChannel, operation_id_for
 from notifications.channels.base import OutgoingMessage

@@ -16,7 +16,7 @@ import pytest
 from fhir.resources.R4B.communication import Communication
 
 from fhirstore.paging import search_all
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from notifications.channels import build_channels
 from notifications.channels.acs_email import AcsEmailChannel
 from notifications.channels.acs_sms import AcsSmsChannel

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from common.jsonnum import loads
 from fhirstore.http_store import HttpFhirStore
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from tests.integration.test_http_store_against_facade import TOKEN, StaticCredential
 from tests.support.fhir_server import serve_store
 from tests.support.pipeline import add_patient, make_host

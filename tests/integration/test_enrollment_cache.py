@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from handlers.enrollment_cache import EnrollmentCache
 from handlers.patient_data import load_enrollment, load_patient_rules
 from rules.loader import load_rulesets

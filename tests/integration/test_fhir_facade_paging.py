@@ -12,7 +12,7 @@ from fhirpy import SyncFHIRClient
 from fhirstore.http_store import HttpFhirStore
 from fhirstore.paging import search_all
 from fhirstore.rest import MAX_PAGE_SIZE
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from tests.support.fhir_server import serve_store
 
 TOKEN = "paging-token"

@@ -18,7 +18,7 @@ from fhirpy.base.exceptions import OperationOutcome as OperationOutcomeError
 from fhirpy.base.exceptions import ResourceNotFound
 
 from common.clock import FixedClock
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from tests.support.fhir_server import serve_store
 
 TOKEN = "test-token"

@@ -14,7 +14,7 @@ from azure.core.credentials import AccessToken
 from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound, Unauthorized
 from fhirstore.http_store import HttpFhirStore
 from fhirstore.paging import search_all
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from tests.support.fhir_server import serve_store
 
 TOKEN = "t"

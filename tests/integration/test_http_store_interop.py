@@ -18,7 +18,7 @@ from common.clock import FixedClock
 from fhirstore.errors import InvalidResource
 from fhirstore.http_store import DEFAULT_TRANSACTION_SIZE, HttpFhirStore
 from fhirstore.paging import TruncatedSearch, search_all
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from runtime.bootstrap import _fhir_store
 from runtime.settings import Settings, SettingsError
 from tests.support.fhir_server import serve_store

@@ -14,7 +14,7 @@ import azure.functions as func
 import pytest
 
 from fhirstore.errors import FhirError
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from handlers.ingest import IngestDeps, RawMessage, handle_device_messages
 from runtime.bootstrap import install
 from tests.support.pipeline import add_patient, count, make_host, reading

@@ -17,7 +17,7 @@ import pytest
 
 from common.clock import FixedClock
 from fhirstore.errors import PreconditionFailed
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from handlers.ingest import IngestDeps, RawMessage, handle_device_messages
 from ingest.deadletter import SqliteDeadLetterStore
 from ingest.identity import IdentityResolver

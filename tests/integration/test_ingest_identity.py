@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fhirstore.errors import ResourceGone, ResourceNotFound
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from ingest.identity import CREATE, LOOKUP, LOOKUP_WITH_ENCOUNTER, IdentityResolver
 from ingest.templates import MeasurementGroup, group_measurements
 from ingest.templates.errors import MappingFailure

@@ -18,11 +18,11 @@ from common.clock import FixedClock
 from fhirstore.event_source import PushedEvents, parse_instant
 from fhirstore.paging import search_all
 from fhirstore.polling_source import Cursor, FhirCursorStore, PollingSource
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from handlers.ingest import RawMessage, handle_device_messages
 from runtime.bootstrap import Services, bootstrap, install
 from runtime.event_sources import event_source, source_kind
-from runtime.host import registered_functions
+from runtime.host_functions import registered_functions
 from runtime.settings import Settings, SettingsError
 from tests.support.fhir_server import serve_store
 from tests.support.pipeline import DAYTIME, add_patient, reading

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fhirstore.port import FhirStore
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from handlers.patient_data import load_readings
 
 LOINC = "http://loinc.org"

@@ -15,11 +15,11 @@ import pytest
 import function_app
 from common.clock import FixedClock
 from fhirstore.paging import search_all
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from handlers.ingest import RawMessage, handle_device_messages
 from runtime.bootstrap import Services, bootstrap, install
 from runtime.event_sources import RestHookSource, event_source
-from runtime.host import registered_functions
+from runtime.host_functions import registered_functions
 from runtime.settings import Settings, SettingsError
 from tests.support.fhir_server import serve_store
 from tests.support.pipeline import DAYTIME, add_patient, reading

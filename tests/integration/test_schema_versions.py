@@ -12,7 +12,7 @@ import pytest
 
 from common.sqlite_schema import Schema, SchemaError, migrate, user_version
 from fhirstore.errors import ServerError
-from fhirstore.sqlite_store import FHIR_SCHEMA, SqliteFhirStore
+from fhirstore.sqlite import FHIR_SCHEMA, SqliteFhirStore
 from ingest.deadletter import DEAD_LETTER_SCHEMA, SqliteDeadLetterStore
 from notifications.channels.ledger import SEND_LEDGER_SCHEMA, SqliteSendLedger
 from runtime.bus import BUS_SCHEMA, LocalBus

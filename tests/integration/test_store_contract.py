@@ -23,7 +23,7 @@ from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
 from fhirstore.http_store import HttpFhirStore
 from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from tests.support.fhir_server import serve_store
 from tests.support.medplum import TRANSACTION_SIZE, MedplumServer
 

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from common.clock import FixedClock
 from fhirstore.errors import ResourceGone, ResourceNotFound
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from handlers.ingest import DEAD_LETTERED, SUPERSEDED, WRITTEN, IngestDeps, RawMessage
 from ingest.deadletter import SqliteDeadLetterStore
 from ingest.identity import IdentityResolver

@@ -18,7 +18,7 @@ from azure.functions._thirdparty import typing_inspect
 from azure.functions.meta import get_binding_registry
 
 import function_app
-from runtime.host import registered_functions
+from runtime.host_functions import registered_functions
 
 OUT = 1  # azure.functions.decorators.core.BindingDirection.OUT
 

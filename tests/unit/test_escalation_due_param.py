@@ -12,7 +12,7 @@ from common.clock import FixedClock, iso
 from fhirstore.errors import InvalidResource
 from fhirstore.rest import capability_statement
 from fhirstore.search_params import PathStep, extractor_for, path_steps, primary_date
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from notifications.escalation import DUE_EXT, LEVEL_SYSTEM, acknowledge, advance, load_chains
 
 NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)

@@ -6,7 +6,7 @@ this test is what catches it."""
 from __future__ import annotations
 
 import function_app
-from runtime.host import registered_functions
+from runtime.host_functions import registered_functions
 
 
 def _bindings() -> dict[str, dict]:

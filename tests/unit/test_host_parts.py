@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from croniter import croniter
 
-from runtime.host import ncrontab_to_croniter, route_regex
+from runtime.host_functions import ncrontab_to_croniter, route_regex
 
 
 def test_ncrontab_seconds_first_becomes_croniter_seconds_last() -> None:
@@ -33,7 +33,7 @@ def test_route_templates_capture_parameters() -> None:
 
 
 def test_a_function_is_disabled_by_the_functions_hosts_app_setting() -> None:
-    from runtime.host import function_disabled
+    from runtime.host_functions import function_disabled
 
     assert function_disabled("alert_sweep", {"AzureWebJobs.alert_sweep.Disabled": "true"})
     assert function_disabled("alert_sweep", {"AzureWebJobs__alert_sweep__Disabled": "True"})

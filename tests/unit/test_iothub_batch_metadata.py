@@ -22,7 +22,7 @@ from azure.functions.meta import Datum
 import function_app
 from common.clock import FixedClock
 from runtime.bootstrap import bootstrap, install
-from runtime.host import registered_functions
+from runtime.host_functions import registered_functions
 from runtime.settings import Settings
 from tests.support.pipeline import DAYTIME, add_patient, count
 from triggers.device_messages import _raw

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from common.clock import FixedClock
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from notifications.channels.ledger import FhirSendLedger, SqliteSendLedger
 from runtime.bootstrap import bootstrap
 from runtime.settings import Settings, SettingsError

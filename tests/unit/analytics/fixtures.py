@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from common.clock import FixedClock
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 
 # Strings that must never appear in de-identified output.
 CANARIES = {

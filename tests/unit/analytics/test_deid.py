@@ -166,7 +166,7 @@ def test_export_deidentified_leaves_no_canary_in_what_the_console_and_sms_ack_wr
     store the export reads: none of their PHI may reach the de-identified lake."""
     from console.audit import audit
     from fhirstore.polling_source import Cursor, FhirCursorStore
-    from fhirstore.sqlite_store import SqliteFhirStore
+    from fhirstore.sqlite import SqliteFhirStore
     from notifications.ack_lockout import AckSenderLimit
 
     phone = "+1" + CANARIES["phone"].replace("-", "")
@@ -191,7 +191,7 @@ def test_a_kept_decimal_leaves_the_deidentified_export_and_deidentify_as_written
         tmp_path: Path, data_dir: Path, clock: FixedClock) -> None:
     """Vigil keeps FHIR decimals as written (22.40 stays 22.40, common/jsonnum.py: FHIR R4 says the
     precision is significant); a profile that keeps the value must not turn it into 22.4."""
-    from fhirstore.sqlite_store import SqliteFhirStore
+    from fhirstore.sqlite import SqliteFhirStore
 
     store = SqliteFhirStore(data_dir / "fhir.db", clock=clock)
     store.update(patient(0))

@@ -11,7 +11,7 @@ import pytest
 from common.clock import FixedClock
 from console import billing
 from console.enrollment import NewPatient, add_patient, end_enrollment, enroll
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from rules.loader import load_rulesets
 from runtime.settings import DEFAULT_RULES
 

@@ -12,7 +12,7 @@ import pytest
 
 from console.billing import enrollment_spans
 from console.enrollment import end_enrollment, enroll
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from rules.enrollment import careplan_active
 from rules.loader import load_rulesets
 from runtime.settings import DEFAULT_RULES

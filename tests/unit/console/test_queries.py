@@ -26,7 +26,7 @@ def test_the_inbox_puts_stat_above_all_and_reads_the_priority_an_alert_without_a
     `stat` (docs/rules.md §5); the alert carries its priority on the DetectedIssue
     (urn:vigil:extension:alert-priority) whether or not a Task exists."""
     from console.queries import inbox
-    from fhirstore.sqlite_store import SqliteFhirStore
+    from fhirstore.sqlite import SqliteFhirStore
     from rules.episode_resources import PRIORITY_EXT
 
     def issue(iid: str, severity: str, priority: str, start: str) -> dict:

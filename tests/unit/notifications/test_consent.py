@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fhir.resources.R4B.consent import Consent
 
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from notifications.consent import (
     InvalidPhoneNumber,
     SmsConsentRegistry,

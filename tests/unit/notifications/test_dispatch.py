@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fhir.resources.R4B.communication import Communication
 
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from notifications.channels.base import OutgoingMessage, SendResult
 from notifications.channels.outbox import OutboxChannel
 from notifications.dispatch import (

@@ -9,7 +9,7 @@ import pytest
 from fhir.resources.R4B.detectedissue import DetectedIssue
 from fhir.resources.R4B.task import Task
 
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from notifications.escalation import (
     EscalationError,
     acknowledge,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from notifications.preferences import (
     PREFERENCES_EXT,
     PreferenceDefaults,

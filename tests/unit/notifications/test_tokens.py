@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from notifications.channels.ledger import SqliteSendLedger
 from notifications.connection import Secret
 from notifications.tokens import (

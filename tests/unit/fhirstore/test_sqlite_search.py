@@ -9,7 +9,7 @@ import pytest
 
 from common.clock import FixedClock
 from fhirstore.errors import InvalidResource, InvalidSearch
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 
 LOINC = "http://loinc.org"
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"

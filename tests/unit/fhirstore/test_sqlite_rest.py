@@ -10,7 +10,7 @@ import pytest
 
 from common.clock import FixedClock
 from fhirstore.rest import RestResponse, handle
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 
 BASE = "http://127.0.0.1:9999/fhir"
 JSON = {"Content-Type": "application/fhir+json"}

@@ -9,7 +9,7 @@ import pytest
 
 from common.clock import FixedClock
 from fhirstore.errors import InvalidResource, PreconditionFailed, ResourceNotFound
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 
 PATIENT_URN = "urn:uuid:7d1b3a3e-8a4c-4f7e-9a51-4f1f0f7e2c11"
 

@@ -24,9 +24,9 @@ from fhirstore.errors import (
     ServerError,
 )
 from fhirstore.events import CREATED, DELETED, UPDATED, parse_event
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 T0 = datetime(2024, 3, 5, 10, 0, tzinfo=UTC)
 
 
@@ -296,7 +296,7 @@ def _run_python(code: str, **kwargs) -> subprocess.Popen:
 def test_another_process_sees_committed_writes_and_writes_back(store: SqliteFhirStore, tmp_path: Path) -> None:
     store.update(patient(id="p1", active=True))
     code = (
-        "import json; from fhirstore.sqlite_store import SqliteFhirStore\n"
+        "import json; from fhirstore.sqlite import SqliteFhirStore\n"
         f"s = SqliteFhirStore({str(tmp_path / 'fhir.db')!r})\n"
         "seen = s.read('Patient', 'p1')['active']\n"
         "s.create({'resourceType': 'Patient', 'identifier': [{'system': 'urn:mrn', 'value': 'child'}]})\n"
@@ -313,7 +313,7 @@ def test_another_process_sees_committed_writes_and_writes_back(store: SqliteFhir
 def test_sigkilled_writer_leaves_versions_and_events_consistent(tmp_path: Path) -> None:
     path = tmp_path / "killed.db"
     code = (
-        "import sys; from fhirstore.sqlite_store import SqliteFhirStore\n"
+        "import sys; from fhirstore.sqlite import SqliteFhirStore\n"
         f"s = SqliteFhirStore({str(path)!r})\n"
         "n = 0\n"
         "while True:\n"
