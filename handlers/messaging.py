@@ -23,6 +23,7 @@ from typing import Any
 from common.clock import Clock
 from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
 from fhirstore.port import FhirStore
+from notifications.ack_codes import ack_code_from_mac, ack_code_of, with_ack_code
 from notifications.channels.base import Channel
 from notifications.dispatch import (
     DeliveryOutcome,
@@ -33,16 +34,8 @@ from notifications.dispatch import (
     deliver,
     record_not_sent,
 )
-from notifications.escalation import (
-    Chain,
-    Step,
-    ack_code_from_mac,
-    ack_code_of,
-    advance,
-    chain_of,
-    with_ack_code,
-    with_chain,
-)
+from notifications.escalation import Step, advance, chain_of, with_chain
+from notifications.escalation_chains import Chain
 from notifications.preferences import (
     PreferenceDefaults,
     Recipient,

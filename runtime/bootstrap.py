@@ -23,7 +23,7 @@ from notifications.channels import build_channels
 from notifications.channels.base import Channel
 from notifications.channels.ledger import FhirSendLedger, SendLedger, SqliteSendLedger
 from notifications.consent import SmsConsentRegistry
-from notifications.escalation import Chain, load_chains
+from notifications.escalation_chains import Chain, load_chains
 from notifications.templates import TemplateLibrary
 from notifications.tokens import FhirUsedTokens, SignedTokens
 from notifications.workflow_events import CallablePublisher, EventGridWorkflowPublisher, WorkflowPublisher
