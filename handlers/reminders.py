@@ -39,7 +39,8 @@ from fhirstore.port import FhirStore
 from handlers.messaging import Messaging, _request
 from handlers.patient_data import codes_for
 from notifications.dispatch import COMMUNICATION_SYSTEM, MessageRequest, TransientDeliveryError, deliver
-from notifications.preferences import at_local_time, patient_recipient, send_at, zone
+from notifications.preferences import patient_recipient, send_at
+from notifications.quiet_hours import at_local_time, zone
 from rules.enrollment import careplan_active, enrolls
 from rules.model import Program, Ruleset
 from rules.pro import INSTRUMENTS, ScoringError, identify
