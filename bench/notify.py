@@ -54,14 +54,9 @@ from common.clock import FixedClock, SystemClock  # noqa: E402
 from fhirstore.paging import search_all  # noqa: E402
 from fhirstore.port import FhirStore  # noqa: E402
 from fhirstore.sqlite_store import SqliteFhirStore  # noqa: E402
+from handlers.escalations import DEFAULT_CHAINS, derive_ack_code, escalation_chain_of, run_escalation_step  # noqa: E402
 from handlers.fhir_events import EventDeps, evaluate_observation  # noqa: E402
-from handlers.messaging import (  # noqa: E402
-    DEFAULT_CHAINS,
-    Messaging,
-    derive_ack_code,
-    escalation_chain_of,
-    run_escalation_step,
-)
+from handlers.messaging import Messaging  # noqa: E402
 from handlers.patient_data import history_window, load_patient_rules, load_readings  # noqa: E402
 from handlers.sweeps import run_escalation_sweep  # noqa: E402
 from notifications.ack_codes import with_ack_code  # noqa: E402

@@ -27,14 +27,15 @@ from zoneinfo import ZoneInfo
 
 from common.clock import iso, parse_instant
 from common.codes import LOINC, vigil_system
-from fhirstore.errors import ResourceGone, ResourceNotFound
 from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
-from handlers.messaging import Messaging, _request
+from handlers.compose import compose
+from handlers.messaging import Messaging
 from handlers.patient_data import codes_for
+from handlers.patient_file import patient_file
 from handlers.reminder_schedule import Reminder, ReminderSchedule, default_schedule
 from notifications.dispatch import COMMUNICATION_SYSTEM, MessageRequest, TransientDeliveryError, deliver
-from notifications.preferences import patient_recipient, send_at
+from notifications.preferences import send_at
 from notifications.quiet_hours import at_local_time, zone
 from rules.enrollment import careplan_active, enrolls
 from rules.model import Program, Ruleset
@@ -120,12 +121,10 @@ def _remind_patient(m: Messaging, schedule: ReminderSchedule, patient_ref: str, 
     if not reminders:
         return
     report.patients += 1
-    try:
-        patient = m.store.read("Patient", patient_ref.partition("/")[2])
-    except (ResourceNotFound, ResourceGone):
+    recipient = patient_file(m.store, patient_ref, m.defaults, now).recipient
+    if recipient is None:
         log.warning("active CarePlan for a patient the store does not have; no reminders")
         return
-    recipient = patient_recipient(patient, m.defaults, now=now)
     tz = zone(recipient.time_zone)
     today = now.astimezone(tz).date()
     due = [r for r in reminders if at_local_time(today, r.at, tz) <= now]
@@ -161,10 +160,10 @@ def _remind_patient(m: Messaging, schedule: ReminderSchedule, patient_ref: str, 
         if quiet_until > now:
             report.deferred += 1
             continue
-        request = _request(m, recipient, template=reminder.template, key=key,
-                           context={"org_name": m.org_name, "contact_phone": m.contact_phone},
-                           about=f"CarePlan/{enrolled[reminder.program]}", patient_ref=patient_ref,
-                           channels=None, category=REMINDER_CATEGORY)
+        request = compose(m, recipient, template=reminder.template, key=key,
+                          context={"org_name": m.org_name, "contact_phone": m.contact_phone},
+                          about=f"CarePlan/{enrolled[reminder.program]}", patient_ref=patient_ref,
+                          channels=None, category=REMINDER_CATEGORY)
         if request is None:
             report.unreachable += 1
             continue

@@ -18,7 +18,8 @@ from common.clock import FixedClock, iso
 from fhirstore.errors import InvalidSearch
 from fhirstore.port import SearchParams, SearchResult
 from handlers.acknowledge import record_acknowledgement
-from handlers.messaging import Messaging, escalation_chain_of, run_escalation_step, start_escalation
+from handlers.escalations import escalation_chain_of, run_escalation_step, start_escalation
+from handlers.messaging import Messaging
 from handlers.sweeps import EscalationReport, escalation_candidates, run_escalation_sweep
 from notifications.escalation import LEVEL_SYSTEM
 from notifications.escalation_chains import load_chains

@@ -24,7 +24,7 @@ import pytest
 from common.clock import FixedClock, iso
 from fhirstore.paging import search_all
 from handlers.acknowledge import acknowledge_by_token
-from handlers.messaging import derive_ack_code
+from handlers.escalations import derive_ack_code
 from notifications.ack_codes import ACK_CODE_ALPHABET, ACK_CODE_SYSTEM
 from notifications.escalation import acknowledge
 from notifications.tokens import MemoryUsedTokens, SignedTokens
