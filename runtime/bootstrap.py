@@ -8,13 +8,15 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from common.clock import Clock, FixedClock, SystemClock, parse_instant
 from common.storage import private_dir
+from fhirstore.event_source import EventSource
 from fhirstore.port import FhirStore
+from handlers.enrollment_cache import EnrollmentCache
 from handlers.messaging import Messaging
 from ingest.deadletter import SqliteDeadLetterStore
 from ingest.identity import IdentityResolver
@@ -32,6 +34,9 @@ from rules.model import Ruleset
 from runtime.bus import LocalBus
 from runtime.rule_checks import unknown_chain_problems
 from runtime.settings import Settings
+
+if TYPE_CHECKING:
+    from console.accounts import StaffAccounts
 
 WORKFLOW_EVENTS = "vigil-events"  # the local bus topic workflow events go to (`vigil events tail`)
 
@@ -52,8 +57,11 @@ class Services:
     consent: SmsConsentRegistry
     workflow: WorkflowPublisher
     bus: LocalBus | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
     send_ledger: SendLedger | None = None  # what the SMS/SMTP channels claim sends in
+    # Kept for the process's lifetime, built on first use by the code that needs them:
+    enrollments: EnrollmentCache = field(default_factory=EnrollmentCache)  # across FHIR events
+    event_source: EventSource | None = None  # runtime.event_sources.event_source
+    staff_accounts: StaffAccounts | None = None  # the console's accounts (console.views.accounts_for)
 
     def close(self) -> None:
         for closable in (self.send_ledger, self.store, self.dead_letters, self.bus):
