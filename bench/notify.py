@@ -8,9 +8,10 @@
    real `azure-communication-sms` SDK over HTTPS to the local ACS stand-in (which checks the HMAC
    signature and the body), then the ledger and the Communication completed. A second pass replays
    every message (all "already-sent", nothing reaches the server).
-2. Escalation: `sweep()` of the pure state machine over 10,000 open Task dicts in mixed states
-   (not started, waiting, overdue at levels 1-3, acknowledged) — the decision work of one timer
-   sweep, without the store reads and writes the persisted sweep adds.
+2. Escalation: the pure state machine (`escalation.is_due`, then `advance` on each due Task, as
+   the sweep decides) over 10,000 open Task dicts in mixed states (not started, waiting, overdue at
+   levels 1-3, acknowledged) — the decision work of one timer sweep, without the store reads and
+   writes the persisted sweep adds.
 3. Persisted escalation sweep: `handlers.sweeps.run_escalation_sweep` (what the `escalation_sweep`
    timer calls) with the services `runtime.bootstrap` builds on a temporary data directory: the
    embedded SQLite FHIR store, the file outbox as the SMS and email channels, the local bus for
@@ -53,22 +54,19 @@ from common.clock import FixedClock, SystemClock  # noqa: E402
 from fhirstore.paging import search_all  # noqa: E402
 from fhirstore.port import FhirStore  # noqa: E402
 from fhirstore.sqlite import SqliteFhirStore  # noqa: E402
+from handlers.escalations import DEFAULT_CHAINS, derive_ack_code, escalation_chain_of, run_escalation_step  # noqa: E402
 from handlers.fhir_events import EventDeps, evaluate_observation  # noqa: E402
-from handlers.messaging import (  # noqa: E402
-    DEFAULT_CHAINS,
-    Messaging,
-    derive_ack_code,
-    escalation_chain_of,
-    run_escalation_step,
-)
+from handlers.messaging import Messaging  # noqa: E402
 from handlers.patient_data import history_window, load_patient_rules, load_readings  # noqa: E402
 from handlers.sweeps import run_escalation_sweep  # noqa: E402
+from notifications.ack_codes import with_ack_code  # noqa: E402
 from notifications.channels.acs_sms import AcsSmsChannel  # noqa: E402
 from notifications.channels.ledger import SqliteSendLedger  # noqa: E402
 from notifications.connection import parse_acs_connection_string  # noqa: E402
 from notifications.consent import SmsConsentRegistry  # noqa: E402
 from notifications.dispatch import MessageRequest, deliver  # noqa: E402
-from notifications.escalation import acknowledge, advance, load_chains, sweep, with_ack_code  # noqa: E402
+from notifications.escalation import acknowledge, advance, is_due  # noqa: E402
+from notifications.escalation_chains import load_chains  # noqa: E402
 from notifications.templates import TemplateLibrary  # noqa: E402
 from rules.episode_resources import open_episode  # noqa: E402
 from rules.evaluate import evaluate  # noqa: E402
@@ -156,7 +154,9 @@ def bench_sweep(n: int) -> None:
     runs = []
     for _ in range(5):
         start = time.perf_counter()
-        steps = sweep(tasks, {"crisis": chain}, now)
+        # What the escalation sweep decides per Task (handlers.sweeps), without the store.
+        decided = (advance(task, chain, now) for task in tasks if is_due(task, now))
+        steps = [step for step in decided if step.action in ("notify", "exhausted")]
         runs.append(time.perf_counter() - start)
     actions: dict[str, int] = {}
     for s in steps:

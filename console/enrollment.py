@@ -26,7 +26,8 @@ from fhirstore.port import FhirStore
 from handlers.alerting import close
 from handlers.messaging import Messaging
 from notifications.consent import InvalidPhoneNumber, SmsConsentRegistry, normalize_e164
-from notifications.preferences import PREFERENCES_EXT, PreferenceError, QuietHours
+from notifications.preferences import PREFERENCES_EXT, PreferenceError
+from notifications.quiet_hours import QuietHours
 from rules.model import Ruleset
 
 TIMEZONE_URL = "http://hl7.org/fhir/StructureDefinition/timezone"

@@ -45,10 +45,9 @@ def messaging(services: Services) -> Messaging:
 
 
 def accounts_for(services: Services) -> StaffAccounts:
-    acc = services.extras.get("console_accounts")
-    if acc is None:
-        acc = services.extras["console_accounts"] = StaffAccounts(services.settings.path("staff.db"))
-    return acc
+    if services.staff_accounts is None:
+        services.staff_accounts = StaffAccounts(services.settings.path("staff.db"))
+    return services.staff_accounts
 
 
 def add_console_routes(registry: RouteRegistry, services: Services, *, trust_app_service: bool | None = None,

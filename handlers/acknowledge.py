@@ -28,8 +28,8 @@ from typing import Any, Literal
 from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
 from fhirstore.paging import search_all
 from handlers.messaging import ACK_PURPOSE, Messaging, publish
+from notifications.ack_codes import ACK_CODE_SYSTEM, normalize_ack_code
 from notifications.escalation import (
-    ACK_CODE_SYSTEM,
     LEVEL_SYSTEM,
     acknowledge,
     acknowledged_at,
@@ -37,7 +37,6 @@ from notifications.escalation import (
     is_open,
     level_of,
     mitigation_entry,
-    normalize_ack_code,
 )
 from notifications.preferences import Recipient, staff_recipients
 from notifications.tokens import TokenClaims, TokenExpired, TokenForged, TokenReused, TokenWrongPurpose

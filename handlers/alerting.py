@@ -16,7 +16,10 @@ from typing import Any
 
 from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
 from fhirstore.port import FhirStore
-from handlers.messaging import OPENING, Messaging, notify_patient, publish, publish_opened, start_escalation
+from handlers.compose import notify_patient
+from handlers.escalations import start_escalation
+from handlers.messaging import OPENING, Messaging, publish, publish_opened
+from handlers.patient_file import PatientFile
 from handlers.snooze import active_snooze
 from notifications.dispatch import MessageRequest, deliver
 from notifications.workflow_events import closed
@@ -51,8 +54,11 @@ def latest_episode(store: FhirStore, patient_ref: str, rule_id: str) -> tuple[di
     return issue, episode_from_detected_issue(issue)
 
 
-def act_on_firing(m: Messaging, firing: Firing, patient_ref: str) -> AlertOutcome:
+def act_on_firing(m: Messaging, firing: Firing, patient: PatientFile) -> AlertOutcome:
+    """Open, update or suppress the rule's episode for the firing; `patient` is the event's
+    patient, read once by the caller (`handlers.patient_file`)."""
     now = m.clock.now()
+    patient_ref = patient.ref
     latest = latest_episode(m.store, patient_ref, firing.rule_id)
     issue, episode = latest if latest else (None, None)
     decision = decide(firing.rule, firing, episode, now, patient_ref)
@@ -62,13 +68,14 @@ def act_on_firing(m: Messaging, firing: Firing, patient_ref: str) -> AlertOutcom
         silenced = active_snooze(m.store, patient_ref, firing.rule, firing.severity, now)
         if silenced is not None:
             return AlertOutcome(Decision("suppress", silenced))
-        return AlertOutcome(decision, _open(m, firing, patient_ref, now, decision))
+        return AlertOutcome(decision, _open(m, firing, patient, now, decision))
     if decision.action == "update" and issue is not None:
-        return AlertOutcome(decision, _update(m, firing, issue, now, decision))
+        return AlertOutcome(decision, _update(m, firing, patient, issue, now, decision))
     return AlertOutcome(decision)
 
 
-def _open(m: Messaging, firing: Firing, patient_ref: str, now: datetime, decision: Decision) -> int:
+def _open(m: Messaging, firing: Firing, patient: PatientFile, now: datetime, decision: Decision) -> int:
+    patient_ref = patient.ref
     res = open_episode(firing, patient_ref, now)
     key = res.detected_issue["identifier"][0]["value"]
     task = put_if_absent(m.store, res.task)[0] if res.task is not None else None
@@ -77,7 +84,7 @@ def _open(m: Messaging, firing: Firing, patient_ref: str, now: datetime, decisio
     sent = 0
     targets = firing.rule.actions.notify if decision.notify else []
     if "patient" in targets:
-        sent += notify_patient(m, episode_key=key, patient_ref=patient_ref, severity=firing.severity, phase=OPENING,
+        sent += notify_patient(m, patient, episode_key=key, severity=firing.severity, phase=OPENING,
                                urgent=firing.rule.patient_message_now(firing.severity))
     if task is not None:
         # Staff are reached through the Task's escalation chain: level 1 now, then the sweep.
@@ -90,16 +97,16 @@ def _open(m: Messaging, firing: Firing, patient_ref: str, now: datetime, decisio
     return sent
 
 
-def _update(m: Messaging, firing: Firing, issue: dict[str, Any], now: datetime, decision: Decision) -> int:
+def _update(m: Messaging, firing: Firing, patient: PatientFile, issue: dict[str, Any], now: datetime,
+            decision: Decision) -> int:
     key = issue["identifier"][0]["value"]
-    patient_ref = issue["patient"]["reference"]
     sent = 0
     if decision.notify and "patient" in firing.rule.actions.notify:
         severity = decision.severity or firing.severity
         # Keyed by the readings and the severity: a re-delivered event sends nothing new, while a
         # rise in severity (an absence update has no readings to key by) is a message of its own.
         phase = f"update:{','.join(firing.trigger_refs)}:{severity}"
-        sent = notify_patient(m, episode_key=key, patient_ref=patient_ref, severity=severity, phase=phase,
+        sent = notify_patient(m, patient, episode_key=key, severity=severity, phase=phase,
                               urgent=firing.rule.patient_message_now(severity))
     if decision.severity and decision.severity != issue.get("severity"):
         _raise_priority(m.store, key, firing.rule, decision.severity)

@@ -21,6 +21,7 @@ from handlers.alerting import act_on_firing
 from handlers.enrollment_cache import EnrollmentCache
 from handlers.messaging import Messaging
 from handlers.patient_data import history_window, load_patient_rules, load_readings
+from handlers.patient_file import PatientFile
 from ingest.deadletter import DeadLetterSink
 from ingest.poison import POISON, POISON_AT_STORE, payload_bytes, poison_error
 from rules.enrollment import unknown_programs
@@ -118,15 +119,18 @@ def evaluate_observation(obs: dict[str, Any], deps: EventDeps, payload: dict[str
     patient_ref = (obs.get("subject") or {}).get("reference", "")
     if not trigger or not patient_ref.startswith("Patient/"):
         return EventOutcome("ignored")
-    patient = load_patient_rules(deps.store, patient_ref, deps.rulesets, deps.messaging.clock.now(),
+    now = deps.messaging.clock.now()
+    patient = load_patient_rules(deps.store, patient_ref, deps.rulesets, now,
                                  default_tz=deps.messaging.defaults.time_zone, cache=deps.enrollments)
     if patient is None:
         return EventOutcome("not-enrolled")
+    # The Patient read with the enrollment serves every message this event sends.
+    patient_file = PatientFile(patient_ref, patient.patient, deps.messaging.defaults, now)
     metrics, since = history_window(patient.rulesets, trigger[0].effective, frozenset(r.metric for r in trigger))
     history = History(load_readings(deps.store, patient_ref, metrics, since))
     outcome = EventOutcome("evaluated")
     for firing in evaluate(patient.rulesets, trigger, history, patient.context):
-        acted = act_on_firing(deps.messaging, firing, patient_ref)
+        acted = act_on_firing(deps.messaging, firing, patient_file)
         outcome.rules_fired.append(firing.rule_id)
         outcome.decisions[acted.decision.action] += 1
         outcome.messages_sent += acted.messages_sent

@@ -39,6 +39,7 @@ class PatientRules:
 
     rulesets: list[Ruleset]
     context: PatientContext
+    patient: dict[str, Any] | None = None  # the Patient read with the enrollment (None: the store has none)
 
 
 def load_enrollment(store: FhirStore, patient_ref: str) -> Enrollment:
@@ -90,7 +91,7 @@ def _patient_rules(patient_ref: str, enrollment: Enrollment, rulesets: list[Rule
     context, problems = patient_context(patient_ref, now=now, rulesets=enrolled, patient=patient,
                                         careplans=careplans, goals=goals, default_tz=default_tz)
     # Problems name the rule and the override field, never values.
-    return PatientRules(enrolled, context), [("care plan override ignored: %s", problem) for problem in problems]
+    return PatientRules(enrolled, context, patient), [("care plan override ignored: %s", problem) for problem in problems]
 
 
 def codes_for(metric: str) -> list[str]:

@@ -30,7 +30,9 @@ from fhirstore.errors import FhirError
 from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
 from handlers.alerting import act_on_firing, close
-from handlers.messaging import OPENING, Messaging, escalation_chain_of, notify_patient, run_escalation_step
+from handlers.compose import notify_patient
+from handlers.escalations import escalation_chain_of, run_escalation_step
+from handlers.messaging import OPENING, Messaging
 from handlers.patient_data import (
     first_readings_after,
     history_window,
@@ -38,6 +40,7 @@ from handlers.patient_data import (
     load_readings,
     newest_readings,
 )
+from handlers.patient_file import PatientFile
 from notifications.escalation import LEVEL_SYSTEM, chain_of
 from rules.episode_resources import RULE_SYSTEM
 from rules.episodes import episode_from_detected_issue, review_open_episode
@@ -77,13 +80,14 @@ def _sweep_patient(m: Messaging, rulesets: list[Ruleset], patient_ref: str, now:
     if enrolled is None:
         return
     report.patients += 1
+    patient = PatientFile(patient_ref, enrolled.patient, m.defaults, now)  # read with the enrollment
     metrics, since = history_window(enrolled.rulesets, now)
     absence_metrics = {metric for rs in enrolled.rulesets for r in rs.rules if r.has_absence for metric in r.metrics}
     readings = load_readings(store, patient_ref, metrics, since)
     readings += newest_readings(store, patient_ref, absence_metrics)
     history = History(readings)
     for firing in sweep(enrolled.rulesets, history, enrolled.context, now):
-        report.decisions[act_on_firing(m, firing, patient_ref).decision.action] += 1
+        report.decisions[act_on_firing(m, firing, patient).decision.action] += 1
     rules = {rule.id: (rs.ruleset, rule) for rs in enrolled.rulesets for rule in rs.rules}
     open_issues = []
     resumed = []
@@ -105,8 +109,8 @@ def _sweep_patient(m: Messaging, rulesets: list[Ruleset], patient_ref: str, now:
         elif "patient" in rule.actions.notify:
             # A patient message held back by quiet hours goes out once they end (same key: once).
             severity = issue.get("severity", "moderate")
-            notify_patient(m, episode_key=issue["identifier"][0]["value"], patient_ref=patient_ref,
-                           severity=severity, phase=OPENING, urgent=rule.patient_message_now(severity))
+            notify_patient(m, patient, episode_key=issue["identifier"][0]["value"], severity=severity,
+                           phase=OPENING, urgent=rule.patient_message_now(severity))
 
 
 @dataclass

@@ -1,15 +1,5 @@
-"""Escalation chains: YAML definitions and a pure state machine over the episode's `Task` dict.
-
-A chain is levels of (roles to notify, channel kinds in order, how long to wait for an
-acknowledgement), and what to do when the last level has waited in vain:
-
-    chains:
-      crisis:
-        levels:
-          - {notify: [nurse], channels: [sms, email], wait: 15m}
-          - {notify: [physician], channels: [sms], wait: 15m}
-          - {notify: [on-call], channels: [sms, email], wait: 30m}
-        on_exhausted: {action: repeat-last, times: 2, notify: [care-manager]}
+"""Escalation: a pure state machine that runs a chain (`notifications.escalation_chains`) over the
+episode's `Task` dict.
 
 All state lives on the Task (DESIGN §7; nothing in memory, so a timer sweep on any instance can
 advance it):
@@ -18,8 +8,8 @@ advance it):
   `acknowledged`, `closed`);
 - extensions `urn:vigil:escalation-chain` (chain id), `urn:vigil:escalation-due` (when the sweep
   should act next) and `urn:vigil:escalation-repeat` (repeats of the last level done);
-- an identifier `urn:vigil:ack-code`: the short code a clinician texts back (`ACK <code>`) to
-  acknowledge by SMS (`ack_code_from_mac`, `with_ack_code`; `Task?identifier=` finds the Task).
+- an identifier `urn:vigil:ack-code`: the short code a clinician texts back to acknowledge by SMS
+  (`notifications.ack_codes`).
 
 `advance()` and `acknowledge()` never write anything: they return the Task to persist. The caller
 writes it with `If-Match` on the version it read, so of two sweeps racing on one Task only one
@@ -30,17 +20,15 @@ replayed step sends nothing twice).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from pathlib import Path
+from datetime import datetime
 from typing import Any, Literal
-
-import yaml
 
 from common.clock import iso, parse_instant
 from common.codes import vigil_system
 from common.jsondata import json_copy
+from notifications.escalation_chains import Chain, EscalationError, Level
 
 LEVEL_SYSTEM = vigil_system("escalation-level")
 CHAIN_EXT = vigil_system("escalation-chain")
@@ -48,46 +36,8 @@ DUE_EXT = vigil_system("escalation-due")
 REPEAT_EXT = vigil_system("escalation-repeat")
 ACK_AT_EXT = vigil_system("acknowledged-at")
 MITIGATION_SYSTEM = vigil_system("mitigation")
-ACK_CODE_SYSTEM = vigil_system("ack-code")
-# Letters and digits a person reads off a phone and types back without doubt: no 0/O, 1/I/L, 2/Z,
-# 5/S, 8/B. 26^6 is about 3e8 codes, so two open alerts rarely share one (and the sender's care
-# team tells them apart when they do).
-ACK_CODE_ALPHABET = "ACDEFGHJKMNPQRTUVWXY346789"
-ACK_CODE_LENGTH = 6
 OPEN_STATUSES = frozenset({"requested", "received", "ready"})
-CHANNEL_KINDS = frozenset({"sms", "email"})
-_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
-_ISO_DURATION = re.compile(r"^P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?$")
 _REF = re.compile(r"^(Practitioner|PractitionerRole)/[A-Za-z0-9\-.]{1,64}$")
-
-
-class EscalationError(ValueError):
-    """A chain definition or a Task Vigil cannot use; the message says where and why."""
-
-
-@dataclass(frozen=True)
-class Level:
-    number: int  # 1-based
-    roles: tuple[str, ...]
-    channels: tuple[str, ...]
-    wait: timedelta
-    template: str = "escalation"
-
-
-@dataclass(frozen=True)
-class OnExhausted:
-    action: Literal["stop", "repeat-last"] = "stop"
-    times: int = 0  # repeats of the last level, for repeat-last
-    notify: tuple[str, ...] = ()  # roles told once that nobody acknowledged
-    channels: tuple[str, ...] = ("sms", "email")
-
-
-@dataclass(frozen=True)
-class Chain:
-    id: str
-    levels: tuple[Level, ...]
-    on_exhausted: OnExhausted = OnExhausted()
-    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -119,199 +69,10 @@ class Acknowledgement:
     previous_owner: str | None = None  # who acknowledged first, when this one was a second
 
 
-# -- loading ---------------------------------------------------------------------------------
-
-def parse_duration(value: Any, where: str) -> timedelta:
-    """"15m", "1h", "30s", "2d" or ISO 8601 "PT15M"; positive."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        raise EscalationError(f"{where}: give a unit, e.g. '{value}m' (s, m, h, d)")
-    text = str(value or "").strip()
-    match = _DURATION.match(text)
-    if match:
-        amount, unit = int(match.group(1)), match.group(2)
-        delta = {"s": timedelta(seconds=amount), "m": timedelta(minutes=amount), "h": timedelta(hours=amount),
-                 "d": timedelta(days=amount)}[unit]
-    else:
-        iso_match = _ISO_DURATION.match(text)
-        if not iso_match or text in ("P", "PT"):
-            raise EscalationError(f"{where}: {value!r} is not a duration like '15m', '2h' or 'PT15M'")
-        d, h, m, s = (int(g) if g else 0 for g in iso_match.groups())
-        delta = timedelta(days=d, hours=h, minutes=m, seconds=s)
-    if delta <= timedelta(0):
-        raise EscalationError(f"{where}: the wait must be longer than zero")
-    return delta
-
-
-def _lines(node: yaml.Node, path: tuple[Any, ...] = (), out: dict | None = None) -> dict[tuple[Any, ...], int]:
-    out = {} if out is None else out
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            _lines(value, (*path, key.value), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, value in enumerate(node.value):
-            _lines(value, (*path, i), out)
-    return out
-
-
-def _fmt(path: tuple[Any, ...]) -> str:
-    text = ""
-    for p in path:
-        text += f"[{p}]" if isinstance(p, int) else (f".{p}" if text else str(p))
-    return text
-
-
-def load_chains(source: str | Path, *, known_roles: Iterable[str] | None = None) -> dict[str, Chain]:
-    """Chains from a YAML file (or YAML text). Errors name the file, line and field."""
-    if isinstance(source, Path) or (
-        isinstance(source, str) and "\n" not in source and source.endswith((".yaml", ".yml"))
-    ):
-        path = Path(source)
-        name, text = str(path), path.read_text(encoding="utf-8")
-    else:
-        name, text = "<chains>", str(source)
-    try:
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise EscalationError(f"{name}: not valid YAML: {exc}") from None
-    lines = _lines(node) if node is not None else {}
-    roles = set(known_roles) if known_roles is not None else None
-
-    def fail(path: tuple[Any, ...], message: str) -> EscalationError:
-        probe = path
-        while probe not in lines and probe:
-            probe = probe[:-1]
-        return EscalationError(f"{name}:{lines.get(probe, 1)}: {_fmt(path) or 'top level'}: {message}")
-
-    if not isinstance(data, dict) or not isinstance(data.get("chains"), dict) or not data["chains"]:
-        raise fail((), "expected a mapping with a non-empty 'chains' mapping")
-    unknown_top = set(data) - {"chains"}
-    if unknown_top:
-        raise fail((), f"unknown key(s) {', '.join(sorted(map(str, unknown_top)))}")
-    chains: dict[str, Chain] = {}
-    for chain_id, spec in data["chains"].items():
-        base = ("chains", chain_id)
-        if not isinstance(spec, dict):
-            raise fail(base, "expected a mapping with 'levels'")
-        unknown = set(spec) - {"levels", "on_exhausted", "description"}
-        if unknown:
-            raise fail(base, f"unknown key(s) {', '.join(sorted(map(str, unknown)))}")
-        raw_levels = spec.get("levels")
-        if not isinstance(raw_levels, list) or not raw_levels:
-            raise fail((*base, "levels"), "a chain needs at least one level")
-        levels = []
-        for i, raw in enumerate(raw_levels):
-            where: tuple[Any, ...] = (*base, "levels", i)
-            if not isinstance(raw, dict):
-                raise fail(where, "expected a mapping with notify, channels, wait")
-            unknown = set(raw) - {"notify", "channels", "wait", "template"}
-            if unknown:
-                raise fail(where, f"unknown key(s) {', '.join(sorted(map(str, unknown)))}")
-            level_roles = _roles(raw.get("notify"), (*where, "notify"), roles, fail)
-            channels = _channels(raw.get("channels", ["sms", "email"]), (*where, "channels"), fail)
-            if "wait" not in raw:
-                raise fail(where, "'wait' is required (how long to wait for an acknowledgement)")
-            try:
-                wait = parse_duration(raw["wait"], _fmt((*where, "wait")))
-            except EscalationError as exc:
-                raise fail((*where, "wait"), str(exc).split(": ", 1)[-1]) from None
-            levels.append(Level(i + 1, level_roles, channels, wait, str(raw.get("template", "escalation"))))
-        raw_ex = spec.get("on_exhausted") or {}
-        where = (*base, "on_exhausted")
-        if not isinstance(raw_ex, dict):
-            raise fail(where, "expected a mapping with action (stop | repeat-last), times, notify")
-        unknown = set(raw_ex) - {"action", "times", "notify", "channels"}
-        if unknown:
-            raise fail(where, f"unknown key(s) {', '.join(sorted(map(str, unknown)))}")
-        action = raw_ex.get("action", "stop")
-        if action not in ("stop", "repeat-last"):
-            raise fail((*where, "action"), f"must be 'stop' or 'repeat-last', not {action!r}")
-        times = raw_ex.get("times", 1 if action == "repeat-last" else 0)
-        if not isinstance(times, int) or isinstance(times, bool) or times < 0 or times > 100:
-            raise fail((*where, "times"), "must be a whole number from 0 to 100")
-        if action == "stop" and times:
-            raise fail((*where, "times"), "only 'repeat-last' repeats")
-        notify = _roles(raw_ex.get("notify", []), (*where, "notify"), roles, fail, allow_empty=True)
-        ex_channels = _channels(raw_ex.get("channels", ["sms", "email"]), (*where, "channels"), fail)
-        chains[str(chain_id)] = Chain(str(chain_id), tuple(levels), OnExhausted(action, times, notify, ex_channels),
-                                      str(spec.get("description", "")))
-    return chains
-
-
-def _roles(
-    value: Any, where: tuple[Any, ...], known: set[str] | None, fail, allow_empty: bool = False
-) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or (not value and not allow_empty):
-        raise fail(where, "list the care-team roles to notify, e.g. [nurse]")
-    for role in value:
-        if not isinstance(role, str) or not role:
-            raise fail(where, "roles are names like nurse, physician, on-call")
-        if known is not None and role not in known:
-            raise fail(where, f"unknown role {role!r} (known: {', '.join(sorted(known))})")
-    return tuple(value)
-
-
-def _channels(value: Any, where: tuple[Any, ...], fail) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, list) or not value:
-        raise fail(where, "list channel kinds in order of preference, e.g. [sms, email]")
-    bad = [c for c in value if c not in CHANNEL_KINDS]
-    if bad:
-        raise fail(where, f"unknown channel kind(s) {', '.join(map(str, bad))} (use sms, email)")
-    return tuple(value)
-
-
 # -- reading and writing the Task --------------------------------------------------------------
 
 def _ext(task: Mapping[str, Any], url: str) -> Mapping[str, Any] | None:
     return next((e for e in task.get("extension", []) or [] if e.get("url") == url), None)
-
-
-def ack_code_from_mac(mac: bytes) -> str:
-    """The acknowledgement code for a Task, from a MAC over its id (deterministic: a re-run of the
-    same step texts the same code; keyed: codes cannot be worked out from Task ids)."""
-    if len(mac) < 8:
-        raise EscalationError("an acknowledgement code needs at least 8 bytes of MAC")
-    number = int.from_bytes(mac, "big")
-    chars = []
-    for _ in range(ACK_CODE_LENGTH):
-        number, index = divmod(number, len(ACK_CODE_ALPHABET))
-        chars.append(ACK_CODE_ALPHABET[index])
-    return "".join(chars)
-
-
-def normalize_ack_code(text: str | None) -> str | None:
-    """The code as Vigil stores it (upper case, no spaces or dashes), or None when `text` cannot be
-    one. People type codes in any case and sometimes split them ("k7m-x3q")."""
-    if not text:
-        return None
-    code = re.sub(r"[\s\-]", "", text).upper()
-    if len(code) != ACK_CODE_LENGTH or any(c not in ACK_CODE_ALPHABET for c in code):
-        return None
-    return code
-
-
-def ack_code_of(task: Mapping[str, Any]) -> str | None:
-    for ident in task.get("identifier", []) or []:
-        if ident.get("system") == ACK_CODE_SYSTEM and ident.get("value"):
-            return str(ident["value"])
-    return None
-
-
-def with_ack_code(task: Mapping[str, Any], code: str) -> tuple[dict[str, Any], bool]:
-    """The Task carrying `code` as its `urn:vigil:ack-code` identifier (returns changed). A Task
-    that already has a code keeps it: messages already sent quote that one."""
-    if normalize_ack_code(code) != code:
-        raise EscalationError(f"{code!r} is not an acknowledgement code ({ACK_CODE_LENGTH} of {ACK_CODE_ALPHABET})")
-    if ack_code_of(task) is not None:
-        return dict(task), False
-    updated = dict(task)
-    updated["identifier"] = [*(task.get("identifier", []) or []), {"system": ACK_CODE_SYSTEM, "value": code}]
-    return updated, True
 
 
 def with_chain(task: Mapping[str, Any], chain_id: str) -> tuple[dict[str, Any], bool]:
@@ -497,20 +258,3 @@ def add_mitigation(detected_issue: Mapping[str, Any], entry: Mapping[str, Any]) 
     return updated, True
 
 
-def sweep(tasks: Iterable[Mapping[str, Any]], chains: Mapping[str, Chain], now: datetime,
-          default_chain: str | None = None) -> list[Step]:
-    """Steps that need action (notify / exhausted) for a batch of Tasks; waits and done are left out."""
-    out = []
-    for task in tasks:
-        if not is_due(task, now):
-            continue
-        chain_id = chain_of(task) or default_chain
-        if chain_id is None:
-            continue  # not an escalation Task
-        chain = chains.get(chain_id)
-        if chain is None:
-            raise EscalationError(f"Task {task.get('id')}: no escalation chain named {chain_id!r}")
-        step = advance(task, chain, now)
-        if step.action in ("notify", "exhausted"):
-            out.append(step)
-    return out

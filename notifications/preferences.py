@@ -7,11 +7,8 @@ matches (nurse, physician, on-call, ...), reached through `PractitionerRole.tele
 `Practitioner.telecom`; a role nobody on the care team holds falls back to an active
 `PractitionerRole` with that role (an organization-wide on-call roster).
 
-Time: quiet hours are wall-clock times in the recipient's IANA time zone (DESIGN §5: calendar
-concepts in the patient's zone). `next_allowed_send` is DST-correct: the end of quiet hours on a
-23- or 25-hour day is found by wall time, and a wall time that does not exist (skipped by a
-spring-forward) maps to the moment the clocks jump. Patient reminders wait for the end of quiet
-hours; escalations to staff never wait (DESIGN §7).
+Time: quiet hours (`notifications.quiet_hours`) in the recipient's zone. Patient reminders wait
+for the end of quiet hours; escalations to staff never wait (DESIGN §7).
 """
 
 from __future__ import annotations
@@ -19,9 +16,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import datetime
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from common.clock import parse_instant
 from common.codes import vigil_system
@@ -29,6 +25,7 @@ from common.patient_time import patient_time_zone_name
 from fhirstore.errors import InvalidSearch, ResourceGone, ResourceNotFound
 from fhirstore.port import FhirStore
 from notifications.consent import InvalidPhoneNumber, normalize_e164
+from notifications.quiet_hours import DEFAULT_QUIET_HOURS, PreferenceError, QuietHours, next_allowed_send, zone
 
 log = logging.getLogger(__name__)
 
@@ -37,45 +34,6 @@ CARE_TEAM_ROLE_SYSTEM = vigil_system("care-team-role")
 PREFERENCES_EXT = vigil_system("notification-preferences")
 
 ChannelKind = Literal["sms", "email"]
-
-
-class PreferenceError(ValueError):
-    """A preference value Vigil cannot use (the message says which and why)."""
-
-
-@dataclass(frozen=True)
-class QuietHours:
-    """Wall-clock window in the recipient's zone when non-urgent messages wait. `start > end`
-    wraps midnight (21:00–08:00)."""
-
-    start: time
-    end: time
-
-    @classmethod
-    def parse(cls, text: str) -> QuietHours | None:
-        """"21:00-08:00" → QuietHours; "none" or "" → None."""
-        if text is None or text.strip().lower() in ("", "none", "off"):
-            return None
-        try:
-            start_text, end_text = (p.strip() for p in text.split("-"))
-            return cls(time.fromisoformat(start_text), time.fromisoformat(end_text))
-        except ValueError:
-            raise PreferenceError(f"quiet hours {text!r} must look like '21:00-08:00' or 'none'") from None
-
-    def contains(self, t: time) -> bool:
-        t = t.replace(tzinfo=None)
-        if self.start == self.end:
-            return False
-        if self.start < self.end:
-            return self.start <= t < self.end
-        return t >= self.start or t < self.end
-
-    def __str__(self) -> str:
-        return f"{self.start:%H:%M}-{self.end:%H:%M}"
-
-
-# 8 a.m.–9 p.m. recipient time is the window cited for calls to residences (FCC 15-72).
-DEFAULT_QUIET_HOURS = QuietHours(time(21, 0), time(8, 0))
 
 # Role name → codings that mean it ((None, code) matches the code in any system). SNOMED CT
 # occupations: 224535009 Registered nurse, 106292003 Professional nurse, 309343006 Physician,
@@ -131,58 +89,6 @@ class PreferenceDefaults:
 
     def __post_init__(self) -> None:
         zone(self.time_zone)
-
-
-def zone(name: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
-        raise PreferenceError(f"{name!r} is not an IANA time zone (like 'America/New_York')") from None
-
-
-# -- time ------------------------------------------------------------------------------------
-
-def at_local_time(day: date, at: time, tz: str | ZoneInfo) -> datetime:
-    """The UTC instant when the wall clock in `tz` first shows `at` on `day`.
-
-    An ambiguous wall time (the repeated hour of a fall-back) is its first occurrence; a wall time
-    skipped by a spring-forward is the moment the clocks jump past it.
-    """
-    zinfo = tz if isinstance(tz, ZoneInfo) else zone(tz)
-    naive = datetime.combine(day, at.replace(tzinfo=None))
-    first = naive.replace(tzinfo=zinfo, fold=0)
-    if first.astimezone(UTC).astimezone(zinfo).replace(tzinfo=None) == naive:
-        return first.astimezone(UTC)
-    # In the gap: fold=1 lands before it, fold=0 after it. The jump lies between; bisect on seconds.
-    ends = sorted(int(naive.replace(tzinfo=zinfo, fold=f).astimezone(UTC).timestamp()) for f in (0, 1))
-    lo, hi = ends
-
-    def wall(ts: int) -> datetime:
-        return datetime.fromtimestamp(ts, UTC).astimezone(zinfo).replace(tzinfo=None)
-
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if wall(mid) >= naive:
-            hi = mid
-        else:
-            lo = mid
-    return datetime.fromtimestamp(hi, UTC)
-
-
-def next_allowed_send(now: datetime, tz: str | ZoneInfo, quiet: QuietHours | None) -> datetime:
-    """`now` outside quiet hours; otherwise when quiet hours end, by the recipient's wall clock."""
-    if now.tzinfo is None:
-        raise ValueError("next_allowed_send needs a timezone-aware 'now'")
-    if quiet is None:
-        return now
-    zinfo = tz if isinstance(tz, ZoneInfo) else zone(tz)
-    local = now.astimezone(zinfo)
-    if not quiet.contains(local.time()):
-        return now
-    day = local.date()
-    if quiet.start > quiet.end and local.time() >= quiet.start:
-        day += timedelta(days=1)  # quiet began this evening: it ends tomorrow morning
-    return max(now, at_local_time(day, quiet.end, zinfo))
 
 
 def send_at(recipient: Recipient, *, category: str, urgent: bool, now: datetime) -> datetime:

@@ -14,7 +14,9 @@ import yaml
 
 from common.clock import Clock, FixedClock, SystemClock, parse_instant
 from common.storage import private_dir
+from fhirstore.event_source import EventSource
 from fhirstore.port import EventOutbox, FhirStore
+from handlers.enrollment_cache import EnrollmentCache
 from handlers.messaging import Messaging
 from ingest.deadletter import SqliteDeadLetterStore
 from ingest.identity import IdentityResolver
@@ -23,7 +25,7 @@ from notifications.channels import build_channels
 from notifications.channels.base import Channel
 from notifications.channels.ledger import FhirSendLedger, SendLedger, SqliteSendLedger
 from notifications.consent import SmsConsentRegistry
-from notifications.escalation import Chain, load_chains
+from notifications.escalation_chains import Chain, load_chains
 from notifications.templates import TemplateLibrary
 from notifications.tokens import FhirUsedTokens, SignedTokens
 from notifications.workflow_events import CallablePublisher, EventGridWorkflowPublisher, WorkflowPublisher
@@ -34,6 +36,7 @@ from runtime.rule_checks import unknown_chain_problems
 from runtime.settings import Settings
 
 if TYPE_CHECKING:
+    from console.accounts import StaffAccounts
     from handlers.pipeline_health import PipelineDeps
 
 WORKFLOW_EVENTS = "vigil-events"  # the local bus topic workflow events go to (`vigil events tail`)
@@ -55,9 +58,12 @@ class Services:
     consent: SmsConsentRegistry
     workflow: WorkflowPublisher
     bus: LocalBus | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
     send_ledger: SendLedger | None = None  # what the SMS/SMTP channels claim sends in
     outbox: EventOutbox | None = None  # the embedded store's events, relayed by the local host
+    # Kept for the process's lifetime, built on first use by the code that needs them:
+    enrollments: EnrollmentCache = field(default_factory=EnrollmentCache)  # across FHIR events
+    event_source: EventSource | None = None  # runtime.event_sources.event_source
+    staff_accounts: StaffAccounts | None = None  # the console's accounts (console.views.accounts_for)
 
     def close(self) -> None:
         for closable in (self.send_ledger, self.store, self.dead_letters, self.bus):

@@ -99,7 +99,7 @@ def _validate(args: argparse.Namespace, settings: Settings) -> int:
 
 def _chain_problems(dirs: Sequence[Path], settings: Settings) -> list[Problem]:
     """Rules that escalate through a chain the chains file does not define."""
-    from notifications.escalation import load_chains
+    from notifications.escalation_chains import load_chains
     from runtime.rule_checks import unknown_chain_problems
 
     return unknown_chain_problems(dirs, load_chains(settings.escalation_chains))

@@ -12,7 +12,6 @@ from fhirstore.subscriptions import NotificationResult, SubscriptionManager, han
 from runtime.bootstrap import Services, local_token
 from runtime.settings import Settings
 
-_KEY = "event_source"
 SUBSCRIPTION_CHECK = timedelta(minutes=10)
 
 
@@ -58,7 +57,7 @@ class RestHookSource:
 
 def event_source(services: Services) -> EventSource:
     """The services' event source, built once."""
-    source = services.extras.get(_KEY)
+    source = services.event_source
     if source is None:
         kind = source_kind(services.settings)
         if kind == "poll":
@@ -68,5 +67,5 @@ def event_source(services: Services) -> EventSource:
             source = RestHookSource(services)
         else:
             source = PushedEvents(kind)
-        services.extras[_KEY] = source
+        services.event_source = source
     return source

@@ -6,7 +6,6 @@ from typing import Any
 
 import azure.functions as func
 
-from handlers.enrollment_cache import EnrollmentCache
 from handlers.fhir_events import EventDeps, handle_fhir_event
 from handlers.messaging import Messaging
 from runtime.bootstrap import Services, current
@@ -41,8 +40,5 @@ def messaging(services: Services) -> Messaging:
 
 
 def event_deps(services: Services) -> EventDeps:
-    cache = services.extras.get("enrollment_cache")
-    if cache is None:
-        cache = services.extras["enrollment_cache"] = EnrollmentCache()
     return EventDeps(messaging=messaging(services), rulesets=services.rulesets, dead_letters=services.dead_letters,
-                     enrollments=cache)
+                     enrollments=services.enrollments)

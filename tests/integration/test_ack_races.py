@@ -28,7 +28,8 @@ from handlers import alerting
 from handlers.acknowledge import acknowledge_by_token, record_acknowledgement
 from handlers.fhir_events import EventDeps, evaluate_observation
 from handlers.messaging import ACK_PURPOSE, ACK_TTL, Messaging
-from notifications.escalation import ACK_CODE_SYSTEM, LEVEL_SYSTEM, acknowledged_at, level_of
+from notifications.ack_codes import ACK_CODE_SYSTEM
+from notifications.escalation import LEVEL_SYSTEM, acknowledged_at, level_of
 from notifications.workflow_events import ACKNOWLEDGED, CLOSED, MemoryPublisher, PublishError, WorkflowEvent
 from runtime.host import LocalHost
 from tests.support.pipeline import add_patient, make_host, reading

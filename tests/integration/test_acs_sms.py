@@ -360,7 +360,8 @@ def _seed_patient_and_team(store, phone: str) -> None:
 
 def test_crisis_escalation_ack_by_link_and_replay_at_library_level(acs, store, ledger, clock) -> None:
     from notifications.consent import SmsConsentRegistry
-    from notifications.escalation import acknowledge, add_mitigation, advance, load_chains, sweep
+    from notifications.escalation import acknowledge, add_mitigation, advance, is_due
+    from notifications.escalation_chains import load_chains
     from notifications.preferences import patient_recipient, send_at, staff_recipients
     from notifications.templates import TemplateLibrary
     from notifications.tokens import FhirUsedTokens, SignedTokens, TokenReused
@@ -410,8 +411,9 @@ def test_crisis_escalation_ack_by_link_and_replay_at_library_level(acs, store, l
     assert "llámenos" in acs.sms_messages[-2]["message"]  # the patient's language, PHI-free
 
     clock.advance(timedelta(minutes=16))
-    [second] = sweep([task], {"crisis": chain}, clock.now())
-    assert (second.level, second.roles) == (2, ("physician",))
+    assert is_due(task, clock.now())
+    second = advance(task, chain, clock.now())
+    assert (second.action, second.level, second.roles) == ("notify", 2, ("physician",))
     run(second)
     task = persist(second.task)
     assert acs.sms_messages[-1]["to"] == "+15555551102" and "(level 2)" in acs.sms_messages[-1]["message"]
@@ -426,7 +428,7 @@ def test_crisis_escalation_ack_by_link_and_replay_at_library_level(acs, store, l
     assert task["status"] == "accepted" and task["owner"] == {"reference": "Practitioner/d1"}
 
     clock.advance(timedelta(hours=1))
-    assert sweep([task], {"crisis": chain}, clock.now()) == []
+    assert not is_due(task, clock.now()) and advance(task, chain, clock.now()).action == "done"
     # A second acknowledgement (the nurse's link) is harmless; the used link is refused.
     assert acknowledge(task, tokens.verify(links["Practitioner/n1"], purpose="ack").actor, clock.now()).changed is False
     with pytest.raises(TokenReused):

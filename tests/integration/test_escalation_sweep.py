@@ -18,9 +18,11 @@ from common.clock import FixedClock, iso
 from fhirstore.errors import InvalidSearch
 from fhirstore.port import SearchParams, SearchResult
 from handlers.acknowledge import record_acknowledgement
-from handlers.messaging import Messaging, escalation_chain_of, run_escalation_step, start_escalation
+from handlers.escalations import escalation_chain_of, run_escalation_step, start_escalation
+from handlers.messaging import Messaging
 from handlers.sweeps import EscalationReport, escalation_candidates, run_escalation_sweep
-from notifications.escalation import LEVEL_SYSTEM, load_chains
+from notifications.escalation import LEVEL_SYSTEM
+from notifications.escalation_chains import load_chains
 from runtime.bootstrap import Services, bootstrap
 from runtime.settings import Settings
 from tests.support.pipeline import DAYTIME
@@ -192,3 +194,24 @@ def test_tasks_naming_a_chain_no_longer_configured_are_reported(services: Servic
     report = sweep(renamed)
     assert report.messages_sent == 0 and level(services, task_id) != "level-2"
     assert any("name a chain that is not configured" in r.getMessage() for r in caplog.records)
+
+
+def test_the_sweep_advances_only_the_due_escalations(services: Services, m: Messaging) -> None:
+    """Five open Tasks: a chain not started yet, one waiting, one overdue, one acknowledged, and one
+    that is no escalation (no chain). The sweep acts on the first and the overdue one only."""
+    s = services
+    fresh = open_task(s, m, 1, timedelta(0))
+    started = s.store.read("Task", fresh)  # back to "chain recorded, level 1 not notified yet"
+    s.store.update({**started, "businessStatus": {"coding": [{"system": LEVEL_SYSTEM, "code": "0"}]},
+                    "extension": [e for e in started["extension"] if e["url"] == "urn:vigil:escalation-chain"]})
+    waiting, overdue = open_task(s, m, 2, timedelta(minutes=5)), open_task(s, m, 3, timedelta(minutes=20))
+    acked = open_task(s, m, 4, timedelta(minutes=20))
+    assert record_acknowledgement(m, acked, "Practitioner/nurse-1").status == "acknowledged"
+    other = s.store.update({"resourceType": "Task", "id": "other", "status": "requested", "intent": "order",
+                            "focus": {"reference": "DetectedIssue/x"}, "for": {"reference": "Patient/p1"}}).resource
+
+    report = sweep(m)
+    assert (report.examined, report.failed) == (2, 0)
+    assert [level(s, t) for t in (fresh, waiting, overdue, acked)] == ["level-1", "level-1", "level-2",
+                                                                       "acknowledged"]
+    assert s.store.read("Task", "other")["meta"]["versionId"] == other["meta"]["versionId"]

@@ -15,7 +15,7 @@ import pytest
 from fhirstore import rest
 from fhirstore.batch_reads import Read, read_many, read_together
 from fhirstore.http_store import HttpFhirStore
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from handlers.enrollment_cache import EnrollmentCache
 from handlers.ingest import RawMessage, handle_device_messages
 from handlers.patient_data import load_enrollment, load_patient_rules

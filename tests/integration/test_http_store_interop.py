@@ -76,7 +76,7 @@ def test_a_large_transaction_goes_in_chunks_the_server_accepts() -> None:
 
 def test_the_size_is_the_setting(tmp_path: Path) -> None:
     settings = Settings.from_env({"VIGIL_FHIR_URL": BASE, "VIGIL_FHIR_TRANSACTION_SIZE": "8"}, data_dir=tmp_path)
-    store = _fhir_store(settings, FixedClock(DAYTIME))
+    store, _ = _fhir_store(settings, FixedClock(DAYTIME))
     try:
         assert isinstance(store, HttpFhirStore) and store.max_transaction_entries == 8
     finally:

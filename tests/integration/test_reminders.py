@@ -23,7 +23,8 @@ from common.clock import FixedClock, iso
 from common.codes import LOINC, UCUM
 from fhirstore.paging import search_all
 from handlers.messaging import Messaging
-from handlers.reminders import ReminderConfigError, ReminderReport, load_schedule, run_reminder_sweep
+from handlers.reminder_schedule import load_schedule
+from handlers.reminders import ReminderReport, run_reminder_sweep
 from runtime.bootstrap import Services
 from runtime.cohort import careplan
 from tests.support.pipeline import make_host
@@ -296,25 +297,6 @@ def test_questionnaire_reminder_every_14_days_repeating_every_3_while_overdue(se
 
 
 # -- configuration and logs --------------------------------------------------------------------
-
-def test_a_bad_schedule_names_the_file_line_and_field() -> None:
-    text = """
-defaults: {daily_cap: 1}
-programs:
-  hypertension:
-    reminders:
-      - {id: bp, kind: reading, metric: systolic_bp, at: "8 o'clock"}
-"""
-    with pytest.raises(ReminderConfigError, match=r"<reminders>:6: programs\.hypertension\.reminders\[0\]\.at: "
-                                                  r"must be a quoted wall-clock time"):
-        load_schedule(text)
-    with pytest.raises(ReminderConfigError, match=r":6: .*metric: unknown metric 'bp_sys'"):
-        load_schedule(text.replace("systolic_bp", "bp_sys").replace("8 o'clock", "08:00"))
-    with pytest.raises(ReminderConfigError, match=r"weekly_cap 1 is below daily_cap 2"):
-        load_schedule(text.replace("daily_cap: 1", "daily_cap: 2, weekly_cap: 1").replace("8 o'clock", "08:00"))
-    with pytest.raises(ReminderConfigError, match=r"nowhere\.yaml: cannot read"):
-        load_schedule(Path("/nowhere.yaml"))
-
 
 def test_a_schedule_of_our_own_is_used_and_no_phone_number_or_reading_reaches_the_logs(
         services, clock, caplog: pytest.LogCaptureFixture) -> None:

@@ -24,8 +24,9 @@ import pytest
 from common.clock import FixedClock, iso
 from fhirstore.paging import search_all
 from handlers.acknowledge import acknowledge_by_token
-from handlers.messaging import derive_ack_code
-from notifications.escalation import ACK_CODE_ALPHABET, ACK_CODE_SYSTEM, acknowledge
+from handlers.escalations import derive_ack_code
+from notifications.ack_codes import ACK_CODE_ALPHABET, ACK_CODE_SYSTEM
+from notifications.escalation import acknowledge
 from notifications.tokens import MemoryUsedTokens, SignedTokens
 from runtime.bootstrap import WORKFLOW_EVENTS
 from runtime.cli_events import read_events

@@ -14,8 +14,8 @@ from datetime import timedelta
 
 from fhirstore.paging import search_all
 from handlers.acs_events import handle_acs_event
+from notifications.ack_codes import ACK_CODE_ALPHABET
 from notifications.ack_lockout import LOCKED_UNTIL_EXT, RECORD_KIND, SENDER_EXT
-from notifications.escalation import ACK_CODE_ALPHABET
 from notifications.workflow_events import ACK_LOCKED_OUT
 from runtime.bootstrap import WORKFLOW_EVENTS, bootstrap
 from runtime.cli_events import read_events

@@ -13,7 +13,8 @@ from fhirstore.errors import InvalidResource
 from fhirstore.rest import capability_statement
 from fhirstore.search_params import PathStep, extractor_for, path_steps, primary_date
 from fhirstore.sqlite import SqliteFhirStore
-from notifications.escalation import DUE_EXT, LEVEL_SYSTEM, acknowledge, advance, load_chains
+from notifications.escalation import DUE_EXT, LEVEL_SYSTEM, acknowledge, advance
+from notifications.escalation_chains import load_chains
 
 NOW = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
 CHAIN = load_chains("""

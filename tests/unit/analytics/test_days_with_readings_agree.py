@@ -12,7 +12,7 @@ from common.clock import FixedClock
 from common.patient_time import days_with_readings, patient_time_zone
 from console import billing
 from console.enrollment import NewPatient, add_patient, enroll
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from rules.loader import load_rulesets
 from runtime.settings import DEFAULT_RULES
 

@@ -57,7 +57,7 @@ def test_the_gap_list_counts_calendar_days_in_the_patients_zone(tmp_path) -> Non
 
     from console.enrollment import NewPatient, add_patient, enroll
     from console.queries import data_gaps
-    from fhirstore.sqlite_store import SqliteFhirStore
+    from fhirstore.sqlite import SqliteFhirStore
     from rules.loader import load_rulesets
     from runtime.settings import DEFAULT_RULES
 
@@ -81,7 +81,7 @@ def test_the_gap_list_judges_each_program_by_the_readings_its_rules_read(tmp_pat
 
     from console.enrollment import NewPatient, add_patient, enroll
     from console.queries import data_gaps
-    from fhirstore.sqlite_store import SqliteFhirStore
+    from fhirstore.sqlite import SqliteFhirStore
     from rules.loader import load_rulesets
     from runtime.settings import DEFAULT_RULES
 

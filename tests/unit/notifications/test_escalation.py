@@ -1,4 +1,4 @@
-"""Escalation chains (YAML) and the pure state machine over Task dicts."""
+"""The pure escalation state machine over Task dicts (chains from YAML)."""
 
 from __future__ import annotations
 
@@ -10,37 +10,10 @@ from fhir.resources.R4B.detectedissue import DetectedIssue
 from fhir.resources.R4B.task import Task
 
 from fhirstore.sqlite import SqliteFhirStore
-from notifications.escalation import (
-    EscalationError,
-    acknowledge,
-    add_mitigation,
-    advance,
-    due_of,
-    is_due,
-    level_of,
-    load_chains,
-    sweep,
-)
+from notifications.escalation import acknowledge, add_mitigation, advance, due_of, is_due, level_of
+from notifications.escalation_chains import EscalationError
 
-CHAINS = """
-chains:
-  crisis:
-    description: Crisis readings
-    levels:
-      - {notify: [nurse], channels: [sms, email], wait: 15m}
-      - {notify: [physician], channels: [sms], wait: 15m}
-      - {notify: [on-call], wait: PT30M}
-    on_exhausted: {action: repeat-last, times: 1, notify: [care-manager]}
-  simple:
-    levels:
-      - {notify: nurse, wait: 1h}
-"""
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def chains():
-    return load_chains(CHAINS, known_roles=["nurse", "physician", "on-call", "care-manager"])
 
 
 def new_task(tid: str = "t1") -> dict:
@@ -48,55 +21,6 @@ def new_task(tid: str = "t1") -> dict:
             "focus": {"reference": "DetectedIssue/di1"}, "for": {"reference": "Patient/p1"},
             "authoredOn": "2026-11-20T12:00:00Z"}
 
-
-def test_chain_definition(chains) -> None:
-    crisis = chains["crisis"]
-    assert [(lv.roles, lv.channels, lv.wait) for lv in crisis.levels] == [
-        (("nurse",), ("sms", "email"), timedelta(minutes=15)),
-        (("physician",), ("sms",), timedelta(minutes=15)),
-        (("on-call",), ("sms", "email"), timedelta(minutes=30)),
-    ]
-    assert (crisis.on_exhausted.action, crisis.on_exhausted.times, crisis.on_exhausted.notify) == (
-        "repeat-last", 1, ("care-manager",))
-    assert chains["simple"].on_exhausted.action == "stop"
-
-
-@pytest.mark.parametrize(
-    "text,where",
-    [
-        (
-            "chains:\n  c:\n    levels:\n      - {notify: [nurse]}\n",
-            "<chains>:4: chains.c.levels[0]: 'wait' is required",
-        ),
-        (
-            "chains:\n  c:\n    levels:\n      - notify: [nurse]\n        wait: soon\n",
-            "<chains>:5: chains.c.levels[0].wait: 'soon' is not a duration",
-        ),
-        ("chains:\n  c:\n    levels:\n      - {notify: [janitor], wait: 5m}\n", "unknown role 'janitor'"),
-        (
-            "chains:\n  c:\n    levels:\n      - {notify: [nurse], channels: [pager], wait: 5m}\n",
-            "unknown channel kind(s) pager",
-        ),
-        ("chains:\n  c:\n    levels: []\n", "<chains>:3: chains.c.levels: a chain needs at least one level"),
-        (
-            "chains:\n  c:\n    levels:\n      - {notify: [nurse], wait: 5m}\n    on_exhausted: {action: panic}\n",
-            "<chains>:5: chains.c.on_exhausted.action: must be 'stop' or 'repeat-last'",
-        ),
-        ("chains:\n  c:\n    levels:\n      - {notify: [nurse], wait: 5}\n", "give a unit"),
-        ("chains:\n  c:\n    leveles: []\n", "unknown key(s) leveles"),
-    ],
-)
-def test_bad_definitions_name_the_line_and_field(text, where) -> None:
-    with pytest.raises(EscalationError) as err:
-        load_chains(text, known_roles=["nurse"])
-    assert where in str(err.value)
-
-
-def test_chain_file_errors_name_the_file(tmp_path: Path) -> None:
-    path = tmp_path / "chains.yaml"
-    path.write_text("chains:\n  c:\n    levels:\n      - {notify: [nurse], wait: 0m}\n")
-    with pytest.raises(EscalationError, match=r"chains.yaml:4: chains.c.levels\[0\].wait: the wait must be longer"):
-        load_chains(path)
 
 
 def test_full_chain_without_acknowledgement(chains) -> None:
@@ -209,16 +133,3 @@ def test_state_round_trips_through_the_fhir_store(tmp_path: Path, clock, chains)
     found = store.search("Task", {"business-status": "urn:vigil:escalation-level|exhausted"}).resources
     assert [t["id"] for t in found] == ["t9"]
     store.close()
-
-
-def test_sweep_picks_only_due_tasks(chains) -> None:
-    crisis = chains["crisis"]
-    fresh = new_task("a")
-    waiting = advance(new_task("b"), crisis, T0).task
-    overdue = advance(new_task("c"), crisis, T0 - timedelta(minutes=20)).task
-    acked = acknowledge(advance(new_task("d"), crisis, T0).task, "Practitioner/n1", T0).task
-    other = {**new_task("e")}  # no chain and no default: not an escalation Task
-    steps = sweep([fresh, waiting, overdue, acked, other], chains, T0, default_chain=None)
-    assert [(s.task["id"], s.level) for s in steps] == [("c", 2)]
-    steps = sweep([fresh, waiting, overdue, acked], chains, T0, default_chain="crisis")
-    assert sorted((s.task["id"], s.level) for s in steps) == [("a", 1), ("c", 2)]
