@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from fhirstore.errors import InvalidSearch
-from fhirstore.search_params import COLUMN_PARAMS, LOW_SELECTIVITY, SearchParam, parse_date_range, parse_reference
+from fhirstore.index_rows import parse_date_range, parse_reference
+from fhirstore.search_params import COLUMN_PARAMS, LOW_SELECTIVITY, SearchParam
 
 _DATE_PREFIXES = frozenset({"eq", "ne", "gt", "lt", "ge", "le", "sa", "eb"})
 
