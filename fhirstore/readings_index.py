@@ -22,7 +22,7 @@ from typing import Any
 
 from common import jsonnum
 from common.codes import ALTERNATE_CODES, LOINC
-from fhirstore.search_params import IndexRows, extractor_for, parse_date_range
+from fhirstore.index_rows import IndexRows, extractor_for, parse_date_range
 from rules.readings import Reading, ReadingError, observation_code_for, readings_from_observation
 
 SCHEMA = """

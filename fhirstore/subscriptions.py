@@ -30,8 +30,8 @@ from urllib.parse import urlsplit
 from fhirstore.errors import InvalidResource, ResourceGone, ResourceNotFound
 from fhirstore.event_source import WATCHED_TYPES, Deliver, change_event
 from fhirstore.events import event_grid_event
+from fhirstore.json_body import parse_json_body
 from fhirstore.port import FhirStore, Resource
-from fhirstore.rest import parse_json_body
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import json
 from typing import Any
 
 from fhirstore.errors import InvalidResource
-from fhirstore.rest import parse_json_body
+from fhirstore.json_body import parse_json_body
 from runtime.host import FHIR_EVENT_SUBSCRIBERS, LocalHost
 from runtime.http_app import Request, Response, RouteRegistry, json_error
 

@@ -109,7 +109,7 @@ def apply_write(tx: Tx, e: Entry, searches: SearchCache) -> dict[str, Any]:
 def apply_get(db: sqlite3.Connection, e: Entry, searches: SearchCache) -> dict[str, Any]:
     if e.id is None:
         criteria = e.criteria or []
-        result = run(db, searches.compile(db, e.resource_type, criteria), criteria)
+        result = run(db, searches.compile(e.resource_type, criteria), criteria)
         bundle = {"resourceType": "Bundle", "type": "searchset", "total": result.total,
                   "entry": [{"fullUrl": f"{r['resourceType']}/{r['id']}", "resource": r, "search": {"mode": "match"}}
                             for r in result.resources]}

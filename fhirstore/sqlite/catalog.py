@@ -10,7 +10,8 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
-from fhirstore.search_params import indexed_params, primary_date, storage_for
+from fhirstore.index_rows import indexed_params, storage_for
+from fhirstore.search_params import primary_date
 from fhirstore.sqlite.conditions import Rows
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from fhirstore.errors import InvalidSearch
-from fhirstore.search_params import COLUMN_PARAMS, LOW_SELECTIVITY, SearchParam, parse_date_range, parse_reference
+from fhirstore.index_rows import parse_date_range, parse_reference
+from fhirstore.search_params import COLUMN_PARAMS, LOW_SELECTIVITY, SearchParam
 
 _DATE_PREFIXES = frozenset({"eq", "ne", "gt", "lt", "ge", "le", "sa", "eb"})
 
@@ -75,7 +76,7 @@ def clause(resource_type: str, name: str, modifier: str, value: str, param: Sear
         # searches at millisecond precision), which lets the (type, updated) index serve ranges.
         cond, args, _ = date_condition(name, value, "x.updated", "x.updated")
         return Clause(name, 4, cond.replace("x.", "r."), args, "resources", f"x.type = ? AND ({cond})",
-                       [resource_type, *args])
+                      [resource_type, *args])
     bounds = None
     if param.kind == "date":
         no_modifier(resource_type, name, modifier)
@@ -103,7 +104,7 @@ def clause(resource_type: str, name: str, modifier: str, value: str, param: Sear
     if modifier == "not":
         return Clause(name, 9, f"NOT {exists}", [*own_args, *args])
     return Clause(name, rank, exists, [*own_args, *args], table, f"{own} AND ({cond})", [*own_args, *args],
-                   bounds)
+                  bounds)
 
 
 def hi_terms(bounds: list[Bounds], span_pids: Sequence[int]) -> list[tuple[str, list[Any]]]:

@@ -10,7 +10,7 @@ a conditional interaction names.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
@@ -182,15 +182,16 @@ class SearchCache:
     (`ParamCatalog.search_rows`), so a compiled query never outlives the parameter ids it uses, and
     not for date searches (a reading's window names its own instant: it never repeats)."""
 
-    def __init__(self, catalog: ParamCatalog) -> None:
+    def __init__(self, catalog: ParamCatalog, connection: Callable[[], sqlite3.Connection]) -> None:
         self._catalog = catalog
+        self._connection = connection  # this thread's, read only to compile a new search
         self._compiled: dict[tuple[str, tuple[tuple[str, str], ...]], Query] = {}
 
-    def compile(self, db: sqlite3.Connection, resource_type: str, pairs: list[tuple[str, str]]) -> Query:
+    def compile(self, resource_type: str, pairs: list[tuple[str, str]]) -> Query:
         key = (resource_type, tuple(pairs))
         query = self._compiled.get(key)
         if query is None:
-            query = compile_search(resource_type, pairs, self._catalog.rows_of(db, resource_type))
+            query = compile_search(resource_type, pairs, self._catalog.rows_of(self._connection(), resource_type))
             if resource_type in self._catalog.search_rows and not query.dated:
                 if len(self._compiled) >= _COMPILED_MAX:
                     self._compiled.clear()  # plain and thread-safe; refills with what repeats
@@ -201,7 +202,7 @@ class SearchCache:
               what: str) -> tuple[int, str, int] | None:
         """The one live resource the criteria select as (rid, id, version), None for none;
         PreconditionFailed for several."""
-        query = self.compile(db, resource_type, criteria)
+        query = self.compile(resource_type, criteria)
         if query.controls:
             raise InvalidSearch(f"{what}: {_CONDITIONAL_ONLY}, not {', '.join(sorted(query.controls))}")
         rows = db.execute(f"SELECT r.rid, r.id, r.version {query.sql} LIMIT 2", query.args).fetchall()

@@ -75,7 +75,7 @@ class SqliteFhirStore:
         self._connections: ThreadConnections | None = None
         self._closed = False
         self._catalog = ParamCatalog()
-        self._searches = query.SearchCache(self._catalog)
+        self._searches = query.SearchCache(self._catalog, self._db)
         self._init_schema()
 
     # ------------------------------------------------------------ connections
@@ -182,7 +182,7 @@ class SqliteFhirStore:
     def search(self, resource_type: str, params: SearchParams | None = None) -> SearchResult:
         versions.check_type(resource_type, InvalidSearch)
         pairs = query.search_pairs(params)
-        compiled = self._searches.compile(self._db(), resource_type, pairs)
+        compiled = self._searches.compile(resource_type, pairs)
         with self._read_tx() as db:
             return query.run(db, compiled, pairs)
 

@@ -16,8 +16,9 @@ from typing import Any, NamedTuple
 from common import jsonnum  # decimals as written: 22.40 stays 22.40
 from fhirstore import readings_index
 from fhirstore.errors import FhirError, InvalidResource, PreconditionFailed, ResourceGone, ResourceNotFound, ServerError
+from fhirstore.index_rows import MIN_TIME, IndexRows, extractor_for
 from fhirstore.port import Resource, WriteResult
-from fhirstore.search_params import MIN_TIME, IndexRows, extractor_for, params_for
+from fhirstore.search_params import params_for
 from fhirstore.sqlite import outbox
 from fhirstore.sqlite.catalog import ParamCatalog
 from fhirstore.sqlite.schema import MAX_VERSION, vkey

@@ -10,8 +10,9 @@ import pytest
 
 from common.clock import FixedClock, iso
 from fhirstore.errors import InvalidResource
+from fhirstore.index_rows import PathStep, extractor_for, path_steps
 from fhirstore.rest import capability_statement
-from fhirstore.search_params import PathStep, extractor_for, path_steps, primary_date
+from fhirstore.search_params import primary_date
 from fhirstore.sqlite import SqliteFhirStore
 from notifications.escalation import DUE_EXT, LEVEL_SYSTEM, acknowledge, advance
 from notifications.escalation_chains import load_chains
