@@ -16,7 +16,7 @@ a re-run derives the same code, and written with If-Match before any message quo
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -111,6 +111,8 @@ def notify_patient(m: Messaging, *, episode_key: str, patient_ref: str, severity
                        category="alert", urgent=urgent)
     if request is None:
         return 0
+    # The alert sweep re-runs the opening message of every open episode (a fallback may wait for it).
+    request = replace(request, sweep_resends=phase == OPENING)
     if quiet:
         # A repeat of an alert the patient already had: the sweep re-sends only opening messages,
         # so it is recorded as not sent rather than left to vanish.

@@ -38,7 +38,7 @@ from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
 from handlers.messaging import Messaging, _request
 from handlers.patient_data import codes_for
-from notifications.dispatch import COMMUNICATION_SYSTEM, MessageRequest, TransientDeliveryError, deliver
+from notifications.dispatch import COMMUNICATION_SYSTEM, TransientDeliveryError, deliver, message_id_for
 from notifications.preferences import at_local_time, patient_recipient, send_at, zone
 from rules.enrollment import careplan_active, enrolls
 from rules.model import Program, Ruleset
@@ -394,7 +394,7 @@ def _key(patient_id: str, reminder: Reminder, day: date) -> str:
 
 def _message_id(key: str) -> str:
     # The Communication identifier dispatch derives from a request key.
-    return MessageRequest(key=key, channel="", to="", body="").message_id
+    return message_id_for(key)
 
 
 def _history(store: FhirStore, patient_ref: str, since: datetime) -> _History:
