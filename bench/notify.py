@@ -60,8 +60,9 @@ from handlers.messaging import Messaging  # noqa: E402
 from handlers.patient_data import history_window, load_patient_rules, load_readings  # noqa: E402
 from handlers.sweeps import run_escalation_sweep  # noqa: E402
 from notifications.ack_codes import with_ack_code  # noqa: E402
-from notifications.channels.acs_sms import AcsSmsChannel  # noqa: E402
+from notifications.channels.acs_sms import AcsSmsProvider  # noqa: E402
 from notifications.channels.ledger import SqliteSendLedger  # noqa: E402
+from notifications.channels.pipeline import GuardedChannel  # noqa: E402
 from notifications.connection import parse_acs_connection_string  # noqa: E402
 from notifications.consent import SmsConsentRegistry  # noqa: E402
 from notifications.dispatch import MessageRequest, deliver  # noqa: E402
@@ -96,8 +97,10 @@ def bench_messages(count: int, workers: int) -> None:
     with FakeAcsServer() as acs, tempfile.TemporaryDirectory() as tmp:
         store = SqliteFhirStore(Path(tmp) / "fhir.db", clock=clock)
         ledger = SqliteSendLedger(Path(tmp) / "sends.db")
-        channel = AcsSmsChannel(parse_acs_connection_string(acs.connection_string), "+18005550100", ledger=ledger,
-                                opt_outs=SmsConsentRegistry(store, clock), clock=clock, connection_verify=acs.ca_path)
+        provider = AcsSmsProvider(parse_acs_connection_string(acs.connection_string), "+18005550100",
+                                  connection_verify=acs.ca_path)
+        channel = GuardedChannel("sms", "sms", provider, ledger=ledger, opt_outs=SmsConsentRegistry(store, clock),
+                                 clock=clock)
         channels = {"sms": channel}
         requests = [MessageRequest(key=f"bench|{i}", channel="sms", to=f"+1555{5550000 + i:07d}", body=body,
                                    patient_ref=f"Patient/p{i}") for i in range(count)]

@@ -12,8 +12,9 @@ Event types handled (Event Grid or CloudEvents envelope; everything else is igno
 |                                                      | (`notifications.ack_lockout`)                       |
 | Microsoft.Communication.SMSDeliveryReportReceived    | the report is recorded on its `Communication`       |
 | Microsoft.Communication.EmailDeliveryReportReceived  | same; a failed delivery sends the message's next    |
-|                                                      | channel (`dispatch.deliver_fallback`), or records   |
-|                                                      | why not, then publishes `Vigil.Message.Failed`      |
+|                                                      | channel, or records why not                         |
+|                                                      | (`notifications.fallback_policy`), then publishes   |
+|                                                      | `Vigil.Message.Failed`                              |
 
 Events arrive at least once and out of order. The consent record orders keywords by the time they
 were received (`notifications.consent`); replies are keyed by the inbound message id
@@ -33,15 +34,15 @@ from typing import Any
 
 from common.clock import Clock, parse_instant
 from fhirstore.errors import ResourceGone, ResourceNotFound
-from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
 from handlers.acknowledge import CodeAckResult
-from handlers.messaging import OPENING, patient_message_key
 from ingest.deadletter import DeadLetterSink
 from ingest.poison import payload_bytes
 from notifications.ack_lockout import COUNTED_REASONS, AckSenderLimit, SenderState
+from notifications.acs_reports import DELIVERY_REPORT_TYPES, InvalidDeliveryReport, parse_acs_delivery_report
 from notifications.channels.base import Channel
 from notifications.channels.ledger import SendLedger
+from notifications.communications import COMMUNICATION_SYSTEM, FAILURE_SYSTEM, medium_of
 from notifications.consent import (
     OPT_OUT_KEYWORDS_ES,
     InboundOutcome,
@@ -52,22 +53,11 @@ from notifications.consent import (
     handle_inbound_sms,
     normalize_e164,
 )
-from notifications.dispatch import (
-    COMMUNICATION_SYSTEM,
-    EMAIL_DELIVERY_REPORT,
-    FAILURE_SYSTEM,
-    SMS_DELIVERY_REPORT,
-    DeliveryOutcome,
-    MessageRequest,
-    Withhold,
-    apply_delivery_report,
-    deliver,
-    deliver_fallback,
-    medium_of,
-    pending_fallback,
-)
-from notifications.escalation import is_open
-from notifications.preferences import PreferenceDefaults, PreferenceError, patient_recipient, send_at
+from notifications.delivery_reports import apply_delivery_report
+from notifications.dispatch import deliver
+from notifications.fallback_policy import fall_back_after_report
+from notifications.message_request import DeliveryOutcome, MessageRequest, message_id_for
+from notifications.preferences import PreferenceDefaults, PreferenceError, patient_recipient
 from notifications.templates import Rendered, TemplateError, TemplateLibrary
 from notifications.workflow_events import (
     WorkflowEventError,
@@ -79,7 +69,7 @@ from notifications.workflow_events import (
 log = logging.getLogger(__name__)
 
 SMS_RECEIVED = "Microsoft.Communication.SMSReceived"
-HANDLED_TYPES = frozenset({SMS_RECEIVED, SMS_DELIVERY_REPORT, EMAIL_DELIVERY_REPORT})
+HANDLED_TYPES = frozenset({SMS_RECEIVED, *DELIVERY_REPORT_TYPES})
 # The reply each consent outcome asks for; used to resume a reply whose first attempt did not finish.
 _REPLY_FOR_KIND = {"opt-out": "consent_stop", "opt-in": "consent_start", "help": "consent_help"}
 _CODE_CHARS = re.compile(r"[^a-z0-9\-_.]+")
@@ -178,7 +168,7 @@ def handle_acs_event(payload: Any, deps: AcsEventDeps) -> AcsOutcome:
         if event.event_type == SMS_RECEIVED:
             return _sms_received(event, payload, deps)
         return _delivery_report(event, deps)
-    except InvalidAcsEvent as exc:
+    except (InvalidAcsEvent, InvalidDeliveryReport) as exc:
         _park(deps, payload, "invalid_acs_event", str(exc))
         return AcsOutcome("dead-lettered")
 
@@ -220,7 +210,7 @@ def _unfinished_reply(store: FhirStore, key: str, inbound: InboundOutcome) -> st
     already changed and `handle_inbound_sms` asks for no reply; the reply's Communication, recorded
     before the send, says one was due. (A crash between the consent write and that record loses the
     confirmation; the opt-out itself always holds.)"""
-    message_id = MessageRequest(key=key, channel="", to="", body="").message_id
+    message_id = message_id_for(key)
     found = store.search("Communication", {"identifier": f"{COMMUNICATION_SYSTEM}|{message_id}"}).resources
     return _REPLY_FOR_KIND.get(str(inbound.kind)) if found else None
 
@@ -308,124 +298,31 @@ def _announce_lockout(deps: AcsEventDeps, state: SenderState) -> tuple[str, ...]
 # -- delivery reports ---------------------------------------------------------------------------
 
 def _delivery_report(event: AcsEvent, deps: AcsEventDeps) -> AcsOutcome:
-    data = event.data
-    if event.event_type == SMS_DELIVERY_REPORT:
-        if not isinstance(data.get("tag"), str) or not data["tag"]:
-            _text(data, "messageId", event.event_type)  # no tag: the provider id must do
-        status = _text(data, "deliveryStatus", event.event_type)
-        kind = "sms"
-    else:
-        _text(data, "messageId", event.event_type)
-        status = _text(data, "status", event.event_type)
-        kind = "email"
-    report = apply_delivery_report(deps.store, {"eventType": event.event_type, "data": data}, ledger=deps.ledger,
-                                   sms_channel_name=deps.sms_channel, clock=deps.clock)
-    if report.communication_id is None:
+    report = parse_acs_delivery_report(event.event_type, event.data)
+    sms_channel = deps.channels.get(deps.sms_channel)
+    recorded = apply_delivery_report(deps.store, report, clock=deps.clock, ledger=deps.ledger,
+                                     channel_name=sms_channel.name if sms_channel is not None else deps.sms_channel)
+    if recorded.communication_id is None:
         return AcsOutcome("unknown-message")
     published: tuple[str, ...] = ()
     fallback: DeliveryOutcome | None = None
     held_until: datetime | None = None
-    # Only a permanent failure status (dispatch.is_permanent_failure) that leaves the message not
-    # delivered; a stale failure after "Delivered" or an unknown status is recorded, nothing more.
-    if report.failed:
-        comm = deps.store.read("Communication", report.communication_id)
-        reason = _CODE_CHARS.sub("-", status.lower()).strip("-") or "undelivered"
+    # Only a permanent failure status that leaves the message not delivered; a stale failure after
+    # "Delivered" or an unknown status is recorded, nothing more.
+    if recorded.failed:
+        comm = deps.store.read("Communication", recorded.communication_id)
+        reason = _CODE_CHARS.sub("-", report.status.lower()).strip("-") or "undelivered"
         # The patient's next channel first: it must not wait for the workflow topic. Runs on every
         # delivery of the report (idempotent by key): a crash after the failure was recorded still
         # sends the fallback when the report comes again. A transient channel failure raises
         # TransientDeliveryError, so the report is retried at the channel's time.
-        fallback, held_until = _fall_back(deps, comm)
-        published = _publish_best_effort(lambda: _publish_failed(deps, comm, medium_of(comm) or kind, reason))
+        result = fall_back_after_report(deps.store, deps.channels, comm, deps.clock, deps.defaults)
+        fallback, held_until = result.outcome, result.held_until
+        published = _publish_best_effort(lambda: _publish_failed(deps, comm, medium_of(comm) or report.kind, reason))
         if fallback is not None:
             published += _publish_best_effort(lambda: _publish_if_failed(deps, fallback))
-    return AcsOutcome("delivery-report", report.changed, communication_id=report.communication_id,
+    return AcsOutcome("delivery-report", recorded.changed, communication_id=recorded.communication_id,
                       published=published, fallback=fallback, fallback_held_until=held_until)
-
-
-def _fall_back(deps: AcsEventDeps, comm: dict[str, Any]) -> tuple[DeliveryOutcome | None, datetime | None]:
-    """The failed message's next channel: sent now, recorded not sent (`Withhold`), or held for the
-    alert sweep (second value: when the patient's quiet hours end)."""
-    nxt = pending_fallback(comm)
-    if nxt is None:
-        return None, None
-    withhold = _alert_no_longer_open(deps, nxt)
-    if withhold is None:
-        quiet_until = _quiet_hours_until(deps, nxt)
-        if quiet_until is not None:
-            if _alert_sweep_resends(deps, nxt):
-                log.info("fallback for message %s left to the alert sweep after the patient's quiet hours",
-                         comm.get("id"))
-                return None, quiet_until
-            withhold = _quiet_hours(nxt)
-    return deliver_fallback(deps.store, deps.channels, comm, deps.clock, withhold=withhold), None
-
-
-def _quiet_hours_until(deps: AcsEventDeps, nxt: MessageRequest) -> datetime | None:
-    """When the patient's quiet hours end, if the fallback of a message to the patient may not go out
-    before then (`send_at`: reminders and non-urgent alerts wait; urgent alerts, consent and staff
-    messages do not); None when it may go now."""
-    if not nxt.patient_ref or nxt.recipient_ref != nxt.patient_ref:
-        return None
-    now = deps.clock.now()
-    try:
-        patient = deps.store.read("Patient", nxt.patient_ref.partition("/")[2])
-        when = send_at(patient_recipient(patient, deps.defaults, now=now), category=nxt.category,
-                       urgent=nxt.is_urgent, now=now)
-    except (ResourceNotFound, ResourceGone, PreferenceError):
-        return None  # no preferences to honour: deliver() decides as for any message
-    return when if when > now else None
-
-
-def _alert_sweep_resends(deps: AcsEventDeps, nxt: MessageRequest) -> bool:
-    """Whether the alert sweep will send this fallback once quiet hours end: it re-runs the opening
-    patient message (`handlers.messaging.notify_patient`, `patient_message_key(episode, OPENING)`) of every
-    episode still open, and that walks the same chain under the same keys. An update's message and
-    a closed episode's are not re-run."""
-    kind, _, episode = (nxt.about_ref or "").partition("/")
-    opening = patient_message_key(episode, OPENING)
-    if nxt.category != "alert" or kind != "DetectedIssue" or not nxt.key.startswith(f"{opening}|"):
-        return False
-    try:
-        return deps.store.read("DetectedIssue", episode).get("status") == "preliminary"
-    except ResourceNotFound:
-        # The episode is still being opened (its DetectedIssue is written last, after the opening
-        # message): once it is, the sweep re-runs that message, so leave the fallback to it.
-        return True
-    except ResourceGone:
-        return False
-
-
-def _quiet_hours(nxt: MessageRequest) -> Withhold:
-    # Held by the transport instead, a report would need a retry at 08:00 that neither the local
-    # bus (capped waits, 5 attempts) nor Event Grid (24 h schedule) makes; and a reminder is only
-    # useful on its day (tomorrow's comes anyway).
-    why = ("the reminder is no longer timely" if nxt.category == "reminder"
-           else "nothing re-sends it after them")
-    return Withhold(f"{nxt.category} fallback not sent: the patient's quiet hours; {why}", "quiet-hours")
-
-
-def _alert_no_longer_open(deps: AcsEventDeps, nxt: MessageRequest) -> Withhold | None:
-    """An escalation's fallback to a clinician is outdated once the alert is acknowledged or
-    closed (`notifications.escalation.is_open`): someone already acted on it. Sent when in doubt
-    (no Task to ask)."""
-    if nxt.category != "escalation":
-        return None
-    kind, _, rid = (nxt.about_ref or "").partition("/")
-    try:
-        if kind == "Task":
-            tasks = [deps.store.read("Task", rid)]
-        elif kind == "DetectedIssue":
-            tasks = search_all(deps.store, "Task", {"focus": nxt.about_ref or ""})
-        else:
-            return None
-    except ResourceGone:
-        tasks = [{}]  # deleted: not open
-    except ResourceNotFound:
-        return None
-    if not tasks or any(is_open(task) for task in tasks):
-        return None
-    return Withhold("escalation fallback not sent: the alert is no longer open (acknowledged or closed)",
-                    "alert-closed")
 
 
 def _publish_best_effort(publish: Callable[[], tuple[str, ...]]) -> tuple[str, ...]:
@@ -463,7 +360,6 @@ def _publish_failed(deps: AcsEventDeps, comm: dict[str, Any], channel: str, reas
     deps.workflow.publish([event])
     log.info("message %s failed (%s); workflow event published", comm["id"], reason)
     return (event.event_type,)
-
 
 
 def _code(text: str) -> str:

@@ -11,6 +11,7 @@ Task has one, its `ACK <code>` line (`handlers.escalations` stores the code firs
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from handlers.messaging import ACK_PURPOSE, ACK_TTL, OPENING, Messaging, focus_of, patient_message_key
@@ -47,6 +48,8 @@ def notify_patient(m: Messaging, patient: PatientFile, *, episode_key: str, seve
                       category="alert", urgent=urgent)
     if request is None:
         return 0
+    # The alert sweep re-runs the opening message of every open episode (a fallback may wait for it).
+    request = replace(request, sweep_resends=phase == OPENING)
     if quiet:
         # A repeat of an alert the patient already had: the sweep re-sends only opening messages,
         # so it is recorded as not sent rather than left to vanish.

@@ -34,7 +34,7 @@ from handlers.messaging import Messaging
 from handlers.patient_data import codes_for
 from handlers.patient_file import patient_file
 from handlers.reminder_schedule import Reminder, ReminderSchedule, default_schedule
-from notifications.dispatch import COMMUNICATION_SYSTEM, MessageRequest, TransientDeliveryError, deliver
+from notifications.dispatch import COMMUNICATION_SYSTEM, TransientDeliveryError, deliver, message_id_for
 from notifications.preferences import send_at
 from notifications.quiet_hours import at_local_time, zone
 from rules.enrollment import careplan_active, enrolls
@@ -196,7 +196,7 @@ def _key(patient_id: str, reminder: Reminder, day: date) -> str:
 
 def _message_id(key: str) -> str:
     # The Communication identifier dispatch derives from a request key.
-    return MessageRequest(key=key, channel="", to="", body="").message_id
+    return message_id_for(key)
 
 
 def _history(store: FhirStore, patient_ref: str, since: datetime) -> _History:

@@ -14,7 +14,11 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from azure.core.credentials import AzureKeyCredential
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -58,7 +62,7 @@ class AcsConnection:
     endpoint: str
     access_key: Secret = field(repr=False)
 
-    def credential(self):  # -> AzureKeyCredential; imported lazily (no SDK import at module load)
+    def credential(self) -> AzureKeyCredential:  # imported lazily: no SDK import at module load
         from azure.core.credentials import AzureKeyCredential
 
         return AzureKeyCredential(self.access_key.reveal())

@@ -240,7 +240,7 @@ class EventGridWorkflowPublisher:
         )
         from azure.eventgrid import EventGridEvent
 
-        from notifications.channels.acs_sms import retry_after_from, scrub
+        from notifications.provider_replies import retry_after_from, scrub
 
         batch = [
             EventGridEvent(subject=e.subject, event_type=e.event_type, data=e.data, data_version=e.data_version,

@@ -11,6 +11,7 @@ from typing import Any, TextIO
 
 from common.storage import private_dir, replace_private
 from fhirstore.paging import search_all
+from notifications.channels.outbox import file_outbox
 from runtime.bootstrap import Services
 from runtime.cohort import build_cohort, care_team, staff
 from runtime.host import LocalHost
@@ -53,8 +54,8 @@ def snapshot(services: Services) -> Snapshot:
         recipient = next((r.get("reference", "") for r in comm.get("recipient", [])), "")
         snap.messages_by_recipient["patients" if recipient.startswith("Patient/") else "care team"] += 1
     snap.dead_letters_by_reason = services.dead_letters.counts_by_reason()
-    outbox = services.channels.get("outbox")
-    snap.outbox_files = len(outbox.messages()) if outbox is not None and hasattr(outbox, "messages") else 0
+    outbox = file_outbox(services.channels.get("outbox"))
+    snap.outbox_files = len(outbox.messages()) if outbox is not None else 0
     return snap
 
 
@@ -158,5 +159,5 @@ def _run(host: LocalHost, services: Services, patients: int, days: int, start: d
 
 def _outbox_directory(services: Services) -> str:
     """Where the outbox channel really writes (what the channels file says, resolved)."""
-    directory = getattr(services.channels.get("outbox"), "directory", None)
-    return str(directory) if directory is not None else str(services.settings.path("outbox"))
+    outbox = file_outbox(services.channels.get("outbox"))
+    return str(outbox.directory) if outbox is not None else str(services.settings.path("outbox"))

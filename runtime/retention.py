@@ -40,12 +40,13 @@ class RetentionReport:
 
 def outbox_directories(services: Services) -> list[Path]:
     """The directories of the configured file-outbox channels (several channels may share one)."""
-    from notifications.channels.outbox import OutboxChannel
+    from notifications.channels.outbox import file_outbox
 
     seen: dict[str, Path] = {}
     for channel in services.channels.values():
-        if isinstance(channel, OutboxChannel):
-            seen.setdefault(str(channel.directory.resolve()), channel.directory)
+        outbox = file_outbox(channel)
+        if outbox is not None:
+            seen.setdefault(str(outbox.directory.resolve()), outbox.directory)
     return list(seen.values())
 
 

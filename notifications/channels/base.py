@@ -1,9 +1,17 @@
-"""The `Channel` interface every delivery channel implements (one module per channel, as in apprise)."""
+"""The two interfaces of delivery: a `Channel` (what dispatch sends through) and a `Provider` (what
+talks to one service). `notifications.channels.pipeline.GuardedChannel` turns a provider into a
+channel by doing, once for every provider, what must hold whoever sends: consent, the address's
+normal form, at most one send per message id, and no phone number in a stored reason."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
+
+# What a channel carries; selects the template kind (`notifications.templates`) and how its
+# address is normalized and checked. "file": a logical address kept as it is (the staff outbox).
+ChannelKind = Literal["sms", "email", "file"]
+CHANNEL_KINDS: tuple[ChannelKind, ...] = ("sms", "email", "file")
 
 
 @dataclass(frozen=True)
@@ -16,7 +24,7 @@ class OutgoingMessage:
     """
 
     message_id: str
-    channel: str  # "sms" | "email" | "outbox" ...
+    channel: str  # what the request asked for: a channel kind ("sms", "email") or a channel name
     to: str  # phone number (E.164), email address, or a logical address for the outbox
     body: str
     subject: str | None = None
@@ -46,9 +54,46 @@ class SendResult:
 
 
 class Channel(Protocol):
-    name: str
+    name: str  # the configured name (the channels mapping's key, the send ledger's key prefix)
 
     def send(self, message: OutgoingMessage) -> SendResult:
+        ...
+
+
+@dataclass(frozen=True)
+class ProviderResult:
+    """What one call to a provider came to, in the terms the send pipeline needs:
+
+    accepted     - the provider took the message (provider_id when it gave one)
+    duplicate    - the provider says it already has this message (nothing new went out)
+    refused      - certainly not sent, and sending again will not help (bad recipient, auth, config)
+    unavailable  - certainly not sent, worth trying again (throttled, 5xx, could not connect)
+    in-doubt     - the request may have reached the provider and its answer was lost
+    """
+
+    outcome: Literal["accepted", "duplicate", "refused", "unavailable", "in-doubt"]
+    provider_id: str | None = None
+    reason: str | None = None  # Vigil's words: what failed, with the provider's status code
+    code: str | None = None
+    detail: str | None = None  # the provider's own words; scrubbed by the pipeline, kept after the reason
+    retry_after_s: float | None = None
+
+
+# How a provider keeps one message from going out twice:
+# "none"     - it does not (ACS SMS makes a new repeatability id per call; SMTP has none): the send
+#              ledger claims every message id first, and an in-doubt send is never repeated
+# "provider" - it de-duplicates by a key Vigil derives from the message id (ACS Email's operation
+#              id): the ledger, when there is one, only saves a second call; in doubt, send again
+# "self"     - the adapter refuses a second send itself and answers "duplicate" (the file outbox)
+Idempotency = Literal["none", "provider", "self"]
+
+
+class Provider(Protocol):
+    """One service's adapter: calls the provider once and maps its answer; no policy of its own."""
+
+    idempotency: Idempotency
+
+    def send(self, message: OutgoingMessage) -> ProviderResult:
         ...
 
 

@@ -79,7 +79,7 @@ def _state(host: LocalHost) -> dict[str, Any]:
     versions = {f"{r['resourceType']}/{r['id']}": r["meta"]["versionId"]
                 for t in ("DetectedIssue", "Task", "Flag", "Communication", "Observation")
                 for r in search_all(s.store, t, {})}
-    return {"versions": versions, "outbox": len(s.channels["outbox"].messages()),
+    return {"versions": versions, "outbox": len(s.channels["outbox"].provider.messages()),
             "dead_letters": s.dead_letters.count()}
 
 
@@ -115,7 +115,7 @@ def test_overnight_gain_opens_one_explained_episode_and_a_full_replay_adds_nothi
     comms = search_all(s.store, "Communication", {})
     assert sorted(c["status"] for c in comms) == ["completed", "completed"]
     assert {c["about"][0]["reference"] for c in comms} == {f"DetectedIssue/{issue['id']}"}
-    sms = next(m for m in s.channels["outbox"].messages() if m["to"].startswith("+"))
+    sms = next(m for m in s.channels["outbox"].provider.messages() if m["to"].startswith("+"))
     assert "81" not in sms["body"] and "weight" not in sms["body"].lower()  # PHI-minimal
 
     # Every resource Vigil wrote is valid FHIR (R4B models, the closest to R4).

@@ -75,10 +75,10 @@ def test_an_evaluation_that_fails_in_process_is_delivered_by_the_relay(
     assert len(issues(services)) == 1
     assert h.stats.invocations.get("on_fhir_event") == invoked + 1
     # The same message again: nothing new written, nothing evaluated twice.
-    sent = len(services.channels["outbox"].messages())
+    sent = len(services.channels["outbox"].provider.messages())
     h.publish_device_messages([reading("p1", "blood_pressure", "2026-11-20T09:30:00-05:00", CRISIS)])
     assert h.run_until_idle(timeout_s=60)
-    assert len(issues(services)) == 1 and len(services.channels["outbox"].messages()) == sent
+    assert len(issues(services)) == 1 and len(services.channels["outbox"].provider.messages()) == sent
 
 
 def test_the_http_ingest_route_evaluates_what_it_wrote_in_process(host: tuple[Services, LocalHost]) -> None:

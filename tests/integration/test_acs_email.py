@@ -10,9 +10,10 @@ import pytest
 
 from fhirstore.sqlite import SqliteFhirStore
 from notifications.channels import build_channels
-from notifications.channels.acs_email import OPERATION_NS, AcsEmailChannel, operation_id_for
+from notifications.channels.acs_email import OPERATION_NS, AcsEmailProvider, operation_id_for
 from notifications.channels.base import OutgoingMessage
 from notifications.channels.ledger import SqliteSendLedger
+from notifications.channels.pipeline import GuardedChannel
 from notifications.connection import parse_acs_connection_string
 from notifications.dispatch import MessageRequest, deliver
 from tests.support.acs_server import FakeAcsServer
@@ -35,11 +36,12 @@ def _reset(acs: FakeAcsServer):
     yield
 
 
-def make_email(acs: FakeAcsServer, clock, **kw) -> AcsEmailChannel:
+def make_email(acs: FakeAcsServer, clock, *, ledger=None, **kw) -> GuardedChannel:
     kw.setdefault("wait_for_result", True)
     kw.setdefault("polling_interval", 0)
-    return AcsEmailChannel(parse_acs_connection_string(acs.connection_string), "DoNotReply@example.org",
-                           clock=clock, connection_verify=acs.ca_path, **kw)
+    provider = AcsEmailProvider(parse_acs_connection_string(acs.connection_string), "DoNotReply@example.org",
+                                connection_verify=acs.ca_path, **kw)
+    return GuardedChannel("email", "email", provider, ledger=ledger, clock=clock)
 
 
 def emails_to(acs: FakeAcsServer, address: str) -> list[dict]:
@@ -147,7 +149,8 @@ def test_deliver_through_configured_email_channel(acs, tmp_path: Path, clock, ca
 
 
 def test_email_delivery_report_failure_marks_the_communication(acs, tmp_path: Path, clock) -> None:
-    from notifications.dispatch import EMAIL_DELIVERY_REPORT, apply_delivery_report
+    from notifications.acs_reports import EMAIL_DELIVERY_REPORT, parse_acs_delivery_report
+    from notifications.delivery_reports import apply_delivery_report
 
     store = SqliteFhirStore(tmp_path / "fhir.db", clock=clock)
     channels = {"email": make_email(acs, clock, wait_for_result=False)}
@@ -157,7 +160,7 @@ def test_email_delivery_report_failure_marks_the_communication(acs, tmp_path: Pa
         "sender": "DoNotReply@example.org", "recipient": "ten@example.org", "messageId": outcome.provider_id,
         "status": "Bounced", "deliveryStatusDetails": {"statusMessage": "550 mailbox ten@example.org unknown"},
         "deliveryAttemptTimeStamp": "2026-11-20T12:01:00Z"}}
-    result = apply_delivery_report(store, event)
+    result = apply_delivery_report(store, parse_acs_delivery_report(event["type"], event["data"]), clock=clock)
     comm = store.read("Communication", outcome.communication_id)
     assert result.changed and not result.delivered and comm["status"] == "not-done"
     assert comm["statusReason"]["text"].startswith("the provider reported Bounced: 550")

@@ -17,13 +17,16 @@ from fhir.resources.R4B.communication import Communication
 
 from fhirstore.paging import search_all
 from fhirstore.sqlite import SqliteFhirStore
+from notifications.acs_reports import SMS_DELIVERY_REPORT, parse_acs_delivery_report
 from notifications.channels import build_channels
-from notifications.channels.acs_email import AcsEmailChannel
-from notifications.channels.acs_sms import AcsSmsChannel
+from notifications.channels.acs_email import AcsEmailProvider
+from notifications.channels.acs_sms import AcsSmsProvider
 from notifications.channels.base import OutgoingMessage
 from notifications.channels.ledger import SqliteSendLedger
+from notifications.channels.pipeline import GuardedChannel
 from notifications.connection import parse_acs_connection_string
 from notifications.consent import SmsConsentRegistry
+from notifications.delivery_reports import DeliveryReport, apply_delivery_report
 from notifications.dispatch import Fallback, MessageRequest, TransientDeliveryError, deliver
 from tests.support.acs_server import FakeAcsServer
 
@@ -58,9 +61,16 @@ def ledger(tmp_path: Path):
     led.close()
 
 
-def make_sms(acs: FakeAcsServer, ledger, clock, **kw) -> AcsSmsChannel:
-    return AcsSmsChannel(parse_acs_connection_string(acs.connection_string), "+18005550100", ledger=ledger,
-                         clock=clock, connection_verify=acs.ca_path, **kw)
+def make_sms(acs: FakeAcsServer, ledger, clock, *, opt_outs=None, **kw) -> GuardedChannel:
+    provider = AcsSmsProvider(parse_acs_connection_string(acs.connection_string), "+18005550100",
+                              connection_verify=acs.ca_path, **kw)
+    return GuardedChannel("sms", "sms", provider, ledger=ledger, opt_outs=opt_outs, clock=clock)
+
+
+def make_email(acs: FakeAcsServer, clock) -> GuardedChannel:
+    provider = AcsEmailProvider(parse_acs_connection_string(acs.connection_string), "DoNotReply@example.org",
+                                connection_verify=acs.ca_path)
+    return GuardedChannel("email", "email", provider, clock=clock)
 
 
 def sms_to(acs: FakeAcsServer, number: str) -> list[dict]:
@@ -127,7 +137,7 @@ class Crash(BaseException):
 
 
 class CrashAfterSend:
-    def __init__(self, inner: AcsSmsChannel) -> None:
+    def __init__(self, inner: GuardedChannel) -> None:
         self.inner, self.name = inner, inner.name
 
     def send(self, message: OutgoingMessage):
@@ -160,8 +170,7 @@ def test_crash_after_claim_is_in_doubt_and_falls_back_instead_of_resending(acs, 
     )
     # A worker claimed the message and died before (or while) calling the provider.
     ledger.claim(f"sms:{request.message_id}", clock.now())
-    email = AcsEmailChannel(parse_acs_connection_string(acs.connection_string), "DoNotReply@example.org",
-                            connection_verify=acs.ca_path, clock=clock)
+    email = make_email(acs, clock)
     channels = {"sms": make_sms(acs, ledger, clock), "email": email}
     with pytest.raises(TransientDeliveryError) as busy:
         deliver(store, channels, request, clock)  # inside the lease: someone may still be sending
@@ -181,8 +190,6 @@ def test_crash_after_claim_is_in_doubt_and_falls_back_instead_of_resending(acs, 
 
 
 def test_delivery_report_resolves_an_in_doubt_send(acs, store, ledger, clock) -> None:
-    from notifications.dispatch import SMS_DELIVERY_REPORT, apply_delivery_report
-
     channel = make_sms(acs, ledger, clock)
     ledger.claim("sms:msg-doubt-2", clock.now())
     clock.advance(timedelta(minutes=10))
@@ -191,7 +198,8 @@ def test_delivery_report_resolves_an_in_doubt_send(acs, store, ledger, clock) ->
     report = {"eventType": SMS_DELIVERY_REPORT, "data": {
         "messageId": "Outgoing_from_report", "from": "+18005550100", "to": "+15555550129",
         "deliveryStatus": "Delivered", "receivedTimestamp": "2026-11-20T12:00:05Z", "tag": "msg-doubt-2"}}
-    apply_delivery_report(store, report, ledger=ledger, clock=clock)
+    apply_delivery_report(store, parse_acs_delivery_report(SMS_DELIVERY_REPORT, report["data"]), ledger=ledger,
+                          clock=clock)
     result = channel.send(OutgoingMessage("msg-doubt-2", "sms", "+15555550129", BODY))
     assert result.status == "duplicate" and result.provider_id == "Outgoing_from_report"
 
@@ -199,8 +207,7 @@ def test_delivery_report_resolves_an_in_doubt_send(acs, store, ledger, clock) ->
 def test_per_recipient_failure_is_permanent_with_the_providers_reason_then_falls_back(acs, store, ledger,
                                                                                       clock) -> None:
     acs.fail_recipient("+15555550130", 400, "Invalid To phone number format.")
-    email = AcsEmailChannel(parse_acs_connection_string(acs.connection_string), "DoNotReply@example.org",
-                            connection_verify=acs.ca_path, clock=clock)
+    email = make_email(acs, clock)
     channels = {"sms": make_sms(acs, ledger, clock), "email": email}
     request = MessageRequest(
         key="reminder-1|patient", channel="sms", to="+15555550130", body=BODY, category="reminder",
@@ -260,8 +267,9 @@ def test_giving_up_after_max_attempts(acs, store, ledger, clock) -> None:
 def test_wrong_key_is_refused_by_the_signature_check_and_the_key_is_not_reported(acs, ledger, clock, caplog) -> None:
     caplog.set_level(logging.DEBUG)
     wrong = "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktMTIzNDU2Nzg="
-    channel = AcsSmsChannel(parse_acs_connection_string(f"endpoint={acs.endpoint};accesskey={wrong}"),
-                            "+18005550100", ledger=ledger, clock=clock, connection_verify=acs.ca_path)
+    channel = GuardedChannel("sms", "sms", AcsSmsProvider(
+        parse_acs_connection_string(f"endpoint={acs.endpoint};accesskey={wrong}"), "+18005550100",
+        connection_verify=acs.ca_path), ledger=ledger, clock=clock)
     result = channel.send(OutgoingMessage("msg-auth", "sms", "+15555550135", BODY))
     assert (result.status, result.code) == ("permanent", "auth")
     assert acs.requests[-1].auth_ok is False
@@ -276,8 +284,9 @@ def test_unreachable_service_is_transient_and_releases_the_claim(acs, ledger, cl
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once closed
-    channel = AcsSmsChannel(parse_acs_connection_string(f"endpoint=https://127.0.0.1:{port};accesskey={acs.access_key}"),
-                            "+18005550100", ledger=ledger, clock=clock, connection_verify=acs.ca_path, retry_total=0)
+    channel = GuardedChannel("sms", "sms", AcsSmsProvider(
+        parse_acs_connection_string(f"endpoint=https://127.0.0.1:{port};accesskey={acs.access_key}"), "+18005550100",
+        connection_verify=acs.ca_path, retry_total=0), ledger=ledger, clock=clock)
     result = channel.send(OutgoingMessage("msg-down", "sms", "+15555550136", BODY))
     assert (result.status, result.code) == ("transient", "network")
     assert ledger.lookup("sms:msg-down") is None
@@ -483,20 +492,21 @@ def test_stop_help_start_through_the_real_sdk(acs, store, ledger, clock) -> None
 
 def test_delivery_reports_update_the_communication_and_resolve_in_doubt_sends(acs, store, ledger, clock,
                                                                              tmp_path) -> None:
-    from notifications.channels.outbox import OutboxChannel
-    from notifications.dispatch import SMS_DELIVERY_REPORT, apply_delivery_report
+    from notifications.channels.outbox import OutboxProvider
 
-    channels = {"sms": make_sms(acs, ledger, clock), "email": OutboxChannel(tmp_path / "outbox")}
+    channels = {"sms": make_sms(acs, ledger, clock),
+                "email": GuardedChannel("email", "email", OutboxProvider(tmp_path / "outbox"))}
 
-    def report(tag: str, status: str, message_id: str = "Outgoing_x") -> dict:
-        return {"eventType": SMS_DELIVERY_REPORT, "data": {
+    def report(tag: str, status: str, message_id: str = "Outgoing_x") -> DeliveryReport:
+        return parse_acs_delivery_report(SMS_DELIVERY_REPORT, {
             "messageId": message_id, "from": "+18005550100", "to": "+15555550170", "deliveryStatus": status,
             "deliveryStatusDetails": "No error." if status == "Delivered" else "Handset unreachable",
-            "receivedTimestamp": "2026-11-20T12:00:05Z", "tag": tag}}
+            "receivedTimestamp": "2026-11-20T12:00:05Z", "tag": tag})
 
     delivered_req = MessageRequest(key="dr-1", channel="sms", to="+15555550170", body=BODY)
     outcome = deliver(store, channels, delivered_req, clock)
-    result = apply_delivery_report(store, report(delivered_req.message_id, "Delivered", outcome.provider_id))
+    result = apply_delivery_report(store, report(delivered_req.message_id, "Delivered", outcome.provider_id),
+                                   clock=clock)
     comm = store.read("Communication", outcome.communication_id)
     Communication.model_validate(comm)
     assert result.changed and comm["status"] == "completed" and comm["received"] == "2026-11-20T12:00:05Z"
@@ -505,7 +515,7 @@ def test_delivery_reports_update_the_communication_and_resolve_in_doubt_sends(ac
     failing = MessageRequest(key="dr-2", channel="sms", to="+15555550171", body=BODY,
                              fallbacks=(Fallback("email", "p@example.org", "Please call us.", subject="Acme"),))
     first = deliver(store, channels, failing, clock)
-    apply_delivery_report(store, report(failing.message_id, "Failed"))
+    apply_delivery_report(store, report(failing.message_id, "Failed"), clock=clock)
     assert store.read("Communication", first.communication_id)["status"] == "not-done"
     again = deliver(store, channels, failing, clock)  # the handler re-runs the request: on to email
     assert again.channel == "email" and again.status == "sent"
@@ -515,7 +525,7 @@ def test_delivery_reports_update_the_communication_and_resolve_in_doubt_sends(ac
     ledger.claim(f"sms:{doubtful.message_id}", clock.now() - timedelta(minutes=10))
     ledger.claim(f"sms:{doubtful.message_id}", clock.now())  # now in doubt
     assert deliver(store, channels, doubtful, clock).status == "failed"
-    apply_delivery_report(store, report(doubtful.message_id, "Delivered"), ledger=ledger)
+    apply_delivery_report(store, report(doubtful.message_id, "Delivered"), ledger=ledger, clock=clock)
     [comm] = search_all(store, "Communication", {"identifier": f"urn:vigil:communication|{doubtful.message_id}"})
     assert comm["status"] == "completed"
     assert ledger.lookup(f"sms:{doubtful.message_id}").state == "sent"

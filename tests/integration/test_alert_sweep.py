@@ -132,7 +132,7 @@ def test_no_weight_opens_one_episode_per_gap_in_the_patients_days_and_closes_aft
     assert message["sent"] == iso(datetime(2026, 11, 20, 9, 0, tzinfo=ZONE))
     [again] = _issues(s, patient)
     assert again["meta"]["versionId"] == issue["meta"]["versionId"]
-    assert _count(s, "Communication") == 1 and len(s.channels["outbox"].messages()) == 1
+    assert _count(s, "Communication") == 1 and len(s.channels["outbox"].provider.messages()) == 1
 
     # A weight arrives at 10:00: the gap held until then, so the episode closes once resolve_after
     # (1 h) has passed since 10:00, not since the episode opened.

@@ -25,16 +25,11 @@ from fhirstore.paging import search_all
 from handlers.acknowledge import record_acknowledgement
 from handlers.acs_events import handle_acs_event
 from handlers.sweeps import run_alert_sweep
+from notifications.acs_reports import SMS_DELIVERY_REPORT, parse_acs_delivery_report
 from notifications.channels.base import OutgoingMessage, SendResult
-from notifications.dispatch import (
-    FALLBACK_PLAN_EXT,
-    SMS_DELIVERY_REPORT,
-    Fallback,
-    MessageRequest,
-    TransientDeliveryError,
-    apply_delivery_report,
-    deliver,
-)
+from notifications.delivery_reports import apply_delivery_report
+from notifications.dispatch import Fallback, MessageRequest, TransientDeliveryError, deliver
+from notifications.fallback_plan import FALLBACK_PLAN_EXT
 from runtime.bootstrap import WORKFLOW_EVENTS
 from runtime.cli_events import read_events
 from tests.support.acs_server import FakeAcsServer, write_channels_config
@@ -205,7 +200,9 @@ def test_the_sweep_and_the_report_send_the_same_fallback_once(host, acs) -> None
     s = host.services
     sms = crisis_alert(host)
     # The failure is recorded (say the handler crashed right after), the sweep runs before the re-delivery.
-    assert apply_delivery_report(s.store, sms_report(sms, "Failed", "dr-1")).failed
+    report = sms_report(sms, "Failed", "dr-1")
+    assert apply_delivery_report(s.store, parse_acs_delivery_report(SMS_DELIVERY_REPORT, report["data"]),
+                                 clock=s.clock).failed
     run_alert_sweep(messaging(s), s.rulesets)
     assert len(emails_to(acs)) == 1
     [sent_by_sweep] = [c for c in alert_messages(host) if medium(c) == "email"]
@@ -323,12 +320,12 @@ def test_a_failed_fallback_walks_on_to_the_next_one(host, acs) -> None:
     assert message_id(last) == request.fallback_request().fallback_request().message_id
     assert last["category"][0]["coding"][0]["code"] == "escalation" and last["about"] == [
         {"reference": "DetectedIssue/di1"}]
-    [filed] = [m for m in s.channels["outbox"].messages() if m["to"] == "care-team"]
+    [filed] = [m for m in s.channels["outbox"].provider.messages() if m["to"] == "care-team"]
     assert (filed["body"], filed["tags"]) == ("Alert: nobody reached.", {"template": "escalation"})
     # The synchronous walk of the same request finds every step done.
     replay = deliver(s.store, s.channels, request, s.clock)
     assert (replay.status, replay.communication_id) == ("already-sent", last["id"])
-    assert len(s.channels["outbox"].messages()) == 1 and email_posts(acs) == 1
+    assert len(s.channels["outbox"].provider.messages()) == 1 and email_posts(acs) == 1
 
 
 class _Flaky:
@@ -400,7 +397,7 @@ def test_a_reminder_reported_undelivered_in_quiet_hours_is_recorded_not_sent(hos
         "withheld", skipped["id"])
     replay = deliver(s.store, s.channels, request, clock)
     assert (replay.status, replay.communication_id) == ("withheld", skipped["id"])
-    assert emails_to(acs) == [] and email_posts(acs) == 0 and s.channels["outbox"].messages() == []
+    assert emails_to(acs) == [] and email_posts(acs) == 0 and s.channels["outbox"].provider.messages() == []
     assert s.store.read("Communication", skipped["id"])["meta"]["versionId"] == version
     assert len({e["id"] for e in failed_events(host)}) == 1
 

@@ -52,7 +52,7 @@ def test_crisis_reading_opens_one_alert_and_records_messages(host) -> None:
     assert sorted(c["status"] for c in comms) == ["completed", "completed"]
     for c in comms:
         Communication.model_validate(c)
-    files = s.channels["outbox"].messages()
+    files = s.channels["outbox"].provider.messages()
     assert sorted(f["to"] for f in files) == ["+15550100001", "care-team"]
     patient_sms = next(f for f in files if f["to"].startswith("+"))
     # PHI-minimal: no reading, no condition in what the patient receives.
@@ -65,7 +65,7 @@ def test_replaying_messages_and_events_creates_nothing_and_sends_nothing(host) -
     host.run_until_idle(timeout_s=60)
     s = host.services
     before = (count(s, "Observation"), count(s, "DetectedIssue"), count(s, "Communication"),
-              len(s.channels["outbox"].messages()))
+              len(s.channels["outbox"].provider.messages()))
     assert before == (1, 1, 2, 2)
     # Same messages again, and every FHIR event delivered a second time.
     host.publish_device_messages(msgs)
@@ -77,7 +77,7 @@ def test_replaying_messages_and_events_creates_nothing_and_sends_nothing(host) -
     host.bus.publish("eg:on_fhir_event", json.dumps(event).encode())
     host.run_until_idle(timeout_s=60)
     after = (count(s, "Observation"), count(s, "DetectedIssue"), count(s, "Communication"),
-             len(s.channels["outbox"].messages()))
+             len(s.channels["outbox"].provider.messages()))
     assert after == before
     assert s.store.read("Observation", obs["id"])["meta"]["versionId"] == "1"
 
@@ -92,7 +92,7 @@ def test_a_second_crossing_within_the_open_episode_updates_it_without_new_messag
     assert issue["severity"] == "high" and len(issue["implicated"]) >= 2
     assert "valueInteger': 2" in str(issue["extension"])  # the episode counted both readings
     # Within the rule's 4 h notification cool-down: no second round of messages.
-    assert len(host.services.channels["outbox"].messages()) == 2
+    assert len(host.services.channels["outbox"].provider.messages()) == 2
 
 
 def test_a_patient_not_enrolled_in_any_program_gets_no_alert(data_dir: Path) -> None:
@@ -193,9 +193,9 @@ def test_in_the_embedded_default_a_patient_who_texted_stop_gets_no_sms(host) -> 
     comms = search_all(s.store, "Communication", {"recipient": "Patient/p1"})
     assert comms and {c["status"] for c in comms} == {"not-done"}
     assert all("opted out" in c["statusReason"]["text"] for c in comms)
-    assert not any(m["to"] == "+15550100001" for m in s.channels["sms"].messages())
+    assert not any(m["to"] == "+15550100001" for m in s.channels["sms"].provider.messages())
     # The care team is still told (through the escalation fallback: no care team on file here).
-    assert any(m["to"] == "care-team" for m in s.channels["outbox"].messages())
+    assert any(m["to"] == "care-team" for m in s.channels["outbox"].provider.messages())
 
 
 def test_a_repeat_alert_in_the_patients_quiet_hours_is_recorded_not_sent(host) -> None:
@@ -214,7 +214,7 @@ def test_a_repeat_alert_in_the_patients_quiet_hours_is_recorded_not_sent(host) -
     [update] = [c for c in to_patient if c["status"] != "completed"]
     assert update["status"] == "not-done"
     assert update["statusReason"]["coding"][0]["code"] == "quiet-hours"
-    patient_files = [m for m in s.channels["outbox"].messages() if m.get("to") == "+15550100001"]
+    patient_files = [m for m in s.channels["outbox"].provider.messages() if m.get("to") == "+15550100001"]
     assert len(patient_files) == 1
 
 
@@ -228,13 +228,13 @@ def test_a_low_glucose_instruction_is_not_held_for_quiet_hours(host) -> None:
     [issue] = search_all(s.store, "DetectedIssue", {"patient": "Patient/p1"})
     assert (issue["code"]["coding"][0]["code"], issue["severity"]) == ("dm-hypoglycemia", "moderate")
     assert s.store.read("Task", issue["id"])["priority"] == "asap"
-    sent = [m for m in s.channels["outbox"].messages() if m.get("to") == "+15550100001"]
+    sent = [m for m in s.channels["outbox"].provider.messages() if m.get("to") == "+15550100001"]
     assert len(sent) == 1  # not held until 08:00
-    assert any(m["to"] == "care-team" for m in s.channels["outbox"].messages())
+    assert any(m["to"] == "care-team" for m in s.channels["outbox"].provider.messages())
     s.clock.set(datetime(2026, 11, 20, 22, 30, tzinfo=UTC))
     host.publish_device_messages([reading("p1", "glucose", "2026-11-20T22:25:00Z", {"glucose": 60, "unit": "mg/dL"})])
     assert host.run_until_idle(timeout_s=60)
-    sent = [m for m in s.channels["outbox"].messages() if m.get("to") == "+15550100001"]
+    sent = [m for m in s.channels["outbox"].provider.messages() if m.get("to") == "+15550100001"]
     assert len(sent) == 2
     assert not [c for c in search_all(s.store, "Communication", {"recipient": "Patient/p1"})
                 if c["status"] == "not-done"]
@@ -248,7 +248,7 @@ def test_level_2_hypoglycemia_is_stat_and_shown_as_stat_to_staff(host) -> None:
     assert issue["severity"] == "high"
     assert s.store.read("Task", issue["id"])["priority"] == "stat"
     assert {"url": "urn:vigil:extension:alert-priority", "valueCode": "stat"} in issue["extension"]
-    staff = [m for m in s.channels["outbox"].messages() if m.get("to") == "care-team"]
+    staff = [m for m in s.channels["outbox"].provider.messages() if m.get("to") == "care-team"]
     assert staff and all("STAT ALERT" in m["body"].upper() for m in staff)
 
 

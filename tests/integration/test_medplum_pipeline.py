@@ -80,7 +80,7 @@ def enrol(host: LocalHost) -> None:
 
 
 def texts(host: LocalHost, number: str) -> list[str]:
-    return [m["body"] for m in host.services.channels["outbox"].messages() if m["to"] == number]
+    return [m["body"] for m in host.services.channels["outbox"].provider.messages() if m["to"] == number]
 
 
 def token_in(text: str) -> str:
@@ -140,10 +140,10 @@ def scenario(host: LocalHost, clock: FixedClock, t0: datetime) -> dict[str, Any]
     assert result.status == 200
     task = s.store.read("Task", issue["id"])
     assert (task["status"], task["owner"]) == ("accepted", {"reference": "Practitioner/doctor-1"})
-    sent = len(s.channels["outbox"].messages())
+    sent = len(s.channels["outbox"].provider.messages())
     clock.advance(timedelta(hours=3))
     host.run_timer("escalation_sweep")
-    assert len(s.channels["outbox"].messages()) == sent
+    assert len(s.channels["outbox"].provider.messages()) == sent
 
     # A replay: the device messages again, and (polling) every change from before the start.
     host.publish_device_messages([at(t0, b) for b in messages()])
@@ -155,7 +155,7 @@ def scenario(host: LocalHost, clock: FixedClock, t0: datetime) -> dict[str, Any]
             cursors.save(source.name, rtype, Cursor(datetime.now(UTC) - timedelta(hours=1)))
     clock.advance(timedelta(minutes=1))
     pull(host)
-    assert len(s.channels["outbox"].messages()) == sent
+    assert len(s.channels["outbox"].provider.messages()) == sent
     return {"alerts": alerts(host), "readings": stored_readings(host), "texts": {
         who: len(texts(host, number)) for who, number in
         (("patient", PATIENT_PHONE), ("nurse", NURSE_PHONE), ("doctor", DOCTOR_PHONE))},
@@ -261,13 +261,13 @@ def test_rest_hook_notifications_on_medplum(rest_hook) -> None:
     sent = send_as_subscribing_server(s.store, "vigil-observation", obs)
     assert (sent.status_code, sent.json()) == (200, {"kind": "resource", "delivered": 1})
     assert alerts(host) == [("htn-crisis", "requested")]
-    texts_sent = len(s.channels["outbox"].messages())
+    texts_sent = len(s.channels["outbox"].provider.messages())
     assert send_as_subscribing_server(s.store, "vigil-observation", obs).status_code == 200  # a retry
     clock.advance(timedelta(minutes=1))
     ping = send_as_subscribing_server(s.store, "vigil-observation", None)
     assert (ping.status_code, ping.json()) == (200, {"kind": "ping", "delivered": 1})  # the same change, found
     assert alerts(host) == [("htn-crisis", "requested")]
-    assert len(s.channels["outbox"].messages()) == texts_sent
+    assert len(s.channels["outbox"].provider.messages()) == texts_sent
     refused = httpx.post(f"{url}/api/fhir-notify", content=json.dumps(obs).encode(),
                          headers={"Content-Type": "application/fhir+json"}, timeout=30)
     assert refused.status_code == 401

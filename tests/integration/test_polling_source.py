@@ -86,7 +86,7 @@ def test_a_crisis_reading_on_a_polled_server_opens_one_episode_and_a_replay_adds
     [issue] = search_all(s.store, "DetectedIssue", {"patient": "Patient/p1"})
     assert issue["code"]["coding"][0]["code"] == "htn-crisis"
     assert s.store.read("Task", issue["id"])["status"] == "requested"
-    sent = len(s.channels["outbox"].messages())
+    sent = len(s.channels["outbox"].provider.messages())
     assert sent >= 1
 
     # The next pulls find nothing new; a replay of every change from the start opens nothing more.
@@ -97,7 +97,7 @@ def test_a_crisis_reading_on_a_polled_server_opens_one_episode_and_a_replay_adds
         cursors.save("poll", rtype, Cursor(DAYTIME - timedelta(hours=1)))
     PULL(None)
     assert len(search_all(s.store, "DetectedIssue", {"patient": "Patient/p1"})) == 1
-    assert len(s.channels["outbox"].messages()) == sent
+    assert len(s.channels["outbox"].provider.messages()) == sent
 
 
 def test_a_failed_delivery_is_retried_from_the_saved_cursor(vigil: Services, server: tuple[str, FixedClock]) -> None:

@@ -95,7 +95,7 @@ def sweep(s: Services, clock: FixedClock, at: datetime) -> ReminderReport:
 
 
 def texts(s: Services) -> list[dict[str, Any]]:
-    return [msg for msg in s.channels["sms"].messages() if msg["channel"] == "sms"]
+    return [msg for msg in s.channels["sms"].provider.messages() if msg["channel"] == "sms"]
 
 
 def reminders_of(s: Services, patient_ref: str) -> list[dict[str, Any]]:
@@ -170,7 +170,7 @@ def test_reminder_is_in_the_patients_language_and_falls_back_to_email_after_stop
     report = sweep(s, clock, local(date(2026, 11, 20), 9, 0))
     assert report.sent == 1
     assert texts(s) == []
-    [mail] = [msg for msg in s.channels["email"].messages() if msg["channel"] == "email"]
+    [mail] = [msg for msg in s.channels["email"].provider.messages() if msg["channel"] == "email"]
     assert mail["to"] == EMAIL
     assert "Le recordamos tomar su medición hoy" in mail["body"]
     statuses = sorted(c["status"] for c in reminders_of(s, "Patient/p1"))
@@ -184,7 +184,7 @@ def test_an_opted_out_patient_without_email_gets_nothing_and_it_is_recorded(serv
     for hh in (9, 10):
         report = sweep(s, clock, local(date(2026, 11, 20), hh, 0))
         assert (report.sent, report.not_sent) == (0, 1)
-    assert s.channels["sms"].messages() == []
+    assert s.channels["sms"].provider.messages() == []
     [comm] = reminders_of(s, "Patient/p1")
     assert comm["status"] == "not-done"
 

@@ -94,10 +94,10 @@ def test_a_full_resource_notification_opens_one_episode_and_a_redelivery_adds_no
     assert notify(json.dumps(obs).encode()) == (200, {"kind": "resource", "delivered": 1})
     [issue] = search_all(s.store, "DetectedIssue", {"patient": "Patient/p1"})
     assert issue["code"]["coding"][0]["code"] == "htn-crisis"
-    sent = len(s.channels["outbox"].messages())
+    sent = len(s.channels["outbox"].provider.messages())
     assert notify(json.dumps(obs).encode())[0] == 200  # the server retried
     assert len(search_all(s.store, "DetectedIssue", {"patient": "Patient/p1"})) == 1
-    assert len(s.channels["outbox"].messages()) == sent
+    assert len(s.channels["outbox"].provider.messages()) == sent
 
 
 def test_an_empty_notification_runs_the_polling_source(vigil: Services, server) -> None:

@@ -18,7 +18,8 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from notifications.channels import ChannelConfigError, build_channels
 from notifications.channels.base import OutgoingMessage
 from notifications.channels.ledger import SqliteSendLedger
-from notifications.channels.smtp import SmtpChannel
+from notifications.channels.pipeline import GuardedChannel
+from notifications.channels.smtp import SmtpProvider
 
 USER, PASSWORD = "rpm-relay", "correct horse battery staple"
 TEXT = "You have a new message from Acme Clinic. Please call us at 555-0100."
@@ -96,11 +97,15 @@ def ledger(tmp_path: Path):
     led.close()
 
 
-def make(smtp_server, tls, ledger, clock, **kw) -> SmtpChannel:
+def guarded(provider: SmtpProvider, ledger, clock) -> GuardedChannel:
+    return GuardedChannel("smtp", "email", provider, ledger=ledger, clock=clock)
+
+
+def make(smtp_server, tls, ledger, clock, **kw) -> GuardedChannel:
     controller, _ = smtp_server
     kw.setdefault("password", PASSWORD)
-    return SmtpChannel("127.0.0.1", controller.port, "rpm@clinic.example", ledger=ledger, username=USER,
-                       security="starttls", ca_file=tls[1], clock=clock, timeout_s=10, **kw)
+    return guarded(SmtpProvider("127.0.0.1", controller.port, "rpm@clinic.example", username=USER,
+                                security="starttls", ca_file=tls[1], clock=clock, timeout_s=10, **kw), ledger, clock)
 
 
 def test_sends_over_starttls_with_login_and_a_stable_message_id(smtp_server, tls, handler, ledger, clock) -> None:
@@ -129,7 +134,8 @@ def test_wrong_password_is_permanent_and_never_printed(smtp_server, tls, handler
     result = channel.send(OutgoingMessage("smtp-3", "email", "pat@example.org", TEXT))
     assert (result.status, result.code) == ("permanent", "auth")
     assert "535" in result.reason
-    for text in (result.reason, repr(channel), caplog.text, repr(channel.password), str(channel.password)):
+    password = channel.provider.password
+    for text in (result.reason, repr(channel), caplog.text, repr(password), str(password)):
         assert "not-the-password-123" not in text and PASSWORD not in text
     assert handler.received == []
     # Nothing went out, so once the password is fixed the message can still be sent.
@@ -161,8 +167,8 @@ def test_connection_lost_during_data_is_in_doubt_and_not_resent(smtp_server, tls
 
 
 def test_server_down_is_transient(tls, ledger, clock) -> None:
-    channel = SmtpChannel("127.0.0.1", _free_port(), "rpm@clinic.example", ledger=ledger, security="starttls",
-                          ca_file=tls[1], clock=clock, timeout_s=5)
+    channel = guarded(SmtpProvider("127.0.0.1", _free_port(), "rpm@clinic.example", security="starttls",
+                                   ca_file=tls[1], clock=clock, timeout_s=5), ledger, clock)
     result = channel.send(OutgoingMessage("smtp-7", "email", "pat@example.org", TEXT))
     assert (result.status, result.code) == ("transient", "network")
     assert ledger.lookup("smtp:smtp-7") is None
@@ -170,8 +176,9 @@ def test_server_down_is_transient(tls, ledger, clock) -> None:
 
 def test_untrusted_certificate_is_not_accepted(smtp_server, handler, ledger, clock) -> None:
     controller, _ = smtp_server
-    channel = SmtpChannel("127.0.0.1", controller.port, "rpm@clinic.example", ledger=ledger, username=USER,
-                          password=PASSWORD, security="starttls", clock=clock, timeout_s=5)  # system CAs only
+    channel = guarded(SmtpProvider("127.0.0.1", controller.port, "rpm@clinic.example", username=USER,
+                                   password=PASSWORD, security="starttls", clock=clock, timeout_s=5),
+                      ledger, clock)  # system CAs only
     result = channel.send(OutgoingMessage("smtp-8", "email", "pat@example.org", TEXT))
     assert result.status == "transient" and "SSL" in result.reason
     assert handler.received == []

@@ -10,7 +10,8 @@ from fhir.resources.R4B.communication import Communication
 
 from fhirstore.sqlite import SqliteFhirStore
 from notifications.channels.base import OutgoingMessage, SendResult
-from notifications.channels.outbox import OutboxChannel
+from notifications.channels.outbox import OutboxProvider
+from notifications.channels.pipeline import GuardedChannel
 from notifications.dispatch import (
     Fallback,
     MessageRequest,
@@ -33,6 +34,10 @@ class Scripted:
         return self.results.pop(0) if len(self.results) > 1 else self.results[0]
 
 
+def outbox_channel(directory: Path) -> GuardedChannel:
+    return GuardedChannel("email", "email", OutboxProvider(directory))
+
+
 @pytest.fixture
 def store(tmp_path: Path, clock):
     s = SqliteFhirStore(tmp_path / "fhir.db", clock=clock)
@@ -50,7 +55,7 @@ def request(**kw) -> MessageRequest:
 
 def test_permanent_failure_falls_back_and_a_replay_sends_nothing(store, clock, tmp_path) -> None:
     sms = Scripted("sms", SendResult("permanent", reason="the recipient has opted out of SMS (STOP)", code="opted-out"))
-    outbox = OutboxChannel(tmp_path / "outbox")
+    outbox = outbox_channel(tmp_path / "outbox")
     channels = {"sms": sms, "email": outbox}
     outcome = deliver(store, channels, request(), clock)
     assert (outcome.status, outcome.channel, len(outcome.failed_before)) == ("sent", "email", 1)
@@ -62,11 +67,11 @@ def test_permanent_failure_falls_back_and_a_replay_sends_nothing(store, clock, t
     for c in (failed, sent):
         Communication.model_validate(c)
     assert sent["status"] == "completed" and sent["medium"][0]["coding"][0]["code"] == "email"
-    assert [m["subject"] for m in outbox.messages()] == ["Acme"]
+    assert [m["subject"] for m in outbox.provider.messages()] == ["Acme"]
 
     again = deliver(store, channels, request(), clock)
     assert (again.status, again.communication_id) == ("already-sent", outcome.communication_id)
-    assert len(sms.sent) == 1 and len(outbox.messages()) == 1
+    assert len(sms.sent) == 1 and len(outbox.provider.messages()) == 1
 
 
 def test_no_fallback_left_means_failed(store, clock) -> None:
@@ -78,14 +83,14 @@ def test_no_fallback_left_means_failed(store, clock) -> None:
 
 
 def test_unconfigured_channel_falls_back(store, clock, tmp_path) -> None:
-    outcome = deliver(store, {"email": OutboxChannel(tmp_path / "o")}, request(), clock)
+    outcome = deliver(store, {"email": outbox_channel(tmp_path / "o")}, request(), clock)
     assert outcome.status == "sent" and outcome.channel == "email"
     assert "no channel named 'sms'" in store.read("Communication", outcome.failed_before[0])["statusReason"]["text"]
 
 
 def test_transient_failures_are_counted_then_given_up_on(store, clock, tmp_path) -> None:
     sms = Scripted("sms", SendResult("transient", reason="ACS is unavailable (HTTP 503)", code="provider-error"))
-    channels = {"sms": sms, "email": OutboxChannel(tmp_path / "o")}
+    channels = {"sms": sms, "email": outbox_channel(tmp_path / "o")}
     req = request(max_attempts=3)
     for attempt in (1, 2):
         with pytest.raises(TransientDeliveryError) as err:
