@@ -259,7 +259,7 @@ def open_destination(dest: str | Path, *, account_key: str | None = None, creden
     if auth is None:
         raise DestinationError(f"{text}: no storage credential (VIGIL_EXPORT_STORAGE_KEY, or "
                                "VIGIL_FHIR_AUTH=azure for DefaultAzureCredential)")
-    options = {"retry_total": retry_total} if retry_total is not None else {}
+    options: dict[str, Any] = {"retry_total": retry_total} if retry_total is not None else {}
     if kind == "dfs":
         from azure.storage.filedatalake import DataLakeServiceClient
 

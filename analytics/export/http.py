@@ -85,6 +85,10 @@ class FhirHttp:
         )
         self._backoff = wait_random_exponential(multiplier=0.5, max=max_wait_s)
         self.requests = 0
+        # httpx logs every request's URL at INFO; search queries can name patients (the HTTP adapter's filter).
+        from fhirstore.http_store import _redact_httpx_request_log
+
+        _redact_httpx_request_log()
 
     def close(self) -> None:
         if self._owns:
@@ -115,7 +119,7 @@ class FhirHttp:
         if response.status_code >= 300 and response.status_code != 404:
             raise RemoteError(f"DELETE {_where(url)}: HTTP {response.status_code}", response.status_code)
 
-    def _once(self, url: str, params: list[tuple[str, str]] | None, headers: dict[str, str] | None,
+    def _once(self, url: str, params: Any, headers: dict[str, str] | None,
               ok: frozenset[int]) -> httpx.Response:
         sent = {"Accept": FHIR_JSON, **(headers or {})}
         token = self._token() if self._token else None

@@ -230,7 +230,7 @@ def _history_change(entry: dict[str, Any], resource_type: str) -> Change | None:
 
 
 def _interactions(statement: dict[str, Any] | None, resource_type: str) -> set[str]:
-    codes: set[str] = set()
+    codes: set[Any] = set()
     for rest in (statement or {}).get("rest") or []:
         if not isinstance(rest, dict) or rest.get("mode", "server") != "server":
             continue
