@@ -125,6 +125,7 @@ class _Remote:
 
     def _fail(self, what: str, rel: str, exc: AzureError) -> DestinationError:
         code = getattr(exc, "error_code", None) or type(exc).__name__
+        code = getattr(code, "value", code)  # the SDK's StorageErrorCode enum, as the service spells it
         status = getattr(exc, "status_code", None)
         detail = f"HTTP {status} {code}" if status else str(code)
         return DestinationError(f"{self.label}: {what} {rel} failed ({detail})")
