@@ -9,6 +9,7 @@ from typing import Any
 
 from analytics.export.destination import Destination, open_destination
 from analytics.export.exporter import ExportSummary, Source, run_export
+from common.clock import Clock
 from runtime.settings import Settings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def formats_of(text: str) -> frozenset[str]:
     return frozenset(f.strip() for f in text.split(",") if f.strip())
 
 
-def scheduled_export(settings: Settings, *, progress: bool = False) -> ExportSummary | None:
+def scheduled_export(settings: Settings, *, clock: Clock | None = None, progress: bool = False) -> ExportSummary | None:
     """One incremental run to VIGIL_EXPORT_DEST (the timer's whole job); None when no destination is set.
 
     The timer is a singleton on Azure (use_monitor; one instance holds the schedule's lease), and a run the
@@ -93,7 +94,7 @@ def scheduled_export(settings: Settings, *, progress: bool = False) -> ExportSum
     try:
         summary = run_export(settings.path("fhir.db") if kind == "embedded" else None, destination, source=source,
                              formats=formats_of(settings.export_formats),
-                             grace_s=2.0 if kind == "embedded" else settings.export_grace_s, progress=progress)
+                             grace_s=settings.export_grace_s, clock=clock, progress=progress)
     finally:
         destination.close()
         if source is not None:

@@ -122,7 +122,7 @@ class Settings:
     export_source: str = "auto"  # auto | embedded | search | bulk (auto: embedded, or search with a FHIR URL)
     export_types: str = ""  # comma-separated resource types for a remote source (empty: all the server lists)
     export_formats: str = "ndjson,parquet"
-    export_grace_s: float = 120.0  # how far behind now a remote source's window ends (clock skew, commits)
+    export_grace_s: float = 120.0  # how far behind now the timer's (and a remote export's) window ends
     export_storage_api: str | None = None  # blob | dfs, for a path-style (emulator) storage URL
     export_storage_key: str | None = field(default=None, repr=False)  # account key; else DefaultAzureCredential
     export_fhir_token: str | None = field(default=None, repr=False)  # bearer token for a remote source

@@ -14,4 +14,5 @@ bp = func.Blueprint()
 @bp.timer_trigger(arg_name="timer", schedule="0 5 * * * *", run_on_startup=False, use_monitor=True)
 def lake_export(timer: func.TimerRequest) -> None:
     """Export what changed since the last run to VIGIL_EXPORT_DEST, hourly at minute 5."""
-    scheduled_export(current().settings)
+    services = current()
+    scheduled_export(services.settings, clock=services.clock)
