@@ -130,3 +130,36 @@ def test_the_cli_exports_from_the_facade_and_prints_counts_per_type(served, tmp_
     assert code == 0, out
     assert "from search to" in out and "Observation" in out and "120 resources" in out
     assert "a paged search cannot see deletes" in out
+
+
+def test_a_server_with_type_history_exports_deletes_as_tombstones(tmp_path) -> None:
+    from tests.support.history_server import serve_with_type_history
+    from tests.unit.analytics.fixtures import seed
+
+    clock = FixedClock(DAYTIME)
+    store = seed(tmp_path / "fhir.db", clock)
+    lake = tmp_path / "lake"
+    with serve_with_type_history(store, tmp_path / "fhir.db") as url:
+        source = FhirServerSource(FhirHttp(url), ["Patient", "Observation"], page_size=7)
+        try:
+            first = run_export(None, lake, source=source, clock=clock, grace_s=0)
+            assert first.methods == {"Patient": "history", "Observation": "history"}
+            assert first.resources == {"Observation": 30, "Patient": 3} and first.deletes_not_seen == []
+            nd, _ = _lake(lake)
+            assert nd == [store.read(r["resourceType"], r["id"]) for r in nd]
+
+            clock.advance(timedelta(minutes=1))
+            store.update({**store.read("Observation", "obs-1"), "status": "amended"})
+            store.update({**store.read("Observation", "obs-1"), "status": "corrected"})  # twice: the last state
+            store.delete("Observation", "obs-2")
+            clock.advance(timedelta(minutes=1))
+            second = run_export(None, lake, source=source, clock=clock, grace_s=0)
+            assert second.resources == {"Observation": 1} and second.deleted == {"Observation": 1}
+            gone, _ = _lake(lake, "deleted")
+            assert [(g["id"], g["meta"]["versionId"]) for g in gone] == [("obs-2", "2")]
+            assert [r["status"] for r in _lake(lake)[0] if r["id"] == "obs-1"] == ["final", "corrected"]
+        finally:
+            source.close()
+        # One export of the embedded store over both windows sees the same end state.
+        direct = run_export(tmp_path / "fhir.db", tmp_path / "direct", upto=second.upto)
+        assert direct.resources == {"Observation": 29, "Patient": 3} and direct.deleted == {"Observation": 1}
