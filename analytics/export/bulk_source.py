@@ -8,8 +8,9 @@ download each `output[].url` NDJSON file. The window's end is the server's: the 
 interrupted kicks off again from the same `_since`; only the whole window is ever committed.
 
 Deletes: the base `$export` lists live resources only. Bulk Data 2.0 lets a server add `deleted` files
-(Bundles of `DELETE` entries) to an export with `_since`; when the manifest has them, they become
-tombstones, otherwise the summary says the deletes were not visible.
+(Bundles of `DELETE` entries) to an export with `_since` (the facade does, at system level); when the
+manifest has a `deleted` list, its entries become tombstones, otherwise the summary says the deletes were
+not visible.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class BulkExportSource:
         window = BulkWindow(self, after, manifest, status_url)
         for rtype in window.types():
             self.methods[rtype] = "bulk"
-            self.deletes_visible[rtype] = bool(manifest.get("deleted")) or after == 0
+            # A server that reports deletes lists `deleted` (maybe empty); the first run has none to see.
+            self.deletes_visible[rtype] = "deleted" in manifest or after == 0
         return window
 
     def _poll(self, status_url: str) -> dict[str, Any]:
@@ -161,5 +163,7 @@ def _bundle_deletes(bundle: Any, upto: int) -> Iterator[Change]:
         parts = str(request.get("url") or "").split("?")[0].strip("/").split("/")
         if len(parts) != 2:
             continue
-        stamp = ((entry.get("response") or {}).get("lastModified")) or iso_ms(upto)
-        yield Change(parts[0], parts[1], 0, True, micros_of(stamp), stamp, None)
+        response = entry.get("response") or {}
+        stamp = response.get("lastModified") or iso_ms(upto)
+        etag = str(response.get("etag") or "").removeprefix("W/").strip('"')
+        yield Change(parts[0], parts[1], int(etag) if etag.isdigit() else 0, True, micros_of(stamp), stamp, None)

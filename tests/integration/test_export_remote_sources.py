@@ -109,9 +109,13 @@ def test_bulk_client_exports_through_the_facade_and_the_next_run_asks_since_the_
         clock.advance(timedelta(seconds=5))
         store.update(_obs(7, "p1", 42.0))
         store.update({"resourceType": "Patient", "id": "p3", "active": True})
+        store.delete("Observation", "o8")
         second = run_export(None, lake, source=source, clock=clock, grace_s=0)
         assert second.resources == {"Observation": 1, "Patient": 1}
-        assert second.deletes_not_seen == ["Observation", "Patient"]  # the facade's $export lists live ones only
+        # The facade's manifest lists the deletes since _since (Bulk Data 2.0 `deleted`): tombstones.
+        assert second.deleted == {"Observation": 1} and second.deletes_not_seen == []
+        gone, _ = _lake(lake, "deleted")
+        assert [(g["id"], g["meta"]["versionId"]) for g in gone] == [("o8", "2")]
         # The finished jobs were deleted on the server (DELETE on the status URL).
         assert not list((host.services.settings.path("bulk-export")).glob("*/manifest.json"))
     finally:
