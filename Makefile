@@ -11,7 +11,7 @@ PY313 ?= $(shell .ci/python313)
 WORKER_VENV := .venv-worker
 WORKER_STAMP := $(WORKER_VENV)/.installed
 
-.PHONY: demo test lint bench serve clean worker-env medplum-env
+.PHONY: demo test lint bench serve clean worker-env medplum-env azurite-env
 
 # Medplum's FHIR router for the tests that run against a third-party FHIR server
 # (tests/medplum/, pinned by its package-lock.json). Without npm it is not installed and those tests
@@ -43,13 +43,27 @@ medplum-env: $(MEDPLUM_STAMP)
 
 MEDPLUM_DEP := $(if $(shell command -v npm),$(MEDPLUM_STAMP),)
 
+# Azurite (the Azure Storage emulator) for the Blob destination tests (tests/azurite/, pinned by its
+# package-lock.json to 3.35.0, the last release that runs on Node 20). Without npm the tests skip
+# locally and fail under CI=true (tests/support/azurite.py).
+AZURITE_DIR := tests/azurite
+AZURITE_STAMP := $(AZURITE_DIR)/node_modules/.installed
+
+$(AZURITE_STAMP): $(AZURITE_DIR)/package.json $(AZURITE_DIR)/package-lock.json
+	cd $(AZURITE_DIR) && npm ci --no-audit --no-fund --silent
+	touch $@
+
+azurite-env: $(AZURITE_STAMP)
+
+AZURITE_DEP := $(if $(shell command -v npm),$(AZURITE_STAMP),)
+
 # The worker env is built only where a 3.13 interpreter exists (the check says why it skipped).
 WORKER_DEP := $(if $(PY313),$(WORKER_STAMP),)
 
 demo: $(STAMP)
 	$(BIN)/vigil demo
 
-test: $(STAMP) $(WORKER_DEP) $(MEDPLUM_DEP)
+test: $(STAMP) $(WORKER_DEP) $(MEDPLUM_DEP) $(AZURITE_DEP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports
@@ -67,4 +81,4 @@ serve: $(STAMP)
 	$(BIN)/vigil serve
 
 clean:
-	rm -rf $(VENV) $(WORKER_VENV) $(MEDPLUM_DIR)/node_modules .vigil .pytest_cache .ruff_cache .mypy_cache .import_linter_cache
+	rm -rf $(VENV) $(WORKER_VENV) $(MEDPLUM_DIR)/node_modules $(AZURITE_DIR)/node_modules .vigil .pytest_cache .ruff_cache .mypy_cache .import_linter_cache

@@ -9,6 +9,7 @@ from triggers import (
     fhir_events,
     fhir_sources,
     http_api,
+    lake_export,
     retention,
     timers,
 )
@@ -22,3 +23,4 @@ app.register_functions(acs_events.bp)
 app.register_functions(fhir_sources.bp)
 app.register_functions(retention.bp)
 app.register_functions(console_http.bp)
+app.register_functions(lake_export.bp)

@@ -44,7 +44,7 @@ OUTPUT_FORMATS = frozenset({NDJSON, "application/ndjson", "ndjson"})
 # so a client never receives more than it asked for without knowing (the spec lets a server refuse).
 KNOWN_PARAMS = frozenset({"_since", "_type", "_outputFormat"})
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-_FILE = re.compile(r"^[A-Z][A-Za-z]{0,63}\.ndjson$")
+_FILE = re.compile(r"^(deleted-)?[A-Z][A-Za-z]{0,63}\.ndjson$")
 _TYPE = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
 
 
@@ -124,7 +124,7 @@ class BulkExports:
         manifest = folder / "manifest.json"
         if manifest.exists():
             data = json.loads(manifest.read_text())
-            for item in data["output"]:
+            for item in (*data["output"], *data.get("deleted", [])):
                 item["url"] = f"{request.base_url}{self._base}/$export-file/{job_id}/{item['url']}"
             body = json.dumps(data).encode()
             return Response(200, {"Content-Type": "application/json", "Expires": _expires()}, body)
@@ -219,8 +219,10 @@ class BulkExports:
             output = self._export(job_id, folder, job)
             if job_id in self._cancelled:
                 return
+            deleted = [o for o in output if o["url"].startswith("deleted-")]
             manifest = {"transactionTime": _iso(job["upto"]), "request": job["request"],
-                        "requiresAccessToken": True, "output": output, "error": []}
+                        "requiresAccessToken": True, "output": [o for o in output if o not in deleted],
+                        "deleted": deleted, "error": []}
             replace_private(folder / "manifest.json", json.dumps(manifest).encode())
         except Exception as exc:  # the job fails, the server does not; the type only (no PHI)
             log.warning("bulk export job failed: %s", type(exc).__name__)
@@ -246,6 +248,12 @@ class BulkExports:
                     return []
                 if count:
                     output.append({"type": resource_type, "url": f"{resource_type}.ndjson", "count": count})
+                # Bulk Data 2.0 `deleted`: with `_since`, at system level (a deleted resource's compartment
+                # is no longer known), the deletes since then, one Bundle of DELETE entries per line.
+                if job["since"] and job["level"] == "system":
+                    gone = _write_deleted(source, job, resource_type, folder)
+                    if gone:
+                        output.append({"type": "Bundle", "url": f"deleted-{resource_type}.ndjson", "count": gone})
             return output
         finally:
             source.close()
@@ -276,6 +284,22 @@ def _write_type(source: SqliteSource, job: dict[str, Any], resource_type: str, p
     else:
         part.unlink()
     return count
+
+
+def _write_deleted(source: SqliteSource, job: dict[str, Any], resource_type: str, folder: Path) -> int:
+    """`deleted-{Type}.ndjson`: a transaction Bundle per deleted resource with its DELETE request
+    (https://hl7.org/fhir/uv/bulkdata/export.html, "deleted"), plus the delete's version and instant in
+    `response`, so a client can order the delete after the versions it already holds."""
+    lines = []
+    for change in source.changes(resource_type, job["since"], job["upto"]):
+        if change.deleted:
+            entry = {"request": {"method": "DELETE", "url": f"{resource_type}/{change.id}"},
+                     "response": {"status": "204", "etag": f'W/"{change.version}"',
+                                  "lastModified": change.last_updated}}
+            lines.append(json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [entry]}))
+    if lines:
+        replace_private(folder / f"deleted-{resource_type}.ndjson", ("\n".join(lines) + "\n").encode())
+    return len(lines)
 
 
 def _patient_filter(source: SqliteSource, job: dict[str, Any]) -> set[str]:

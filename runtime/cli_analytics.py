@@ -27,9 +27,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     test.set_defaults(func=_views_test)
 
     export = sub.add_parser("export", help="export what changed since the last run to NDJSON and Parquet")
-    export.add_argument("dest", type=Path, help="destination folder (the data lake root)")
-    export.add_argument("--format", default="ndjson,parquet", help="ndjson, parquet or both (default both)")
-    export.add_argument("--grace", type=float, default=2.0, help="seconds behind now the window ends (default 2)")
+    export.add_argument("dest", nargs="?", help="destination: a folder, or abfss://FS@ACCOUNT.dfs.core.windows.net/"
+                        "PATH, https://ACCOUNT.blob.core.windows.net/CONTAINER/PATH (default VIGIL_EXPORT_DEST)")
+    export.add_argument("--source", choices=("auto", "embedded", "search", "bulk"), default=None,
+                        help="embedded store, a FHIR server's search/_history, or its bulk $export "
+                             "(default VIGIL_EXPORT_SOURCE)")
+    export.add_argument("--fhir-url", help="the FHIR server a search or bulk source reads (default VIGIL_FHIR_URL)")
+    export.add_argument("--type", action="append", default=None,
+                        help="a resource type to export from a FHIR server (repeat; default VIGIL_EXPORT_TYPES)")
+    export.add_argument("--storage-api", choices=("blob", "dfs"), help="for a path-style (emulator) storage URL")
+    export.add_argument("--format", default=None, help="ndjson, parquet or both (default VIGIL_EXPORT_FORMATS)")
+    export.add_argument("--grace", type=float, default=None,
+                        help="seconds behind now the window ends (default 2, or VIGIL_EXPORT_GRACE_S remote)")
     export.add_argument("--chunk-rows", type=int, default=100_000, help="resources per file (default 100000)")
     export.add_argument("--deidentify", nargs="?", const="safe-harbor", metavar="CONFIG",
                         help="de-identify on the way out: safe-harbor (default), research, or a config file")
@@ -71,34 +80,56 @@ def _views_test(args: argparse.Namespace, settings: Settings) -> int:
 
 def _export(args: argparse.Namespace, settings: Settings) -> int:
     from analytics.export import ExportError, run_export
+    from analytics.export.destination import DestinationError
+    from analytics.export.http import RemoteError
+    from runtime.lake_export import build_destination, build_source, formats_of, source_kind
+    from runtime.settings import SettingsError
 
-    if not settings.embedded:
-        print("vigil: export reads the embedded FHIR store; with VIGIL_FHIR_URL set use the server's $export",
-              file=sys.stderr)
+    kind = source_kind(settings, args.source)
+    if kind == "embedded" and not settings.embedded and not args.source:
+        print("vigil: with VIGIL_FHIR_URL set, export reads that server: --source search or bulk", file=sys.stderr)
         return 2
-    formats = frozenset(f.strip() for f in args.format.split(",") if f.strip())
+    dest = args.dest or settings.export_dest
+    if not dest:
+        print("vigil: name the destination (a folder or a storage URL), or set VIGIL_EXPORT_DEST", file=sys.stderr)
+        return 2
+    formats = formats_of(args.format or settings.export_formats)
+    grace = args.grace if args.grace is not None else 2.0 if kind == "embedded" else settings.export_grace_s
+    types = [t.strip() for arg in args.type for t in arg.split(",") if t.strip()] if args.type else None
     transform = None
+    source = destination = None
     try:
         if args.deidentify:
             from analytics.deid.files import transform_for_export
 
             transform = transform_for_export(args.deidentify, settings.path("deid-keys.json"))
-        summary = run_export(settings.path("fhir.db"), args.dest, formats=formats, grace_s=args.grace,
-                             chunk_rows=args.chunk_rows, transform=transform,
-                             deidentify=args.deidentify,
-                             progress=not args.no_progress and sys.stderr.isatty())
-    except (ExportError, FileNotFoundError, PermissionError, ValueError) as exc:
+        source = build_source(settings, kind, fhir_url=args.fhir_url, types=types)
+        destination = build_destination(settings, dest, args.storage_api)
+        summary = run_export(settings.path("fhir.db") if kind == "embedded" else None, destination, source=source,
+                             formats=formats, grace_s=grace, chunk_rows=args.chunk_rows, transform=transform,
+                             deidentify=args.deidentify, progress=not args.no_progress and sys.stderr.isatty())
+    except (ExportError, DestinationError, RemoteError, SettingsError, FileNotFoundError, PermissionError,
+            ValueError) as exc:
         print(f"vigil: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if destination is not None:
+            destination.close()
+        if source is not None:
+            source.close()
     if args.json:
         print(json.dumps(summary.as_dict(), indent=2))
         return 0
-    print(f"export {summary.run_id}{' (resumed)' if summary.resumed else ''}: "
-          f"{summary.total} changes in {summary.seconds:.1f} s, {summary.files} files")
+    print(f"export {summary.run_id}{' (resumed)' if summary.resumed else ''} from {summary.source} to "
+          f"{summary.destination}: {summary.total} changes in {summary.seconds:.1f} s "
+          f"({summary.per_second:,.0f}/s), {summary.files} files")
     for rtype in sorted(set(summary.resources) | set(summary.deleted)):
-        print(
-            f"  {rtype:<24} {summary.resources.get(rtype, 0):>9} resources {summary.deleted.get(rtype, 0):>7} deleted"
-        )
+        how = f" [{summary.methods[rtype]}]" if summary.methods.get(rtype) not in (None, "embedded") else ""
+        print(f"  {rtype:<24} {summary.resources.get(rtype, 0):>9} resources "
+              f"{summary.deleted.get(rtype, 0):>7} deleted{how}")
+    if summary.deletes_not_seen:
+        print(f"  note: a paged search cannot see deletes; deletes of {', '.join(summary.deletes_not_seen)} "
+              "are not in this export (a server with type-level _history, or the embedded store, shows them)")
     return 0
 
 

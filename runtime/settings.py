@@ -24,6 +24,7 @@ SEND_LEDGERS = ("sqlite", "fhir")
 
 
 EVENT_SOURCES = ("auto", "eventgrid", "outbox", "poll", "rest-hook")
+EXPORT_SOURCES = ("auto", "embedded", "search", "bulk")
 
 
 class SettingsError(ValueError):
@@ -114,6 +115,17 @@ class Settings:
     # only; `vigil serve` never trusts them) or console accounts do ("local").
     console_secret: str | None = field(default=None, repr=False)
     console_identity: str = "local"
+    # The analytics export (docs/analytics.md, "Sources" and "Destinations"): `vigil export` and the
+    # lake_export timer. The destination is a folder or a storage URL (abfss://FS@ACCOUNT.dfs.core.windows.net/
+    # PATH, https://ACCOUNT.blob.core.windows.net/CONTAINER/PATH); unset, the timer does nothing.
+    export_dest: str | None = None
+    export_source: str = "auto"  # auto | embedded | search | bulk (auto: embedded, or search with a FHIR URL)
+    export_types: str = ""  # comma-separated resource types for a remote source (empty: all the server lists)
+    export_formats: str = "ndjson,parquet"
+    export_grace_s: float = 120.0  # how far behind now the timer's (and a remote export's) window ends
+    export_storage_api: str | None = None  # blob | dfs, for a path-style (emulator) storage URL
+    export_storage_key: str | None = field(default=None, repr=False)  # account key; else DefaultAzureCredential
+    export_fhir_token: str | None = field(default=None, repr=False)  # bearer token for a remote source
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -169,6 +181,16 @@ class Settings:
             raise SettingsError(
                 f"VIGIL_CONSOLE_IDENTITY must be 'local' or 'app-service', not {self.console_identity!r}"
             )
+        if self.export_source not in EXPORT_SOURCES:
+            raise SettingsError(f"VIGIL_EXPORT_SOURCE must be one of {', '.join(EXPORT_SOURCES)}, "
+                                f"not {self.export_source!r}")
+        if self.export_storage_api is not None and self.export_storage_api not in ("blob", "dfs"):
+            raise SettingsError(f"VIGIL_EXPORT_STORAGE_API must be blob or dfs, not {self.export_storage_api!r}")
+        if not {f.strip() for f in self.export_formats.split(",") if f.strip()} <= {"ndjson", "parquet"} \
+                or not self.export_formats.strip():
+            raise SettingsError(f"VIGIL_EXPORT_FORMATS must be ndjson, parquet or both, not {self.export_formats!r}")
+        if self.export_grace_s < 0:
+            raise SettingsError("VIGIL_EXPORT_GRACE_S must be 0 or more seconds")
         if self.send_ledger is not None and self.send_ledger.strip().lower() not in SEND_LEDGERS:
             raise SettingsError(f"VIGIL_SEND_LEDGER must be 'sqlite' or 'fhir', not {self.send_ledger!r}")
 

@@ -23,23 +23,51 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from analytics.export.destination import Destination, DestinationError, LocalDestination
+from analytics.export.http import RemoteError
 from analytics.export.schema import SchemaConflict, SchemaStore, table_from_ndjson
-from analytics.export.source import Change, SqliteSource
+from analytics.export.source import Change, EmbeddedSource
 from analytics.export.state import ExportState, PendingRun
 from common import jsonnum
 from common.clock import Clock, SystemClock
 
 FORMATS = frozenset({"ndjson", "parquet"})
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+STATE = "_vigil/state.json"
+
+
+class Window(Protocol):
+    upto: int
+    total: int | None
+
+    def types(self) -> list[str]: ...
+
+    def changes(self, resource_type: str) -> Iterator[Change]: ...
+
+
+class Source(Protocol):
+    """Where changes come from (analytics/export/source.py, remote_source.py, bulk_source.py)."""
+
+    kind: str
+    methods: dict[str, str]  # per type: embedded | search | history | bulk
+
+    @property
+    def deletes_visible(self) -> dict[str, bool]: ...
+
+    def open(self, after: int, upto: int) -> Window: ...
+
+    def close(self) -> None: ...
 
 
 class ExportError(RuntimeError):
@@ -56,15 +84,26 @@ class ExportSummary:
     files: int = 0
     seconds: float = 0.0
     resumed: bool = False
+    source: str = "embedded"
+    destination: str = ""
+    methods: dict[str, str] = field(default_factory=dict)
+    # Types whose deletes this source cannot see (a plain paged search): their deletes are not in the lake.
+    deletes_not_seen: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
         return sum(self.resources.values()) + sum(self.deleted.values())
 
+    @property
+    def per_second(self) -> float:
+        return self.total / self.seconds if self.seconds > 0 else 0.0
+
     def as_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "window": [_iso(self.after), _iso(self.upto)], "resumed": self.resumed,
-                "resources": self.resources, "deleted": self.deleted, "files": self.files,
-                "seconds": round(self.seconds, 3)}
+                "source": self.source, "destination": self.destination, "methods": self.methods,
+                "resources": self.resources, "deleted": self.deleted, "deletes_not_seen": self.deletes_not_seen,
+                "files": self.files, "seconds": round(self.seconds, 3),
+                "resources_per_s": round(self.per_second, 1)}
 
 
 def _iso(micros: int) -> str:
@@ -119,22 +158,17 @@ class _Writer:
 
 
 def _tombstone(change: Change) -> dict[str, Any]:
-    return {"resourceType": change.resource_type, "id": change.id,
-            "meta": {"versionId": str(change.version), "lastUpdated": change.last_updated}}
-
-
-def _clear_run(dest: Path, run_id: str) -> None:
-    """Remove every file a run left, staged or already moved, so that redoing it cannot duplicate."""
-    shutil.rmtree(dest / "_vigil" / "staging" / run_id, ignore_errors=True)
-    for kind in ("result", "deleted"):
-        for folder in (dest / kind).glob(f"*/*/*/*/{run_id}"):
-            shutil.rmtree(folder, ignore_errors=True)
+    meta: dict[str, Any] = {"lastUpdated": change.last_updated}
+    if change.version:  # a server's delete entry may not say which version the delete is
+        meta = {"versionId": str(change.version), **meta}
+    return {"resourceType": change.resource_type, "id": change.id, "meta": meta}
 
 
 def run_export(
-    store_path: Path,
-    dest: Path,
+    store_path: Path | None,
+    dest: Path | Destination,
     *,
+    source: Source | None = None,
     formats: frozenset[str] = FORMATS,
     grace_s: float = 2.0,
     upto: int | None = None,
@@ -144,93 +178,127 @@ def run_export(
     chunk_rows: int = 100_000,
     progress: bool = False,
 ) -> ExportSummary:
-    """Export what changed since the last committed run (or redo an interrupted run first)."""
+    """Export what changed since the last committed run (or redo an interrupted run first).
+
+    `source` defaults to the embedded store at `store_path`; `dest` is a local folder or a Destination."""
     if not formats or not formats <= FORMATS:
         raise ExportError(f"formats must be some of {sorted(FORMATS)}, got {sorted(formats)}")
-    started = time.monotonic()
-    state_path = dest / "_vigil" / "state.json"
-    try:
-        state = ExportState.load(state_path)
-    except ValueError as exc:
-        raise ExportError(str(exc)) from exc
     if (transform is None) != (deidentify is None):
         raise ExportError("a de-identifying export names its configuration (deidentify=...)")
+    destination = dest if not isinstance(dest, (str, Path)) else LocalDestination(Path(dest))
+    owns_source = source is None
+    if source is None:
+        if store_path is None:
+            raise ExportError("an export needs a source: the embedded store's path or a remote source")
+        source = EmbeddedSource(store_path)
+    try:
+        return _export(source, destination, formats=formats, grace_s=grace_s, upto=upto, transform=transform,
+                       deidentify=deidentify, clock=clock, chunk_rows=chunk_rows, progress=progress)
+    except DestinationError as exc:
+        raise ExportError(f"{exc}; nothing of this window was committed, the next run redoes it") from exc
+    except RemoteError as exc:
+        raise ExportError(f"reading the FHIR server failed: {exc}; nothing of this window was committed, "
+                          "the next run redoes it") from exc
+    finally:
+        if owns_source:
+            source.close()
+
+
+def _export(source: Source, destination: Destination, *, formats: frozenset[str], grace_s: float, upto: int | None,
+            transform: Transform | None, deidentify: str | None, clock: Clock | None, chunk_rows: int,
+            progress: bool) -> ExportSummary:
+    started = time.monotonic()
+    try:
+        state = ExportState.from_bytes(destination.read(STATE), f"{destination.label}/{STATE}")
+    except ValueError as exc:
+        raise ExportError(str(exc)) from exc
     if (state.runs or state.pending) and state.deidentify != deidentify:
         had = f"de-identified with {state.deidentify}" if state.deidentify else "identified data"
         now = f"de-identified with {deidentify}" if deidentify else "identified data"
-        raise ExportError(f"{dest} holds {had}; this run would add {now}: use another destination")
+        raise ExportError(f"{destination.label} holds {had}; this run would add {now}: use another destination")
     state.deidentify = deidentify
-    source = SqliteSource(store_path)
+    resumed = state.pending is not None
+    if state.pending is None:
+        # The window ends on the clock the store stamps commits with (the system clock in production).
+        now = (clock or SystemClock()).now().timestamp()
+        end = upto if upto is not None else int((now - grace_s) * 1_000_000)
+        end = max(end, state.watermark)
+        state.pending = PendingRun(f"r{state.runs + 1:06d}", state.watermark, end)
+        destination.write(STATE, state.to_bytes())
+    else:
+        destination.clear(state.pending.run_id, state.pending.dirs)
+    run = state.pending
+    window = source.open(run.after, run.upto)
+    if window.upto != run.upto:  # the source ends the window (bulk $export: its transactionTime)
+        run.upto = window.upto
+        destination.write(STATE, state.to_bytes())
+    summary = ExportSummary(run.run_id, run.after, run.upto, resumed=resumed, source=source.kind,
+                            destination=destination.label)
+    staging = destination.work / "_vigil" / "staging" / run.run_id
+    shutil.rmtree(staging, ignore_errors=True)
+    schemas = SchemaStore(destination.work / "_vigil" / "schema",
+                          fetch=None if isinstance(destination, LocalDestination)
+                          else lambda name: destination.read(f"_vigil/schema/{name}"))
+    sync_day = _day(_iso(run.upto))
+    dirs: set[Path] = set()
+    bar = tqdm(total=window.total, unit="res", disable=not progress, desc="export")
     try:
-        resumed = state.pending is not None
-        if state.pending is None:
-            # The window ends on the clock the store stamps commits with (the system clock in production).
-            now = (clock or SystemClock()).now().timestamp()
-            end = upto if upto is not None else int((now - grace_s) * 1_000_000)
-            end = max(end, state.watermark)
-            state.pending = PendingRun(f"r{state.runs + 1:06d}", state.watermark, end)
-            state.save(state_path)
-        else:
-            _clear_run(dest, state.pending.run_id)
-        run = state.pending
-        summary = ExportSummary(run.run_id, run.after, run.upto, resumed=resumed)
-        staging = dest / "_vigil" / "staging" / run.run_id
-        schemas = SchemaStore(dest / "_vigil" / "schema")
-        counts = source.counts(run.after, run.upto)
-        sync_day = _day(_iso(run.upto))
-        dirs: set[Path] = set()
-        bar = tqdm(total=sum(counts.values()), unit="res", disable=not progress, desc="export")
-        try:
-            for rtype in counts:
-                live = _Writer(staging, "result", rtype, run.run_id, formats, schemas, chunk_rows)
-                gone = _Writer(staging, "deleted", rtype, run.run_id, formats, schemas, chunk_rows)
-                for change in source.changes(rtype, run.after, run.upto):
-                    day = sync_day if transform else _day(change.last_updated)
-                    if change.deleted or change.body is None:
-                        doc = _tombstone(change)
-                        doc = transform(doc) if transform else doc
-                        gone.add(day, json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode())
-                        summary.deleted[rtype] = summary.deleted.get(rtype, 0) + 1
+        for rtype in window.types():
+            bar.set_description(rtype)
+            live = _Writer(staging, "result", rtype, run.run_id, formats, schemas, chunk_rows)
+            gone = _Writer(staging, "deleted", rtype, run.run_id, formats, schemas, chunk_rows)
+            for change in window.changes(rtype):
+                day = sync_day if transform else _day(change.last_updated)
+                if change.deleted or change.body is None:
+                    doc = _tombstone(change)
+                    doc = transform(doc) if transform else doc
+                    gone.add(day, json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode())
+                    summary.deleted[rtype] = summary.deleted.get(rtype, 0) + 1
+                else:
+                    if transform:
+                        # Decimals as written through the transform (common/jsonnum.py), as the
+                        # untransformed body keeps them.
+                        line = jsonnum.dumps(transform(jsonnum.loads(change.body)), separators=(",", ":"),
+                                             ensure_ascii=False).encode()
                     else:
-                        if transform:
-                            # Decimals as written through the transform (common/jsonnum.py), as the
-                            # untransformed body keeps them.
-                            line = jsonnum.dumps(transform(jsonnum.loads(change.body)), separators=(",", ":"),
-                                                 ensure_ascii=False).encode()
-                        else:
-                            line = change.body.encode()
-                        live.add(day, line)
-                        summary.resources[rtype] = summary.resources.get(rtype, 0) + 1
-                    bar.update(1)
-                for writer in (live, gone):
-                    writer.flush()
-                    summary.files += writer.files
-                    dirs |= writer.dirs
-        except OSError as exc:
-            raise ExportError(f"writing the export under {staging} failed ({exc}); nothing of this window "
-                              "was committed, the next run redoes it") from exc
-        finally:
-            bar.close()
-        _commit(dest, staging, dirs)
-        state.watermark = run.upto
-        state.runs += 1
-        state.pending = None
-        summary.seconds = time.monotonic() - started
-        state.last_summary = summary.as_dict()
-        state.save(state_path)
-        return summary
-    finally:
-        source.close()
-
-
-def _commit(dest: Path, staging: Path, dirs: set[Path]) -> None:
-    try:
-        for rel in sorted(dirs):
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(target, ignore_errors=True)  # only a crashed attempt of this same run leaves one
-            (staging / rel).rename(target)
-        shutil.rmtree(staging, ignore_errors=True)
+                        line = change.body.encode()
+                    live.add(day, line)
+                    summary.resources[rtype] = summary.resources.get(rtype, 0) + 1
+                bar.update(1)
+            for writer in (live, gone):
+                writer.flush()
+                summary.files += writer.files
+                dirs |= writer.dirs
     except OSError as exc:
-        raise ExportError(f"moving the export from {staging} into {dest} failed ({exc}); "
+        raise ExportError(f"writing the export under {staging} failed ({exc}); nothing of this window "
+                          "was committed, the next run redoes it") from exc
+    finally:
+        bar.close()
+    summary.methods = dict(source.methods)
+    summary.deletes_not_seen = sorted(t for t, seen in source.deletes_visible.items() if not seen)
+    if not isinstance(destination, LocalDestination):
+        run.dirs = sorted(d.as_posix() for d in dirs)
+        destination.write(STATE, state.to_bytes())
+    try:
+        destination.publish(staging, dirs)
+        if not isinstance(destination, LocalDestination):
+            for name in sorted(schemas.changed):
+                destination.write(f"_vigil/schema/{name}", (schemas.directory / name).read_bytes())
+    except OSError as exc:
+        raise ExportError(f"moving the export from {staging} into {destination.label} failed ({exc}); "
                           "the next run redoes this window") from exc
+    # The commit point: everything above is durable in the destination; only now does the watermark move.
+    state.watermark = run.upto
+    state.runs += 1
+    state.pending = None
+    summary.seconds = time.monotonic() - started
+    state.last_summary = summary.as_dict()
+    try:
+        destination.write(STATE, state.to_bytes())
+    except OSError as exc:
+        raise ExportError(f"recording the finished run in {destination.label} failed ({exc}); "
+                          "the next run redoes this window") from exc
+    finish = getattr(window, "finish", None)
+    if finish is not None:
+        finish()
+    return summary

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -67,9 +68,13 @@ def merge_schema(old: pa.Schema | None, new: pa.Schema, resource_type: str) -> p
 class SchemaStore:
     """The persisted schema of each resource type (Arrow IPC schema files)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, fetch: Callable[[str], bytes | None] | None = None) -> None:
         self.directory = directory
         self._cache: dict[str, pa.Schema | None] = {}
+        # A remote destination keeps the schemas; `fetch(name)` reads one there (None: not there yet),
+        # and `changed` says which to upload when the run commits.
+        self._fetch = fetch
+        self.changed: set[str] = set()
 
     def _path(self, resource_type: str) -> Path:
         return self.directory / f"{resource_type}.arrow-schema"
@@ -77,7 +82,8 @@ class SchemaStore:
     def get(self, resource_type: str) -> pa.Schema | None:
         if resource_type not in self._cache:
             path = self._path(resource_type)
-            self._cache[resource_type] = pa.ipc.read_schema(pa.py_buffer(path.read_bytes())) if path.exists() else None
+            data = path.read_bytes() if path.exists() else self._fetch(path.name) if self._fetch else None
+            self._cache[resource_type] = pa.ipc.read_schema(pa.py_buffer(data)) if data is not None else None
         return self._cache[resource_type]
 
     def put(self, resource_type: str, schema: pa.Schema) -> None:
@@ -89,6 +95,7 @@ class SchemaStore:
         tmp.write_bytes(schema.serialize().to_pybytes())
         os.replace(tmp, path)
         self._cache[resource_type] = schema
+        self.changed.add(path.name)
 
 
 def table_from_ndjson(data: bytes, resource_type: str, schemas: SchemaStore) -> pa.Table:

@@ -69,3 +69,38 @@ class SqliteSource:
     def newest(self) -> int:
         """The newest commit instant in the store (0 when empty)."""
         return self._db.execute("SELECT coalesce(max(updated), 0) FROM resources").fetchone()[0]
+
+
+class EmbeddedSource:
+    """The embedded store as an export source: it sees deletes (every type's tombstones are exact)."""
+
+    kind = "embedded"
+
+    def __init__(self, path: str | Path) -> None:
+        self.db = SqliteSource(path)
+        self.methods: dict[str, str] = {}
+
+    @property
+    def deletes_visible(self) -> dict[str, bool]:
+        return {t: True for t in self.methods}
+
+    def open(self, after: int, upto: int) -> _EmbeddedWindow:
+        window = _EmbeddedWindow(self.db, after, upto)
+        self.methods = {t: "embedded" for t in window.counts}
+        return window
+
+    def close(self) -> None:
+        self.db.close()
+
+
+class _EmbeddedWindow:
+    def __init__(self, db: SqliteSource, after: int, upto: int) -> None:
+        self.db, self.after, self.upto = db, after, upto
+        self.counts = db.counts(after, upto)
+        self.total: int | None = sum(self.counts.values())
+
+    def types(self) -> list[str]:
+        return list(self.counts)
+
+    def changes(self, resource_type: str) -> Iterator[Change]:
+        return self.db.changes(resource_type, self.after, self.upto)

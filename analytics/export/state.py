@@ -17,6 +17,9 @@ class PendingRun:
     run_id: str
     after: int  # window start, exclusive (microseconds since the epoch)
     upto: int  # window end, inclusive
+    # The run folders (relative to the destination) its files go to, recorded before they are uploaded,
+    # so that a run redone after a failure removes exactly what it may have left.
+    dirs: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -29,10 +32,15 @@ class ExportState:
 
     @classmethod
     def load(cls, path: Path) -> ExportState:
-        if not path.exists():
+        return cls.from_bytes(path.read_bytes() if path.exists() else None, str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes | None, where: str) -> ExportState:
+        if data is None:
             return cls()
+        path = where
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            raw = json.loads(data.decode("utf-8"))
             pending = raw.get("pending")
             return cls(watermark=int(raw["watermark"]), runs=int(raw.get("runs", 0)),
                        pending=PendingRun(**pending) if pending else None, deidentify=raw.get("deidentify"),
@@ -40,6 +48,9 @@ class ExportState:
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"the export state {path} is unreadable ({exc}); "
                              "fix or remove it (removing it re-exports everything)") from exc
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), indent=2).encode("utf-8")
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.support.acs_server import FakeAcsServer
+from tests.support.azurite import Azurite, run_azurite
 from tests.support.medplum import MedplumServer, run_medplum
 
 
@@ -28,4 +29,11 @@ def acs(acs_server: FakeAcsServer) -> Iterator[FakeAcsServer]:
 def medplum() -> Iterator[MedplumServer]:
     """Medplum's FHIR router on loopback, started once per session (tests/support/medplum.py)."""
     with run_medplum() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """Azurite's Blob service on loopback, started once per session (tests/support/azurite.py)."""
+    with run_azurite() as server:
         yield server

@@ -114,6 +114,16 @@ def test_type_and_since_filter(served) -> None:
     files = _download(manifest)
     assert {t: [r["id"] for r in rs] for t, rs in files.items()} == {"Observation": ["o2"], "Group": ["g1"]}
     assert manifest["request"].endswith("_since=2026-11-20T15%3A00%3A02.500Z")
+    # Bulk Data 2.0 `deleted`: the deletes since _since, one transaction Bundle of DELETE entries a line.
+    [deleted] = manifest["deleted"]
+    assert deleted["type"] == "Bundle" and deleted["count"] == 1
+    resp = httpx.get(deleted["url"], headers=AUTH)
+    [bundle] = [json.loads(line) for line in resp.text.splitlines()]
+    assert bundle["type"] == "transaction"
+    assert [e["request"] for e in bundle["entry"]] == [{"method": "DELETE", "url": "Observation/gone"}]
+    # Without _since there is nothing to compare with, so no deletes are listed.
+    _, manifest = _export(url, "$export")
+    assert manifest["deleted"] == []
 
 
 def test_the_key_in_a_code_parameter_stays_out_of_the_manifest(served, data_dir) -> None:

@@ -41,6 +41,7 @@ EXPECTED = {
     "pull_fhir_changes": {"timer": ("timerTrigger", "in")},
     "fhir_notification": {"req": ("httpTrigger", "in"), "$return": ("http", "out")},
     "console": {"req": ("httpTrigger", "in"), "$return": ("http", "out")},
+    "lake_export": {"timer": ("timerTrigger", "in")},
 }
 DIRECTIONS = {0: "in", 1: "out", 2: "inout"}
 

@@ -33,6 +33,7 @@ def test_function_names_and_trigger_types() -> None:
         "pull_fhir_changes": "timerTrigger",
         "fhir_notification": "httpTrigger",
         "console": "httpTrigger",
+        "lake_export": "timerTrigger",
     }
 
 
