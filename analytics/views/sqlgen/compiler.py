@@ -136,9 +136,8 @@ class _Compiler:
             op = node["terminalNodeText"][0]
             if op not in ("and", "or"):
                 raise self.fail(f"the operator {op!r} is not translated (only and, or)")
+            # An empty operand is SQL's NULL: FHIRPath's and/or over empty follow the same three-valued tables.
             a, b = (self.boolean(self.expr(c, focus)) for c in children)
-            if a.empty or b.empty:
-                raise self.fail(f"'{op}' over an element the lake never had is not translated")
             return Coll(many=False, type="boolean", expr=self.b.logic(op, a, b))
         if kind == "UnionExpression":
             raise self.fail("'|' is translated only directly under first() or exists()")

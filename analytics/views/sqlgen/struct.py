@@ -2,7 +2,7 @@
 
 Expressions are written once, in DuckDB's SQL, and turned into Spark SQL by sqlglot (``transpile``), which
 knows the differences that matter here: ``list_filter``/``list_transform`` vs ``filter``/``transform``,
-DuckDB's 1-based ``l[1]`` vs Spark's 0-based ``l[0]``, ``array_length`` vs ``size``, ``regexp_matches`` vs
+DuckDB's 1-based ``l[1]`` vs Spark's ``TRY_ELEMENT_AT(l, 1)``, ``array_length`` vs ``size``, ``regexp_matches`` vs
 ``RLIKE``, double-quoted vs back-quoted names. The few clauses sqlglot does not carry over faithfully (a
 lateral unnest that must keep rows, ``LEFT JOIN LATERAL`` → ``LATERAL VIEW OUTER explode``; the file
 sources) are written here per engine.
@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlglot
+from sqlglot import exp
 
 from analytics.views.sqlgen import model
 from analytics.views.sqlgen.compiler import Coll, Join
@@ -67,7 +68,7 @@ class StructBackend:
         return f"({c.expr})[1]"
 
     def last(self, c: Coll) -> Any:
-        return f"({c.expr})[array_length({c.expr})]"
+        return f"({c.expr})[-1]"
 
     def exists(self, c: Coll) -> Any:
         if c.many:
@@ -137,8 +138,26 @@ def _deref(expr: str) -> str:
     return expr if simple else f"({expr})"
 
 
+def _safe_index(node: exp.Expression) -> exp.Expression:
+    # Spark's arr[i] fails on a missing item when spark.sql.ansi.enabled is on (Spark 4's default); FHIRPath's
+    # first() of nothing is empty. TRY_ELEMENT_AT (1-based, negative from the end) gives NULL instead; sqlglot
+    # models it as a "safe" 1-based bracket, while DuckDB's parser left a 0-based one.
+    if not isinstance(node, exp.Bracket) or node.args.get("safe") or len(node.expressions) != 1:
+        return node
+    index = node.expressions[0]
+    if isinstance(index, exp.Literal) and index.is_int:
+        shifted: exp.Expression = exp.Literal.number(int(index.this) + 1)
+    elif isinstance(index, exp.Neg) and isinstance(index.this, exp.Literal) and index.this.is_int:
+        shifted = exp.Literal.number(1 - int(index.this.this))
+    else:
+        shifted = exp.Add(this=exp.Paren(this=index), expression=exp.Literal.number(1))
+    return exp.Bracket(this=node.this, expressions=[shifted], offset=1, safe=True)
+
+
 def to_spark(expr: str) -> str:
-    """One DuckDB expression as Spark SQL (sqlglot)."""
-    out = sqlglot.transpile(f"SELECT {expr}", read="duckdb", write="spark")[0]
-    assert out.startswith("SELECT ")
+    """One DuckDB expression as Spark SQL (sqlglot), indexing arrays with TRY_ELEMENT_AT."""
+    tree = sqlglot.parse_one(f"SELECT {expr}", read="duckdb").transform(_safe_index)
+    out = tree.sql(dialect="spark")
+    if not out.startswith("SELECT "):
+        raise AssertionError(f"sqlglot turned an expression into {out!r}")
     return out[len("SELECT "):]

@@ -353,3 +353,29 @@ def test_other_views_translate_to_the_same_rows(tmp_path: Path, data_dir: Path, 
                 continue  # a collection column: refused for T-SQL (tested above)
             generated = generate(view, dialect, root="/lake")
             sqlglot.parse_one(generated.parseable_select, read="tsql" if dialect == "synapse" else "spark")
+
+
+def test_elements_the_lake_never_had_are_empty_with_its_schema(tmp_path: Path, data_dir: Path,
+                                                               clock: FixedClock) -> None:
+    # seed() writes effectiveDateTime only: the lake has no effectivePeriod or bodySite column at all.
+    store = seed(data_dir / "fhir.db", clock)
+    root = tmp_path / "lake"
+    run_export(data_dir / "fhir.db", root, clock=clock, grace_s=0)
+    schema = lake_schema(root, "Observation")
+    assert schema is not None and "effectivePeriod" not in schema.names and "bodySite" not in schema.names
+    view = {**shipped_views()["vital_signs"], "name": "v",
+            "where": [{"path": "bodySite.text = 'arm' or status = 'final'"},
+                      {"path": "(bodySite.text = 'arm' and status = 'final').not().exists().not()"}]}
+    with pytest.raises(duckdb.BinderException, match="does not have a column named"):
+        duckdb.connect().execute(generate(view, "duckdb", root=str(root), tombstones=False).select)
+    generated = generate(view, "duckdb", root=str(root), schema=schema, tombstones=False)
+    types = _column_types(view)
+    got = Counter(_normalized(dict(zip(types, row, strict=True)), types)
+                  for row in duckdb.connect().execute(generated.select).fetchall())
+    resources = [store.read("Observation", f"obs-{i}") for i in range(30)]
+    expected = Counter(_normalized(row, types) for row in run_view(view, resources))
+    # empty or true is true; (empty and true) is empty, its not() empty, exists() false, not() true
+    assert got == expected and sum(expected.values()) == 30
+    view["where"] = [{"path": "(bodySite.text = 'arm' and status = 'final').not()"}]
+    generated = generate(view, "duckdb", root=str(root), schema=schema, tombstones=False)
+    assert duckdb.connect().execute(generated.select).fetchall() == run_view(view, resources) == []
