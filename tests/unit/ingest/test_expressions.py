@@ -208,10 +208,10 @@ def test_ordering_a_string_against_a_number_fails_like_the_interpreter() -> None
 def test_jmespath_semantics_match_the_reference_interpreter(expr, data, expected) -> None:
     import jmespath
 
-    from ingest.templates.expressions import _JMES_OPTIONS
+    from ingest.templates.jmespath_functions import JMES_OPTIONS
 
     assert compile_expression(expr, "JmesPath").find(data) == expected
-    reference = jmespath.search(expr, data, options=_JMES_OPTIONS)
+    reference = jmespath.search(expr, data, options=JMES_OPTIONS)
     as_list = [] if reference is None else [r for r in reference if r is not None] if isinstance(reference, list) \
         else [reference]
     assert as_list == expected
