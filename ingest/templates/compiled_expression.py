@@ -39,9 +39,14 @@ class CompiledExpression:
     `find(data)` returns every match (used for `typeMatchExpression`: each match is one
     measurement). `value(data)` returns the single value an id/timestamp/value expression selects,
     None when it selects nothing, and fails when it selects several.
+
+    `value` is the compiler's own function when it gives one (`single`: it fails with a
+    `MappingFailure` itself; a plain member path, which cannot fail): it runs for every id, time and
+    value of every measurement, so it is called without a wrapper in between.
     """
 
-    __slots__ = ("text", "language", "_find", "_single", "scan_anchor", "scan_test", "envelope_only", "group")
+    __slots__ = ("text", "language", "_find", "value", "scan_anchor", "scan_test", "envelope_only", "group")
+    value: Callable[[Any], Any]
 
     def __init__(self, text: str, language: str, find: Callable[[Any], list],
                  scan: tuple[str, Callable[[Any, Any], bool]] | None = None,
@@ -50,7 +55,7 @@ class CompiledExpression:
         self.text = text
         self.language = language
         self._find = find
-        self._single = single  # a plain member path: its value or None, without building a list
+        self.value = single if single is not None else self._value_of_find
         # For `$..[?(@a.b && @c)]`: anchor "a" and the filter test. Every match has member "a", so
         # a template collection can index the message's members once and test only the objects
         # that have the anchor, skipping templates whose anchor is absent (see device.py).
@@ -67,10 +72,7 @@ class CompiledExpression:
         return f"CompiledExpression({self.language}: {self.text!r})"
 
     def _failed(self, exc: Exception) -> MappingFailure:
-        """What an evaluation error means for the message: an expression error naming the expression."""
-        return MappingFailure(EXPRESSION_ERROR,
-                              f"{self.language} expression {self.text!r} failed: {describe_error(exc)}",
-                              expression=self.text)
+        return expression_failure(self.language, self.text, exc)
 
     def find(self, data: Any) -> list:
         try:
@@ -91,24 +93,25 @@ class CompiledExpression:
         except Exception as exc:
             raise self._failed(exc) from None
 
-    def value(self, data: Any) -> Any:
-        if self._single is not None:
-            try:
-                return self._single(data)
-            except MappingFailure:
-                raise
-            except Exception as exc:
-                raise self._failed(exc) from None
+    def _value_of_find(self, data: Any) -> Any:
         found = self.find(data)
         if not found:
             return None
         if len(found) > 1:
-            raise MappingFailure(
-                EXPRESSION_ERROR,
-                f"{self.language} expression {self.text!r} selected {len(found)} values where one was expected",
-                expression=self.text,
-            )
+            raise several_values(self.language, self.text, len(found))
         return found[0]
+
+
+def expression_failure(language: str, text: str, exc: Exception) -> MappingFailure:
+    """What an evaluation error means for the message: an expression error naming the expression."""
+    return MappingFailure(EXPRESSION_ERROR, f"{language} expression {text!r} failed: {describe_error(exc)}",
+                          expression=text)
+
+
+def several_values(language: str, text: str, count: int) -> MappingFailure:
+    return MappingFailure(EXPRESSION_ERROR,
+                          f"{language} expression {text!r} selected {count} values where one was expected",
+                          expression=text)
 
 
 _ROOT_MEMBER = re.compile(r"^\$(\.[A-Za-z_]|\[['\"])")

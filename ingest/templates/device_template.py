@@ -83,8 +83,16 @@ class DeviceTemplate:
         device_id, occurrence, correlation_id, patient_id, encounter_id = self._header(scope)
 
         props: list[MeasurementProperty] = []
+        relative = self.relative
         for spec in self.values:
-            raw = scope.get_once(spec.expression)
+            # `scope.get_once`, inlined: this runs for every value of every reading.
+            expression = spec.expression
+            if relative:
+                raw = expression.value(token)
+            elif expression.envelope_only:
+                raw = expression.value(envelope)
+            else:
+                raw = expression.value(scope.merged())
             if raw is None or (type(raw) is str and not raw.strip()):
                 if spec.required:
                     raise MappingFailure(

@@ -12,8 +12,15 @@ from typing import Any, cast
 import jmespath
 import jmespath.exceptions
 
-from ingest.templates.compiled_expression import JMESPATH, CompiledExpression, ExpressionCompileError, Unsupported
-from ingest.templates.errors import EXPRESSION_ERROR, MappingFailure
+from ingest.templates.compiled_expression import (
+    JMESPATH,
+    CompiledExpression,
+    ExpressionCompileError,
+    Unsupported,
+    expression_failure,
+    several_values,
+)
+from ingest.templates.errors import MappingFailure
 from ingest.templates.jmespath_functions import (
     JMES_FUNCTIONS,
     JMES_OPTIONS,
@@ -48,16 +55,17 @@ def compile_jmespath(text: str) -> CompiledExpression:
         return [result]
 
     def single(data: Any) -> Any:
-        result = evaluate(data)
+        try:
+            result = evaluate(data)
+        except MappingFailure:
+            raise
+        except Exception as exc:  # a JMESPath type error, a custom function error, ...
+            raise expression_failure(JMESPATH, text, exc) from None
         if type(result) is not list:
             return result
         items = [r for r in result if r is not None]
         if len(items) > 1:
-            raise MappingFailure(
-                EXPRESSION_ERROR,
-                f"{JMESPATH} expression {text!r} selected {len(items)} values where one was expected",
-                expression=text,
-            )
+            raise several_values(JMESPATH, text, len(items))
         return items[0] if items else None
 
     return CompiledExpression(text, JMESPATH, find, single=single, group=getattr(evaluate, "group", None))
@@ -117,14 +125,20 @@ def _discriminator(condition: dict[str, Any]) -> tuple[str, tuple[str, ...]] | N
 
 
 def _grouped_filter(base: dict[str, Any], condition: dict[str, Any]) -> Callable[[Any], Any] | None:
-    """`X[?key == 'literal']` or `X[?contains(`[literals]`, key)]`: group X's elements by `key` once
-    per message (see _MessageCache)."""
+    """`X[?key == 'literal']` or `X[?contains(`[literals]`, key)]`, optionally `&& <more>`: group X's
+    elements by `key` once per message (see ingest.templates.message_cache), then test `<more>` only
+    on the group. The discriminator holds a boolean, so `d && more` keeps what `more` keeps."""
+    rest = None
+    if condition["type"] == "and_expression":
+        condition, more = condition["children"]
+        rest = _jmes_node(more)
     found = _discriminator(condition)
     if found is None:
         return None
     key, literals = found
     wanted = frozenset(literals)
     base_fn = _jmes_node(base)
+    # Keyed by X and key only: templates that add different `&& <more>` share one grouping.
     signature = (json.dumps(base, sort_keys=True), key)
     cache = CACHE
 
@@ -132,7 +146,8 @@ def _grouped_filter(base: dict[str, Any], condition: dict[str, Any]) -> Callable
         elements = base_fn(value)
         if type(elements) is not list:
             return None
-        return [e for e in elements if type(e) is dict and type(e.get(key)) is str and e[key] in wanted]
+        found = [e for e in elements if type(e) is dict and type(e.get(key)) is str and e[key] in wanted]
+        return found if rest is None else [e for e in found if not _jmes_false(rest(e))]
 
     def groups_of(value: Any) -> dict | None:
         entry = cache.groups.get(signature)
@@ -158,7 +173,11 @@ def _grouped_filter(base: dict[str, Any], condition: dict[str, Any]) -> Callable
         present = [lit for lit in literals if lit in groups]
         if len(present) > 1:
             return direct(value)  # several spellings in one message: keep the elements' own order
-        return list(groups[present[0]]) if present else []
+        if not present:
+            return []
+        if rest is None:
+            return list(groups[present[0]])
+        return [e for e in groups[present[0]] if not _jmes_false(rest(e))]
 
     # Read by compile_jmespath: lets a template collection test the literals itself (see CompiledExpression.group).
     grouped.group = (signature, wanted, groups_of)  # type: ignore[attr-defined]

@@ -102,6 +102,7 @@ def compile_steps(steps: list[Any]) -> Evaluator:
 
 
 def single_getter(keys: list[Any]) -> Callable[[Any], Any]:
+    """The value at a plain member/index path, or None: it cannot fail (no wrapper needed)."""
     def get(node: Any) -> Any:
         for key in keys:
             if type(key) is str:

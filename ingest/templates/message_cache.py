@@ -4,8 +4,6 @@ document order and its elements grouped by a discriminating key (`message_cache(
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 
@@ -25,20 +23,23 @@ class _MessageCache(threading.local):
         self.nodes: list = []
         self.groups: dict[Any, tuple[Any, dict | None]] = {}
 
+    # A context manager of its own rather than @contextmanager: it is entered once per message, and
+    # a generator-based one costs several calls more each time.
+    def __enter__(self) -> None:
+        self.active = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.active = False
+        self.start, self.nodes = None, []
+        self.groups = {}
+
 
 CACHE = _MessageCache()
 
 
-@contextmanager
-def message_cache() -> Iterator[None]:
-    """Share work between the templates evaluating one message (see `_MessageCache`)."""
-    CACHE.active = True
-    try:
-        yield
-    finally:
-        CACHE.active = False
-        CACHE.start, CACHE.nodes = None, []
-        CACHE.groups = {}
+def message_cache() -> _MessageCache:
+    """Share work between the templates evaluating one message (see `_MessageCache`): a `with` block."""
+    return CACHE
 
 
 def containers(start: Any) -> list:
