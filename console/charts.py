@@ -11,8 +11,9 @@ from typing import Any
 from markupsafe import Markup, escape
 
 from common.codes import METRICS
+from rules.fields import GoalBound, ParamRef
 from rules.goals import personal_bound
-from rules.model import GoalBound, ParamRef, Rule, Ruleset
+from rules.model import Rule, Ruleset
 
 W, H, PAD_L, PAD_R, PAD_T, PAD_B = 640, 200, 48, 12, 12, 24
 

@@ -6,36 +6,22 @@ goal > default (or the rule's own value), and each result records where its thre
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from common.codes import METRICS
-from common.patient_time import days_with_readings
 from common.units import UnitError
 from rules import registry
 from rules.enrollment import PatientContext, RuleOverride
+from rules.fields import GoalBound, ParamRef, Windowed
 from rules.goals import personal_bound
-from rules.model import (
-    AbsenceSpec,
-    AggregateSpec,
-    ChangeSpec,
-    Comparison,
-    ConsecutiveSpec,
-    CountSpec,
-    GoalBound,
-    ParamRef,
-    ProSpec,
-    Rule,
-    Windowed,
-)
-from rules.pro import INSTRUMENTS
+from rules.model import Rule
 from rules.quantity import Quantity, format_duration, format_value
 from rules.readings import Reading
 from rules.results import ConditionResult, ResolvedThreshold
 from rules.window import History, window_start
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # gap start when a patient never had a reading
 _EPS = 1e-9
 # With a goal bound, "above high" / "below low" means outside the goal: a strict goal (< 130)
 # excludes the bound itself, an inclusive one (range high 129, <= 129) includes it.
@@ -182,191 +168,11 @@ def evaluate_condition(condition: Any, scope: Scope) -> ConditionResult:
     return result
 
 
-def _quick(held: bool) -> ConditionResult:
+def quick(held: bool) -> ConditionResult:
+    """The shared result of an evaluation without explanations (see `Scope.explain`)."""
     return HELD if held else NOT_HELD
 
 
-def _not(condition: Any, scope: Scope) -> ConditionResult:
-    inner = evaluate_condition(condition.not_, scope)
-    if not scope.explain:
-        return _quick(not inner.held)
-    return ConditionResult("not", not inner.held, lambda: f"not ({inner.text})", children=(inner,))
-
-
-def _combine(kind: str, children: Sequence[Any], scope: Scope, *, stop_when: bool) -> ConditionResult:
-    """`all` stops at the first child that does not hold, `any` at the first that does."""
-    results = []
-    held = not stop_when
-    for child in children:
-        result = evaluate_condition(child, scope)
-        results.append(result)
-        if result.held is stop_when:
-            held = stop_when
-            break
-    if not scope.explain:
-        return _quick(held)
-    return ConditionResult(kind, held, lambda: f"{kind} of {len(children)} conditions", children=tuple(results))
-
-
-def _fmt(value: float, metric: str) -> str:
+def describe_value(value: float, metric: str) -> str:
+    """A value of `metric` with its canonical unit, as explanations show it."""
     return format_value(value, METRICS[metric].unit)
-
-
-def _reading(spec: Comparison, scope: Scope) -> ConditionResult:
-    reading = scope.trigger.get(spec.metric)
-    if reading is None:
-        return ConditionResult("reading", False, lambda: f"the triggering observation has no {spec.metric}") \
-            if scope.explain else NOT_HELD
-    threshold, op = scope.threshold(spec.value, spec.metric, spec.op)
-    held = compare(op, reading.value, threshold.value)
-    if not scope.explain:
-        return _quick(held)
-    return ConditionResult("reading", held, lambda: f"{spec.metric} {_fmt(reading.value, spec.metric)} {op} "
-                           f"{threshold.describe()}", (reading,), (threshold,))
-
-
-def _count(spec: CountSpec, scope: Scope) -> ConditionResult:
-    window = scope.history.series(spec.where.metric).between(scope.start(spec), scope.at)
-    threshold, op = scope.threshold(spec.where.value, spec.where.metric, spec.where.op)
-    found = matching(op, threshold.value, window) if len(window) >= spec.at_least else []
-    held = len(found) >= spec.at_least
-    if not scope.explain:
-        return _quick(held)
-
-    def text() -> str:
-        return (f"{len(found)} of {len(window)} {spec.where.metric} readings {scope.window_text(spec)} were {op} "
-                f"{threshold.describe()} (at least {spec.at_least} needed)")
-
-    return ConditionResult("count", held, text, tuple(found) if held else (), (threshold,))
-
-
-def _change(spec: ChangeSpec, scope: Scope) -> ConditionResult:
-    window = scope.history.series(spec.metric).between(scope.start(spec), scope.at)
-    if len(window) < 2:
-        return ConditionResult("change", False, lambda: f"fewer than 2 {spec.metric} readings "
-                               f"{scope.window_text(spec)}") if scope.explain else NOT_HELD
-    first, last, delta = _delta(spec.how, window)
-    threshold, op = scope.threshold(spec.value, spec.metric, spec.op, difference=True)
-    held = compare(op, delta, threshold.value)
-    if not scope.explain:
-        return _quick(held)
-
-    def text() -> str:
-        how = {"first_to_last": "first to last reading", "max_rise": "largest rise", "max_fall": "largest fall"}[
-            spec.how
-        ]
-        return (f"{spec.metric} {how} {scope.window_text(spec)}: {_fmt(delta, spec.metric)} "
-                f"({_fmt(first.value, spec.metric)} to {_fmt(last.value, spec.metric)}) {op} {threshold.describe()}")
-
-    return ConditionResult("change", held, text, (first, last), (threshold,))
-
-
-def _delta(how: str, window: Sequence[Reading]) -> tuple[Reading, Reading, float]:
-    if how == "first_to_last":
-        return window[0], window[-1], window[-1].value - window[0].value
-    sign = 1.0 if how == "max_rise" else -1.0  # a fall is reported as a positive amount
-    best: tuple[Reading, Reading, float] | None = None
-    extreme = window[0]
-    for reading in window[1:]:
-        amount = sign * (reading.value - extreme.value)
-        if best is None or amount > best[2]:
-            best = (extreme, reading, amount)
-        if amount < 0:
-            extreme = reading
-    assert best is not None
-    return best
-
-
-_STATS: dict[str, Callable[[list[float]], float]] = {"mean": lambda v: sum(v) / len(v), "min": min, "max": max}
-
-
-def _aggregate(spec: AggregateSpec, scope: Scope) -> ConditionResult:
-    window = scope.history.series(spec.metric).between(scope.start(spec), scope.at)
-    if len(window) < spec.min_readings:
-        return ConditionResult("aggregate", False, lambda: f"{len(window)} {spec.metric} reading(s) "
-                               f"{scope.window_text(spec)}, {spec.min_readings} needed for a {spec.stat}") \
-            if scope.explain else NOT_HELD
-    days = len(days_with_readings((r.effective for r in window), scope.ctx.tz)) if spec.min_days > 1 else 1
-    if days < spec.min_days:
-        return ConditionResult("aggregate", False, lambda: f"{spec.metric} readings on {days} day(s) "
-                               f"{scope.window_text(spec)}, {spec.min_days} days needed for a {spec.stat}") \
-            if scope.explain else NOT_HELD
-    stat = _STATS[spec.stat]([r.value for r in window])
-    threshold, op = scope.threshold(spec.value, spec.metric, spec.op)
-    held = compare(op, stat, threshold.value)
-    if not scope.explain:
-        return _quick(held)
-    used = tuple(window) if spec.stat == "mean" else tuple(r for r in window if r.value == stat)[:1]
-
-    def text() -> str:
-        return (f"{spec.stat} of {len(window)} {spec.metric} readings {scope.window_text(spec)} "
-                f"{_fmt(stat, spec.metric)} {op} {threshold.describe()}")
-
-    return ConditionResult("aggregate", held, text, used, (threshold,))
-
-
-def _consecutive(spec: ConsecutiveSpec, scope: Scope) -> ConditionResult:
-    start = scope.start(spec)
-    last = [r for r in scope.history.series(spec.where.metric).up_to(scope.at, spec.count) if r.effective >= start]
-    threshold, op = scope.threshold(spec.where.value, spec.where.metric, spec.where.op)
-    held = len(last) == spec.count and len(matching(op, threshold.value, last)) == spec.count
-    if not scope.explain:
-        return _quick(held)
-
-    def text() -> str:
-        shown = ", ".join(_fmt(r.value, spec.where.metric) for r in last)
-        return (f"last {spec.count} {spec.where.metric} readings {scope.window_text(spec)} {op} "
-                f"{threshold.describe()}: {len(last)} found ({shown})")
-
-    return ConditionResult("consecutive", held, text, tuple(last) if held else (), (threshold,))
-
-
-def _absence(spec: AbsenceSpec, scope: Scope) -> ConditionResult:
-    start = scope.start(spec)
-    series = scope.history.series(spec.metric)
-    present = series.between(start, scope.at)
-    previous = series.last_before(start)
-    since = scope.ctx.enrolled_since
-    too_new = not present and previous is None and since is not None and since > start
-    if not scope.explain:
-        return _quick(not present and not too_new)
-    if present:
-        return ConditionResult("absence", False, lambda: f"{len(present)} {spec.metric} reading(s) "
-                               f"{scope.window_text(spec)}")
-    if too_new:
-        return ConditionResult(
-            "absence", False, lambda: f"no {spec.metric} reading yet, enrolled for less than the window"
-        )
-    gap_start = previous.effective if previous else (since or EPOCH)
-    last = "no earlier reading" if previous is None else f"last one {_span(scope.at - previous.effective)} earlier"
-    return ConditionResult("absence", True, lambda: f"no {spec.metric} reading {scope.window_text(spec)} ({last})",
-                           (previous,) if previous else (), gap_start=gap_start)
-
-
-def _span(delta: timedelta) -> str:
-    hours = int(delta.total_seconds() // 3600)
-    return f"{hours // 24} day(s) {hours % 24} hour(s)" if hours >= 24 else f"{hours} hour(s)"
-
-
-def _pro(spec: ProSpec, scope: Scope) -> ConditionResult:
-    inst = INSTRUMENTS[spec.instrument]
-    reading = scope.trigger.get(spec.metric)
-    what = f"{inst.name} item {spec.item}" if spec.item else f"{inst.name} total"
-    if reading is None:
-        why = "not answered" if spec.item else "not scored (incomplete response)"
-        return ConditionResult("pro", False, lambda: f"{what} {why} in the triggering observation") \
-            if scope.explain else NOT_HELD
-    if spec.band_at_least is not None:
-        band = inst.band(reading.value)
-        low = dict((name, low) for low, name in inst.bands)[spec.band_at_least]
-        held = inst.band_names.index(band) >= inst.band_names.index(spec.band_at_least)
-        threshold = ResolvedThreshold("band_at_least", spec.metric, float(low), METRICS[spec.metric].unit, "rule",
-                                      f"band {spec.band_at_least} starts at {low}")
-        return ConditionResult("pro", held, lambda: f"{what} {reading.value:g} is in band {band}; band at least "
-                               f"{spec.band_at_least} (from {low})", (reading,), (threshold,))
-    assert spec.op is not None and spec.value is not None
-    threshold = ResolvedThreshold("value", spec.metric, spec.value, METRICS[spec.metric].unit, "rule",
-                                  f"rule value {spec.value:g}")
-    held = compare(spec.op, reading.value, spec.value)
-    return ConditionResult("pro", held, lambda: f"{what} {reading.value:g} {spec.op} {spec.value:g}", (reading,),
-                           (threshold,))

@@ -10,29 +10,16 @@ resolution and the comparison tolerance; tests check they agree.
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from functools import partial
 from typing import Any
 
 from common.codes import METRICS
-from common.patient_time import days_with_readings
 from rules import registry
-from rules.conditions import _EPS, Scope, _delta
-from rules.model import (
-    AbsenceCond,
-    AggregateCond,
-    ChangeCond,
-    Comparison,
-    ConsecutiveCond,
-    CountCond,
-    NotCond,
-    ProCond,
-    ReadingCond,
-    Rule,
-    Windowed,
-)
-from rules.pro import INSTRUMENTS
+from rules.conditions import _EPS, Scope
+from rules.fields import Windowed
+from rules.model import Rule
 from rules.quantity import Quantity
 from rules.window import window_start
 
@@ -80,7 +67,7 @@ def compile_check(condition: Any) -> Check:
     return lambda scope: bool(evaluate(condition, scope).held)
 
 
-def _threshold(comparison: Any, metric: str, *, difference: bool = False) -> Callable[[Scope], Predicate]:
+def threshold_predicate(comparison: Any, metric: str, *, difference: bool = False) -> Callable[[Scope], Predicate]:
     """Fixed thresholds become one predicate now; goal/param thresholds resolve per patient."""
     spec, op = comparison.value, comparison.op
     if type(spec) is Quantity:
@@ -94,7 +81,7 @@ def _threshold(comparison: Any, metric: str, *, difference: bool = False) -> Cal
     return resolve
 
 
-def _start(spec: Windowed) -> Callable[[Scope], datetime]:
+def window_start_of(spec: Windowed) -> Callable[[Scope], datetime]:
     if spec.within is not None:
         within = spec.within
         return lambda scope: scope.at - within
@@ -102,130 +89,5 @@ def _start(spec: Windowed) -> Callable[[Scope], datetime]:
     return lambda scope: window_start(scope.at, within=None, days=days, tz=scope.ctx.tz)
 
 
-def _values(scope: Scope, metric: str, start: datetime) -> list[float]:
+def window_values(scope: Scope, metric: str, start: datetime) -> list[float]:
     return [r.value for r in scope.history.series(metric).between(start, scope.at)]
-
-
-def _reading(cond: ReadingCond) -> Check:
-    spec: Comparison = cond.reading
-    metric, pred_for = spec.metric, _threshold(spec, spec.metric)
-
-    def check(scope: Scope) -> bool:
-        reading = scope.trigger.get(metric)
-        return reading is not None and pred_for(scope)(reading.value)
-
-    return check
-
-
-def _count(cond: CountCond) -> Check:
-    spec = cond.count
-    metric, need, start, pred_for = (
-        spec.where.metric,
-        spec.at_least,
-        _start(spec),
-        _threshold(spec.where, spec.where.metric),
-    )
-
-    def check(scope: Scope) -> bool:
-        values = _values(scope, metric, start(scope))
-        return len(values) >= need and sum(map(pred_for(scope), values)) >= need
-
-    return check
-
-
-def _change(cond: ChangeCond) -> Check:
-    spec = cond.change
-    metric, how, start = spec.metric, spec.how, _start(spec)
-    pred_for = _threshold(spec, metric, difference=True)
-
-    def check(scope: Scope) -> bool:
-        window = scope.history.series(metric).between(start(scope), scope.at)
-        return len(window) >= 2 and pred_for(scope)(_delta(how, window)[2])
-
-    return check
-
-
-_STATS: dict[str, Callable[[list[float]], float]] = {"mean": lambda v: sum(v) / len(v), "min": min, "max": max}
-
-
-def _aggregate(cond: AggregateCond) -> Check:
-    spec = cond.aggregate
-    metric, stat, need, start, pred_for = spec.metric, _STATS[spec.stat], spec.min_readings, _start(spec), \
-        _threshold(spec, spec.metric)
-
-    min_days = spec.min_days
-
-    def check(scope: Scope) -> bool:
-        if min_days > 1:
-            window = scope.history.series(metric).between(start(scope), scope.at)
-            if len(window) < need or len(days_with_readings((r.effective for r in window), scope.ctx.tz)) < min_days:
-                return False
-            values = [r.value for r in window]
-        else:
-            values = _values(scope, metric, start(scope))
-        return len(values) >= need and pred_for(scope)(stat(values))
-
-    return check
-
-
-def _consecutive(cond: ConsecutiveCond) -> Check:
-    spec = cond.consecutive
-    metric, count, start, pred_for = (
-        spec.where.metric,
-        spec.count,
-        _start(spec),
-        _threshold(spec.where, spec.where.metric),
-    )
-
-    def check(scope: Scope) -> bool:
-        last = scope.history.series(metric).up_to(scope.at, count)
-        if len(last) < count or last[0].effective < start(scope):
-            return False
-        return all(map(pred_for(scope), [r.value for r in last]))
-
-    return check
-
-
-def _absence(cond: AbsenceCond) -> Check:
-    spec = cond.absence
-    metric = spec.metric
-
-    def check(scope: Scope) -> bool:
-        start = window_start(scope.at, within=spec.within, days=spec.days, tz=scope.ctx.tz)
-        series = scope.history.series(metric)
-        if series.between(start, scope.at):
-            return False
-        since = scope.ctx.enrolled_since
-        return not (series.last_before(start) is None and since is not None and since > start)
-
-    return check
-
-
-def _pro(cond: ProCond) -> Check:
-    spec = cond.pro
-    metric, inst = spec.metric, INSTRUMENTS[spec.instrument]
-    if spec.band_at_least is not None:
-        lowest = dict((name, low) for low, name in inst.bands)[spec.band_at_least]
-        return lambda scope: (r := scope.trigger.get(metric)) is not None and r.value >= lowest
-    assert spec.op is not None and spec.value is not None
-    pred = predicate(spec.op, spec.value)
-    return lambda scope: (r := scope.trigger.get(metric)) is not None and pred(r.value)
-
-
-def _all(children: Sequence[Check]) -> Check:
-    def check(scope: Scope) -> bool:
-        return all(child(scope) for child in children)
-
-    return check
-
-
-def _any(children: Sequence[Check]) -> Check:
-    def check(scope: Scope) -> bool:
-        return any(child(scope) for child in children)
-
-    return check
-
-
-def _not(cond: NotCond) -> Check:
-    inner = compile_check(cond.not_)
-    return lambda scope: not inner(scope)

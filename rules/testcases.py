@@ -23,7 +23,8 @@ from common.codes import LOINC, METRICS, UCUM
 from rules.enrollment import PatientContext, RuleOverride
 from rules.episodes import Decision, Episode, apply_decision, decide, review_open_episode
 from rules.evaluate import evaluate, sweep
-from rules.model import MetricName, QuantityValue, Ruleset, StrictModel, field_error
+from rules.fields import MetricName, QuantityValue, StrictModel, field_error
+from rules.model import Ruleset
 from rules.pro import INSTRUMENTS, LL358_3, score_observation, score_response
 from rules.quantity import Quantity
 from rules.readings import Reading, readings_from_observation

@@ -86,7 +86,7 @@ class FhirHttp:
         self._backoff = wait_random_exponential(multiplier=0.5, max=max_wait_s)
         self.requests = 0
         # httpx logs every request's URL at INFO; search queries can name patients (the HTTP adapter's filter).
-        from fhirstore.http_store import _redact_httpx_request_log
+        from fhirstore.http_transport import _redact_httpx_request_log
 
         _redact_httpx_request_log()
 

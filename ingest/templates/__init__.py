@@ -19,7 +19,9 @@ Nothing here does I/O except reading template files when asked to.
 """
 
 from ingest.templates.check import CheckReport, check_templates
-from ingest.templates.device import DeviceTemplate, DeviceTemplateSet, NormalizeResult, load_device_templates
+from ingest.templates.device import DeviceTemplateSet, NormalizeResult
+from ingest.templates.device_loader import load_device_templates
+from ingest.templates.device_template import DeviceTemplate
 from ingest.templates.errors import REASONS, MessageError, TemplateError, TemplateIssue
 from ingest.templates.fhir import CodeValueTemplate, FhirTemplateSet, ObservationChange, load_fhir_templates
 from ingest.templates.grouping import MeasurementGroup, ObservationGroup, group_measurements

@@ -35,9 +35,10 @@ from common.codes import (
     VITAL_SIGN_CODES,
 )
 from common.jsonnum import dumps
-from ingest.templates.device import KNOWN_FIELDS as DEVICE_FIELDS
-from ingest.templates.device import KNOWN_VALUE_FIELDS as DEVICE_VALUE_FIELDS
-from ingest.templates.device import DeviceTemplateSet, load_device_templates
+from ingest.templates.device import DeviceTemplateSet
+from ingest.templates.device_loader import load_device_templates
+from ingest.templates.device_template import KNOWN_FIELDS as DEVICE_FIELDS
+from ingest.templates.device_template import KNOWN_VALUE_FIELDS as DEVICE_VALUE_FIELDS
 from ingest.templates.dryrun import MessageCheck, dry_run
 from ingest.templates.errors import TemplateError, TemplateIssue
 from ingest.templates.fhir import KNOWN_FIELDS as FHIR_FIELDS

@@ -18,7 +18,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ingest.templates.device import collection_entries, read_template_source
 from ingest.templates.errors import TEMPLATE_NOT_FOUND, ErrorList, MappingFailure, TemplateIssue
 from ingest.templates.fhir_model import (
     CategoryConcept,
@@ -35,6 +34,7 @@ from ingest.templates.grouping import (
     observation_groups,
 )
 from ingest.templates.observation import build_change, observation_identity
+from ingest.templates.template_source import collection_entries, read_template_source
 
 COLLECTION = "CollectionFhir"
 CODE_VALUE = "CodeValueFhir"
@@ -315,10 +315,10 @@ def _value(raw: Any, where: str, issue: Callable[[str, str], None]) -> ValueTemp
             ok = False
         else:
             period = float(p)
-    if not ok:
+    if not ok or not isinstance(name, str) or vtype is None:  # each of these already failed `ok`
         return None
     return ValueTemplate(
-        value_type=vtype,  # type: ignore[arg-type]
+        value_type=vtype,
         value_name=name.strip(),
         unit=_str(raw.get("unit")),
         code=_str(raw.get("code")),

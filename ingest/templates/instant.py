@@ -18,7 +18,7 @@ tick (half to even, as .NET's `Math.Round` in `DateTime.Parse`).
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
@@ -74,19 +74,19 @@ class Instant(datetime):
         order = self._order(other)
         return NotImplemented if order is None else order != 0
 
-    def __lt__(self, other: datetime) -> bool:
+    def __lt__(self, other: date) -> bool:
         order = self._order(other)
         return NotImplemented if order is None else order < 0
 
-    def __le__(self, other: datetime) -> bool:
+    def __le__(self, other: date) -> bool:
         order = self._order(other)
         return NotImplemented if order is None else order <= 0
 
-    def __gt__(self, other: datetime) -> bool:
+    def __gt__(self, other: date) -> bool:
         order = self._order(other)
         return NotImplemented if order is None else order > 0
 
-    def __ge__(self, other: datetime) -> bool:
+    def __ge__(self, other: date) -> bool:
         order = self._order(other)
         return NotImplemented if order is None else order >= 0
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ingest.templates.device import DeviceTemplateSet, load_device_templates
+from ingest.templates.device import DeviceTemplateSet
+from ingest.templates.device_loader import load_device_templates
 from ingest.templates.fhir import FhirTemplateSet, load_fhir_templates
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"

@@ -12,7 +12,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingest.templates.device import DeviceTemplateSet, load_device_templates
+from ingest.templates.device import DeviceTemplateSet
+from ingest.templates.device_loader import load_device_templates
 from ingest.templates.errors import TemplateError
 from ingest.templates.fhir import FhirTemplateSet, load_fhir_templates
 

@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 import ingest.templates.expressions as expressions
+import ingest.templates.jmespath_compiler as jmespath_compiler
+import ingest.templates.jsonpath_compiler as jsonpath_compiler
 from ingest.templates import Measurement, TemplateError, load_device_templates
 
 from .conftest import INGESTED
@@ -201,8 +203,8 @@ def test_expressions_are_compiled_once_at_load(monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("an expression was compiled while normalizing")
 
-    monkeypatch.setattr(expressions, "jsonpath_parse", refuse)
-    monkeypatch.setattr(expressions.jmespath, "compile", refuse)
+    monkeypatch.setattr(jsonpath_compiler, "jsonpath_parse", refuse)
+    monkeypatch.setattr(jmespath_compiler.jmespath, "compile", refuse)
     monkeypatch.setattr(expressions, "compile_expression", refuse)
     for _ in range(3):
         assert templates.normalize(MSG).ok

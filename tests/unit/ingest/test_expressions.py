@@ -208,10 +208,40 @@ def test_ordering_a_string_against_a_number_fails_like_the_interpreter() -> None
 def test_jmespath_semantics_match_the_reference_interpreter(expr, data, expected) -> None:
     import jmespath
 
-    from ingest.templates.expressions import _JMES_OPTIONS
+    from ingest.templates.jmespath_functions import JMES_OPTIONS
 
     assert compile_expression(expr, "JmesPath").find(data) == expected
-    reference = jmespath.search(expr, data, options=_JMES_OPTIONS)
+    reference = jmespath.search(expr, data, options=JMES_OPTIONS)
     as_list = [] if reference is None else [r for r in reference if r is not None] if isinstance(reference, list) \
         else [reference]
     assert as_list == expected
+
+
+_GROUPED_AND = ("to_array(Body)[?contains(`[\"bp\", \"BP\"]`, type) && (values.pulse != null || values.hr != null)]")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"type": "bp", "values": {"pulse": 61}},
+        {"type": "bp", "values": {"systolic": 120}},
+        [{"type": "bp", "values": {}}, {"type": "BP", "values": {"hr": 0}}, {"type": "bp", "values": {"hr": 3}}],
+        [{"type": "hr", "values": {"hr": 1}}, {"type": 5}, "text", {"values": {"hr": 1}}],
+        {"type": "weight"},
+        7,
+    ],
+)
+def test_a_discriminating_filter_with_more_conditions_matches_the_interpreter(body) -> None:
+    import jmespath
+
+    from ingest.templates.jmespath_functions import JMES_OPTIONS
+    from ingest.templates.message_cache import message_cache
+
+    expression = compile_expression(_GROUPED_AND, "JmesPath")
+    assert expression.group is not None  # grouped by `type` once per message, then `&& ...` per group
+    data = {"Body": body}
+    reference = jmespath.search(_GROUPED_AND, data, options=JMES_OPTIONS)
+    expected = [] if reference is None else reference
+    assert expression.find(data) == expected
+    with message_cache():
+        assert expression.find(data) == expected

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from ingest.templates.device import load_device_templates
+from ingest.templates.device_loader import load_device_templates
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 

@@ -14,8 +14,8 @@ from rules import registry
 from rules.conditions import Scope
 from rules.evaluate import evaluate
 from rules.fastpath import compiled
+from rules.fields import StrictModel
 from rules.loader import RuleLoadError, parse_ruleset
-from rules.model import StrictModel
 from rules.results import ConditionResult
 from tests.unit.rules.helpers import at, context, observation
 
@@ -120,3 +120,56 @@ def _history(readings: Any) -> Any:
     from rules.window import History
 
     return History(readings)
+
+
+# --- a kind that reads history: its `needs` decide the rule's triggers and the handler's window -----
+
+class WeightSeenCond(StrictModel):
+    weight_seen: int = Field(ge=1)  # days back
+
+
+def _weight_needs(cond: WeightSeenCond) -> registry.Needs:
+    return registry.Needs(metrics=frozenset({"body_weight"}), lookback=timedelta(days=cond.weight_seen))
+
+
+def _weight_evaluate(cond: WeightSeenCond, scope: Scope) -> ConditionResult:
+    start = scope.at - timedelta(days=cond.weight_seen)
+    found = scope.history.series("body_weight").between(start, scope.at)
+    return ConditionResult("weight_seen", bool(found), lambda: f"{len(found)} weight reading(s)")
+
+
+WEIGHT_SEEN = registry.ConditionKind("weight_seen", WeightSeenCond, _weight_evaluate, needs=_weight_needs)
+
+WEIGHT_YAML = """\
+ruleset: weight-seen
+title: Weight seen
+program: {id: weight-seen, category: [weight-seen]}
+rules:
+  - id: weighed-this-fortnight
+    title: Weighed in the last 14 days
+    severity: low
+    when: {weight_seen: 14}
+"""
+
+
+def test_a_registered_kinds_needs_reach_the_history_window_and_the_fast_path() -> None:
+    from handlers.patient_data import history_window
+
+    registry.register(WEIGHT_SEEN)
+    try:
+        ruleset = parse_ruleset(WEIGHT_YAML, "weight.yaml")
+        rule = ruleset.rules[0]
+        assert (rule.trigger_metrics, rule.metrics, rule.horizon) == (
+            frozenset({"body_weight"}), frozenset({"body_weight"}), timedelta(days=14))
+        metrics, since = history_window([ruleset], at(0), frozenset({"body_weight"}))
+        assert metrics == frozenset({"body_weight"})
+        assert since == at(0) - timedelta(days=15)  # the lookback and the calendar-day margin
+        assert history_window([ruleset], at(0), frozenset({"heart_rate"}))[0] == frozenset()
+        weighed = observation(-24, body_weight=80)
+        scope = Scope(rule, at(0), {}, _history(weighed), context(), None, explain=False)
+        check, _ = compiled(rule)  # no compiler: the fast path asks the explaining evaluator
+        assert check(scope) is True
+        scope = Scope(rule, at(0), {}, _history([]), context(), None, explain=False)
+        assert check(scope) is False
+    finally:
+        registry.unregister("weight_seen")

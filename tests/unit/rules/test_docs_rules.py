@@ -10,16 +10,13 @@ import pytest
 
 from rules.enrollment import PatientContext
 from rules.evaluate import evaluate
+from rules.kinds.aggregate import AggregateCond
+from rules.kinds.change import ChangeCond
+from rules.kinds.consecutive import ConsecutiveCond
+from rules.kinds.count import CountCond
+from rules.kinds.reading import ReadingCond
 from rules.loader import load_rulesets
-from rules.model import (
-    AggregateCond,
-    ChangeCond,
-    ConsecutiveCond,
-    CountCond,
-    ReadingCond,
-    Rule,
-    iter_conditions,
-)
+from rules.model import Rule, iter_conditions
 from rules.pro import score_observation, score_response
 from rules.readings import readings_from_observation
 from rules.window import History

@@ -16,8 +16,9 @@ import pytest
 
 from rules.enrollment import PatientContext
 from rules.evaluate import evaluate, sweep
+from rules.kinds.absence import AbsenceCond
 from rules.loader import load_rulesets
-from rules.model import AbsenceCond, Rule, Ruleset, iter_conditions
+from rules.model import Rule, Ruleset, iter_conditions
 from rules.readings import Reading
 from rules.window import History
 
