@@ -28,21 +28,21 @@ def services_on(data_dir: Path) -> Any:
 
 def evaluate_all(data_dir: str, events: list[dict[str, Any]], start: Any, results: Any) -> None:
     """One worker: every event, in order, as the bus would deliver it (a conflict is retried).
-    Reports the message ids its channel actually handed over ("sent", not "duplicate")."""
+    Reports the message ids its provider actually accepted (a duplicate file is not one)."""
     from handlers.fhir_events import handle_fhir_event
-    from notifications.channels.outbox import OutboxChannel
+    from notifications.channels.outbox import OutboxProvider
     from triggers.fhir_events import event_deps
 
     handed: list[str] = []
-    send = OutboxChannel.send
+    send = OutboxProvider.send
 
-    def counted(self: OutboxChannel, message: Any) -> Any:
+    def counted(self: OutboxProvider, message: Any) -> Any:
         result = send(self, message)
-        if result.status == "sent":
+        if result.outcome == "accepted":
             handed.append(message.message_id)
         return result
 
-    OutboxChannel.send = counted  # type: ignore[method-assign]
+    OutboxProvider.send = counted  # type: ignore[method-assign]
     services = services_on(Path(data_dir))
     deps = event_deps(services)
     start.wait()

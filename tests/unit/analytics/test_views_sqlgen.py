@@ -19,9 +19,9 @@ from analytics.views import run_view
 from analytics.views.duck import shipped_views
 from analytics.views.sqlgen import SqlGenError, generate, lake_schema
 from common.clock import FixedClock
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from runtime.cli import main
-from tests.unit.analytics.fixtures import seed
+from tests.unit.analytics.fixtures import patient, seed
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -46,6 +46,12 @@ def _others() -> list[dict]:
     """Resources that reach the corners of the views: periods, odd references, missing parts, many codings."""
     vital = {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}
     return [
+        # Time zones as Vigil reads them: the FHIR extension wins over Vigil's own; one patient has only Vigil's.
+        {"resourceType": "Patient", "id": "pat-tz-1", "extension": [
+            {"url": "urn:vigil:time-zone", "valueCode": "Asia/Tokyo"},
+            {"url": "http://hl7.org/fhir/StructureDefinition/timezone", "valueCode": "America/Los_Angeles"}]},
+        {"resourceType": "Patient", "id": "pat-tz-2", "extension": [
+            {"url": "urn:vigil:time-zone", "valueCode": "Europe/Berlin"}]},
         # MedTech's shape: effectivePeriod, not effectiveDateTime; a versioned absolute reference.
         {"resourceType": "Observation", "id": "med-1", "status": "final", "category": [{"coding": [vital]}],
          "code": {"coding": [{"system": "urn:other", "code": "x"}, {"system": LOINC}, {"system": LOINC,
@@ -127,7 +133,8 @@ def _column_types(view: dict) -> dict[str, str | None]:
 @pytest.fixture
 def lake(tmp_path: Path, data_dir: Path, clock: FixedClock) -> tuple[Path, SqliteFhirStore, list[tuple[str, str]]]:
     store = seed(data_dir / "fhir.db", clock)
-    keys = [("Observation", f"obs-{i}") for i in range(30)]
+    keys = [("Patient", p["id"]) for p in (patient(i) for i in range(3))]
+    keys += [("Observation", f"obs-{i}") for i in range(30)]
     for resource in _others():
         store.update(resource)
         keys.append((resource["resourceType"], resource["id"]))
