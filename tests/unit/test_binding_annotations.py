@@ -47,7 +47,7 @@ def test_every_function_has_its_bindings_checked() -> None:
     assert {f for f, *_ in BINDINGS} == {
         "ingest_device_messages", "on_fhir_event", "alert_sweep", "escalation_sweep", "reminder_sweep",
         "http_ingest", "health", "acknowledge_alert", "on_acs_event", "pull_fhir_changes",
-        "fhir_notification", "retention_purge", "console"}
+        "fhir_notification", "retention_purge", "console", "lake_export"}
 
 
 @pytest.mark.parametrize(("function", "binding_type", "annotation", "is_out"), BINDINGS,
