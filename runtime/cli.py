@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -12,10 +11,8 @@ import threading
 from dataclasses import replace
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 from common.clock import Clock, SystemClock
-from runtime.cli_progress import bar, drain_progress
 from runtime.settings import Settings, SettingsError
 
 # The demo's fictional clinic (555-01xx numbers are reserved for fiction in North America).
@@ -82,30 +79,20 @@ def _parser() -> argparse.ArgumentParser:
                             "due since the demo's as-of time (default: resume from that time)")
     serve.set_defaults(func=_serve)
 
-    ingest = sub.add_parser("ingest", help="ingest device messages from a file (JSON Lines or a JSON array) or -")
-    ingest.add_argument("file", help="path, or - for standard input")
-    ingest.add_argument("--url", help="post to a running `vigil serve` (e.g. http://127.0.0.1:7071) instead")
-    ingest.add_argument("--progress", action="store_true", help="show the progress bar even without a terminal")
-    ingest.set_defaults(func=_ingest)
-
-    dl = sub.add_parser("dead-letters", help="inspect and replay inputs Vigil could not process")
-    dls = dl.add_subparsers(required=True, metavar="ACTION")
-    ls = dls.add_parser("list", help="list dead letters")
-    ls.add_argument("--all", action="store_true", help="include replayed ones")
-    ls.add_argument("--reason", help="only this reason")
-    ls.set_defaults(func=_dl_list)
-    show = dls.add_parser("show", help="show one dead letter with its payload")
-    show.add_argument("id", type=int)
-    show.set_defaults(func=_dl_show)
-    replay = dls.add_parser("replay", help="send dead letters through the pipeline again")
-    replay.add_argument("ids", type=int, nargs="*", help="ids to replay (default: all, or --reason)")
-    replay.add_argument("--reason", help="only this reason")
-    replay.add_argument("--progress", action="store_true", help="show the progress bar even without a terminal")
-    replay.set_defaults(func=_dl_replay)
-
     from console import cli as console_cli
-    from runtime import cli_analytics, cli_backup, cli_events, cli_purge, cli_rules, cli_templates
+    from runtime import (
+        cli_analytics,
+        cli_backup,
+        cli_dead_letters,
+        cli_events,
+        cli_ingest,
+        cli_purge,
+        cli_rules,
+        cli_templates,
+    )
 
+    cli_ingest.register(sub)
+    cli_dead_letters.register(sub)
     console_cli.register(sub)
     cli_rules.register(sub)
     cli_templates.register(sub)
@@ -117,12 +104,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # -- commands -----------------------------------------------------------------------------------
-def _services(settings: Settings):  # noqa: ANN202
-    from runtime.bootstrap import bootstrap
-
-    return bootstrap(settings)
-
-
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import UTC, datetime, time, timedelta
 
@@ -230,220 +211,6 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         host.release()
         services.close()
     return 0
-
-
-def _read_messages(path: str) -> list[bytes]:
-    from ingest.batches import split_messages
-
-    data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
-    # An empty file holds no message (an empty HTTP body is one invalid message: someone sent it).
-    return split_messages(data) if data.strip() else []
-
-
-def _ingest(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        messages = _read_messages(args.file)
-    except OSError as exc:
-        print(f"vigil: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-        return 2
-    if args.url:
-        return _ingest_http(args.url, messages, settings, show=args.progress)
-    settings.require_contact_phone()
-    from handlers.ingest import IngestReport, reports_to
-    from runtime.host import HostAlreadyRunning, LocalHost
-
-    services = _services(settings)
-    host = LocalHost(services)
-    before_obs = services.store.search("Observation", {"_summary": "count"}).total or 0
-    try:
-        host.acquire()
-    except HostAlreadyRunning:
-        # A `vigil serve` owns this data dir: hand the messages to its bus and let it work.
-        n = host.publish_device_messages(messages)
-        print(f"queued {n} messages for the running Vigil host on {settings.data_dir}")
-        services.close()
-        return 0
-    total = IngestReport()
-    try:
-        # Count what the handler decided for each message, batch by batch, as the host runs them;
-        # a message the bus itself gave up on (every delivery raised) is a dead letter of the bus.
-        last_letter = services.dead_letters.last_id()
-        host.publish_device_messages(messages)
-        progress = bar(len(messages), "messages", force=args.progress)
-        with reports_to(total.add), progress:
-            drained = host.run_until_idle(
-                on_progress=drain_progress(progress, lambda: host.bus.pending(host.device_queue))
-            )
-        gave_up = services.dead_letters.count(after_id=last_letter, source="bus", topic=host.device_queue)
-        after_obs = services.store.search("Observation", {"_summary": "count"}).total or 0
-        report = ingest_summary(total, len(messages), bus_dead_letters=gave_up)
-        report["new_observations"] = after_obs - before_obs
-        report["drained"] = drained
-        print(json.dumps(report, indent=2))
-        return ingest_exit_code(report)
-    finally:
-        host.release()
-        services.close()
-
-
-def ingest_summary(total: Any, received: int, *, bus_dead_letters: int = 0) -> dict[str, Any]:
-    """`vigil ingest`'s figures: every message's outcome (they add up to `received`), the reasons,
-    and the Observation counts apart; the same keys in-process and with --url."""
-    reasons = dict(total.reasons)
-    if bus_dead_letters:
-        reasons["delivery_failed"] = reasons.get("delivery_failed", 0) + bus_dead_letters
-    dead = total.dead_lettered + bus_dead_letters
-    return {
-        "received": received, "written": total.written, "superseded": total.superseded, "dead_lettered": dead,
-        "unaccounted": received - total.written - total.superseded - dead, "reasons": reasons,
-        "observations": {"created": total.created, "updated": total.updated, "unchanged": total.unchanged},
-    }
-
-
-def _ingest_http(url: str, messages: list[bytes], settings: Settings, *, show: bool = False) -> int:
-    import httpx
-
-    from handlers.ingest import IngestReport
-    from runtime.bootstrap import local_token
-
-    token = local_token(settings)
-    total = IngestReport()
-    with httpx.Client(timeout=120) as client, bar(len(messages), "messages", force=show) as progress:
-        for i in range(0, len(messages), 500):
-            # Posted as JSON Lines: a pretty-printed array element is put on one line (a line break
-            # outside a JSON string is whitespace; inside one it is invalid JSON either way).
-            chunk = b"\n".join(m.replace(b"\r", b" ").replace(b"\n", b" ") for m in messages[i : i + 500])
-            resp = client.post(url.rstrip("/") + "/api/ingest", content=chunk,
-                               headers={"Authorization": f"Bearer {token}"})
-            if resp.status_code not in (200, 207):
-                print(f"vigil: server answered {resp.status_code}: {resp.text[:200]}", file=sys.stderr)
-                return 1
-            total.add(_report_from(resp.json()))
-            progress.update(len(messages[i : i + 500]))
-    report = ingest_summary(total, len(messages))
-    # The same keys as in process: the server ran each chunk to the end before it answered.
-    report["new_observations"] = total.created
-    report["drained"] = True
-    print(json.dumps(report, indent=2))
-    return ingest_exit_code(report)
-
-
-# `vigil ingest` exit status: 0 every message written (or superseded by one that was), 3 some were
-# dead-lettered (see `vigil dead-letters list`), 1 the run did not finish or a message has no outcome.
-EXIT_DEAD_LETTERED = 3
-
-
-def ingest_exit_code(report: dict[str, Any]) -> int:
-    if not report["drained"] or report["unaccounted"]:
-        return 1
-    return EXIT_DEAD_LETTERED if report["dead_lettered"] else 0
-
-
-def _report_from(body: dict[str, Any]) -> Any:
-    from handlers.ingest import IngestReport
-
-    obs = body.get("observations") or {}
-    report = IngestReport(received=int(body.get("received", 0)), written=int(body.get("written", 0)),
-                          superseded=int(body.get("superseded", 0)), dead_lettered=int(body.get("dead_lettered", 0)),
-                          created=int(obs.get("created", 0)), updated=int(obs.get("updated", 0)),
-                          unchanged=int(obs.get("unchanged", 0)))
-    report.reasons.update({str(k): int(v) for k, v in (body.get("reasons") or {}).items()})
-    return report
-
-
-def _dl_list(args: argparse.Namespace, settings: Settings) -> int:
-    services = _services(settings)
-    try:
-        rows = services.dead_letters.list(include_replayed=args.all)
-        if args.reason:
-            rows = [r for r in rows if r.reason == args.reason]
-        if not rows:
-            print("no dead letters")
-        else:
-            print(f"{'ID':>6}  {'CREATED (UTC)':<20} {'SOURCE':<8} {'REASON':<20} DETAIL")
-        for r in rows:
-            replayed = " (replayed)" if r.replayed_at else ""
-            if r.purged_at:
-                replayed += " (payload purged)"
-            print(f"{r.id:>6}  {_utc(r.created_at):<20} {r.source:<8} {r.reason:<20} {r.detail[:90]}{replayed}")
-    finally:
-        services.close()
-    return 0
-
-
-def _dl_show(args: argparse.Namespace, settings: Settings) -> int:
-    services = _services(settings)
-    try:
-        letter = services.dead_letters.get(args.id)
-        if letter is None:
-            print(f"vigil: no dead letter {args.id}", file=sys.stderr)
-            return 1
-        summary = letter.summary()
-        for key in ("created_at", "replayed_at"):
-            summary[key] = _utc(summary[key]) if summary[key] else None
-        print(json.dumps(summary, indent=2))
-        if letter.purged_at:
-            print("payload: erased by retention (VIGIL_RETENTION_DEAD_LETTER_DAYS); the record stays")
-        else:
-            print("payload:")
-            print(letter.payload.decode("utf-8", errors="replace")[:20000])
-    finally:
-        services.close()
-    return 0
-
-
-def _utc(epoch_s: float) -> str:
-    """An epoch timestamp as an ISO 8601 UTC instant to the second, as people read it."""
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _replay_queue(topic: str) -> str:
-    """The bus queue a dead letter goes back to: bus dead letters name their queue; handlers name
-    their input (FHIR events, or an event hub of device messages)."""
-    if ":" in topic:
-        return topic
-    return "eg:on_fhir_event" if topic == "fhir-events" else "eh:" + topic
-
-
-def _dl_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from runtime.host import HostAlreadyRunning, LocalHost
-
-    settings.require_contact_phone()
-    services = _services(settings)
-    host = LocalHost(services)
-    try:
-        letters = [services.dead_letters.get(i) for i in args.ids] if args.ids else services.dead_letters.list()
-        letters = [x for x in letters if x is not None and x.replayed_at is None]
-        if args.reason:
-            letters = [x for x in letters if x.reason == args.reason]
-        purged = [x for x in letters if x.purged_at]
-        if purged:
-            print(f"skipping {len(purged)} dead letters whose payload retention erased: nothing to replay")
-            letters = [x for x in letters if not x.purged_at]
-        last_letter = services.dead_letters.last_id()
-        queues = set()
-        for letter in letters:
-            queue = _replay_queue(letter.topic)
-            queues.add(queue)
-            host.bus.publish(queue, letter.payload)
-            services.dead_letters.mark_replayed(letter.id)
-        print(f"replaying {len(letters)} dead letters")
-        try:
-            host.acquire()
-        except HostAlreadyRunning:
-            print("the running Vigil host will process them")
-            return 0
-        with bar(len(letters), "dead letters", force=args.progress) as progress:
-            host.run_until_idle(on_progress=drain_progress(progress, lambda: sum(map(host.bus.pending, queues))))
-        host.release()
-        again = services.dead_letters.count(after_id=last_letter)
-        still = services.dead_letters.count()
-        print(f"done; {again} failed again and were parked again; {still} dead letters remain unreplayed")
-    finally:
-        services.close()
-    return EXIT_DEAD_LETTERED if letters and again else 0
 
 
 if __name__ == "__main__":

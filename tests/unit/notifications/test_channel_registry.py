@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from fhirstore.sqlite_store import SqliteFhirStore
+from fhirstore.sqlite import SqliteFhirStore
 from notifications.channels import ChannelConfigError, build_channels
 from notifications.channels.base import Idempotency, OutgoingMessage, ProviderResult
 from notifications.channels.config import BuildContext, ProviderSpec, require
