@@ -54,7 +54,8 @@ def careplan_active(careplan: dict[str, Any], now: datetime, tz: tzinfo = UTC) -
     if careplan.get("resourceType") != "CarePlan" or careplan.get("status") != "active":
         return False
     period = careplan.get("period") or {}
-    start, end = _instant(period.get("start"), tz=tz), _instant(period.get("end"), end_of_day=True, tz=tz)
+    start = period_bound(period.get("start"), tz=tz)
+    end = period_bound(period.get("end"), end_of_day=True, tz=tz)
     return (start is None or start <= now) and (end is None or now <= end)
 
 
@@ -184,14 +185,16 @@ def patient_context(patient_ref: str, *, now: datetime, rulesets: Sequence[Rules
     careplans = list(careplans)
     tz = patient_timezone(patient, default_tz)
     overrides, problems = overrides_from_careplans(careplans, rulesets, now, tz)
-    starts = [_instant((cp.get("period") or {}).get("start"), tz=tz) for cp in careplans
+    starts = [period_bound((cp.get("period") or {}).get("start"), tz=tz) for cp in careplans
               if careplan_active(cp, now, tz) and any(enrolls(cp, rs.program) for rs in rulesets)]
     since = min((s for s in starts if s is not None), default=None)
     context = PatientContext(patient_ref, tuple(goals), overrides, tz, since)
     return context, problems
 
 
-def _instant(text: Any, *, end_of_day: bool = False, tz: tzinfo = UTC) -> datetime | None:
+def period_bound(text: Any, *, end_of_day: bool = False, tz: tzinfo = UTC) -> datetime | None:
+    """A CarePlan period bound as an instant: a bare FHIR date is the whole calendar day in `tz` (its
+    midnight, or its last instant for an end); a date-time carries its own offset. None if unreadable."""
     if not isinstance(text, str):
         return None
     if len(text) == 10:  # a FHIR date: the whole calendar day counts, where the patient lives

@@ -4,17 +4,17 @@ from a FHIR store, one patient at a time, replayed by `rules.backtest`, and the 
 from __future__ import annotations
 
 from collections import Counter
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, TextIO
 
-from common.clock import iso, parse_instant
+from common.clock import iso
 from common.codes import LOINC
 from fhirstore.errors import ResourceGone, ResourceNotFound
 from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
 from handlers.patient_data import codes_for
 from rules.backtest import BacktestReport, PatientData, backtest
-from rules.enrollment import enrolls, patient_context
+from rules.enrollment import enrolls, patient_context, patient_timezone, period_bound
 from rules.model import Ruleset
 from rules.readings import Reading, ReadingError, readings_from_observation
 
@@ -27,20 +27,30 @@ def run_backtest(store: FhirStore, ruleset: Ruleset, since: datetime, until: dat
     """Load each enrolled patient's history from `store` and replay it; (report, enrolled patients).
 
     One patient at a time, so memory stays bounded by the largest patient history."""
+    # A bare-date period bound is a day in the patient's zone (rules.enrollment), at most a day
+    # from its UTC reading: pick candidates with that margin, then judge each in the patient's zone.
     careplans = [cp for cp in search_all(store, "CarePlan", {"status": "active", "_count": "1000"})
-                 if enrolls(cp, ruleset.program) and _overlaps(cp, since, until)]
-    by_patient: dict[str, list[dict[str, Any]]] = {}
+                 if enrolls(cp, ruleset.program) and _overlaps(cp, since - _DAY_MARGIN, until + _DAY_MARGIN, UTC)]
+    candidates: dict[str, list[dict[str, Any]]] = {}
     for cp in careplans:
         ref = (cp.get("subject") or {}).get("reference", "")
         if ref.startswith("Patient/") and (patient is None or ref == patient):
-            by_patient.setdefault(ref, []).append(cp)
+            candidates.setdefault(ref, []).append(cp)
+    by_patient: dict[str, tuple[dict[str, Any] | None, list[dict[str, Any]]]] = {}
+    for ref, plans in candidates.items():
+        resource = _patient(store, ref)
+        tz = patient_timezone(resource)
+        plans = [cp for cp in plans if _overlaps(cp, since, until, tz)]
+        if plans:
+            by_patient[ref] = (resource, plans)
     total = BacktestReport(since, until, rules={r.id: ruleset.ruleset for r in ruleset.rules})
     end_of_data = stored_data_end(store, ruleset, until)
     skipped = 0
     ignored: Counter[str] = Counter()
     meter = _Progress(progress, len(by_patient))
     for ref in sorted(by_patient):
-        data, unreadable, problems = load_patient_data(store, ruleset, ref, by_patient[ref], since, until)
+        resource, plans = by_patient[ref]
+        data, unreadable, problems = load_patient_data(store, ruleset, ref, resource, plans, since, until)
         skipped += unreadable
         ignored.update(problems)
         one = backtest([ruleset], {ref: data}, since, until, end_of_data=end_of_data)
@@ -74,17 +84,16 @@ def stored_data_end(store: FhirStore, ruleset: Ruleset, until: datetime) -> date
     return newest
 
 
-def load_patient_data(store: FhirStore, ruleset: Ruleset, patient_ref: str, careplans: list[dict[str, Any]],
-                      since: datetime, until: datetime) -> tuple[PatientData, int, list[str]]:
+def load_patient_data(store: FhirStore, ruleset: Ruleset, patient_ref: str, resource: dict[str, Any] | None,
+                      careplans: list[dict[str, Any]], since: datetime,
+                      until: datetime) -> tuple[PatientData, int, list[str]]:
     """The patient's context and readings for the replay, how many Observations were unreadable, and
-    the care-plan overrides that could not be used (they name rules and params, never values)."""
+    the care-plan overrides that could not be used (they name rules and params, never values).
+    `resource` is the Patient (None if not stored): its zone decides a bare-date period bound."""
     # Judge enrollment, overrides and goals as of the end of the period, or of the care plan if sooner.
-    ends = [_instant((cp.get("period") or {}).get("end"), end_of_day=True) for cp in careplans]
+    tz = patient_timezone(resource)
+    ends = [period_bound((cp.get("period") or {}).get("end"), end_of_day=True, tz=tz) for cp in careplans]
     as_of = until if any(e is None for e in ends) else min(until, max(e for e in ends if e is not None))
-    try:
-        resource = store.read("Patient", patient_ref.partition("/")[2])
-    except (ResourceNotFound, ResourceGone):
-        resource = None
     goals = search_all(store, "Goal", {"subject": patient_ref, "lifecycle-status": "active"})
     ctx, problems = patient_context(patient_ref, now=as_of, rulesets=[ruleset], patient=resource, careplans=careplans,
                              goals=goals)
@@ -118,24 +127,18 @@ def _queries(ruleset: Ruleset) -> list[tuple[frozenset[str], str]]:
     return [(frozenset(metrics), code) for code, metrics in by_code.items()]
 
 
-def _overlaps(careplan: dict[str, Any], since: datetime, until: datetime) -> bool:
-    period = careplan.get("period") or {}
-    start, end = _instant(period.get("start")), _instant(period.get("end"), end_of_day=True)
-    return (start is None or start <= until) and (end is None or end >= since)
-
-
-def _instant(text: Any, *, end_of_day: bool = False) -> datetime | None:
-    """A CarePlan period bound: a FHIR date counts as the whole day (read in UTC); None if unreadable."""
-    if not isinstance(text, str):
-        return None
+def _patient(store: FhirStore, patient_ref: str) -> dict[str, Any] | None:
     try:
-        if len(text) == 10:
-            day = date.fromisoformat(text)
-            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-            return start + timedelta(days=1, microseconds=-1) if end_of_day else start
-        return parse_instant(text)
-    except ValueError:
+        return store.read("Patient", patient_ref.partition("/")[2])
+    except (ResourceNotFound, ResourceGone):
         return None
+
+
+def _overlaps(careplan: dict[str, Any], since: datetime, until: datetime, tz: tzinfo) -> bool:
+    period = careplan.get("period") or {}
+    start = period_bound(period.get("start"), tz=tz)
+    end = period_bound(period.get("end"), end_of_day=True, tz=tz)
+    return (start is None or start <= until) and (end is None or end >= since)
 
 
 def report_text(report: BacktestReport, ruleset: Ruleset) -> str:

@@ -11,11 +11,12 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
 
-from common.clock import SystemClock, iso, parse_instant
+from common.clock import SystemClock, iso
+from rules.enrollment import period_bound
 from rules.loader import Problem, RuleLoadError, load_ruleset, load_rulesets, load_test_suite, ruleset_files
 from rules.model import Ruleset
 from rules.testcases import results_text, run_suite
@@ -197,15 +198,12 @@ def parse_until(text: str) -> datetime:
 
 
 def _parse_time(text: str, option: str, *, end_of_day: bool) -> datetime:
-    try:
-        if len(text) == 10:
-            day = date.fromisoformat(text)
-            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-            return start + timedelta(days=1, microseconds=-1) if end_of_day else start
-        return parse_instant(text)
-    except ValueError:
+    # The cohort has no one zone, so a bare date is a UTC day (the help text says so).
+    found = period_bound(text, end_of_day=end_of_day, tz=UTC)
+    if found is None:
         raise UsageError(f"{option} {text!r} is not a duration (90d) nor an ISO date (2026-11-20) or date-time "
-                         "with an offset (2026-11-20T09:00:00-06:00)") from None
+                         "with an offset (2026-11-20T09:00:00-06:00)")
+    return found
 
 
 def _patient_ref(text: str) -> str:

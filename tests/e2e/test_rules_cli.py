@@ -256,6 +256,25 @@ def test_backtest_honours_a_per_patient_override_on_the_care_plan(history_dir: P
     assert _row(out, "hf-weight-gain-day")[1:3] == ["0", "0"]  # 1.2 kg is under this patient's 3 lb
 
 
+def test_backtest_reads_a_bare_date_care_plan_end_as_the_patients_day(history_dir: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """hf-2 (Chicago, UTC-6) left the program on 10 November: the whole of that local day, which
+    runs to 11 November 05:59:59 UTC, as the live pipeline reads it (rules.enrollment)."""
+    from fhirstore.sqlite import SqliteFhirStore
+
+    store = SqliteFhirStore(history_dir / "fhir.db")
+    plan = store.read("CarePlan", "hf-2-heart-failure")
+    store.update({**plan, "period": {**plan.get("period", {}), "end": "2026-11-10"}})
+    try:
+        code, out, err = _run(capsys, history_dir, "backtest", "heart-failure", "--since", "2026-11-11T03:00:00Z",
+                              "--until", "2026-11-15", "--patient", "hf-2")
+    finally:
+        store.update({k: v for k, v in plan.items() if k != "meta"})
+        store.close()
+    assert code == 0, err
+    assert "1 patients" in out  # enrolled for the first three hours of the window
+
+
 def test_backtest_errors_say_what_to_change(history_dir: Path, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(capsys, history_dir, "backtest", "heart-falure", "--since", "90d")
