@@ -44,3 +44,20 @@ def test_loads_fails_as_json_loads_fails(data: object) -> None:
     with pytest.raises(type(expected.value)) as got:
         loads(data)  # type: ignore[arg-type]
     assert str(got.value) == str(expected.value)
+
+
+def test_the_shared_decoder_gives_each_thread_its_own_document() -> None:
+    """Handlers decode on several threads through one module-level decoder: its scanner keeps no
+    state between calls that one thread's document could leak into another's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    docs = [json.dumps({f"k{i}": [i + 0.5, {"v": f"{i}.{i:02d}0", "n": i}], "s": "x" * i}) for i in range(64)]
+    want = [json.loads(doc) for doc in docs]
+
+    def decode_all(offset: int) -> bool:
+        order = docs[offset:] + docs[:offset]
+        return all(loads(doc.encode() if i % 2 else doc) == want[(offset + i) % len(docs)]
+                   for _ in range(50) for i, doc in enumerate(order))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        assert all(pool.map(decode_all, range(0, 64, 8)))
