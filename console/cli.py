@@ -181,7 +181,7 @@ def _enroll(args: argparse.Namespace, settings: Settings) -> int:
     def action(s: Any) -> str:
         today = patient_today(s.store, args.patient, s.clock.now())  # the patient's date, not UTC's
         if args.end:
-            from console.views import messaging
+            from runtime.bootstrap import messaging
 
             plan = end_enrollment(s.store, args.patient, args.program, today, rulesets=s.rulesets,
                                   messaging=messaging(s))

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from console.views import messaging
 from fhirstore.paging import search_all
 from handlers.sweeps import run_escalation_sweep
 from runtime import cli
+from runtime.bootstrap import messaging
 from tests.browser.conftest import SCREENSHOTS
 from tests.support.console import AS_OF, MANAGER, NURSE, PASSWORD, Served, demo_services, serve_console
 

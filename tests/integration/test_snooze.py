@@ -79,10 +79,10 @@ def test_a_snooze_is_bounded() -> None:
 
 def test_ending_an_enrollment_stops_its_alerts_escalation_and_reminders(host: LocalHost) -> None:
     from console.enrollment import end_enrollment
-    from console.views import messaging
     from handlers.reminders import run_reminder_sweep
     from handlers.sweeps import run_escalation_sweep
     from rules.enrollment import careplan_active
+    from runtime.bootstrap import messaging
 
     store = host.services.store
     _glucose(host, 61, 30)

@@ -14,9 +14,9 @@ import httpx
 import pytest
 
 from console.audit import ACTION_SYSTEM
-from console.views import messaging
 from fhirstore.paging import search_all
 from handlers.sweeps import run_escalation_sweep
+from runtime.bootstrap import messaging
 from tests.support.console import MANAGER, NURSE, PASSWORD, Served, demo_services, serve_console
 
 
