@@ -306,6 +306,8 @@ def test_the_inbox_and_the_gap_list_are_audited_views_of_the_patients_they_show(
     before = len(_audits(served, "view-inbox"))
     body = client.get("/console/inbox.json").json()
     assert set(body) == {"count", "signature", "alerts"} and len(_audits(served, "view-inbox")) == before
+    assert body["alerts"] and all(set(a) == {"id", "severity", "status", "priority"} for a in body["alerts"])
+    assert not any(f"Patient/{p}" in json.dumps(body) or p in json.dumps(body) for p in {s[8:] for s in shown})
     assert f'data-signature="{body["signature"]}"' in inbox
 
 
