@@ -49,6 +49,10 @@ def test_commands_that_send_refuse_to_start_without_the_clinic_phone(data_dir: P
     assert "VIGIL_CONTACT_PHONE is required" in err and "Traceback" not in err
     assert main(["--data-dir", str(data_dir), "dead-letters", "replay"]) == 2
     assert "VIGIL_CONTACT_PHONE" in capsys.readouterr().err
+    # Only a data directory `vigil demo` wrote (it leaves the demo-as-of marker) serves with the
+    # demo's fictional phone; any other refuses.
+    assert main(["--data-dir", str(data_dir), "serve", "--port", "0"]) == 2
+    assert "VIGIL_CONTACT_PHONE is required" in capsys.readouterr().err
 
 
 def test_demo_texts_quote_the_clinic_phone_and_have_no_empty_slot(data_dir: Path, monkeypatch, capsys) -> None:
