@@ -1,6 +1,6 @@
 """Benchmark of the mapping-template engine. Prints figures; not a test.
 
-    .venv/bin/python bench/ingest.py [--messages 20000] [--repeat 5]
+    .venv/bin/python bench/ingest.py [--messages 20000] [--repeat 5] [--json]
 
 Measures, on a realistic mixed stream (generic Vigil messages, HealthKit messages, IoT Hub
 telemetry with its envelope, Google Fit datasets, Life365-style hub exports; each through its own
@@ -13,7 +13,8 @@ preset, as a deployment routes each source to its templates):
   replay into the stored ones (noop), with the store replaced by a dict (pure engine cost).
 
 Each figure is the median CPU time of `--repeat` runs. Last, end-to-end ingest of the generic stream into
-the embedded store (the `bench_ingest` figure of bench/pipeline.py).
+the embedded store (the `bench_ingest` figure of bench/pipeline.py). `--json` prints the figures as
+one JSON object instead.
 """
 
 from __future__ import annotations
@@ -152,7 +153,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = parser.parse_args()
+    figures: dict[str, object] = {}
+
+    def say(line: str) -> None:
+        if not args.json:
+            print(line)
 
     presets = {name: load_preset(name) for name in SOURCES}
     items = stream(args.messages)
@@ -173,10 +180,13 @@ def main() -> None:
     results = [presets[source][0].normalize(payload, ingested_at=ingested, **props) for source, payload, props in items]
     measurements = [m for r in results for m in r.measurements]
     failed = sum(1 for r in results if r.errors)
-    print(f"mixed stream: {len(items)} messages from {len(SOURCES)} sources -> {len(measurements)} measurements"
-          f" ({failed} dead-lettered)")
-    print(f"  json.loads          {len(items) / t_json:>10,.0f} msg/s")
-    print(f"  normalize           {len(items) / t_norm:>10,.0f} msg/s   ratio {ratio:.1f}x json.loads")
+    figures |= {"messages": len(items), "measurements": len(measurements), "dead_lettered": failed,
+                "json_loads_msgs_per_s": round(len(items) / t_json), "normalize_msgs_per_s": round(len(items) / t_norm),
+                "normalize_ratio_to_json_loads": round(ratio, 2), "sources": {}}
+    say(f"mixed stream: {len(items)} messages from {len(SOURCES)} sources -> {len(measurements)} measurements"
+        f" ({failed} dead-lettered)")
+    say(f"  json.loads          {len(items) / t_json:>10,.0f} msg/s")
+    say(f"  normalize           {len(items) / t_norm:>10,.0f} msg/s   ratio {ratio:.1f}x json.loads")
 
     for source in SOURCES:
         subset = [(s, p, props) for s, p, props in items if s == source]
@@ -192,7 +202,9 @@ def main() -> None:
                 d.normalize(p, ingested_at=ingested, **props)
 
         tj, tn, sub_ratio = paired(parse_subset, normalize_subset, args.repeat)
-        print(f"    {source:<14} {len(subset):>6} msgs  {len(subset) / tn:>9,.0f} msg/s   ratio {sub_ratio:.1f}x")
+        figures["sources"][source] = {  # type: ignore[index]
+            "messages": len(subset), "normalize_msgs_per_s": round(len(subset) / tn), "ratio": round(sub_ratio, 2)}
+        say(f"    {source:<14} {len(subset):>6} msgs  {len(subset) / tn:>9,.0f} msg/s   ratio {sub_ratio:.1f}x")
 
     # Observation building: one FHIR template set per source, as for normalization.
     by_source: dict[str, list] = {}
@@ -218,11 +230,12 @@ def main() -> None:
     t_create = timed(lambda: build(None), args.repeat)
     n_obs = changes_made[0]
     t_merge = timed(lambda: build(store), args.repeat)
-    print(f"observations: {n_obs} from {len(measurements)} measurements")
-    print(
-        f"  build (create)      {n_obs / t_create:>10,.0f} obs/s   ({len(measurements) / t_create:,.0f} measurements/s)"
-    )
-    print(f"  merge replay (noop) {n_obs / t_merge:>10,.0f} obs/s")
+    figures |= {"observations": n_obs, "build_obs_per_s": round(n_obs / t_create),
+                "merge_replay_obs_per_s": round(n_obs / t_merge)}
+    say(f"observations: {n_obs} from {len(measurements)} measurements")
+    say(f"  build (create)      {n_obs / t_create:>10,.0f} obs/s   "
+        f"({len(measurements) / t_create:,.0f} measurements/s)")
+    say(f"  merge replay (noop) {n_obs / t_merge:>10,.0f} obs/s")
     # End to end into the embedded SQLite store: templates + identity lookup + one FHIR
     # transaction per batch of 100, through the same handler the Event Hubs trigger calls.
     import tempfile
@@ -230,7 +243,9 @@ def main() -> None:
     from bench.pipeline import bench_ingest
 
     with tempfile.TemporaryDirectory() as tmp:
-        bench_ingest(Path(tmp), min(args.messages, 10000), 200)
+        figures |= bench_ingest(Path(tmp), min(args.messages, 10000), 200, quiet=args.json)
+    if args.json:
+        print(json.dumps(figures))
 
 
 if __name__ == "__main__":

@@ -127,8 +127,9 @@ def bench_store(tmp: Path, n: int) -> None:
     print(f"store   searches    {searches / search_s:>9,.0f} searches/s (subject+code+date, {n} Observations)")
 
 
-def bench_ingest(tmp: Path, n: int, patients: int) -> None:
-    """Ingest alone (templates, identity, one transaction per batch of 100), no rule evaluation."""
+def bench_ingest(tmp: Path, n: int, patients: int, *, quiet: bool = False) -> dict[str, int]:
+    """Ingest alone (templates, identity, one transaction per batch of 100), no rule evaluation;
+    printed unless `quiet`, and returned."""
     services = bootstrap(Settings.from_env({}, data_dir=tmp / "ingest"))
     enroll(services, patients)
     from triggers.device_messages import ingest_deps
@@ -143,9 +144,11 @@ def bench_ingest(tmp: Path, n: int, patients: int) -> None:
     for i in range(0, n, 100):
         handle_device_messages(msgs[i:i + 100], deps)
     replay = time.perf_counter() - t0
-    print(f"ingest  to store    {n / first:>9,.0f} messages/s  (templates + identity + batch transaction)")
-    print(f"ingest  replay      {n / replay:>9,.0f} messages/s  (same messages again: no writes)")
+    if not quiet:
+        print(f"ingest  to store    {n / first:>9,.0f} messages/s  (templates + identity + batch transaction)")
+        print(f"ingest  replay      {n / replay:>9,.0f} messages/s  (same messages again: no writes)")
     services.close()
+    return {"ingest_to_store_msgs_per_s": round(n / first), "ingest_replay_msgs_per_s": round(n / replay)}
 
 
 def bench_pipeline(tmp: Path, n: int, patients: int) -> None:
