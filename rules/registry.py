@@ -39,14 +39,14 @@ class Needs:
 class ConditionKind:
     """One condition kind. `evaluate(condition, scope)` returns a `rules.results.ConditionResult`;
     `compile(condition)` returns a `Scope -> bool` check for the fast path (None: the fast path
-    calls `evaluate`); `needs(condition)` returns a `Needs`, or the pair (metrics, lookback);
-    `children(condition)` yields (path below the condition, child) for a kind made of others."""
+    calls `evaluate`); `needs(condition)` returns a `Needs`; `children(condition)` yields (path
+    below the condition, child) for a kind made of others."""
 
     name: str
     model: type[BaseModel]
     evaluate: Callable[[Any, Any], Any]
     compile: Callable[[Any], Callable[[Any], bool]] | None = None
-    needs: Callable[[Any], Needs | tuple[frozenset[str], timedelta]] | None = None
+    needs: Callable[[Any], Needs] | None = None
     children: Callable[[Any], Iterable[tuple[tuple[Any, ...], Any]]] | None = None
 
 
@@ -90,10 +90,7 @@ def of(condition: object) -> ConditionKind:
 def needs_of(condition: object) -> Needs | None:
     """What `condition` itself reads (None for a kind without `needs`, such as a combinator)."""
     needs = of(condition).needs
-    if needs is None:
-        return None
-    found = needs(condition)
-    return found if isinstance(found, Needs) else Needs(metrics=found[0], lookback=found[1])
+    return None if needs is None else needs(condition)
 
 
 def children_of(condition: object) -> Iterable[tuple[tuple[Any, ...], Any]]:

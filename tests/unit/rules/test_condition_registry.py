@@ -44,7 +44,7 @@ def compile_weekday(cond: WeekdayCond) -> Any:
 
 
 WEEKDAY = registry.ConditionKind("weekday", WeekdayCond, evaluate_weekday, compile_weekday,
-                                 needs=lambda cond: (frozenset(), timedelta(0)))
+                                 needs=lambda cond: registry.Needs())
 
 # -------------------------------------------------------------------------------------------------
 
