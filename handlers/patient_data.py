@@ -94,8 +94,9 @@ def _patient_rules(patient_ref: str, enrollment: Enrollment, rulesets: list[Rule
     return PatientRules(enrolled, context, patient), [("care plan override ignored: %s", problem) for problem in problems]
 
 
-def codes_for(metric: str) -> list[str]:
-    return metric_codes(metric)
+def code_query(metric: str) -> str:
+    """The Observation `code` search value that finds `metric`: each LOINC code it is stored under."""
+    return ",".join(f"{LOINC}|{c}" for c in metric_codes(metric))
 
 
 def load_readings(store: FhirStore, patient_ref: str, metrics: frozenset[str] | set[str], since: datetime) -> list[Reading]:
@@ -108,8 +109,7 @@ def load_readings(store: FhirStore, patient_ref: str, metrics: frozenset[str] | 
         return window
     by_query: dict[str, set[str]] = {}
     for metric in metrics:
-        key = ",".join(f"{LOINC}|{c}" for c in codes_for(metric))
-        by_query.setdefault(key, set()).add(metric)
+        by_query.setdefault(code_query(metric), set()).add(metric)
     out: list[Reading] = []
     for code, wanted in by_query.items():
         for obs in search_all(store, "Observation", {"subject": patient_ref, "code": code, "date": f"ge{iso(since)}",
@@ -122,8 +122,7 @@ def newest_readings(store: FhirStore, patient_ref: str, metrics: set[str]) -> li
     """The newest reading of each metric, however old (absence rules anchor their gap on it)."""
     out: list[Reading] = []
     for metric in metrics:
-        code = ",".join(f"{LOINC}|{c}" for c in codes_for(metric))
-        found = store.search("Observation", {"subject": patient_ref, "code": code, "_sort": "-date", "_count": "1"})
+        found = store.search("Observation", {"subject": patient_ref, "code": code_query(metric), "_sort": "-date", "_count": "1"})
         for obs in found.resources:
             out.extend(r for r in _readings(obs) if r.metric == metric)
     return out
@@ -135,8 +134,7 @@ def first_readings_after(store: FhirStore, patient_ref: str, metrics: set[str] |
     gap in the data ended (an absence episode resolves from then, even once the window moved on)."""
     out: list[Reading] = []
     for metric in metrics:
-        code = ",".join(f"{LOINC}|{c}" for c in codes_for(metric))
-        found = store.search("Observation", {"subject": patient_ref, "code": code, "date": f"gt{iso(after)}",
+        found = store.search("Observation", {"subject": patient_ref, "code": code_query(metric), "date": f"gt{iso(after)}",
                                              "_sort": "date", "_count": "1"})
         for obs in found.resources:
             out.extend(r for r in _readings(obs) if r.metric == metric)

@@ -31,7 +31,7 @@ from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
 from handlers.compose import compose
 from handlers.messaging import Messaging
-from handlers.patient_data import codes_for
+from handlers.patient_data import code_query
 from handlers.patient_file import patient_file
 from handlers.reminder_schedule import Reminder, ReminderSchedule, default_schedule
 from notifications.dispatch import COMMUNICATION_SYSTEM, TransientDeliveryError, deliver, message_id_for
@@ -228,9 +228,8 @@ def _done(store: FhirStore, patient_ref: str, reminder: Reminder, today: date, t
     if reminder.kind == "reading":
         assert reminder.metric is not None
         start = at_local_time(today, time(0), tz)
-        code = ",".join(f"{LOINC}|{c}" for c in codes_for(reminder.metric))
-        return _any(store, "Observation", {"subject": patient_ref, "code": code, "date": f"ge{iso(start)}",
-                                            "status": DONE_OBSERVATION})
+        return _any(store, "Observation", {"subject": patient_ref, "code": code_query(reminder.metric),
+                                            "date": f"ge{iso(start)}", "status": DONE_OBSERVATION})
     # Questionnaire: answered within the last `every_days` local days (today included).
     assert reminder.instrument is not None
     instrument = INSTRUMENTS[reminder.instrument]

@@ -116,11 +116,10 @@ def expired_snoozes(store: FhirStore, now: datetime) -> list[dict[str, Any]]:
 
 def newest_observation(store: FhirStore, patient_ref: str, metric: str) -> dict[str, Any] | None:
     """The patient's newest Observation carrying `metric` (as its code or a component's)."""
-    from common.codes import LOINC
-    from handlers.patient_data import codes_for
+    from handlers.patient_data import code_query
 
-    code = ",".join(f"{LOINC}|{c}" for c in codes_for(metric))
-    found = store.search("Observation", {"subject": patient_ref, "combo-code": code, "_sort": "-date", "_count": "1"})
+    found = store.search("Observation", {"subject": patient_ref, "combo-code": code_query(metric), "_sort": "-date",
+                                         "_count": "1"})
     return found.resources[0] if found.resources else None
 
 

@@ -8,11 +8,10 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, TextIO
 
 from common.clock import iso
-from common.codes import LOINC
 from fhirstore.errors import ResourceGone, ResourceNotFound
 from fhirstore.paging import search_all
 from fhirstore.port import FhirStore
-from handlers.patient_data import codes_for
+from handlers.patient_data import code_query
 from rules.backtest import BacktestReport, PatientData, backtest
 from rules.enrollment import enrolls, patient_context, patient_timezone, period_bound
 from rules.model import Ruleset
@@ -123,7 +122,7 @@ def _queries(ruleset: Ruleset) -> list[tuple[frozenset[str], str]]:
     """One Observation search per metric; metrics stored in the same Observation (a BP panel) share one."""
     by_code: dict[str, set[str]] = {}
     for metric in sorted({m for r in ruleset.rules for m in r.metrics}):
-        by_code.setdefault(",".join(f"{LOINC}|{c}" for c in codes_for(metric)), set()).add(metric)
+        by_code.setdefault(code_query(metric), set()).add(metric)
     return [(frozenset(metrics), code) for code, metrics in by_code.items()]
 
 
