@@ -18,14 +18,14 @@ from console.accounts import StaffAccounts
 from console.alert_views import CLINICAL, AlertViews
 from console.audit import audit
 from console.charts import svg_chart, threshold_lines
-from console.operations import health
 from console.web import Ctx, Web
 from fhirstore.errors import ResourceGone, ResourceNotFound
 from fhirstore.paging import search_all
+from handlers.pipeline_health import health
 from handlers.snooze import CATEGORY as SNOOZE_CATEGORY
 from handlers.snooze import snooze
 from rules.enrollment import careplan_active
-from runtime.bootstrap import Services, _secret_file, messaging
+from runtime.bootstrap import Services, _secret_file, messaging, pipeline_deps
 from runtime.http_app import Request, Response, RouteRegistry
 
 STATIC = Path(__file__).parent / "static"
@@ -289,7 +289,7 @@ class Console(AlertViews):
 
     # -- operations ----------------------------------------------------------------------------
     def operations(self, ctx: Ctx) -> Response:
-        return self.web.render("operations.html", staff=ctx.staff, h=health(self.s))
+        return self.web.render("operations.html", staff=ctx.staff, h=health(pipeline_deps(self.s)))
 
     def operations_json(self, ctx: Ctx) -> Response:
         return self._health_json()
@@ -298,7 +298,7 @@ class Console(AlertViews):
         import json
 
         return Response(200, {"Content-Type": "application/json", "Cache-Control": "no-store"},
-                        json.dumps(health(self.s)).encode())
+                        json.dumps(health(pipeline_deps(self.s))).encode())
 
     # -- enrollment ----------------------------------------------------------------------------
     def enroll_page(self, ctx: Ctx, error: str = "", done: str = "", status: int = 200) -> Response:

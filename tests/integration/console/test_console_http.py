@@ -271,7 +271,8 @@ def test_bulk_acknowledge_assign_and_resolve_with_an_outcome(served: Served) -> 
 
 
 def test_a_stalled_pipeline_notifies_the_care_team_once_an_hour(served: Served) -> None:
-    from console.operations import check_thresholds
+    from handlers.pipeline_health import check_pipeline
+    from runtime.bootstrap import pipeline_deps
 
     store = served.services.store
 
@@ -284,11 +285,11 @@ def test_a_stalled_pipeline_notifies_the_care_team_once_an_hour(served: Served) 
             ]
         )
 
-    assert check_thresholds(served.services) == []  # healthy: nothing sent
+    assert check_pipeline(pipeline_deps(served.services)) == []  # healthy: nothing sent
     assert notices() == 0
-    problems = check_thresholds(served.services, max_dead_letters=1)
+    problems = check_pipeline(pipeline_deps(served.services), max_dead_letters=1)
     assert problems == ["6 dead letters in 24 h"]
-    check_thresholds(served.services, max_dead_letters=1)  # the same hour: no second notice
+    check_pipeline(pipeline_deps(served.services), max_dead_letters=1)  # the same hour: no second notice
     assert notices() == 1
 
 
