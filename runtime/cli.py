@@ -151,6 +151,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         # `make demo` then `vigil serve`: the demo's fictional clinic has its phone, as `vigil demo` gave it.
         settings = replace(settings, contact_phone=DEMO_CLINIC_PHONE)
     settings.require_contact_phone()
+    from common.clock import ResumedClock
     from runtime.bootstrap import bootstrap, local_token
     from runtime.host import HostAlreadyRunning, LocalHost
     from runtime.http_server import Tls, make_server, server_limits
@@ -197,7 +198,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  console: {bound}/console   (accounts: vigil staff add USER --role ROLE)", flush=True)
     print(f"  token:   in {settings.path('local-token')} (send as 'Authorization: Bearer <token>')", flush=True)
     print("  functions: " + ", ".join(f"{s.name} ({s.trigger})" for s in host.functions), flush=True)
-    if type(clock).__name__ == "ResumedClock":
+    if isinstance(clock, ResumedClock):
         print(f"  clock:   resumed from the demo's as-of time ({clock.now():%Y-%m-%d %H:%M} UTC); "
               "--catch-up runs on the wall clock", flush=True)
     from runtime.checks import server_capability_warnings

@@ -21,4 +21,7 @@ def test_serve_on_the_demo_data_directory_needs_no_clinic_phone_setting(tmp_path
     # Without the marker serve refuses: "vigil: VIGIL_CONTACT_PHONE is required ..." (test_operator_defaults).
     with serve(env) as served:
         assert httpx.get(f"{served.url}/console/login", timeout=10).status_code == 200
+        assert served.proc.stdout is not None
+        banner = [served.proc.stdout.readline() for _ in range(5)]  # FHIR, console, token, functions, clock
+        assert "clock:   resumed from the demo's as-of time (2026-11-15 18:00 UTC)" in banner[-1], banner
     assert served.code == 0

@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @dataclass
 class Served:
     url: str
+    proc: subprocess.Popen[str]
     code: int | None = None  # the exit status, once stopped
     stop_s: float = 0.0  # from SIGTERM to exit
 
@@ -30,7 +31,7 @@ def serve(env: dict[str, str]) -> Iterator[Served]:
     no address (a refusal to start, say)."""
     proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "serve"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    served = Served("")
+    served = Served("", proc)
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
