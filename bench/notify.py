@@ -73,11 +73,14 @@ from rules.episode_resources import open_episode  # noqa: E402
 from rules.evaluate import evaluate  # noqa: E402
 from rules.readings import readings_from_observation  # noqa: E402
 from rules.window import History  # noqa: E402
-from runtime.bootstrap import Services, bootstrap  # noqa: E402
+from runtime.bootstrap import (  # noqa: E402
+    Services,
+    bootstrap,
+    messaging,  # noqa: E402
+)
 from runtime.cohort import careplan  # noqa: E402
 from runtime.settings import Settings  # noqa: E402
 from tests.support.acs_server import FakeAcsServer  # noqa: E402
-from triggers.fhir_events import messaging  # noqa: E402
 
 CHAINS = """
 chains:

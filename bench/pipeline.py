@@ -132,7 +132,7 @@ def bench_ingest(tmp: Path, n: int, patients: int, *, quiet: bool = False) -> di
     printed unless `quiet`, and returned."""
     services = bootstrap(Settings.from_env({}, data_dir=tmp / "ingest"))
     enroll(services, patients)
-    from triggers.device_messages import ingest_deps
+    from runtime.bootstrap import ingest_deps
 
     deps = ingest_deps(services)
     msgs = [RawMessage(body=m) for m in messages(n, patients, seed=3)]
@@ -285,7 +285,7 @@ def workload(tmp: Path, name: str, patients: int, history_days: int) -> tuple[Se
     host = LocalHost(services)
     host.acquire()
     enroll(services, patients)
-    from triggers.device_messages import ingest_deps
+    from runtime.bootstrap import ingest_deps
 
     deps = ingest_deps(services)
     history = [RawMessage(body=m) for m in history_messages(patients, history_days)]
@@ -333,9 +333,8 @@ def measure_http_requests(tmp: Path, patients: int, history_days: int, n: int) -
     """The same workload with Vigil on the HTTP adapter against the facade (a separate embedded
     store served over loopback), events pushed as Event Grid would: requests counted at the server."""
     from fhirstore import rest
+    from runtime.bootstrap import event_deps, ingest_deps
     from tests.support.fhir_server import serve_store
-    from triggers.device_messages import ingest_deps
-    from triggers.fhir_events import event_deps
 
     counted = {"on": False, "n": 0}
     original = rest.handle

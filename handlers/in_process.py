@@ -15,29 +15,41 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from common.storage import describe as storage_fault
 from fhirstore.event_source import change_event
-from fhirstore.port import FhirStore
+from fhirstore.port import EventOutbox
+from handlers.fhir_events import EventDeps, handle_fhir_event
+from handlers.ingest import IngestDeps, RawMessage, handle_device_messages
+from ingest.report import IngestReport
 
 log = logging.getLogger(__name__)
 
 
-def evaluate_in_process(store: FhirStore, stored: Sequence[dict[str, Any]],
+@dataclass(frozen=True)
+class InProcess:
+    """What evaluating in the writing process needs: the event handler's dependencies and the
+    embedded store's outbox, whose pending events say what is still to evaluate."""
+
+    events: EventDeps
+    outbox: EventOutbox
+    account: str
+
+
+def evaluate_in_process(outbox: EventOutbox, stored: Sequence[dict[str, Any]],
                         deliver: Callable[[dict[str, Any], dict[str, Any]], Any],
                         *, account: str, topic: str = "in-process") -> int:
     """Deliver each stored version's event, with the version as written, to `deliver(event,
-    resource)`, then settle the ones that returned.
-    Returns how many were evaluated here; a store without an outbox (HTTP) evaluates none."""
-    find = getattr(store, "outbox_find", None)
-    done = getattr(store, "outbox_done", None)
-    if find is None or done is None or not stored:
+    resource)`, then settle the ones that returned. Returns how many were evaluated here."""
+    if not stored:
         return 0
     settled: list[int] = []
     for resource in stored:
         meta = resource.get("meta") or {}
-        seqs = find([(resource.get("resourceType"), resource.get("id"), meta.get("versionId"))])
+        version = (str(resource.get("resourceType")), str(resource.get("id")), str(meta.get("versionId")))
+        seqs = outbox.outbox_find([version])
         event = change_event(resource, account=account, topic=topic) if seqs else None
         if event is None:
             continue  # already delivered (a replay), or not a stored version
@@ -49,19 +61,17 @@ def evaluate_in_process(store: FhirStore, stored: Sequence[dict[str, Any]],
             log.warning("in-process evaluation failed (%s); the outbox event stays for the relay", type(exc).__name__)
             continue
         settled += seqs
-    done(settled)
+    outbox.outbox_done(settled)
     return len(settled)
 
 
-def ingest_and_evaluate(messages: Sequence[Any], ingest: Any, events: Any | None, *, account: str) -> Any:
-    """Ingest a batch (`handlers.ingest.handle_device_messages`) and, with `events` (the embedded
-    store's EventDeps), evaluate what it wrote in this process; returns the ingest report."""
-    from handlers.fhir_events import handle_fhir_event
-    from handlers.ingest import handle_device_messages
-
+def ingest_and_evaluate(messages: Sequence[RawMessage], ingest: IngestDeps, here: InProcess | None) -> IngestReport:
+    """Ingest a batch (`handlers.ingest.handle_device_messages`) and, with the embedded store
+    (`here`), evaluate what it wrote in this process; returns the ingest report."""
     report = handle_device_messages(list(messages), ingest)
-    if events is not None:
-        evaluate_in_process(ingest.store, report.stored,
+    if here is not None:
+        events = here.events
+        evaluate_in_process(here.outbox, report.stored,
                             lambda event, resource: handle_fhir_event(event, events, stored=resource),
-                            account=account)
+                            account=here.account)
     return report

@@ -37,6 +37,10 @@ from runtime.settings import Settings
 
 if TYPE_CHECKING:
     from console.accounts import StaffAccounts
+    from handlers.acs_events import AcsEventDeps
+    from handlers.fhir_events import EventDeps
+    from handlers.in_process import InProcess
+    from handlers.ingest import IngestDeps
     from handlers.pipeline_health import PipelineDeps
 
 WORKFLOW_EVENTS = "vigil-events"  # the local bus topic workflow events go to (`vigil events tail`)
@@ -127,6 +131,62 @@ def messaging(services: Services) -> Messaging:
         chains=services.chains, tokens=services.tokens, workflow=services.workflow, org_name=settings.org_name,
         contact_phone=settings.contact_phone, public_base_url=settings.ack_base_url,
         staff_fallback_address=settings.staff_address,
+    )
+
+
+def event_deps(services: Services) -> EventDeps:
+    """What `handlers.fhir_events.handle_fhir_event` needs (every FHIR event source calls this)."""
+    from handlers.fhir_events import EventDeps  # the rules engine: not at start-up
+
+    return EventDeps(messaging=messaging(services), rulesets=services.rulesets, dead_letters=services.dead_letters,
+                     enrollments=services.enrollments)
+
+
+def ingest_deps(services: Services) -> IngestDeps:
+    """What `handlers.ingest.handle_device_messages` needs (the Event Hubs trigger, HTTP ingest, the CLI)."""
+    from datetime import timedelta
+
+    from handlers.ingest import IngestDeps  # the template engine: not at start-up
+
+    settings = services.settings
+    return IngestDeps(
+        store=services.store, dead_letters=services.dead_letters, templates=services.templates.current,
+        identity=services.identity, clock=services.clock, topic=settings.event_hub_name,
+        max_bytes=settings.max_message_bytes, max_future_skew=timedelta(seconds=settings.max_future_skew_s),
+    )
+
+
+def in_process(services: Services) -> InProcess | None:
+    """With the embedded store, a batch's Observations are evaluated by the process that wrote them
+    (`handlers.in_process`); a FHIR server's own events drive evaluation instead (None)."""
+    from handlers.in_process import InProcess
+
+    if services.outbox is None:
+        return None
+    return InProcess(events=event_deps(services), outbox=services.outbox, account=services.settings.fhir_account)
+
+
+def acs_deps(services: Services) -> AcsEventDeps:
+    """What `handlers.acs_events.handle_acs_event` needs: inbound texts and delivery reports."""
+    from handlers.acknowledge import acknowledge_by_code
+    from handlers.acs_events import AcsEventDeps
+    from notifications.ack_lockout import AckSenderLimit
+    from notifications.channels.pipeline import GuardedChannel
+
+    settings = services.settings
+    alerts = messaging(services)  # the same store, tokens and workflow events as the link path
+    return AcsEventDeps(
+        store=services.store, channels=services.channels, clock=services.clock, consent=services.consent,
+        templates=services.messages, workflow=services.workflow, dead_letters=services.dead_letters,
+        org_name=settings.org_name,
+        # Without a configured help line the HELP answer still says whom to call.
+        contact_phone=settings.contact_phone or settings.program_contact,
+        ack_replies=lambda reply: acknowledge_by_code(alerts, reply.code, reply.sender),
+        sms_channel="sms",
+        # The SMS channel's send ledger: a "Delivered" report settles an in-doubt send.
+        ledger=sms.ledger if isinstance(sms := services.channels.get("sms"), GuardedChannel) else None,
+        # In the FHIR store, so every instance sees the same failures and lockouts.
+        ack_limit=AckSenderLimit(services.store, services.clock, settings.ack_sms_limits),
     )
 
 

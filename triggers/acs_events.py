@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from handlers.acknowledge import acknowledge_by_code
-from handlers.acs_events import AcsEventDeps, handle_acs_event
-from notifications.ack_lockout import AckSenderLimit
-from runtime.bootstrap import Services, current
-from triggers.fhir_events import event_payload, messaging
+from handlers.acs_events import handle_acs_event
+from runtime.bootstrap import acs_deps, current
+from triggers.fhir_events import event_payload
 
 bp = func.Blueprint()
 
@@ -24,27 +22,3 @@ bp = func.Blueprint()
 @bp.event_grid_trigger(arg_name="event")
 def on_acs_event(event: func.EventGridEvent) -> None:
     handle_acs_event(event_payload(event), acs_deps(current()))
-
-
-def acs_deps(services: Services) -> AcsEventDeps:
-    settings = services.settings
-    sms_channel = "sms"
-    alerts = messaging(services)  # the same store, tokens and workflow events as the link path
-    return AcsEventDeps(
-        store=services.store,
-        channels=services.channels,
-        clock=services.clock,
-        consent=services.consent,
-        templates=services.messages,
-        workflow=services.workflow,
-        dead_letters=services.dead_letters,
-        org_name=settings.org_name,
-        # Without a configured help line the HELP answer still says whom to call.
-        contact_phone=settings.contact_phone or settings.program_contact,
-        ack_replies=lambda reply: acknowledge_by_code(alerts, reply.code, reply.sender),
-        sms_channel=sms_channel,
-        # The SMS channel's send ledger (ACS SMS has one): a "Delivered" report settles an in-doubt send.
-        ledger=getattr(services.channels.get(sms_channel), "ledger", None),
-        # In the FHIR store, so every instance sees the same failures and lockouts.
-        ack_limit=AckSenderLimit(services.store, services.clock, settings.ack_sms_limits),
-    )

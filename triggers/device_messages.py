@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import typing
-from datetime import timedelta
 from typing import Any
 
 import azure.functions as func
 
 from handlers.in_process import ingest_and_evaluate
-from handlers.ingest import IngestDeps, RawMessage
-from runtime.bootstrap import Services, current
-from triggers.fhir_events import event_deps
+from handlers.ingest import RawMessage
+from runtime.bootstrap import current, in_process, ingest_deps
 
 bp = func.Blueprint()
 
@@ -33,9 +31,7 @@ bp = func.Blueprint()
 def ingest_device_messages(events: typing.List[func.EventHubEvent]) -> None:  # noqa: UP006
     services = current()
     # With the embedded store the batch is evaluated here, after its commit (handlers/in_process.py).
-    ingest_and_evaluate([_raw(e, i) for i, e in enumerate(events)], ingest_deps(services),
-                        event_deps(services) if services.settings.embedded else None,
-                        account=services.settings.fhir_account)
+    ingest_and_evaluate([_raw(e, i) for i, e in enumerate(events)], ingest_deps(services), in_process(services))
 
 
 def _raw(event: func.EventHubEvent, index: int) -> RawMessage:
@@ -59,16 +55,3 @@ def _item(metadata: dict[str, Any], name: str, index: int) -> dict[str, Any]:
         return dict(many[index])
     one = metadata.get(name)
     return dict(one) if isinstance(one, dict) else {}
-
-
-def ingest_deps(services: Services) -> IngestDeps:
-    return IngestDeps(
-        store=services.store,
-        dead_letters=services.dead_letters,
-        templates=services.templates.current,
-        identity=services.identity,
-        clock=services.clock,
-        topic=services.settings.event_hub_name,
-        max_bytes=services.settings.max_message_bytes,
-        max_future_skew=timedelta(seconds=services.settings.max_future_skew_s),
-    )

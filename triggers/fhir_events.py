@@ -6,10 +6,8 @@ from typing import Any
 
 import azure.functions as func
 
-from handlers.fhir_events import EventDeps, handle_fhir_event
-from handlers.messaging import Messaging
-from runtime.bootstrap import Services, current
-from runtime.bootstrap import messaging as bootstrap_messaging
+from handlers.fhir_events import handle_fhir_event
+from runtime.bootstrap import current, event_deps
 
 bp = func.Blueprint()
 
@@ -33,12 +31,3 @@ def event_payload(event: object) -> dict:
         "dataVersion": getattr(event, "data_version", None) or getattr(event, "dataschema", None),
         "data": event.get_json(),  # type: ignore[attr-defined]
     }
-
-
-def messaging(services: Services) -> Messaging:
-    return bootstrap_messaging(services)
-
-
-def event_deps(services: Services) -> EventDeps:
-    return EventDeps(messaging=messaging(services), rulesets=services.rulesets, dead_letters=services.dead_letters,
-                     enrollments=services.enrollments)

@@ -10,9 +10,8 @@ import azure.functions as func
 
 from fhirstore.subscriptions import InvalidNotification
 from handlers.fhir_events import handle_fhir_event
-from runtime.bootstrap import current
+from runtime.bootstrap import current, event_deps
 from runtime.event_sources import RestHookSource, event_source
-from triggers.fhir_events import event_deps
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)

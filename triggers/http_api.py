@@ -10,9 +10,7 @@ from handlers.acknowledge import acknowledge_by_token
 from handlers.in_process import ingest_and_evaluate
 from handlers.ingest import RawMessage
 from ingest.batches import split_messages
-from runtime.bootstrap import current
-from triggers.device_messages import ingest_deps
-from triggers.fhir_events import event_deps, messaging
+from runtime.bootstrap import current, in_process, ingest_deps, messaging
 
 bp = func.Blueprint()
 
@@ -27,9 +25,7 @@ def http_ingest(req: func.HttpRequest) -> func.HttpResponse:
     services = current()
     # As the Event Hubs trigger: with the embedded store, what the request wrote is evaluated here,
     # after its commit (handlers/in_process.py); the outbox keeps what did not complete for the relay.
-    report = ingest_and_evaluate(messages, ingest_deps(services),
-                                 event_deps(services) if services.settings.embedded else None,
-                                 account=services.settings.fhir_account)
+    report = ingest_and_evaluate(messages, ingest_deps(services), in_process(services))
     # The body: every message's outcome, adding up to "received" (written + superseded +
     # dead_lettered), reasons by code, and the Observation counts apart (docs/ingest-accounting.md).
     status = 200 if report.dead_lettered == 0 else 207

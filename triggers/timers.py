@@ -8,8 +8,7 @@ from handlers.pipeline_health import check_pipeline
 from handlers.reminders import run_reminder_sweep
 from handlers.sweeps import recheck_snoozes as sweep_snoozes
 from handlers.sweeps import run_alert_sweep, run_escalation_sweep
-from runtime.bootstrap import Services, current, pipeline_deps
-from triggers.fhir_events import event_deps, messaging
+from runtime.bootstrap import Services, current, event_deps, messaging, pipeline_deps
 
 bp = func.Blueprint()
 

@@ -98,8 +98,7 @@ def test_rules_path_directories_add_to_the_shipped_library(tmp_path: Path, data_
 
 
 def test_ack_links_point_at_the_served_port(data_dir: Path) -> None:
-    from runtime.bootstrap import bootstrap
-    from triggers.fhir_events import messaging
+    from runtime.bootstrap import bootstrap, messaging
 
     services = bootstrap(Settings.from_env({}, data_dir=data_dir, http_port=8123))
     try:

@@ -31,9 +31,9 @@ from handlers.messaging import ACK_PURPOSE, ACK_TTL, Messaging
 from notifications.ack_codes import ACK_CODE_SYSTEM
 from notifications.escalation import LEVEL_SYSTEM, acknowledged_at, level_of
 from notifications.workflow_events import ACKNOWLEDGED, CLOSED, MemoryPublisher, PublishError, WorkflowEvent
+from runtime.bootstrap import messaging
 from runtime.host import LocalHost
 from tests.support.pipeline import add_patient, make_host, reading
-from triggers.fhir_events import messaging
 
 NURSE = "Practitioner/nurse-1"
 DOCTOR = "Practitioner/doctor-1"

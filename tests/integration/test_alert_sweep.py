@@ -82,7 +82,7 @@ def _weigh(s: Services, pid: str, at: datetime, kg: float = 80.0) -> str:
 
 def _sweep(s: Services, clock: FixedClock, at: datetime, rulesets: list[Any] | None = None) -> SweepReport:
     clock.set(at)
-    from triggers.fhir_events import messaging
+    from runtime.bootstrap import messaging
 
     m = dataclasses.replace(messaging(s), clock=clock)
     return run_alert_sweep(m, rulesets if rulesets is not None else s.rulesets)

@@ -13,9 +13,8 @@ import pytest
 from bench.notify import T0, bench_persisted_sweep, write_episodes
 from common.clock import FixedClock
 from fhirstore.paging import search_all
-from runtime.bootstrap import Services, bootstrap
+from runtime.bootstrap import Services, bootstrap, messaging
 from runtime.settings import Settings
-from triggers.fhir_events import messaging
 
 
 def test_a_small_persisted_sweep_bench_run() -> None:

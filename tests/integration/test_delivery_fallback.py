@@ -30,12 +30,10 @@ from notifications.channels.base import OutgoingMessage, SendResult
 from notifications.delivery_reports import apply_delivery_report
 from notifications.dispatch import Fallback, MessageRequest, TransientDeliveryError, deliver
 from notifications.fallback_plan import FALLBACK_PLAN_EXT
-from runtime.bootstrap import WORKFLOW_EVENTS
+from runtime.bootstrap import WORKFLOW_EVENTS, acs_deps, messaging
 from runtime.cli_events import read_events
 from tests.support.acs_server import FakeAcsServer, write_channels_config
 from tests.support.pipeline import DAYTIME, add_patient, make_host, reading
-from triggers.acs_events import acs_deps
-from triggers.fhir_events import messaging
 
 PHONE = "+15550100001"
 EMAIL = "pat.one@example.org"

@@ -24,13 +24,12 @@ from fhirstore.errors import ServerError
 from fhirstore.http_store import HttpFhirStore
 from handlers.messaging import Messaging
 from handlers.sweeps import due_search_support, run_escalation_sweep
-from runtime.bootstrap import Services, bootstrap
+from runtime.bootstrap import Services, bootstrap, messaging
 from runtime.checks import server_capability_warnings
 from runtime.settings import Settings
 from tests.integration.test_escalation_sweep import CHAINS, DOCTOR, NURSE, level, open_task, texts_to
 from tests.support.fhir_server import serve_store
 from tests.support.pipeline import DAYTIME
-from triggers.fhir_events import messaging
 
 MISSING = "does not support Vigil's Task search parameter 'escalation-due'"
 

@@ -23,10 +23,9 @@ from handlers.messaging import Messaging
 from handlers.sweeps import EscalationReport, escalation_candidates, run_escalation_sweep
 from notifications.escalation import LEVEL_SYSTEM
 from notifications.escalation_chains import load_chains
-from runtime.bootstrap import Services, bootstrap
+from runtime.bootstrap import Services, bootstrap, messaging
 from runtime.settings import Settings
 from tests.support.pipeline import DAYTIME
-from triggers.fhir_events import messaging
 
 NURSE, DOCTOR = "+15550100201", "+15550100202"
 # crisis as shipped, but exhausted after level 2 (shorter to walk through in a test).

@@ -16,9 +16,8 @@ from hypothesis import strategies as st
 
 from handlers.acs_events import handle_acs_event
 from handlers.fhir_events import handle_fhir_event
+from runtime.bootstrap import acs_deps, event_deps
 from tests.support.pipeline import add_patient, make_host
-from triggers.acs_events import acs_deps
-from triggers.fhir_events import event_deps
 
 _BIG = 10**4500 - 1  # more digits than int->str converts (sys.get_int_max_str_digits)
 _DEEP: list = []

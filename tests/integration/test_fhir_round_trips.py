@@ -190,7 +190,7 @@ def test_ingest_on_the_http_adapter_reads_a_batch_in_two_requests_and_writes_it_
         backing.update(device(f"i{i}-dev", f"i{i}"))
     services = bootstrap(Settings.from_env({}, data_dir=tmp_path / "vigil", fhir_url=base, event_source="eventgrid"))
     try:
-        from triggers.device_messages import ingest_deps
+        from runtime.bootstrap import ingest_deps
 
         deps = ingest_deps(services)
         msgs = [RawMessage(body=reading(f"i{i}", "heart_rate", f"2026-10-01T08:{i:02d}:00Z", {"bpm": 70 + i}))

@@ -16,9 +16,8 @@ import pytest
 from fhirstore.errors import FhirError
 from fhirstore.sqlite import SqliteFhirStore
 from handlers.ingest import IngestDeps, RawMessage, handle_device_messages
-from runtime.bootstrap import install
+from runtime.bootstrap import ingest_deps, install
 from tests.support.pipeline import add_patient, count, make_host, reading
-from triggers.device_messages import ingest_deps
 from triggers.http_api import http_ingest
 
 T = "2026-11-20T09:00:00Z"

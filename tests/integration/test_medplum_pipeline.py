@@ -29,14 +29,13 @@ from common.clock import FixedClock
 from fhirstore.paging import search_all
 from fhirstore.polling_source import Cursor, FhirCursorStore, PollingSource
 from handlers.acknowledge import acknowledge_by_token
-from runtime.bootstrap import install
+from runtime.bootstrap import install, messaging
 from runtime.checks import server_capability_warnings
 from runtime.event_sources import event_source
 from runtime.host import LocalHost
 from runtime.http_server import running_server
 from tests.support.medplum import TRANSACTION_SIZE, MedplumServer
 from tests.support.pipeline import add_patient, make_host, reading
-from triggers.fhir_events import messaging
 
 PATIENT_PHONE = "+15550100001"
 NURSE_PHONE = "+15550100201"

@@ -20,13 +20,12 @@ from fhirstore.paging import search_all
 from fhirstore.polling_source import Cursor, FhirCursorStore, PollingSource
 from fhirstore.sqlite import SqliteFhirStore
 from handlers.ingest import RawMessage, handle_device_messages
-from runtime.bootstrap import Services, bootstrap, install
+from runtime.bootstrap import Services, bootstrap, ingest_deps, install
 from runtime.event_sources import event_source, source_kind
 from runtime.host_functions import registered_functions
 from runtime.settings import Settings, SettingsError
 from tests.support.fhir_server import serve_store
 from tests.support.pipeline import DAYTIME, add_patient, reading
-from triggers.device_messages import ingest_deps
 
 PULL = {f.get_function_name(): f.get_user_function() for f in registered_functions(function_app.app)}[
     "pull_fhir_changes"]

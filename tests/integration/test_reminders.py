@@ -25,10 +25,9 @@ from fhirstore.paging import search_all
 from handlers.messaging import Messaging
 from handlers.reminder_schedule import load_schedule
 from handlers.reminders import ReminderReport, run_reminder_sweep
-from runtime.bootstrap import Services
+from runtime.bootstrap import Services, messaging
 from runtime.cohort import careplan
 from tests.support.pipeline import make_host
-from triggers.fhir_events import messaging
 
 LA = ZoneInfo("America/Los_Angeles")
 NY = ZoneInfo("America/New_York")

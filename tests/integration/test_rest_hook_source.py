@@ -17,13 +17,12 @@ from common.clock import FixedClock
 from fhirstore.paging import search_all
 from fhirstore.sqlite import SqliteFhirStore
 from handlers.ingest import RawMessage, handle_device_messages
-from runtime.bootstrap import Services, bootstrap, install
+from runtime.bootstrap import Services, bootstrap, ingest_deps, install
 from runtime.event_sources import RestHookSource, event_source
 from runtime.host_functions import registered_functions
 from runtime.settings import Settings, SettingsError
 from tests.support.fhir_server import serve_store
 from tests.support.pipeline import DAYTIME, add_patient, reading
-from triggers.device_messages import ingest_deps
 
 FUNCTIONS = {f.get_function_name(): f.get_user_function() for f in registered_functions(function_app.app)}
 ENDPOINT = "https://vigil.example.test/api/fhir-notify"

@@ -28,11 +28,10 @@ from handlers.escalations import derive_ack_code
 from notifications.ack_codes import ACK_CODE_ALPHABET, ACK_CODE_SYSTEM
 from notifications.escalation import acknowledge
 from notifications.tokens import MemoryUsedTokens, SignedTokens
-from runtime.bootstrap import WORKFLOW_EVENTS
+from runtime.bootstrap import WORKFLOW_EVENTS, messaging
 from runtime.cli_events import read_events
 from tests.support.acs_server import FakeAcsServer, write_channels_config
 from tests.support.pipeline import DAYTIME, add_patient, make_host, reading
-from triggers.fhir_events import messaging
 
 PATIENT_PHONE = "+15550100001"
 PATIENT2_PHONE = "+15550100002"

@@ -17,7 +17,7 @@ from handlers.acs_events import handle_acs_event
 from notifications.ack_codes import ACK_CODE_ALPHABET
 from notifications.ack_lockout import LOCKED_UNTIL_EXT, RECORD_KIND, SENDER_EXT
 from notifications.workflow_events import ACK_LOCKED_OUT
-from runtime.bootstrap import WORKFLOW_EVENTS, bootstrap
+from runtime.bootstrap import WORKFLOW_EVENTS, acs_deps, bootstrap
 from runtime.cli_events import read_events
 from runtime.settings import Settings
 from tests.integration import test_sms_ack as base
@@ -35,7 +35,6 @@ from tests.integration.test_sms_ack import (
     sms_received,
     texts,
 )
-from triggers.acs_events import acs_deps
 
 # The alert-and-care-team host of the SMS acknowledgement tests, and its clock.
 host = base.host

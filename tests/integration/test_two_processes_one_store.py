@@ -31,7 +31,7 @@ def evaluate_all(data_dir: str, events: list[dict[str, Any]], start: Any, result
     Reports the message ids its provider actually accepted (a duplicate file is not one)."""
     from handlers.fhir_events import handle_fhir_event
     from notifications.channels.outbox import OutboxProvider
-    from triggers.fhir_events import event_deps
+    from runtime.bootstrap import event_deps
 
     handed: list[str] = []
     send = OutboxProvider.send
@@ -62,7 +62,7 @@ def test_two_processes_evaluating_the_same_readings_open_one_episode_and_send_on
     services = services_on(tmp_path)
     for i, pid in enumerate(PATIENTS):
         add_patient(services, pid, phone=f"+1555010000{i}")
-    from triggers.device_messages import ingest_deps
+    from runtime.bootstrap import ingest_deps
 
     msgs = [RawMessage(body=reading(pid, "blood_pressure", (DAYTIME - timedelta(minutes=50 - 5 * k)).isoformat(),
                                     CRISIS)) for k in range(6) for pid in PATIENTS]

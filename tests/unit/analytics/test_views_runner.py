@@ -89,8 +89,8 @@ def test_the_shipped_rpm_views_date_the_observations_vigils_own_ingest_writes(da
     reading-day count and time series built on them is empty."""
     from fhirstore.paging import search_all
     from handlers.ingest import RawMessage, handle_device_messages
+    from runtime.bootstrap import ingest_deps
     from tests.support.pipeline import add_patient, make_host, reading
-    from triggers.device_messages import ingest_deps
 
     host = make_host(data_dir)
     try:
