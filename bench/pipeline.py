@@ -41,6 +41,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(_HERE.parent), *(p for p in sys.path if Path(p or ".").resolve() != _HERE)]
 
 from fhirstore.paging import search_all  # noqa: E402
+from fhirstore.port import EventOutbox  # noqa: E402
 from fhirstore.sqlite import SqliteFhirStore  # noqa: E402
 from handlers import fhir_events  # noqa: E402
 from handlers.ingest import RawMessage, handle_device_messages  # noqa: E402
@@ -235,10 +236,10 @@ def history_messages(patients: int, days: int, seed: int = 7) -> list[bytes]:
     return out
 
 
-def drain_outbox(store: object) -> None:
+def drain_outbox(outbox: EventOutbox) -> None:
     """History is written before the clock starts: its events are not part of the workload."""
-    while rows := store.outbox_pending(5000):  # type: ignore[attr-defined]
-        store.outbox_done([seq for seq, _ in rows])  # type: ignore[attr-defined]
+    while rows := outbox.outbox_pending(5000):
+        outbox.outbox_done([seq for seq, _ in rows])
 
 
 class Probe:
@@ -291,7 +292,8 @@ def workload(tmp: Path, name: str, patients: int, history_days: int) -> tuple[Se
     history = [RawMessage(body=m) for m in history_messages(patients, history_days)]
     for i in range(0, len(history), 100):
         handle_device_messages(history[i:i + 100], deps)
-    drain_outbox(services.store)
+    assert services.outbox is not None  # the embedded store
+    drain_outbox(services.outbox)
     return services, host
 
 
