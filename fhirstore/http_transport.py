@@ -16,7 +16,6 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -24,6 +23,7 @@ import httpx
 from azure.core.credentials import AccessToken, TokenCredential
 
 from common import jsonnum
+from common.retry_after import retry_after_s
 from fhirstore.errors import FhirError, ServerError, Unauthorized, error_for_status
 from fhirstore.port import Resource
 
@@ -70,7 +70,7 @@ class HttpTransport:
         self._token: AccessToken | None = None
         self._token_lock = threading.Lock()
         self._rng = random.Random()
-        _redact_httpx_request_log()
+        redact_httpx_request_log()
 
     def close(self) -> None:
         """Close the connection pool (only a client this store created; an injected one is the caller's)."""
@@ -175,19 +175,8 @@ class HttpTransport:
         return self._rng.uniform(cap / 2, cap)
 
     def _retry_after(self, response: httpx.Response) -> float | None:
-        value = response.headers.get("Retry-After")
-        if not value:
-            return None
-        value = value.strip()
-        if value.isdigit():
-            return min(float(value), self._backoff_max)
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:
-            return None
-        return min(max(0.0, when.timestamp() - time.time()), self._backoff_max)
+        hinted = retry_after_s(response.headers)
+        return None if hinted is None else min(hinted, self._backoff_max)
 
     def _http_error(
         self, response: httpx.Response, interaction: str, label: str, token: str | None
@@ -254,7 +243,8 @@ def _redacted_url(url: httpx.URL) -> str:
     return str(url.copy_with(query=None)) + "?" + "&".join(f"{name}=..." for name in names)
 
 
-def _redact_httpx_request_log() -> None:
+def redact_httpx_request_log() -> None:
+    """Keep search values (identifiers, patient ids) out of httpx's request log lines, once per process."""
     httpx_logger = logging.getLogger("httpx")
     if not any(isinstance(f, _QueryValueRedactor) for f in httpx_logger.filters):
         httpx_logger.addFilter(_QueryValueRedactor())

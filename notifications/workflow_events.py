@@ -240,7 +240,8 @@ class EventGridWorkflowPublisher:
         )
         from azure.eventgrid import EventGridEvent
 
-        from notifications.provider_replies import retry_after_from, scrub
+        from common.retry_after import retry_after_s
+        from notifications.provider_replies import scrub
 
         batch = [
             EventGridEvent(subject=e.subject, event_type=e.event_type, data=e.data, data_version=e.data_version,
@@ -262,7 +263,7 @@ class EventGridWorkflowPublisher:
             transient = status == 429 or status >= 500
             headers = getattr(exc.response, "headers", None)
             raise PublishError(f"Event Grid answered HTTP {status}: {scrub(exc.message, 200)}", transient=transient,
-                               retry_after_s=retry_after_from(headers) if transient else None) from None
+                               retry_after_s=retry_after_s(headers) if transient else None) from None
         log.info("published %d workflow event(s)", len(batch))
 
     def close(self) -> None:

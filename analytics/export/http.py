@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from common.retry_after import retry_after_s
+from fhirstore.http_transport import redact_httpx_request_log
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +40,6 @@ class _Transient(Exception):
     def __init__(self, message: str, retry_after: float | None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
-
-def retry_after_s(value: str | None, now: float | None = None) -> float | None:
-    """Seconds a ``Retry-After`` header asks to wait (None when absent or unreadable)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def _where(url: str) -> str:
@@ -86,9 +72,7 @@ class FhirHttp:
         self._backoff = wait_random_exponential(multiplier=0.5, max=max_wait_s)
         self.requests = 0
         # httpx logs every request's URL at INFO; search queries can name patients (the HTTP adapter's filter).
-        from fhirstore.http_transport import _redact_httpx_request_log
-
-        _redact_httpx_request_log()
+        redact_httpx_request_log()
 
     def close(self) -> None:
         if self._owns:
@@ -133,8 +117,7 @@ class FhirHttp:
         if response.status_code in ok:
             return response
         if response.status_code in _TRANSIENT:
-            hinted = retry_after_s(response.headers.get("Retry-After")) if response.status_code in (429, 503) \
-                else None
+            hinted = retry_after_s(response.headers) if response.status_code in (429, 503) else None
             raise _Transient(f"GET {_where(url)}: HTTP {response.status_code}", hinted)
         detail = _diagnostics(response, token)
         raise RemoteError(f"GET {_where(url)}: HTTP {response.status_code}{': ' + detail if detail else ''}",

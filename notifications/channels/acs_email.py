@@ -18,11 +18,11 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
+from common.retry_after import retry_after_s
 from notifications.channels.base import Idempotency, OutgoingMessage, ProviderResult
 from notifications.channels.config import BuildContext, ProviderSpec, require, secret_text
 from notifications.channels.pipeline import EMAIL_ADDRESS
 from notifications.connection import AcsConnection, parse_acs_connection_string, transport_options
-from notifications.provider_replies import retry_after_from
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +127,10 @@ class AcsEmailProvider:
             headers = getattr(exc.response, "headers", None)
             if status == 429:
                 return ProviderResult("unavailable", reason="ACS throttled the request (HTTP 429)",
-                                      retry_after_s=retry_after_from(headers, 1.0), code="throttled")
+                                      retry_after_s=retry_after_s(headers, 1.0), code="throttled")
             if status >= 500 or status == 408:
                 return ProviderResult("unavailable", reason=f"ACS is unavailable (HTTP {status})",
-                                      retry_after_s=retry_after_from(headers), code="provider-error")
+                                      retry_after_s=retry_after_s(headers), code="provider-error")
             if status == 200:
                 # Polling raises when the operation itself ended Failed or Canceled.
                 error = getattr(exc, "error", None)

@@ -4,12 +4,14 @@ or leaks what is not transient (a 4xx, the query, a token)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from email.utils import formatdate
 
 import httpx
 import pytest
 
-from analytics.export.http import FhirHttp, RemoteError, retry_after_s
+from analytics.export.http import FhirHttp, RemoteError
+from common.retry_after import retry_after_s
 
 
 def _client(answers: list, waits: list[float], attempts: int = 6) -> tuple[FhirHttp, list[httpx.Request]]:
@@ -38,8 +40,9 @@ def test_429_and_503_wait_what_retry_after_says() -> None:
 
 
 def test_retry_after_as_an_http_date_and_a_cap() -> None:
-    assert retry_after_s(formatdate(1000.0 + 30, usegmt=True), now=1000.0) == pytest.approx(30.0)
-    assert retry_after_s("soon") is None and retry_after_s(None) is None
+    at_1000 = lambda: datetime.fromtimestamp(1000.0, UTC)  # noqa: E731
+    assert retry_after_s({"Retry-After": formatdate(1000.0 + 30, usegmt=True)}, now=at_1000) == pytest.approx(30.0)
+    assert retry_after_s({"Retry-After": "soon"}) is None and retry_after_s({}) is None
     waits: list[float] = []
     http, _ = _client([httpx.Response(429, headers={"Retry-After": "3600"}), httpx.Response(200, json={})], waits)
     http.get("metadata")
