@@ -158,9 +158,9 @@ class _Writer:
 
 
 def _tombstone(change: Change) -> dict[str, Any]:
-    meta: dict[str, Any] = {"lastUpdated": change.last_updated}
-    if change.version:  # a server's delete entry may not say which version the delete is
-        meta = {"versionId": str(change.version), **meta}
+    # A server's delete entry may not say which version the delete is: "" then, so every tombstone file
+    # has the field the views read (a reader cannot select a column no file has) and it casts to no number.
+    meta = {"versionId": str(change.version) if change.version else "", "lastUpdated": change.last_updated}
     return {"resourceType": change.resource_type, "id": change.id, "meta": meta}
 
 

@@ -47,14 +47,18 @@ def latest_resources(con: Any, lake: Path, resource_type: str) -> Iterator[dict[
     if not list((lake / "result" / resource_type).rglob("*.parquet")):
         return
     deleted = list((lake / "deleted" / resource_type).rglob("*.parquet"))
-    # Latest by versionId (the store's integers), then lastUpdated: a de-identified lake shifts lastUpdated
-    # per patient or zeroes its time, but keeps versionId, and a tombstone carries the delete's version.
-    version = "TRY_CAST(meta.versionId AS BIGINT)"
-    tomb = (f"LEFT JOIN (SELECT id AS tid, max({version}) AS gone FROM read_parquet("
+    # Latest by versionId where versions are numbers (the embedded store's), else by lastUpdated (a server
+    # whose version ids are UUIDs, as Medplum's): a de-identified lake shifts lastUpdated per patient or
+    # zeroes its time but keeps versionId, so the number decides where there is one. A tombstone removes
+    # the resource when it is newer by the same rule (its versionId is "" when the server gave none).
+    version, stamp = "TRY_CAST(meta.versionId AS BIGINT)", "TRY_CAST(meta.lastUpdated AS TIMESTAMPTZ)"
+    tomb = (f"LEFT JOIN (SELECT id AS tid, max({version}) AS gone, max({stamp}) AS gone_at FROM read_parquet("
             f"'{_glob(lake, 'deleted', resource_type)}', union_by_name = true) GROUP BY id) t ON t.tid = r.id "
-            f"WHERE t.gone IS NULL OR t.gone < TRY_CAST(r.meta.versionId AS BIGINT)" if deleted else "")
+            f"WHERE t.tid IS NULL OR CASE WHEN t.gone IS NOT NULL AND TRY_CAST(r.meta.versionId AS BIGINT) IS NOT "
+            f"NULL THEN t.gone < TRY_CAST(r.meta.versionId AS BIGINT) "
+            f"ELSE t.gone_at < TRY_CAST(r.meta.lastUpdated AS TIMESTAMPTZ) END" if deleted else "")
     sql = (f"SELECT r.* FROM (SELECT * FROM read_parquet('{live}', union_by_name = true) QUALIFY row_number() "
-           f"OVER (PARTITION BY id ORDER BY {version} DESC NULLS LAST, meta.lastUpdated DESC) = 1) r " + tomb)
+           f"OVER (PARTITION BY id ORDER BY {version} DESC NULLS LAST, {stamp} DESC) = 1) r " + tomb)
     reader = con.sql(sql).to_arrow_reader(_BATCH)
     for batch in reader:
         for row in batch.to_pylist():

@@ -96,18 +96,23 @@ def _struct(view: CompiledView, name: str, dialect: str, root: str, schema: pa.S
     else:
         live_src = f"read_parquet('{_join_root(root, 'result', rtype, '**', '*.parquet')}', union_by_name = true)"
         dead_src = f"read_parquet('{_join_root(root, 'deleted', rtype, '**', '*.parquet')}', union_by_name = true)"
+    # As `vigil views run` (analytics/views/duck.py): by versionId where it is a number, else by lastUpdated.
     version = ex('TRY_CAST("meta"."versionId" AS BIGINT)')
+    stamp = ex('TRY_CAST("meta"."lastUpdated" AS TIMESTAMPTZ)')
     live_version = ex('TRY_CAST("live"."meta"."versionId" AS BIGINT)')
-    updated = ex('"meta"."lastUpdated"')
-    order = f"{version} DESC NULLS LAST, {updated} DESC"
+    live_stamp = ex('TRY_CAST("live"."meta"."lastUpdated" AS TIMESTAMPTZ)')
+    order = f"{version} DESC NULLS LAST, {stamp} DESC"
     ctes = [f"{q('live')} AS (SELECT *, row_number() OVER (PARTITION BY {q('id')} ORDER BY {order}) AS "
             f"{q('_vigil_rank')} FROM {live_src})"]
     if tombstones:
-        ctes.append(f"{q('tomb')} AS (SELECT {q('id')}, max({version}) AS {q('gone')} FROM {dead_src} "
-                    f"GROUP BY {q('id')})")
-        ctes.append(f"{q('resource')} AS (SELECT {q('live')}.* FROM {q('live')} LEFT JOIN {q('tomb')} ON "
-                    f"{q('tomb')}.{q('id')} = {q('live')}.{q('id')} WHERE {q('live')}.{q('_vigil_rank')} = 1 AND "
-                    f"({q('tomb')}.{q('gone')} IS NULL OR {q('tomb')}.{q('gone')} < {live_version}))")
+        tomb = q("tomb")
+        ctes.append(f"{tomb} AS (SELECT {q('id')}, max({version}) AS {q('gone')}, max({stamp}) AS {q('gone_at')} "
+                    f"FROM {dead_src} GROUP BY {q('id')})")
+        ctes.append(f"{q('resource')} AS (SELECT {q('live')}.* FROM {q('live')} LEFT JOIN {tomb} ON "
+                    f"{tomb}.{q('id')} = {q('live')}.{q('id')} WHERE {q('live')}.{q('_vigil_rank')} = 1 AND "
+                    f"({tomb}.{q('id')} IS NULL OR CASE WHEN {tomb}.{q('gone')} IS NOT NULL AND {live_version} IS "
+                    f"NOT NULL THEN {tomb}.{q('gone')} < {live_version} ELSE {tomb}.{q('gone_at')} < {live_stamp} "
+                    f"END))")
     else:
         ctes.append(f"{q('resource')} AS (SELECT * FROM {q('live')} WHERE {q('_vigil_rank')} = 1)")
     joins = []
@@ -148,19 +153,23 @@ def _synapse(view: CompiledView, name: str, root: str, schema: pa.Schema | None,
     backend = TsqlBackend()
     plan = plan_view(view, backend, schema)
     rtype = view.resource
+    # As `vigil views run` (analytics/views/duck.py): by versionId where it is a number, else by lastUpdated.
     version = "TRY_CAST(JSON_VALUE({t}.[meta], '$.versionId') AS BIGINT)"
+    stamp = "TRY_CAST(JSON_VALUE({t}.[meta], '$.lastUpdated') AS DATETIMEOFFSET)"
     ctes = [f"[live] AS (SELECT [r].*, ROW_NUMBER() OVER (PARTITION BY [r].[id] ORDER BY "
-            f"{version.format(t='[r]')} DESC, JSON_VALUE([r].[meta], '$.lastUpdated') DESC) AS [_vigil_rank] "
+            f"{version.format(t='[r]')} DESC, {stamp.format(t='[r]')} DESC) AS [_vigil_rank] "
             f"FROM [__rowset_result] AS [r])"]
     rowsets = {"[__rowset_result]": _rowset(root, "result", rtype, backend.columns, data_source)}
     if tombstones:
         rowsets["[__rowset_deleted]"] = _rowset(
             root, "deleted", rtype, {"id": f"VARCHAR(64) COLLATE {UTF8}", "meta": "VARCHAR(MAX)"}, data_source)
-        ctes.append(f"[tomb] AS (SELECT [d].[id], MAX({version.format(t='[d]')}) AS [gone] "
-                    f"FROM [__rowset_deleted] AS [d] GROUP BY [d].[id])")
+        ctes.append(f"[tomb] AS (SELECT [d].[id], MAX({version.format(t='[d]')}) AS [gone], "
+                    f"MAX({stamp.format(t='[d]')}) AS [gone_at] FROM [__rowset_deleted] AS [d] GROUP BY [d].[id])")
         ctes.append(f"[resource] AS (SELECT [live].* FROM [live] LEFT JOIN [tomb] ON [tomb].[id] = [live].[id] "
-                    f"WHERE [live].[_vigil_rank] = 1 AND ([tomb].[gone] IS NULL OR [tomb].[gone] < "
-                    f"{version.format(t='[live]')}))")
+                    f"WHERE [live].[_vigil_rank] = 1 AND ([tomb].[id] IS NULL OR CASE WHEN [tomb].[gone] IS NOT "
+                    f"NULL AND {version.format(t='[live]')} IS NOT NULL THEN CASE WHEN [tomb].[gone] < "
+                    f"{version.format(t='[live]')} THEN 1 ELSE 0 END ELSE CASE WHEN [tomb].[gone_at] < "
+                    f"{stamp.format(t='[live]')} THEN 1 ELSE 0 END END = 1))")
     else:
         ctes.append("[resource] AS (SELECT * FROM [live] WHERE [_vigil_rank] = 1)")
     joins = [j.items for j in plan.joins]
