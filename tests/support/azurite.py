@@ -5,25 +5,22 @@ needs Node 21 and 3.37 Node 22); `make test` installs it with `npm ci`. One in-m
 session, telemetry off. Azurite emulates Blob, Queue and Table but not the Data Lake (dfs) endpoint; the
 Data Lake destination is tested against tests/support/dfs_stub.py.
 
-Without node or the npm install the Azurite tests skip locally, naming what is missing; under `CI=true`
-they fail instead, so CI never passes by running none of them.
+Without node or the npm install the Azurite tests skip locally and fail under `CI=true`
+(tests/support/npm_server.py).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
+from tests.support import npm_server
 
 SERVER_DIR = Path(__file__).resolve().parent.parent / "azurite"
-START_TIMEOUT_S = 60.0
 # Azurite's documented development account (github.com/Azure/Azurite#default-storage-account); public.
 ACCOUNT = "devstoreaccount1"
 KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -39,12 +36,7 @@ def unavailable() -> str | None:
 
 
 def require() -> None:
-    reason = unavailable()
-    if reason is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"Azurite unavailable under CI: {reason}", pytrace=False)
-    pytest.skip(reason)
+    npm_server.require("Azurite", unavailable())
 
 
 class Azurite:
@@ -71,32 +63,9 @@ def run_azurite() -> Iterator[Azurite]:
          "--inMemoryPersistence", "--extentMemoryLimit", "256", "--disableTelemetry", "--skipApiVersionCheck",
          "--silent"],
         cwd=SERVER_DIR, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    found: list[str] = []
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            match = _LISTENING.search(line)
-            if match:
-                found.append(match.group(1))
-                break
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    reader.join(START_TIMEOUT_S)
-    if not found:
-        process.kill()
-        _, err = process.communicate(timeout=10)
-        pytest.fail(f"Azurite did not start: {err.strip()[-2000:]}", pytrace=False)
-    # Keep draining stdout (Azurite logs each request unless --silent), so the pipe never fills.
-    threading.Thread(target=lambda: [None for _ in process.stdout or []], daemon=True).start()
-    server = Azurite(found[0], process)
+    url = npm_server.wait_for_address(process, "Azurite",
+                                      lambda line: m.group(1) if (m := _LISTENING.search(line)) else None)
     try:
-        yield server
+        yield Azurite(url, process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        npm_server.stop(process)

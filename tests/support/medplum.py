@@ -5,26 +5,24 @@
 session. What it is and is not (no Subscriptions, no type-level `_history`, UUID version ids, …) is
 in docs/fhir-servers.md, "Medplum in CI".
 
-Without node or the npm install the Medplum tests skip locally, naming what is missing; under
-`CI=true` they fail instead, so CI never passes by running none of them.
+Without node or the npm install the Medplum tests skip locally and fail under `CI=true`
+(tests/support/npm_server.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import pytest
+
+from tests.support import npm_server
 
 SERVER_DIR = Path(__file__).resolve().parent.parent / "medplum"
-START_TIMEOUT_S = 60.0
 # The in-memory router refuses conditional transactions (If-Match / If-None-Exist entries) of more
 # than 8 entries; the Medplum server does not (docs/fhir-servers.md).
 TRANSACTION_SIZE = 8
@@ -40,12 +38,7 @@ def unavailable() -> str | None:
 
 
 def require() -> None:
-    reason = unavailable()
-    if reason is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"Medplum FHIR server unavailable under CI: {reason}", pytrace=False)
-    pytest.skip(reason)
+    npm_server.require("Medplum FHIR server", unavailable())
 
 
 class MedplumServer:
@@ -65,22 +58,9 @@ def run_medplum() -> Iterator[MedplumServer]:
     # stdin is a pipe the server watches: if this process dies, the server's stdin closes and it exits.
     process = subprocess.Popen(["node", "server.mjs", "0"], cwd=SERVER_DIR, stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line: list[str] = []
-    reader = threading.Thread(target=lambda: line.append(process.stdout.readline() if process.stdout else ""),
-                              daemon=True)
-    reader.start()
-    reader.join(START_TIMEOUT_S)
-    if not line or not line[0].strip():
-        process.kill()
-        _, err = process.communicate(timeout=10)
-        pytest.fail(f"the Medplum FHIR server did not start: {err.strip()[-2000:]}", pytrace=False)
-    server = MedplumServer(json.loads(line[0])["url"], process)
+    url = npm_server.wait_for_address(process, "the Medplum FHIR server",
+                                      lambda line: json.loads(line)["url"] if line.strip() else None)
     try:
-        yield server
+        yield MedplumServer(url, process)
     finally:
-        process.terminate()
-        try:
-            process.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.communicate()
+        npm_server.stop(process)
