@@ -142,35 +142,19 @@ class RemoteWindow:
         yield from sorted(found.values(), key=lambda c: (c.updated, c.id))
 
     def _pages(self, resource_type: str) -> Iterator[Change]:
-        params: list[tuple[str, str]] | None = [*self._window_params(), ("_sort", "_lastUpdated"),
-                                                ("_count", str(self.source.page_size))]
-        path = resource_type
-        seen: set[str] = set()
-        for _ in range(MAX_PAGES):
-            response = self.source.http.get(path, params=params)
-            bundle = jsonnum.loads(response.text)
+        params = [*self._window_params(), ("_sort", "_lastUpdated"), ("_count", str(self.source.page_size))]
+        for bundle in self._bundles(resource_type, params, resource_type):
             for entry in bundle.get("entry") or []:
                 resource = entry.get("resource")
                 if (entry.get("search") or {}).get("mode", "match") != "match" or not isinstance(resource, dict):
                     continue
                 yield _live(resource, resource_type)
-            nxt = _link(bundle, "next")
-            if nxt is None:
-                return
-            if nxt in seen:
-                raise RemoteError(f"{resource_type}: the server's next link repeats an earlier page")
-            seen.add(nxt)
-            path, params = nxt, None
-        raise RemoteError(f"{resource_type}: more than {MAX_PAGES} pages")
 
     # -- history -----------------------------------------------------------------------------------
     def _history(self, resource_type: str) -> Iterator[Change]:
         latest: dict[str, Change] = {}
-        params: list[tuple[str, str]] | None = [("_since", iso_ms(self.after)), ("_count", str(self.source.page_size))]
-        path = f"{resource_type}/_history"
-        seen: set[str] = set()
-        for _ in range(MAX_PAGES):
-            bundle = jsonnum.loads(self.source.http.get(path, params=params).text)
+        params = [("_since", iso_ms(self.after)), ("_count", str(self.source.page_size))]
+        for bundle in self._bundles(f"{resource_type}/_history", params, f"{resource_type}/_history"):
             for entry in bundle.get("entry") or []:
                 change = _history_change(entry, resource_type)
                 # `_since` is inclusive and has no upper end: the window is applied here.
@@ -179,16 +163,24 @@ class RemoteWindow:
                 known = latest.get(change.id)
                 if known is None or (known.updated, known.version) < (change.updated, change.version):
                     latest[change.id] = change
+        yield from sorted(latest.values(), key=lambda c: (c.updated, c.id))
+
+    def _bundles(self, path: str, params: list[tuple[str, str]], what: str) -> Iterator[dict[str, Any]]:
+        """Every page of a search or history, by the server's `next` links (a link seen twice, or more than
+        MAX_PAGES pages, is an error rather than a loop)."""
+        query: list[tuple[str, str]] | None = params
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
+            bundle = jsonnum.loads(self.source.http.get(path, params=query).text)
+            yield bundle
             nxt = _link(bundle, "next")
             if nxt is None:
-                break
+                return
             if nxt in seen:
-                raise RemoteError(f"{resource_type}/_history: the server's next link repeats an earlier page")
+                raise RemoteError(f"{what}: the server's next link repeats an earlier page")
             seen.add(nxt)
-            path, params = nxt, None
-        else:
-            raise RemoteError(f"{resource_type}/_history: more than {MAX_PAGES} pages")
-        yield from sorted(latest.values(), key=lambda c: (c.updated, c.id))
+            path, query = nxt, None
+        raise RemoteError(f"{what}: more than {MAX_PAGES} pages")
 
 
 def _link(bundle: dict[str, Any], relation: str) -> str | None:
