@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from common.retry_after import retry_after_s
+from notifications.channels.acs_errors import acs_unavailable
 from notifications.channels.base import Idempotency, OutgoingMessage, ProviderResult
 from notifications.channels.config import BuildContext, ProviderSpec, require, secret_text
 from notifications.channels.pipeline import EMAIL_ADDRESS
@@ -125,12 +125,9 @@ class AcsEmailProvider:
         except HttpResponseError as exc:
             status = exc.status_code or 0
             headers = getattr(exc.response, "headers", None)
-            if status == 429:
-                return ProviderResult("unavailable", reason="ACS throttled the request (HTTP 429)",
-                                      retry_after_s=retry_after_s(headers, 1.0), code="throttled")
-            if status >= 500 or status == 408:
-                return ProviderResult("unavailable", reason=f"ACS is unavailable (HTTP {status})",
-                                      retry_after_s=retry_after_s(headers), code="provider-error")
+            unavailable = acs_unavailable(status, headers)
+            if unavailable is not None:
+                return unavailable
             if status == 200:
                 # Polling raises when the operation itself ended Failed or Canceled.
                 error = getattr(exc, "error", None)

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from common.retry_after import retry_after_s
+from notifications.channels.acs_errors import acs_unavailable
 from notifications.channels.base import Idempotency, OutgoingMessage, ProviderResult
 from notifications.channels.config import BuildContext, ProviderSpec, require, secret_text
 from notifications.connection import AcsConnection, parse_acs_connection_string, transport_options
@@ -138,12 +138,9 @@ def _http_error(exc: Any) -> ProviderResult:
     if status in (502, 504):
         # A gateway timed out: the service behind it may have accepted the message.
         return ProviderResult("in-doubt", reason=f"ACS gateway answered HTTP {status}")
-    if status == 429:
-        return ProviderResult("unavailable", reason="ACS throttled the request (HTTP 429)",
-                              retry_after_s=retry_after_s(headers, 1.0), code="throttled")
-    if status >= 500 or status == 408:
-        return ProviderResult("unavailable", reason=f"ACS is unavailable (HTTP {status})",
-                              retry_after_s=retry_after_s(headers), code="provider-error")
+    unavailable = acs_unavailable(status, headers)
+    if unavailable is not None:
+        return unavailable
     if status == 403:
         return ProviderResult("refused", reason="ACS refused the request (HTTP 403)", code="auth", detail=detail)
     return ProviderResult("refused", reason=f"ACS rejected the request (HTTP {status})", code="rejected", detail=detail)
