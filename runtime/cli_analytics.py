@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from runtime.settings import Settings
 
@@ -172,18 +173,23 @@ def _views_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _views_asked(args: argparse.Namespace, catalog: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The shipped views plus each `--view FILE`, and the names asked for (NAMES, then the files' views)."""
+    names = list(args.names)
+    for path in args.view:
+        view = json.loads(path.read_text(encoding="utf-8"))
+        name = view.get("name") or path.stem
+        catalog[name] = view
+        names.append(name)
+    return catalog, names
+
+
 def _views_run(args: argparse.Namespace, settings: Settings) -> int:
     from analytics.views import ViewDefinitionError
     from analytics.views.duck import materialize, shipped_views
 
-    catalog = shipped_views()
-    names = list(args.names)
     try:
-        for path in args.view:
-            view = json.loads(path.read_text(encoding="utf-8"))
-            name = view.get("name") or path.stem
-            catalog[name] = view
-            names.append(name)
+        catalog, names = _views_asked(args, shipped_views())
         counts = materialize(args.lake, args.db or args.lake / "views.duckdb", names=names or None, views=catalog)
     except (KeyError, ValueError, ViewDefinitionError, OSError) as exc:
         print(f"vigil: {exc}", file=sys.stderr)
@@ -198,19 +204,13 @@ def _views_sql(args: argparse.Namespace, settings: Settings) -> int:
     from analytics.views.duck import shipped_views
     from analytics.views.sqlgen import SqlGenError, generate, lake_schema
 
-    catalog = shipped_views()
-    names = list(args.names)
     root = args.root or (str(args.lake) if args.lake else None)
     if root is None:
         print("vigil: say where the lake is: --lake DIR (a local export) or --root PATH_OR_URL", file=sys.stderr)
         return 2
     scripts = []
     try:
-        for path in args.view:
-            view = json.loads(path.read_text(encoding="utf-8"))
-            name = view.get("name") or path.stem
-            catalog[name] = view
-            names.append(name)
+        catalog, names = _views_asked(args, shipped_views())
         unknown = [n for n in names if n not in catalog]
         if unknown:
             raise KeyError(f"no view named {', '.join(unknown)}; known: {', '.join(sorted(catalog))}")
