@@ -452,3 +452,45 @@ def test_escalation_due_is_searched_only_where_the_store_says_it_is_supported(
         assert store.search("Task", {"escalation-due": "le2100-01-01T00:00:00Z", "status": "requested"}).resources == []
     else:
         assert support.supported
+
+
+# -- reads together (the write path's and enrollment's round-trip savings) ------------------------
+
+
+def test_reads_together_answer_as_separate_reads(store: FhirStore, pid: str) -> None:
+    """One `batch` Bundle of GETs on the HTTP adapter (fhirstore/batch_reads.py): a read, a read of
+    nothing, and a search come back as the separate interactions would answer them."""
+    from fhirstore.batch_reads import Read, read_together
+
+    store.update({"resourceType": "Patient", "id": pid, "active": True})
+    made = store.create(observation(pid, HR, 61, "2026-11-20T08:00:00Z"))
+    reads = [Read("Patient", pid), Read("Patient", f"{pid}-nobody"),
+             Read("Observation", params={"subject": f"Patient/{pid}", "code": f"{LOINC}|{HR}"})]
+    found, missing, matches = read_together(store, reads)
+    assert isinstance(found, dict) and found["id"] == pid and found["active"] is True
+    assert missing is None
+    assert isinstance(matches, list) and [m["id"] for m in matches] == [made.id]
+
+
+def test_many_by_id_leaves_out_the_missing_and_the_deleted(store: FhirStore, pid: str) -> None:
+    """A batch's stored Observations in one `_id` search (`_id=a,b,c`, FHIR R4 search.html#token)."""
+    from fhirstore.batch_reads import read_many
+
+    wanted = [f"{pid}-o{i}" for i in range(4)]
+    for i, oid in enumerate(wanted[:3]):
+        store.update({"id": oid, **observation(pid, HR, 60 + i, f"2026-11-20T0{i}:00:00Z")})
+    store.delete("Observation", wanted[2])
+    found = read_many(store, "Observation", wanted)
+    assert sorted(found) == wanted[:2]
+    assert found[wanted[1]]["valueQuantity"]["value"] == 61
+
+
+def test_identifiers_of_several_devices_in_one_search(store: FhirStore, pid: str) -> None:
+    """`identifier=sys|a,sys|b` is an OR (FHIR R4 search.html#combining): a batch's Devices in one search."""
+    serials = [f"{pid}-dev{i}" for i in range(3)]
+    for serial in serials[:2]:
+        store.create({"resourceType": "Device", "identifier": [{"system": ID_SYSTEM, "value": serial}],
+                      "patient": {"reference": f"Patient/{pid}"}})
+    token = ",".join(f"{ID_SYSTEM}|{s}" for s in serials)
+    devices = search_all(store, "Device", {"identifier": token, "_count": "10"})
+    assert sorted(i["value"] for d in devices for i in d["identifier"]) == serials[:2]
