@@ -10,37 +10,21 @@ trip to save. Either way the answers are the ones the separate reads would give.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 from fhirstore.errors import ResourceGone, ResourceNotFound, ServerError, error_for_status
 from fhirstore.paging import search_all
-from fhirstore.port import FhirStore, Resource, SearchParams
+from fhirstore.port import Answer, BatchReads, FhirStore, Read, Resource
 
 # `_id` values per search: a GET's URL stays well under the 8 KiB most servers and gateways accept.
 IDS_PER_SEARCH = 50
 
 
-@dataclass(frozen=True)
-class Read:
-    """One read: the resource `resource_type/id`, or (no id) every match of a search."""
-
-    resource_type: str
-    id: str | None = None
-    params: SearchParams | None = None
-
-
-# What a Read answers: the resource (None when it does not exist or was deleted), or a search's matches.
-Answer = Resource | list[Resource] | None
-
-
 def read_together(store: FhirStore, reads: Sequence[Read]) -> list[Answer]:
     """The answers of `reads`, in order; one batch request where the store batches them."""
-    together = getattr(store, "read_batch", None)
-    if together is not None and len(reads) > 1:
-        answers: list[Answer] = together(reads)
-        return answers
+    if isinstance(store, BatchReads) and len(reads) > 1:
+        return store.read_batch(reads)
     return [read_one(store, r) for r in reads]
 
 
@@ -65,6 +49,10 @@ def read_many(store: FhirStore, resource_type: str, ids: Iterable[str]) -> dict[
             if resource.get("id") in chunk:
                 found[resource["id"]] = resource
     return found
+
+
+__all__ = ["IDS_PER_SEARCH", "Answer", "Read", "batch_answers", "batch_bundle", "read_many", "read_one",
+           "read_together"]
 
 
 # -- the batch Bundle (used by fhirstore.http_store.HttpFhirStore.read_batch) ---------------------

@@ -28,7 +28,7 @@ from typing import Any
 
 from fhirstore.errors import FhirError
 from fhirstore.paging import TooManyPages, search_all
-from fhirstore.port import FhirStore, Resource
+from fhirstore.port import FhirStore, Resource, ServesCapabilities
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,10 @@ def capability_statement(store: FhirStore) -> Resource | None:
         from fhirstore.rest import capability_statement as embedded
 
         return embedded("")
-    getter = getattr(store, "capabilities", None)
-    if getter is None:
+    if not isinstance(store, ServesCapabilities):
         return None
     try:
-        statement = getter()
+        statement = store.capabilities()
     except FhirError as exc:
         if exc.status not in _NOT_SERVED:
             raise

@@ -6,11 +6,8 @@ interactions onto FHIR R4 REST (read-compare-PUT updates, split transactions, pa
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from collections.abc import Callable, Sequence
 
 import httpx
 from azure.core.credentials import TokenCredential
@@ -26,11 +23,23 @@ from fhirstore.errors import (
     ServerError,
 )
 from fhirstore.http_transport import HttpTransport, json_or_none
+from fhirstore.http_wire import (
+    check_splittable,
+    checked_id,
+    checked_type,
+    etag_version,
+    first_version,
+    location_ids,
+    meta_version,
+    next_page_params,
+    query_pairs,
+    resource_path,
+    with_etag,
+    without_meta,
+)
 from fhirstore.port import Resource, SearchParams, SearchResult, WriteOutcome, WriteResult
 from fhirstore.version_cache import DEFAULT_VERSIONS, VersionCache
 
-_TYPE_RE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
-_ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")  # FHIR R4 id datatype
 _MAX_HISTORY_PAGES = 1000
 # Entries per transaction POST. Medplum refuses transactions of more than 50 updates and Health Data
 # Services bundles of more than 500 entries (docs/fhir-servers.md); 50 serves both.
@@ -71,14 +80,14 @@ class HttpFhirStore(HttpTransport):
     # -- port -----------------------------------------------------------------------------------
 
     def read(self, resource_type: str, id: str) -> Resource:
-        path = _resource_path(resource_type, id)
+        path = resource_path(resource_type, id)
         found = self._resource(self._request("GET", path, interaction="read"), "read", path)
         self.versions.remember(found)
         return found
 
     def vread(self, resource_type: str, id: str, version_id: str) -> Resource:
         """Answered from the versions this adapter wrote or read (fhirstore.version_cache) when it has it."""
-        path = f"{_resource_path(resource_type, id)}/_history/{_checked_id(version_id, 'version id')}"
+        path = f"{resource_path(resource_type, id)}/_history/{checked_id(version_id, 'version id')}"
         known = self.versions.get(resource_type, id, version_id)
         if known is not None:
             return known
@@ -90,13 +99,13 @@ class HttpFhirStore(HttpTransport):
         """Several reads in one `batch` Bundle of GET entries (fhirstore.batch_reads); reads only,
         so it is retried like any GET."""
         for r in reads:  # refused here, as read() and search() would: nothing odd goes into a URL
-            _resource_path(r.resource_type, r.id) if r.id is not None else _checked_type(r.resource_type)
+            resource_path(r.resource_type, r.id) if r.id is not None else checked_type(r.resource_type)
         response = self._bundle(self._request("POST", "", json_body=batch_bundle(reads), interaction="batch"),
                                 "batch", "Bundle")
         return batch_answers(self, reads, response)
 
     def create(self, resource: Resource, *, if_none_exist: str | None = None) -> WriteResult:
-        resource_type = _checked_type(resource.get("resourceType") if isinstance(resource, dict) else None)
+        resource_type = checked_type(resource.get("resourceType") if isinstance(resource, dict) else None)
         headers = {"Prefer": "return=representation"}
         if if_none_exist is not None:
             query = if_none_exist.lstrip("?")
@@ -118,19 +127,19 @@ class HttpFhirStore(HttpTransport):
 
     def update(self, resource: Resource, *, if_match: str | None = None) -> WriteResult:
         """Read-compare-PUT: servers disagree on no-op updates, so the adapter decides "unchanged"."""
-        resource_type = _checked_type(resource.get("resourceType") if isinstance(resource, dict) else None)
-        path = _resource_path(resource_type, resource.get("id"))
+        resource_type = checked_type(resource.get("resourceType") if isinstance(resource, dict) else None)
+        path = resource_path(resource_type, resource.get("id"))
         if if_match is not None:
-            _checked_id(if_match, "if_match version id")
+            checked_id(if_match, "if_match version id")
         for attempt in range(2):
             current = self._current_or_none(resource_type, resource["id"])
             if current is not None:
-                current_vid = _meta_version(current)
+                current_vid = meta_version(current)
                 if if_match is not None and current_vid is not None and current_vid != if_match:
                     raise PreconditionFailed(
                         f"FHIR update {path}: If-Match version {if_match} is not the current {current_vid}"
                     )
-                if _without_meta(current) == _without_meta(resource):
+                if without_meta(current) == without_meta(resource):
                     return WriteResult("unchanged", current, resource_type, resource["id"], current_vid)
                 expected = current_vid or if_match
             else:
@@ -150,28 +159,28 @@ class HttpFhirStore(HttpTransport):
             if response.status_code == 201:
                 return self._write_result("created", response, resource_type, "update", resource["id"])
             result = self._write_result("updated", response, resource_type, "update", resource["id"])
-            if current is None and _first_version(response, result.resource, resource_type):
+            if current is None and first_version(response, result.resource, resource_type):
                 # Some servers answer 200 to a PUT that creates; the first version says what it did.
                 return WriteResult("created", result.resource, resource_type, result.id, result.version_id)
-            if current is not None and result.version_id == _meta_version(current):
+            if current is not None and result.version_id == meta_version(current):
                 return WriteResult("unchanged", result.resource, resource_type, result.id, result.version_id)
             return result
         raise AssertionError("unreachable: the loop returns or raises")
 
     def delete(self, resource_type: str, id: str) -> WriteResult:
         """Reads first: several servers answer 204 even when nothing was there to delete."""
-        path = _resource_path(resource_type, id)
+        path = resource_path(resource_type, id)
         if self._current_or_none(resource_type, id) is None:
             return WriteResult("gone", None, resource_type, id, None)
         try:
             response = self._request("DELETE", path, interaction="delete")
         except (ResourceNotFound, ResourceGone):
             return WriteResult("gone", None, resource_type, id, None)
-        return WriteResult("deleted", None, resource_type, id, _etag_version(response.headers.get("ETag")))
+        return WriteResult("deleted", None, resource_type, id, etag_version(response.headers.get("ETag")))
 
     def search(self, resource_type: str, params: SearchParams | None = None) -> SearchResult:
-        _checked_type(resource_type)
-        query = _query_pairs(resource_type, params)
+        checked_type(resource_type)
+        query = query_pairs(resource_type, params)
         # HAPI's next links point at the server base (?_getpages=...), not at the type.
         path = "" if any(name == "_getpages" for name, _ in query) else resource_type
         bundle = self._bundle(
@@ -184,7 +193,7 @@ class HttpFhirStore(HttpTransport):
             and (entry.get("search") or {}).get("mode", "match") == "match"
         ]
         total = bundle.get("total")
-        return SearchResult(resources, total if isinstance(total, int) else None, _next_params(bundle))
+        return SearchResult(resources, total if isinstance(total, int) else None, next_page_params(bundle))
 
     def transaction(self, bundle: Resource) -> Resource:
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
@@ -198,7 +207,7 @@ class HttpFhirStore(HttpTransport):
         if len(entries) <= size:
             return self._post_bundle(bundle)
         if bundle["type"] == "transaction":
-            _check_splittable(entries, size)
+            check_splittable(entries, size)
         # Over the server's limit: consecutive bundles of at most `size` entries, each all-or-nothing
         # on its own (a failure leaves the earlier chunks applied: callers re-run idempotent writes).
         responses: list[Resource] = []
@@ -218,24 +227,24 @@ class HttpFhirStore(HttpTransport):
 
     def history(self, resource_type: str, id: str) -> Resource:
         """All versions in one Bundle: servers page history, the port promises every version."""
-        path = f"{_resource_path(resource_type, id)}/_history"
+        path = f"{resource_path(resource_type, id)}/_history"
         bundle = self._bundle(self._request("GET", path, interaction="history"), "history", path)
         entries = list(bundle.get("entry", []))
-        next_params = _next_params(bundle)
+        next_params = next_page_params(bundle)
         for _ in range(_MAX_HISTORY_PAGES):
             if next_params is None:
                 break
             page_path = "" if "_getpages" in next_params else path
-            query = _query_pairs(resource_type, next_params)
+            query = query_pairs(resource_type, next_params)
             page = self._bundle(
                 self._request("GET", page_path, params=query, interaction="history"), "history", path
             )
             entries.extend(page.get("entry", []))
-            next_params = _next_params(page)
+            next_params = next_page_params(page)
         else:
             raise ServerError(f"history {path}: more than {_MAX_HISTORY_PAGES} pages")
         merged = {k: v for k, v in bundle.items() if k not in ("link", "entry")}
-        merged["entry"] = [_with_etag(e) for e in entries]
+        merged["entry"] = [with_etag(e) for e in entries]
         merged.setdefault("total", len(entries))
         return merged
 
@@ -276,9 +285,9 @@ class HttpFhirStore(HttpTransport):
     ) -> WriteResult:
         body = json_or_none(response)
         location = response.headers.get("Content-Location") or response.headers.get("Location")
-        id_, vid = _location_ids(location, resource_type)
+        id_, vid = location_ids(location, resource_type)
         id_ = id_ or known_id
-        vid = vid or _etag_version(response.headers.get("ETag"))
+        vid = vid or etag_version(response.headers.get("ETag"))
         if not (isinstance(body, dict) and body.get("resourceType") == resource_type):
             # The server ignored Prefer: return=representation; fetch what it stored.
             if id_ is None:
@@ -287,123 +296,8 @@ class HttpFhirStore(HttpTransport):
                 )
             body = self.vread(resource_type, id_, vid) if vid else self.read(resource_type, id_)
         id_ = body.get("id") or id_
-        vid = _meta_version(body) or vid
+        vid = meta_version(body) or vid
         if not id_:
             raise ServerError(f"FHIR {interaction} {resource_type}: the server returned no id")
         self.versions.remember(body)
         return WriteResult(outcome, body, resource_type, id_, vid)
-
-
-# -- helpers ------------------------------------------------------------------------------------
-
-
-def _checked_type(resource_type: object) -> str:
-    if not isinstance(resource_type, str) or not _TYPE_RE.match(resource_type):
-        raise InvalidResource(f"resourceType must be a FHIR resource type name, got {resource_type!r}")
-    return resource_type
-
-
-def _checked_id(value: object, what: str = "id") -> str:
-    if not isinstance(value, str) or not _ID_RE.match(value):
-        raise InvalidResource(f"{what} must be 1-64 characters of A-Z a-z 0-9 - . (got {value!r})")
-    return value
-
-
-def _with_etag(entry: Any) -> Any:
-    """A history entry with `response.etag`, as the port promises: servers that send only the
-    resource (Medplum's FHIR router) still name the version in its `meta.versionId`."""
-    if not isinstance(entry, dict) or (entry.get("response") or {}).get("etag"):
-        return entry
-    version = _meta_version(entry.get("resource") or {})
-    if version is None:
-        return entry
-    return {**entry, "response": {**(entry.get("response") or {}), "etag": f'W/"{version}"'}}
-
-
-def _resource_path(resource_type: str, id: object) -> str:
-    return f"{_checked_type(resource_type)}/{_checked_id(id, f'{resource_type} id')}"
-
-
-def _query_pairs(resource_type: str, params: SearchParams | None) -> list[tuple[str, str]]:
-    pairs: list[tuple[str, str]] = []
-    for name, value in (params or {}).items():
-        values: Iterable[object] = [value] if isinstance(value, str | int) else value
-        for item in values:
-            if not isinstance(item, str | int) or isinstance(item, bool):
-                raise InvalidSearch(f"search {resource_type}: parameter {name!r} has a non-string value")
-            pairs.append((name, str(item)))
-    return pairs
-
-
-
-
-def _next_params(bundle: Resource) -> dict[str, Any] | None:
-    for link in bundle.get("link", []):
-        if link.get("relation") == "next" and link.get("url"):
-            params: dict[str, Any] = {}
-            for name, value in parse_qsl(urlsplit(link["url"]).query, keep_blank_values=True):
-                if name in params:
-                    # Repeated names (date=ge..&date=le..) must survive the round trip.
-                    previous = params[name]
-                    params[name] = [*previous, value] if isinstance(previous, list) else [previous, value]
-                else:
-                    params[name] = value
-            return params
-    return None
-
-
-def _check_splittable(entries: list[Resource], size: int) -> None:
-    """A transaction split in chunks is atomic per chunk only: refuse to split one whose entries
-    depend on each other (a reference to another entry's `urn:uuid:` fullUrl, two entries on one
-    resource), which would break between chunks."""
-    targets: set[str] = set()
-    for i, entry in enumerate(entries):
-        if str(entry.get("fullUrl") or "").startswith(("urn:uuid:", "urn:oid:")):
-            raise InvalidResource(
-                f"transaction: {len(entries)} entries are over the server's limit of {size} "
-                f"(VIGIL_FHIR_TRANSACTION_SIZE) and entry {i} has a temporary fullUrl other entries may "
-                "refer to; such a transaction cannot be split"
-            )
-        url = str((entry.get("request") or {}).get("url") or "").split("?")[0]
-        if url and url in targets and "/" in url:
-            raise InvalidResource(
-                f"transaction: {len(entries)} entries are over the server's limit of {size} "
-                f"(VIGIL_FHIR_TRANSACTION_SIZE) and two entries write {url}; such a transaction cannot be split"
-            )
-        targets.add(url)
-
-
-def _first_version(response: httpx.Response, body: Resource | None, resource_type: str) -> bool:
-    location = response.headers.get("Content-Location") or response.headers.get("Location")
-    versions = {_location_ids(location, resource_type)[1], _etag_version(response.headers.get("ETag")),
-                _meta_version(body)}
-    return "1" in versions
-
-
-def _meta_version(resource: Resource | None) -> str | None:
-    vid = ((resource or {}).get("meta") or {}).get("versionId")
-    return str(vid) if vid is not None else None
-
-
-def _without_meta(resource: Resource) -> Resource:
-    return {k: v for k, v in resource.items() if k != "meta"}
-
-
-def _etag_version(etag: str | None) -> str | None:
-    if not etag:
-        return None
-    value = etag.strip()
-    value = value[2:] if value.startswith("W/") else value
-    return value.strip('"') or None
-
-
-def _location_ids(location: str | None, resource_type: str) -> tuple[str | None, str | None]:
-    if not location:
-        return None, None
-    segments = urlsplit(location).path.strip("/").split("/")
-    for i, segment in enumerate(segments[:-1]):
-        if segment == resource_type:
-            id_ = segments[i + 1]
-            has_version = i + 3 < len(segments) and segments[i + 2] == "_history"
-            return id_, segments[i + 3] if has_version else None
-    return None, None

@@ -8,11 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 Resource = dict[str, Any]
 SearchParams = Mapping[str, str | Sequence[str]]
 WriteOutcome = Literal["created", "updated", "unchanged", "exists", "deleted", "gone"]
+
+
+@dataclass(frozen=True)
+class Read:
+    """One read: the resource `resource_type/id`, or (no id) every match of a search."""
+
+    resource_type: str
+    id: str | None = None
+    params: SearchParams | None = None
+
+
+# What a Read answers: the resource (None when it does not exist or was deleted), or a search's matches.
+Answer = Resource | list[Resource] | None
 
 
 @dataclass(frozen=True)
@@ -112,4 +125,46 @@ class EventOutbox(Protocol):
 
     def outbox_size(self) -> int:
         """How many events wait for delivery."""
+        ...
+
+
+# -- what some stores do besides the port -------------------------------------------------------
+# Code that can use one of these checks `isinstance(store, <protocol>)` and otherwise does the
+# same through the port: the answers are the same either way, only the cost differs.
+
+
+@runtime_checkable
+class BatchReads(Protocol):
+    """A store where each read is a round trip (the HTTP adapter) and several go as one batch."""
+
+    def read_batch(self, reads: Sequence[Read]) -> list[Answer]:
+        """The answers of `reads`, in order, as separate reads would give them (fhirstore.batch_reads)."""
+        ...
+
+
+@runtime_checkable
+class ServesCapabilities(Protocol):
+    """A store that can fetch the server's CapabilityStatement (`GET [base]/metadata`)."""
+
+    def capabilities(self) -> Resource:
+        ...
+
+
+@runtime_checkable
+class ChangeMarks(Protocol):
+    """A store that tells cheaply whether resources of some types changed (the embedded store)."""
+
+    def change_mark(self, types: Sequence[str]) -> tuple[tuple[str, int], ...]:
+        """A value that changes whenever a resource of one of `types` is written or deleted."""
+        ...
+
+
+@runtime_checkable
+class ReadingsWindows(Protocol):
+    """A store that answers a patient's readings from an index (the embedded store's
+    `fhirstore.readings_index`), without searching and decoding Observations."""
+
+    def readings_window(self, patient_ref: str, metrics: Sequence[str] | set[str] | frozenset[str],
+                        since: str) -> list[Any]:
+        """The `rules.readings.Reading`s of `metrics` in the patient's Observations from `since` on."""
         ...

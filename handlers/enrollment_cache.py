@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from fhirstore.port import FhirStore
+from fhirstore.port import ChangeMarks, FhirStore
 
 WATCHED = ("CarePlan", "Goal", "Patient")
 
@@ -44,11 +44,10 @@ class EnrollmentCache:
         self.loads = 0
 
     def get(self, store: FhirStore, patient_ref: str, load: Callable[[], Enrollment]) -> Enrollment:
-        mark_of = getattr(store, "change_mark", None)
-        if mark_of is None:
+        if not isinstance(store, ChangeMarks):
             self.loads += 1
             return load()
-        mark = mark_of(WATCHED)
+        mark = store.change_mark(WATCHED)
         with self._lock:
             if mark != self._mark:
                 self._entries.clear()

@@ -15,7 +15,7 @@ from common.clock import iso
 from common.codes import LOINC
 from fhirstore.batch_reads import Read, read_together
 from fhirstore.paging import search_all
-from fhirstore.port import FhirStore
+from fhirstore.port import FhirStore, ReadingsWindows
 from fhirstore.readings_index import metric_codes
 from handlers.enrollment_cache import Enrollment, EnrollmentCache
 from rules.enrollment import (
@@ -103,9 +103,8 @@ def load_readings(store: FhirStore, patient_ref: str, metrics: frozenset[str] | 
     """Readings of `metrics` for the patient with effective time from `since` on. The embedded
     store answers from its readings index (fhirstore.readings_index: the same readings, no JSON
     decoded); any other store by one search per code list."""
-    indexed = getattr(store, "readings_window", None)
-    if indexed is not None:
-        window: list[Reading] = indexed(patient_ref, metrics, iso(since))
+    if isinstance(store, ReadingsWindows):
+        window: list[Reading] = store.readings_window(patient_ref, metrics, iso(since))
         return window
     by_query: dict[str, set[str]] = {}
     for metric in metrics:

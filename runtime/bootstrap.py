@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import yaml
 
@@ -37,13 +37,20 @@ from runtime.settings import Settings
 
 if TYPE_CHECKING:
     from console.accounts import StaffAccounts
-    from handlers.acs_events import AcsEventDeps
+    from handlers.acs_event_model import AcsEventDeps
     from handlers.fhir_events import EventDeps
     from handlers.in_process import InProcess
     from handlers.ingest import IngestDeps
     from handlers.pipeline_health import PipelineDeps
 
 WORKFLOW_EVENTS = "vigil-events"  # the local bus topic workflow events go to (`vigil events tail`)
+
+
+@runtime_checkable
+class _Closable(Protocol):
+    """An adapter holding files or connections (the ports do not require one)."""
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -71,9 +78,8 @@ class Services:
 
     def close(self) -> None:
         for closable in (self.send_ledger, self.store, self.dead_letters, self.bus):
-            close = getattr(closable, "close", None)
-            if close is not None:
-                close()
+            if isinstance(closable, _Closable):
+                closable.close()
 
 
 def bootstrap(settings: Settings, *, clock: Clock | None = None, bus_clock: Clock | None = None) -> Services:
@@ -169,7 +175,7 @@ def in_process(services: Services) -> InProcess | None:
 def acs_deps(services: Services) -> AcsEventDeps:
     """What `handlers.acs_events.handle_acs_event` needs: inbound texts and delivery reports."""
     from handlers.acknowledge import acknowledge_by_code
-    from handlers.acs_events import AcsEventDeps
+    from handlers.acs_event_model import AcsEventDeps
     from notifications.ack_lockout import AckSenderLimit
     from notifications.channels.pipeline import GuardedChannel
 

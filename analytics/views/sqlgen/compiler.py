@@ -8,77 +8,22 @@ views use, kept generic: member access, choice elements with ``ofType``, ``where
 ``last``, ``=``/``!=``, ``and``/``or``/``not()``, ``|`` under ``first()``/``exists()``, literals, constants,
 ``$this``, ``toString()`` of text, ``substring``, ``getResourceKey()`` and ``getReferenceKey([Type])``.
 Everything else fails with :class:`SqlGenError` naming the place and the construct, rather than giving SQL
-whose rows could differ from the runner's.
+whose rows could differ from the runner's. ``plan.py`` compiles a whole ViewDefinition with it; the
+collections and the backend protocol are ``backend.py``'s.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
 
 import pyarrow as pa
 from fhirpathpy.parser import parse
 
-from analytics.views.definition import CompiledView, Select
 from analytics.views.sqlgen import model
+from analytics.views.sqlgen.backend import Backend, Coll, SqlGenError
 from analytics.views.sqlgen.model import PRIMITIVE_NUMBERS, PRIMITIVE_STRINGS, ModelError
-
-
-class SqlGenError(ValueError):
-    """A ViewDefinition (or part of one) that the SQL generator does not translate, with where and why."""
-
-
-@dataclass(frozen=True)
-class Coll:
-    """A FHIRPath collection as SQL: one value (``many`` false; SQL NULL when empty) or an array of values."""
-
-    many: bool
-    type: str | None  # FHIR type of each item; 'boolean' for conditions
-    expr: Any = None  # the backend's spelling
-    arrow: pa.DataType | None = None  # the lake's Arrow type of one item (struct for a complex type)
-    empty: bool = False  # known to be empty (the lake has no such column)
-    root: bool = False  # the resource itself
-    choice: str | None = None  # a choice element's base name awaiting ofType()
-    owner: str | None = None  # the type the pending choice element belongs to
-
-
-@dataclass
-class Join:
-    alias: str
-    items: Any  # the backend's array expression
-    outer: bool
-
-
-@dataclass
-class Plan:
-    joins: list[Join] = field(default_factory=list)
-    filters: list[Any] = field(default_factory=list)
-    columns: list[tuple[str, Any]] = field(default_factory=list)
-
-
-class Backend(Protocol):
-    def root(self) -> Any: ...
-    def member(self, c: Coll, el: model.Element) -> Any: ...
-    def where(self, c: Coll, test: Callable[[Coll], Coll]) -> Any: ...
-    def first(self, c: Coll) -> Any: ...
-    def last(self, c: Coll) -> Any: ...
-    def exists(self, c: Coll) -> Any: ...
-    def compare(self, a: Coll, b: Coll, negate: bool) -> Any: ...
-    def logic(self, op: str, a: Coll, b: Coll) -> Any: ...
-    def negate(self, a: Coll) -> Any: ...
-    def literal(self, value: Any, ftype: str) -> Any: ...
-    def null(self) -> Any: ...
-    def false(self) -> Any: ...
-    def resource_key(self, c: Coll) -> Any: ...
-    def reference_key(self, c: Coll, type_name: str | None) -> Any: ...
-    def substring(self, c: Coll, start: int, length: int | None) -> Any: ...
-    def coalesce(self, a: Coll, b: Coll) -> Any: ...
-    def unnest(self, c: Coll, outer: bool) -> tuple[Join, Any]: ...
-    def not_null(self, c: Coll) -> Any: ...
-    def condition(self, c: Coll) -> Any: ...
-    def value(self, c: Coll, sql_type: str, collection: bool) -> Any: ...
-
 
 _TEXT = PRIMITIVE_STRINGS
 _CONSTANT_TYPES = {bool: "boolean", int: "integer", float: "decimal", str: "string"}
@@ -375,73 +320,5 @@ class Compiler(_Compiler):
         return result
 
 
-def _sql_type(ctype: str | None, coll: Coll) -> str:
-    t = ctype or coll.type or "string"
-    if t == "decimal":
-        return "decimal"
-    if t in PRIMITIVE_NUMBERS:
-        return "integer"
-    if t == "boolean":
-        return "boolean"
-    return "string"
 
-
-def _condition(backend: Backend, expr: Any) -> Any:
-    return backend.condition(Coll(many=False, type="boolean", expr=expr))
-
-
-def plan_view(view: CompiledView, backend: Backend, schema: pa.Schema | None = None) -> Plan:
-    """The joins, filters and columns of ``view`` in the backend's spelling."""
-    c = Compiler(backend, view.resource, view.constants, schema)
-    root = c.root()
-    plan = Plan()
-    for expr in view.where:
-        cond = c.compile(expr.text, root, expr.where)
-        if cond.many or cond.type != "boolean":
-            raise c.fail("a view's where must give one boolean")
-        plan.filters.append(_condition(backend, backend.false() if cond.empty else cond.expr))
-
-    def visit(sel: Select, focus: Coll) -> None:
-        if sel.repeat:
-            raise SqlGenError(f"{sel.where}.repeat: repeat is not translated to SQL")
-        if sel.union_all:
-            raise SqlGenError(f"{sel.where}.unionAll: unionAll is not translated to SQL")
-        if sel.for_each is not None:
-            key = "forEachOrNull" if sel.or_null else "forEach"
-            items = c.compile(sel.for_each.text, focus, f"{sel.where}.{key}")
-            if items.type is None or items.type in _TEXT or items.type in PRIMITIVE_NUMBERS:
-                raise c.fail("forEach over primitive values is not translated")
-            if items.empty:
-                if not sel.or_null:
-                    plan.filters.append(_condition(backend, backend.false()))
-                focus = replace(items, many=False)
-            elif items.many:
-                join, item = backend.unnest(items, sel.or_null)
-                plan.joins.append(join)
-                focus = Coll(many=False, type=items.type, expr=item, arrow=items.arrow)
-            else:
-                if not sel.or_null:
-                    plan.filters.append(_condition(backend, backend.not_null(items)))
-                focus = items
-        for col in sel.columns:
-            where = col.path.where
-            if col.path.text.strip() == "%rowIndex":
-                raise SqlGenError(f"{where}: %rowIndex is not translated to SQL")
-            value = c.compile(col.path.text, focus, where)
-            if value.type is not None and not (value.type in _TEXT or value.type in PRIMITIVE_NUMBERS
-                                               or value.type == "boolean"):
-                raise c.fail(f"the column gives {value.type} values; SQL columns here hold primitives only")
-            if value.many and not col.collection:
-                raise c.fail("the path can give many values: add first() or mark the column collection: true")
-            try:
-                plan.columns.append((col.name, backend.value(value, _sql_type(col.type, value), col.collection)))
-            except SqlGenError as exc:
-                raise SqlGenError(f"{where}: {exc}") from exc
-        for sub in sel.selects:
-            visit(sub, focus)
-
-    visit(view.root, root)
-    return plan
-
-
-__all__ = ["Backend", "Coll", "Join", "Plan", "SqlGenError", "plan_view"]
+__all__ = ["Compiler"]

@@ -20,7 +20,8 @@ from typing import Any
 import pyarrow as pa
 
 from analytics.views.definition import CompiledView, compile_view
-from analytics.views.sqlgen.compiler import Plan, SqlGenError, plan_view
+from analytics.views.sqlgen.backend import Plan, SqlGenError
+from analytics.views.sqlgen.plan import plan_view
 from analytics.views.sqlgen.struct import StructBackend, to_spark
 from analytics.views.sqlgen.tsql import UTF8, TsqlBackend
 

@@ -21,7 +21,7 @@ import sqlglot
 from sqlglot import exp
 
 from analytics.views.sqlgen import model
-from analytics.views.sqlgen.compiler import Coll, Join
+from analytics.views.sqlgen.backend import Coll, Join
 
 _DUCK_TYPES = {"decimal": "DOUBLE", "integer": "BIGINT", "boolean": "BOOLEAN", "string": "VARCHAR"}
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from analytics.views.sqlgen import model
-from analytics.views.sqlgen.compiler import Coll, Join, SqlGenError
+from analytics.views.sqlgen.backend import Coll, Join, SqlGenError
 from analytics.views.sqlgen.model import PRIMITIVE_NUMBERS
 
 BIN2 = "Latin1_General_100_BIN2"
