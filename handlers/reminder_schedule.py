@@ -4,12 +4,12 @@
 at a wall-clock time in the patient's zone) and questionnaire reminders (an instrument of
 `rules.pro`, how often a response is wanted, how often to remind while it is overdue), and the caps
 per local day and per rolling 7 local days (TCPA healthcare-message exemption, FCC 15-72). Errors
-name the file, line and field. `handlers.reminders` runs the schedule.
+name the file, line and field. `handlers.reminders` runs the schedule; the composition root
+(`runtime.bootstrap`) reads it once, from `VIGIL_REMINDERS_FILE`.
 """
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -86,12 +86,6 @@ def load_schedule(source: Path | str | None = None) -> ReminderSchedule:
     else:
         name, text = "<reminders>", source
     return _parse(name, text)
-
-
-@functools.cache
-def default_schedule() -> ReminderSchedule:
-    """The shipped schedule, read once per process (on first use, never at import)."""
-    return load_schedule(SCHEDULE_FILE)
 
 
 def _parse(name: str, text: str) -> ReminderSchedule:

@@ -33,7 +33,7 @@ from handlers.compose import compose
 from handlers.messaging import Messaging
 from handlers.patient_data import code_query
 from handlers.patient_file import patient_file
-from handlers.reminder_schedule import Reminder, ReminderSchedule, default_schedule
+from handlers.reminder_schedule import Reminder, ReminderSchedule
 from notifications.dispatch import COMMUNICATION_SYSTEM, TransientDeliveryError, deliver, message_id_for
 from notifications.preferences import send_at
 from notifications.quiet_hours import at_local_time, zone
@@ -51,6 +51,15 @@ DONE_RESPONSE = ("completed", "amended")
 
 
 # -- the sweep ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReminderDeps:
+    """What the reminder sweep needs (built once by the composition root: `runtime.bootstrap.reminder_deps`)."""
+
+    messaging: Messaging
+    rulesets: list[Ruleset]  # how CarePlans name each program
+    schedule: ReminderSchedule
+
 
 @dataclass
 class ReminderReport:
@@ -80,13 +89,12 @@ class _History:
         return sum(1 for t in self.times if t >= start)
 
 
-def run_reminder_sweep(m: Messaging, rulesets: list[Ruleset],
-                       schedule: ReminderSchedule | None = None) -> ReminderReport:
+def run_reminder_sweep(deps: ReminderDeps) -> ReminderReport:
     """Send the reminders that are due now; safe to run as often as wanted."""
-    schedule = schedule or default_schedule()
+    m, schedule = deps.messaging, deps.schedule
     now = m.clock.now()
     report = ReminderReport()
-    programs = _programs(schedule, rulesets)
+    programs = _programs(schedule, deps.rulesets)
     careplans: dict[str, list[dict[str, Any]]] = {}
     for cp in search_all(m.store, "CarePlan", {"status": "active", "_count": "1000"}):
         ref = (cp.get("subject") or {}).get("reference", "")

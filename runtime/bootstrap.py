@@ -18,6 +18,7 @@ from fhirstore.event_source import EventSource
 from fhirstore.port import EventOutbox, FhirStore
 from handlers.enrollment_cache import EnrollmentCache
 from handlers.messaging import Messaging
+from handlers.reminder_schedule import ReminderSchedule, load_schedule
 from ingest.deadletter import SqliteDeadLetterStore
 from ingest.identity import IdentityResolver
 from ingest.templates.reload import TemplateFiles
@@ -26,14 +27,15 @@ from notifications.channels.base import Channel
 from notifications.channels.ledger import FhirSendLedger, SendLedger, SqliteSendLedger
 from notifications.consent import SmsConsentRegistry
 from notifications.escalation_chains import Chain, load_chains
-from notifications.templates import TemplateLibrary
+from notifications.preferences import PreferenceDefaults, PreferenceError
+from notifications.templates import TemplateError, TemplateLibrary, normalize_locale
 from notifications.tokens import FhirUsedTokens, SignedTokens
 from notifications.workflow_events import CallablePublisher, EventGridWorkflowPublisher, WorkflowPublisher
 from rules.loader import RuleLoadError, load_rulesets
 from rules.model import Ruleset
 from runtime.bus import LocalBus
 from runtime.rule_checks import unknown_chain_problems
-from runtime.settings import Settings
+from runtime.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from console.accounts import StaffAccounts
@@ -42,6 +44,9 @@ if TYPE_CHECKING:
     from handlers.in_process import InProcess
     from handlers.ingest import IngestDeps
     from handlers.pipeline_health import PipelineDeps
+    from handlers.quarter_hour_sweep import QuarterHourDeps
+    from handlers.reminders import ReminderDeps
+    from runtime.http_app import HttpApp
 
 WORKFLOW_EVENTS = "vigil-events"  # the local bus topic workflow events go to (`vigil events tail`)
 
@@ -65,6 +70,8 @@ class Services:
     identity: IdentityResolver
     messages: TemplateLibrary
     chains: dict[str, Chain]
+    preferences: PreferenceDefaults  # where a Patient or staff resource says nothing (settings)
+    reminders: ReminderSchedule  # read once from VIGIL_REMINDERS_FILE
     tokens: SignedTokens
     consent: SmsConsentRegistry
     workflow: WorkflowPublisher
@@ -75,6 +82,7 @@ class Services:
     enrollments: EnrollmentCache = field(default_factory=EnrollmentCache)  # across FHIR events
     event_source: EventSource | None = None  # runtime.event_sources.event_source
     staff_accounts: StaffAccounts | None = None  # the console's accounts (console.views.accounts_for)
+    console_app: HttpApp | None = None  # the console behind the `console` function (console_function_app)
 
     def close(self) -> None:
         for closable in (self.send_ledger, self.store, self.dead_letters, self.bus):
@@ -117,8 +125,10 @@ def bootstrap(settings: Settings, *, clock: Clock | None = None, bus_clock: Cloc
         templates=TemplateFiles(*settings.template_paths()),
         identity=IdentityResolver(store, settings.identity_mode,
                                   device_identifier_system=settings.device_identifier_system),
-        messages=TemplateLibrary(),
+        messages=_message_templates(settings),
         chains=chains,
+        preferences=_preference_defaults(settings),
+        reminders=load_schedule(settings.reminders_file),
         tokens=_tokens(settings, store, clock),
         consent=consent,
         workflow=_workflow_publisher(settings, bus),
@@ -136,7 +146,7 @@ def messaging(services: Services) -> Messaging:
         store=services.store, channels=services.channels, clock=services.clock, templates=services.messages,
         chains=services.chains, tokens=services.tokens, workflow=services.workflow, org_name=settings.org_name,
         contact_phone=settings.contact_phone, public_base_url=settings.ack_base_url,
-        staff_fallback_address=settings.staff_address,
+        staff_fallback_address=settings.staff_address, defaults=services.preferences,
     )
 
 
@@ -188,12 +198,19 @@ def acs_deps(services: Services) -> AcsEventDeps:
         # Without a configured help line the HELP answer still says whom to call.
         contact_phone=settings.contact_phone or settings.program_contact,
         ack_replies=lambda reply: acknowledge_by_code(alerts, reply.code, reply.sender),
-        sms_channel="sms",
+        sms_channel="sms", defaults=services.preferences,
         # The SMS channel's send ledger: a "Delivered" report settles an in-doubt send.
         ledger=sms.ledger if isinstance(sms := services.channels.get("sms"), GuardedChannel) else None,
         # In the FHIR store, so every instance sees the same failures and lockouts.
         ack_limit=AckSenderLimit(services.store, services.clock, settings.ack_sms_limits),
     )
+
+
+def reminder_deps(services: Services) -> ReminderDeps:
+    """What `handlers.reminders.run_reminder_sweep` needs: the schedule read at start."""
+    from handlers.reminders import ReminderDeps
+
+    return ReminderDeps(messaging=messaging(services), rulesets=services.rulesets, schedule=services.reminders)
 
 
 def pipeline_deps(services: Services) -> PipelineDeps:
@@ -208,6 +225,34 @@ def pipeline_deps(services: Services) -> PipelineDeps:
         not_backlog=frozenset({WORKFLOW_EVENTS}),
         outbox_size=services.outbox.outbox_size if services.outbox is not None else None,
     )
+
+
+def quarter_hour_deps(services: Services) -> QuarterHourDeps:
+    """What the quarter-hour `alert_sweep` timer's handler needs (`handlers.quarter_hour_sweep`)."""
+    from handlers.quarter_hour_sweep import QuarterHourDeps
+
+    return QuarterHourDeps(events=event_deps(services), pipeline=pipeline_deps(services))
+
+
+CONSOLE_ROUTE_PREFIX = "/api/console"  # host.json keeps the default "api" route prefix
+_console_lock = threading.Lock()
+
+
+def console_function_app(services: Services) -> HttpApp:
+    """The console's ASGI app behind the `console` function (triggers/console_http.py), under
+    `CONSOLE_ROUTE_PREFIX`: built on first use, never at import (an import-time failure would index
+    zero functions), and kept in `services`."""
+    from console.views import add_console_routes
+    from runtime.http_app import HttpApp, RouteRegistry
+
+    with _console_lock:
+        if services.console_app is None:
+            registry = RouteRegistry()
+            add_console_routes(registry, services, prefix=CONSOLE_ROUTE_PREFIX)
+            # The console's own routes are anonymous at the registry (staff sign in); the token
+            # guards only the token routes, which monitors reach through /api/operations instead.
+            services.console_app = HttpApp(secrets.token_urlsafe(32), registry)
+        return services.console_app
 
 
 def send_ledger(settings: Settings, store: FhirStore) -> SendLedger:
@@ -229,6 +274,25 @@ def _channel_config(settings: Settings) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ValueError(f"{settings.channels_config}: expected a mapping of channel name to settings")
     return config
+
+
+def _message_templates(settings: Settings) -> TemplateLibrary:
+    """The one library every message is rendered from: VIGIL_MESSAGE_TEMPLATES_PATH, then the shipped templates."""
+    try:
+        return TemplateLibrary(settings.message_templates_path)
+    except TemplateError as exc:
+        raise SettingsError(f"VIGIL_MESSAGE_TEMPLATES_PATH: {exc}") from None
+
+
+def _preference_defaults(settings: Settings) -> PreferenceDefaults:
+    try:
+        locale = normalize_locale(settings.default_locale)
+    except TemplateError as exc:
+        raise SettingsError(f"VIGIL_DEFAULT_LOCALE: {exc}") from None
+    try:
+        return PreferenceDefaults(locale=locale, time_zone=settings.default_time_zone)
+    except PreferenceError as exc:
+        raise SettingsError(f"VIGIL_DEFAULT_TIME_ZONE: {exc}") from None
 
 
 def _tokens(settings: Settings, store: FhirStore, clock: Clock) -> SignedTokens:

@@ -3,15 +3,24 @@ root for the event-source port, `fhirstore.event_source`)."""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 from fhirstore.event_source import Deliver, EventSource, PushedEvents
 from fhirstore.polling_source import FhirCursorStore, PollingSource
-from fhirstore.subscriptions import NotificationResult, SubscriptionManager, handle_notification
-from runtime.bootstrap import Services, local_token
+from fhirstore.subscriptions import (
+    InvalidNotification,
+    NotificationResult,
+    SubscriptionManager,
+    handle_notification,
+)
+from runtime.bootstrap import Services, event_deps, local_token
 from runtime.settings import Settings
 
+log = logging.getLogger(__name__)
 SUBSCRIPTION_CHECK = timedelta(minutes=10)
 
 
@@ -69,3 +78,42 @@ def event_source(services: Services) -> EventSource:
             source = PushedEvents(kind)
         services.event_source = source
     return source
+
+
+# -- what the FHIR-source functions run (triggers/fhir_sources.py) -------------------------------
+
+def pull_changes(services: Services) -> int:
+    """The changes a polling source finds, down `on_fhir_event`'s path; with a pushed source
+    (Event Grid, the embedded outbox) there is nothing to pull and nothing is read."""
+    from handlers.fhir_events import handle_fhir_event  # the rules engine: not at start-up
+
+    deps = event_deps(services)
+    pulled = event_source(services).pull(lambda payload: handle_fhir_event(payload, deps))
+    if pulled:
+        log.info("pulled %d FHIR change event(s)", pulled)
+    return pulled
+
+
+@dataclass(frozen=True)
+class NotificationAnswer:
+    status: int  # the HTTP status
+    body: dict[str, Any]  # the JSON answer
+
+
+def receive_notification(services: Services, body: bytes) -> NotificationAnswer:
+    """A rest-hook notification from Vigil's R4 Subscriptions (VIGIL_EVENT_SOURCE=rest-hook). A body
+    Vigil cannot read is dead-lettered and answered 400 (the server should not retry it); a failure
+    to evaluate raises, so the server's retry delivers it again."""
+    from handlers.fhir_events import handle_fhir_event
+
+    source = event_source(services)
+    if not isinstance(source, RestHookSource):
+        return NotificationAnswer(404, {"error": "VIGIL_EVENT_SOURCE is not rest-hook"})
+    deps = event_deps(services)
+    try:
+        result = source.receive(body, lambda payload: handle_fhir_event(payload, deps))
+    except InvalidNotification as exc:
+        services.dead_letters.add(topic="fhir-notifications", reason="invalid_notification", detail=str(exc),
+                                  payload=body, source="rest-hook")
+        return NotificationAnswer(400, {"error": str(exc)})
+    return NotificationAnswer(200, {"kind": result.kind, "delivered": result.delivered})

@@ -20,6 +20,7 @@ from common.clock import parse_instant
 
 DEFAULT_RULES = Path(__file__).resolve().parent.parent / "rules" / "library"
 DEFAULT_CHAINS = Path(__file__).resolve().parent.parent / "notifications" / "chains.yaml"
+DEFAULT_REMINDERS = Path(__file__).resolve().parent.parent / "notifications" / "reminders.yaml"
 SEND_LEDGERS = ("sqlite", "fhir")
 
 
@@ -82,6 +83,14 @@ class Settings:
     # file outbox under the data directory (the embedded default).
     channels_config: Path | None = None  # JSON or YAML mapping of channel name -> settings
     escalation_chains: Path = DEFAULT_CHAINS
+    reminders_file: Path = DEFAULT_REMINDERS  # the reminder schedule (handlers/reminder_schedule.py)
+    # Directories of message templates searched before the shipped ones (os.pathsep-separated in
+    # VIGIL_MESSAGE_TEMPLATES_PATH; docs/notifications.md, "Templates").
+    message_templates_path: tuple[Path, ...] = ()
+    # Where a Patient resource says nothing: the language and IANA time zone of its messages,
+    # reminders and quiet hours (notifications/preferences.py).
+    default_locale: str = "en"
+    default_time_zone: str = "UTC"
     org_name: str = "Vigil Clinic"
     # The clinic's phone number quoted in patient messages ("please call us at ..."): required by
     # every command that sends messages (Settings.require_contact_phone).

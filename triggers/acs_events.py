@@ -3,8 +3,8 @@
 Subscribe the Communication Services resource's `SMSReceived`, `SMSDeliveryReportReceived` and
 `EmailDeliveryReportReceived` events to this function (docs/notifications.md). Locally the host
 feeds it from the bus queue `eg:on_acs_event`. What each event means lives in
-`handlers.acs_events`; this module only unwraps the binding and wires `ACK <code>` texts to
-`handlers.acknowledge` (the same acknowledgement as the link, locally and on Azure).
+`handlers.acs_events`; this module only unwraps the binding. `runtime.bootstrap.acs_deps` wires
+`ACK <code>` texts to `handlers.acknowledge` (the same acknowledgement as the link).
 """
 
 from __future__ import annotations

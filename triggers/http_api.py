@@ -1,4 +1,4 @@
-"""HTTP triggers: the ingest endpoint and a health check."""
+"""HTTP triggers: the ingest endpoint, a health check and the acknowledgement link."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import azure.functions as func
 
-from handlers.acknowledge import acknowledge_by_token
+from handlers.ack_page import ack_link_page
 from handlers.in_process import ingest_and_evaluate
 from handlers.ingest import RawMessage
 from ingest.batches import split_messages
@@ -41,18 +41,6 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("acknowledge_alert")
 @bp.route(route="ack/{token}", methods=["GET", "POST"], auth_level=func.AuthLevel.ANONYMOUS)
 def acknowledge_alert(req: func.HttpRequest) -> func.HttpResponse:
-    """The signed link is the credential. GET shows a button (link scanners and previews must not
-    acknowledge); POST acknowledges."""
-    token = req.route_params.get("token", "")
-    if req.method == "GET":
-        return func.HttpResponse(_ACK_FORM, mimetype="text/html")
-    result = acknowledge_by_token(messaging(current()), token)
-    return func.HttpResponse(_page(result.message), status_code=result.status, mimetype="text/html")
-
-
-_ACK_FORM = ("<!doctype html><title>Acknowledge alert</title><form method=post>"
-             "<p>Acknowledge this alert and stop its escalation?</p><button>Acknowledge</button></form>")
-
-
-def _page(message: str) -> str:
-    return f"<!doctype html><title>Vigil</title><p>{message}</p>"
+    """GET shows a button, POST acknowledges (handlers/ack_page.py)."""
+    page = ack_link_page(messaging(current()), req.method, req.route_params.get("token", ""))
+    return func.HttpResponse(page.html, status_code=page.status, mimetype="text/html")

@@ -24,7 +24,7 @@ from common.codes import LOINC, UCUM
 from fhirstore.paging import search_all
 from handlers.messaging import Messaging
 from handlers.reminder_schedule import load_schedule
-from handlers.reminders import ReminderReport, run_reminder_sweep
+from handlers.reminders import ReminderDeps, ReminderReport, run_reminder_sweep
 from runtime.bootstrap import Services, messaging
 from runtime.cohort import careplan
 from tests.support.pipeline import make_host
@@ -90,7 +90,7 @@ def blood_pressure(s: Services, pid: str, at: datetime) -> None:
 def sweep(s: Services, clock: FixedClock, at: datetime) -> ReminderReport:
     clock.set(at)
     m: Messaging = dataclasses.replace(messaging(s), clock=clock)
-    return run_reminder_sweep(m, s.rulesets)
+    return run_reminder_sweep(ReminderDeps(m, s.rulesets, s.reminders))
 
 
 def texts(s: Services) -> list[dict[str, Any]]:
@@ -312,7 +312,7 @@ programs:
       - {id: bp-weight, kind: reading, metric: body_weight, at: "09:00"}
 """)
     clock.set(local(date(2026, 11, 20), 9, 0))
-    report = run_reminder_sweep(dataclasses.replace(messaging(s), clock=clock), s.rulesets, schedule)
+    report = run_reminder_sweep(ReminderDeps(dataclasses.replace(messaging(s), clock=clock), s.rulesets, schedule))
     assert report.sent == 2
     assert report.by_reminder == {"bp-morning": 1, "bp-weight": 1}
     logged = "\n".join(r.getMessage() for r in caplog.records)

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from handlers import sweeps
 from handlers.snooze import rule_directions, snooze
 from rules.loader import load_rulesets
+from runtime.bootstrap import Services, event_deps
 from runtime.host import LocalHost
 from runtime.settings import DEFAULT_RULES
 from tests.support.pipeline import DAYTIME, add_patient, make_host, reading
-from triggers.timers import recheck_snoozes
 
 P = "Patient/p1"
 
@@ -29,6 +30,11 @@ def _glucose(host: LocalHost, value: int, minutes_ago: int) -> None:
     at = (DAYTIME - timedelta(minutes=minutes_ago)).isoformat().replace("+00:00", "Z")
     host.publish_device_messages([reading("p1", "glucose", at, {"glucose": value})])
     assert host.run_until_idle(timeout_s=60)
+
+
+def recheck_snoozes(services: Services) -> int:
+    """The snooze part of the quarter-hour sweep (handlers/quarter_hour_sweep.py), on its own."""
+    return sweeps.recheck_snoozes(services.store, services.clock.now(), event_deps(services))
 
 
 def _episodes(host: LocalHost, rule: str) -> list[dict]:
@@ -79,7 +85,7 @@ def test_a_snooze_is_bounded() -> None:
 
 def test_ending_an_enrollment_stops_its_alerts_escalation_and_reminders(host: LocalHost) -> None:
     from console.enrollment import end_enrollment
-    from handlers.reminders import run_reminder_sweep
+    from handlers.reminders import ReminderDeps, run_reminder_sweep
     from handlers.sweeps import run_escalation_sweep
     from rules.enrollment import careplan_active
     from runtime.bootstrap import messaging
@@ -96,5 +102,5 @@ def test_ending_an_enrollment_stops_its_alerts_escalation_and_reminders(host: Lo
     sent = store.search("Communication", {"_summary": "count"}).total
     host.services.clock.advance(timedelta(hours=12))  # type: ignore[attr-defined]
     run_escalation_sweep(m)
-    run_reminder_sweep(m, host.services.rulesets)
+    run_reminder_sweep(ReminderDeps(m, host.services.rulesets, host.services.reminders))
     assert store.search("Communication", {"_summary": "count"}).total == sent

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from handlers.reminder_schedule import ReminderConfigError, default_schedule, load_schedule
+from handlers.reminder_schedule import ReminderConfigError, load_schedule
 
 
 def test_a_bad_schedule_names_the_file_line_and_field() -> None:
@@ -29,6 +29,6 @@ programs:
 
 
 def test_the_shipped_schedule_loads() -> None:
-    schedule = default_schedule()
+    schedule = load_schedule()
     assert schedule.programs and all(pr.daily_cap <= pr.weekly_cap for pr in schedule.programs.values())
 

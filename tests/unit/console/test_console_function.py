@@ -24,9 +24,8 @@ def function(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[None]:
     services = bootstrap(Settings.from_env({}, data_dir=tmp_path, console_identity=request.param,
                                            contact_phone="+15550100999"))
     install(services)
-    console_http._app = None
     yield
-    console_http._app = None
+    install(None)
     services.close()
 
 
