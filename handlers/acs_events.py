@@ -20,6 +20,9 @@ Events arrive at least once and out of order. The consent record orders keywords
 were received (`notifications.consent`); replies are keyed by the inbound message id
 (`inbound:<messageId>|reply`), so a re-delivered STOP or ACK is answered once. A malformed event is
 dead-lettered with a reason that names the field; log lines never carry a phone number or text.
+
+This module routes each event; inbound texts are `handlers.acs_inbound_sms`, delivery reports
+`handlers.acs_delivery_reports`, and the envelope, deps and outcome `handlers.acs_event_model`.
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ class Services:
     enrollments: EnrollmentCache = field(default_factory=EnrollmentCache)  # across FHIR events
     event_source: EventSource | None = None  # runtime.event_sources.event_source
     staff_accounts: StaffAccounts | None = None  # the console's accounts (console.views.accounts_for)
-    console_app: HttpApp | None = None  # the console behind the `console` function (console_function_app)
+    console_app: HttpApp | None = None  # the console behind the `console` function (runtime.console_function)
 
     def close(self) -> None:
         for closable in (self.send_ledger, self.store, self.dead_letters, self.bus):
@@ -232,27 +232,6 @@ def quarter_hour_deps(services: Services) -> QuarterHourDeps:
     from handlers.quarter_hour_sweep import QuarterHourDeps
 
     return QuarterHourDeps(events=event_deps(services), pipeline=pipeline_deps(services))
-
-
-CONSOLE_ROUTE_PREFIX = "/api/console"  # host.json keeps the default "api" route prefix
-_console_lock = threading.Lock()
-
-
-def console_function_app(services: Services) -> HttpApp:
-    """The console's ASGI app behind the `console` function (triggers/console_http.py), under
-    `CONSOLE_ROUTE_PREFIX`: built on first use, never at import (an import-time failure would index
-    zero functions), and kept in `services`."""
-    from console.views import add_console_routes
-    from runtime.http_app import HttpApp, RouteRegistry
-
-    with _console_lock:
-        if services.console_app is None:
-            registry = RouteRegistry()
-            add_console_routes(registry, services, prefix=CONSOLE_ROUTE_PREFIX)
-            # The console's own routes are anonymous at the registry (staff sign in); the token
-            # guards only the token routes, which monitors reach through /api/operations instead.
-            services.console_app = HttpApp(secrets.token_urlsafe(32), registry)
-        return services.console_app
 
 
 def send_ledger(settings: Settings, store: FhirStore) -> SendLedger:

@@ -1,5 +1,5 @@
 """The console on Azure Functions: one HTTP function hands `/api/console/...` to the console's ASGI
-app (azure-functions' `AsgiMiddleware`; the app is built by `runtime.bootstrap.console_function_app`).
+app (azure-functions' `AsgiMiddleware`; the app is built by `runtime.console_function`).
 Identity comes from App Service Authentication headers when VIGIL_CONSOLE_IDENTITY=app-service
 (docs/console.md); `vigil serve` serves the console itself and never routes to this function
 (runtime/http_server.py)."""
@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import azure.functions as func
 
-from runtime.bootstrap import console_function_app, current
+from runtime.bootstrap import current
+from runtime.console_function import console_function_app
 
 bp = func.Blueprint()
 
