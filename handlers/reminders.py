@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -101,13 +101,10 @@ def run_reminder_sweep(deps: ReminderDeps) -> ReminderReport:
         if ref.startswith("Patient/"):
             careplans.setdefault(ref, []).append(cp)
     for patient_ref in sorted(careplans):
-        active = [cp for cp in careplans[patient_ref] if careplan_active(cp, now)]
-        enrolled = {pid: cp["id"] for pid, program in programs.items()
-                    for cp in reversed(active) if enrolls(cp, program)}
-        if not enrolled:
+        if not any(enrolls(cp, program) for cp in careplans[patient_ref] for program in programs.values()):
             continue
         try:
-            _remind_patient(m, schedule, patient_ref, enrolled, now, report)
+            _remind_patient(m, schedule, patient_ref, careplans[patient_ref], programs, now, report)
         except Exception as exc:  # one patient's failure must not stop the sweep for the others
             report.failed += 1
             log.warning("reminder sweep failed for one patient: %s", type(exc).__name__)
@@ -123,17 +120,27 @@ def _programs(schedule: ReminderSchedule, rulesets: list[Ruleset]) -> dict[str, 
     return {pid: by_id.get(pid) or Program(id=pid, canonical=[f"urn:vigil:program:{pid}"]) for pid in schedule.programs}
 
 
-def _remind_patient(m: Messaging, schedule: ReminderSchedule, patient_ref: str, enrolled: dict[str, str],
-                    now: datetime, report: ReminderReport) -> None:
+def _enrolled(careplans: list[dict[str, Any]], programs: dict[str, Program], now: datetime,
+              tz: tzinfo) -> dict[str, str]:
+    """Program id -> the CarePlan enrolling the patient in it now. A bare-date period bound is a
+    calendar day in the patient's zone (`rules.enrollment.careplan_active`), as the rules read it."""
+    active = [cp for cp in careplans if careplan_active(cp, now, tz)]
+    return {pid: cp["id"] for pid, program in programs.items() for cp in reversed(active) if enrolls(cp, program)}
+
+
+def _remind_patient(m: Messaging, schedule: ReminderSchedule, patient_ref: str, careplans: list[dict[str, Any]],
+                    programs: dict[str, Program], now: datetime, report: ReminderReport) -> None:
+    recipient = patient_file(m.store, patient_ref, m.defaults, now).recipient
+    if recipient is None:
+        if schedule.for_programs(_enrolled(careplans, programs, now, UTC))[0]:
+            log.warning("active CarePlan for a patient the store does not have; no reminders")
+        return
+    tz = zone(recipient.time_zone)
+    enrolled = _enrolled(careplans, programs, now, tz)
     reminders, daily_cap, weekly_cap = schedule.for_programs(enrolled)
     if not reminders:
         return
     report.patients += 1
-    recipient = patient_file(m.store, patient_ref, m.defaults, now).recipient
-    if recipient is None:
-        log.warning("active CarePlan for a patient the store does not have; no reminders")
-        return
-    tz = zone(recipient.time_zone)
     today = now.astimezone(tz).date()
     due = [r for r in reminders if at_local_time(today, r.at, tz) <= now]
     report.not_due += len(reminders) - len(due)

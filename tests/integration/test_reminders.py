@@ -319,3 +319,22 @@ programs:
     assert "reminder sweep: 1 patients, 2 sent" in logged
     for phi in (PHONE, PHONE[2:], "mmHg", "Patient/p1"):
         assert phi not in logged
+
+
+# -- a CarePlan's bare-date period is the patient's calendar day ------------------------------
+
+TOKYO = ZoneInfo("Asia/Tokyo")
+
+
+@pytest.mark.parametrize(("period", "sent"), [
+    ({"start": "2026-11-21"}, 1),  # began at Tokyo's midnight, 15:00 UTC the day before
+    ({"start": "2026-01-01", "end": "2026-11-20"}, 0),  # ended at Tokyo's midnight, though not yet in UTC
+])
+def test_a_bare_date_careplan_period_is_read_in_the_patients_zone(services, clock, period, sent) -> None:
+    s = services
+    ref = patient(s, "p1", tz=TOKYO)
+    s.store.update({**careplan("p1", "hypertension"), "period": period})
+    # 08:30 on 21 November in Tokyo is 23:30 on 20 November in UTC.
+    report = sweep(s, clock, local(date(2026, 11, 21), 8, 30, tz=TOKYO))
+    assert report.sent == sent
+    assert len(reminders_of(s, ref)) == sent
