@@ -58,7 +58,7 @@ class Anonymizer:
         """The rules that can match this type, in order (most rules name another resource type)."""
         if resource_type not in self._by_type:
             self._by_type[resource_type] = [
-                r for r in self.config.rules if getattr(r.select, "root_type", None) in (None, resource_type)]
+                r for r in self.config.rules if r.select.root_type in (None, resource_type)]
         return self._by_type[resource_type]
 
     def anonymize(self, resource: dict[str, Any], *, file_name: str = "", folder: str = "") -> dict[str, Any]:

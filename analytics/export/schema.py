@@ -87,7 +87,8 @@ class SchemaStore:
         return self._cache[resource_type]
 
     def put(self, resource_type: str, schema: pa.Schema) -> None:
-        if self._cache.get(resource_type) is not None and self._cache[resource_type].equals(schema):
+        cached = self._cache.get(resource_type)
+        if cached is not None and cached.equals(schema):
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self._path(resource_type)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from fhirpathpy.engine import do_eval
 from fhirpathpy.engine.invocations.constants import constants as _engine_constants
@@ -108,7 +108,10 @@ def _install_extra_functions() -> None:
 
 
 _install_extra_functions()
-TypeInfo.model = TypeInfo.model or _MODEL
+# fhirpathpy ships inline types (py.typed) but declares `TypeInfo.model = None` unannotated, so mypy takes the
+# attribute to be None forever; the engine reads a model dict from it (`TypeInfo.model.get("type2Parent")`
+# in fhirpathpy/engine/nodes.py; its types.py assigns one). The cast is for that declaration only.
+cast(Any, TypeInfo).model = TypeInfo.model or _MODEL
 
 
 class Expression:
