@@ -20,10 +20,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from analytics.export.http import FhirHttp, RemoteError, retry_after_s
+from analytics.export.http import FhirHttp, RemoteError
 from analytics.export.remote_source import iso_ms, micros_of
 from analytics.export.source import Change
 from common import jsonnum
+from common.retry_after import retry_after_s
 
 log = logging.getLogger(__name__)
 
