@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateSyntaxError, UndefinedError, meta
+from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateSyntaxError, UndefinedError, meta
 from jinja2.exceptions import TemplateNotFound as JinjaTemplateNotFound
 from jinja2.sandbox import SecurityError
 
@@ -204,7 +204,7 @@ class TemplateLibrary:
             cache_size=-1,
         )
         self._resolved: dict[tuple[str, str, str], tuple[str, dict[str, str]]] = {}
-        self._compiled: dict[str, tuple[Any, str | None]] = {}
+        self._compiled: dict[str, tuple[Template, str | None]] = {}
         self._lock = threading.Lock()
 
     # -- lookup ------------------------------------------------------------------------------
@@ -240,7 +240,7 @@ class TemplateLibrary:
     def _exists(self, name: str) -> bool:
         return any((d / name).is_file() for d in self.directories)
 
-    def _compile(self, name: str, allowed: frozenset[str], template: str, channel: str):
+    def _compile(self, name: str, allowed: frozenset[str], template: str, channel: str) -> tuple[Template, str | None]:
         with self._lock:
             hit = self._compiled.get(name)
         if hit is not None:
