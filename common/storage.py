@@ -212,7 +212,7 @@ def connect(path: str | Path, *, tag_errors: bool = True, **kwargs: Any) -> sqli
     try:
         if tag_errors:
             kwargs["factory"] = TaggedConnection
-        conn = sqlite3.connect(text, **kwargs)
+        conn: sqlite3.Connection = sqlite3.connect(text, **kwargs)  # an instance of `factory`, when given
     except sqlite3.Error as exc:
         tag_error(exc, text)
         raise

@@ -23,6 +23,8 @@ EVENT_TYPES = frozenset({CREATED, UPDATED, DELETED})
 _EVENT_NS = uuid.UUID("5f0d7f0e-6c1b-4a55-9a43-3b8a0c0b1f10")
 
 Action = Literal["created", "updated", "deleted"]
+_EVENT_TYPE_OF: dict[Action, str] = {"created": CREATED, "updated": UPDATED, "deleted": DELETED}
+_ACTION_OF: dict[str, Action] = {event_type: action for action, event_type in _EVENT_TYPE_OF.items()}
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class FhirEvent:
 
     @property
     def action(self) -> Action:
-        return self.event_type.removeprefix(EVENT_PREFIX).lower()  # type: ignore[return-value]
+        return _ACTION_OF[self.event_type]  # parse_event admits only the three EVENT_TYPES
 
 
 class InvalidEvent(ValueError):
@@ -61,7 +63,7 @@ def event_grid_event(
     at: datetime,
 ) -> dict[str, Any]:
     """The Event Grid schema envelope the Health Data Services FHIR service publishes."""
-    event_type = {"created": CREATED, "updated": UPDATED, "deleted": DELETED}[action]
+    event_type = _EVENT_TYPE_OF[action]
     return {
         "id": event_id(resource_type, resource_id, version_id, action),
         "topic": topic,
@@ -84,7 +86,7 @@ def parse_event(payload: dict[str, Any]) -> FhirEvent:
     if not isinstance(payload, dict):
         raise InvalidEvent("event is not a JSON object")
     event_type = payload.get("eventType") or payload.get("type")
-    if event_type not in EVENT_TYPES:
+    if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
         raise InvalidEvent(f"unsupported event type {event_type!r}")
     data = payload.get("data")
     if not isinstance(data, dict):
@@ -97,6 +99,7 @@ def parse_event(payload: dict[str, Any]) -> FhirEvent:
                if v in (None, "")]
     if missing:
         raise InvalidEvent(f"event data lacks {', '.join(missing)}")
+    resource_type, resource_id, version_id = str(rtype), str(rid), str(vid)
     when = payload.get("eventTime") or payload.get("time")
     event_time = None
     if isinstance(when, str):
@@ -105,11 +108,11 @@ def parse_event(payload: dict[str, Any]) -> FhirEvent:
         except ValueError:
             event_time = None
     return FhirEvent(
-        id=str(payload.get("id") or event_id(rtype, rid, str(vid), event_type)),
+        id=str(payload.get("id") or event_id(resource_type, resource_id, version_id, event_type)),
         event_type=event_type,
-        resource_type=str(rtype),
-        resource_id=str(rid),
-        version_id=str(vid),
+        resource_type=resource_type,
+        resource_id=resource_id,
+        version_id=version_id,
         account=str(account),
         event_time=event_time,
     )

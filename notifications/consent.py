@@ -225,7 +225,8 @@ def _denies(consent: dict[str, Any]) -> bool:
     return consent.get("status") == "active" and (consent.get("provision") or {}).get("type") == "deny"
 
 
-def _consent_resource(e164: str, provision: str, keyword: str, when: datetime, patient_ref: str | None) -> dict:
+def _consent_resource(e164: str, provision: str, keyword: str, when: datetime,
+                      patient_ref: str | None) -> dict[str, Any]:
     resource: dict[str, Any] = {
         "resourceType": "Consent",
         "id": consent_id(e164),

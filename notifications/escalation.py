@@ -138,7 +138,8 @@ def is_due(task: Mapping[str, Any], now: datetime) -> bool:
 def _business(task: Mapping[str, Any]) -> str | None:
     for coding in (task.get("businessStatus") or {}).get("coding", []) or []:
         if coding.get("system") == LEVEL_SYSTEM:
-            return coding.get("code")
+            code = coding.get("code")
+            return code if isinstance(code, str) else None
     return None
 
 

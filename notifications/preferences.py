@@ -25,7 +25,8 @@ from common.patient_time import patient_time_zone_name
 from fhirstore.errors import InvalidSearch, ResourceGone, ResourceNotFound
 from fhirstore.port import FhirStore
 from notifications.consent import InvalidPhoneNumber, normalize_e164
-from notifications.quiet_hours import DEFAULT_QUIET_HOURS, PreferenceError, QuietHours, next_allowed_send, zone
+from notifications.quiet_hours import DEFAULT_QUIET_HOURS, QuietHours, next_allowed_send, zone
+from notifications.quiet_hours import PreferenceError as PreferenceError  # re-exported: callers catch it here
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def _as_instant(text: str) -> str:
 
 def _contacts(telecoms: Iterable[Mapping[str, Any]], order: Sequence[str], *, now: datetime | None,
               default_region: str, explicit_order: bool) -> tuple[Contact, ...]:
-    found: list[tuple[tuple, Contact]] = []
+    found: list[tuple[tuple[int, int, int, int], Contact]] = []
     seen: set[tuple[str, str]] = set()
     for index, t in enumerate(telecoms):
         system, value, use = t.get("system"), t.get("value"), t.get("use")

@@ -140,12 +140,12 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     def _check_join(self, separator: Any, items: Any) -> list[Any]:
         """The items of a join, materialized, when the joined text would stay within the limit."""
         # Counted where they come from (a counted range, a guarded loop); strings are size-bounded.
-        items = list(items)
+        materialized = list(items)
         sep = len(separator) if isinstance(separator, str) else 0
-        if sep * max(0, len(items) - 1) + sum(len(i) for i in items if isinstance(i, str)) \
+        if sep * max(0, len(materialized) - 1) + sum(len(i) for i in materialized if isinstance(i, str)) \
                 > self.limits.max_string_chars:
             raise RenderLimitExceeded(f"a join longer than {self.limits.max_string_chars} characters")
-        return items
+        return materialized
 
     # -- sandbox hooks (jinja2.sandbox.SandboxedEnvironment) ------------------------------
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateSyntaxError, UndefinedError, meta
+from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateSyntaxError, UndefinedError, meta
 from jinja2.exceptions import TemplateNotFound as JinjaTemplateNotFound
 from jinja2.sandbox import SecurityError
 
@@ -166,8 +167,9 @@ class TemplateLibrary:
         limits: RenderLimits = DEFAULT_LIMITS,
     ) -> None:
         dirs = [Path(d) for d in directories]
-        self._options = {"sms_budget": sms_budget, "extra_fields": extra_fields, "default_locale": default_locale,
-                         "limits": limits}
+        self._shipped_only: Callable[[], TemplateLibrary] = partial(
+            TemplateLibrary, sms_budget=sms_budget, extra_fields=extra_fields, default_locale=default_locale,
+            limits=limits)
         self._shipped: TemplateLibrary | None = None
         self.customized = bool(dirs)
         if include_shipped:
@@ -193,9 +195,10 @@ class TemplateLibrary:
             budgets.update(sms_budget)
         self.sms_budgets = budgets
         self.default_locale = normalize_locale(default_locale)
+        self._loader = FileSystemLoader([str(d) for d in dirs])
         self.env = BoundedSandbox(
             limits=limits,
-            loader=FileSystemLoader([str(d) for d in dirs]),
+            loader=self._loader,
             undefined=StrictUndefined,
             autoescape=lambda name: bool(name and name.endswith(".html.j2")),
             trim_blocks=True,
@@ -204,7 +207,7 @@ class TemplateLibrary:
             cache_size=-1,
         )
         self._resolved: dict[tuple[str, str, str], tuple[str, dict[str, str]]] = {}
-        self._compiled: dict[str, tuple[Any, str | None]] = {}
+        self._compiled: dict[str, tuple[Template, str | None]] = {}
         self._lock = threading.Lock()
 
     # -- lookup ------------------------------------------------------------------------------
@@ -240,13 +243,13 @@ class TemplateLibrary:
     def _exists(self, name: str) -> bool:
         return any((d / name).is_file() for d in self.directories)
 
-    def _compile(self, name: str, allowed: frozenset[str], template: str, channel: str):
+    def _compile(self, name: str, allowed: frozenset[str], template: str, channel: str) -> tuple[Template, str | None]:
         with self._lock:
             hit = self._compiled.get(name)
         if hit is not None:
             return hit
         try:
-            source, filename, _ = self.env.loader.get_source(self.env, name)  # type: ignore[union-attr]
+            source, filename, _ = self._loader.get_source(self.env, name)
             used = meta.find_undeclared_variables(self.env.parse(source, name, filename))
             compiled = self.env.get_template(name)
         except TemplateSyntaxError as exc:
@@ -309,7 +312,7 @@ class TemplateLibrary:
         if not self.customized:
             return self
         if self._shipped is None:
-            self._shipped = TemplateLibrary(**self._options)  # type: ignore[arg-type]
+            self._shipped = self._shipped_only()
         return self._shipped
 
     # -- checking ----------------------------------------------------------------------------

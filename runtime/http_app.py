@@ -177,7 +177,7 @@ class HttpApp:
         self.routes = registry or RouteRegistry()
         self.limits = limits or Limits()
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
+    async def __call__(self, scope: Mapping[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
@@ -186,7 +186,7 @@ class HttpApp:
         response = await self._respond(scope, receive)
         await _send(send, response, head=scope["method"] == "HEAD")
 
-    async def _respond(self, scope: dict[str, Any], receive: Callable[[], Any]) -> Response:
+    async def _respond(self, scope: Mapping[str, Any], receive: Callable[[], Any]) -> Response:
         method = scope["method"].upper()
         # The raw path keeps percent-escapes, so a "%2F" inside an id stays inside its segment.
         path = scope.get("raw_path", b"").decode("latin-1") or scope["path"]

@@ -158,7 +158,10 @@ class HttpServer:
         if tls is not None:  # hypercorn then serves `bind` with TLS and opens no cleartext socket
             config.certfile, config.keyfile = tls.certfile, tls.keyfile
         config.keep_alive_timeout = limits.idle_timeout_s  # also bounds the wait for a request's headers
-        config.read_timeout = limits.idle_timeout_s  # type: ignore[assignment]  # a silent socket
+        # A silent socket is closed after this long. hypercorn's Config annotates read_timeout `int | None`,
+        # too narrow: it only hands the value to asyncio.wait_for (asyncio/tcp_server.py), which takes float
+        # seconds, and sub-second timeouts are what the limit tests use.
+        config.read_timeout = limits.idle_timeout_s  # type: ignore[assignment]
         config.h11_max_incomplete_size = MAX_HEADER_BYTES
         config.backlog = 1024  # a burst of connects waits in the kernel, not refused
         config.accesslog = None  # request lines carry identifiers and search values: no access log

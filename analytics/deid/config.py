@@ -15,7 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from analytics.deid.paths import PathError, Step, compile_path
+from analytics.deid.paths import CompiledPath, PathError, compile_path
 from analytics.views.fhirpath import Expression, FhirPathError
 
 PROFILES = ("safe-harbor", "research")
@@ -39,7 +39,7 @@ class Rule:
     index: int
     path: str
     method: str
-    select: Step
+    select: CompiledPath
     settings: dict[str, Any] = field(default_factory=dict)
     cases: list[tuple[Expression, Expression]] = field(default_factory=list)
 
@@ -71,6 +71,8 @@ def _rule(i: int, raw: Any) -> Rule:
     if not isinstance(method, str) or method.lower() not in METHODS:
         raise ConfigError(f"{where}: unknown method; use one of {', '.join(METHODS.values())}")
     method = METHODS[method.lower()]
+    if not isinstance(path, str) or not path.strip():
+        raise ConfigError(f"{where}: path must be a non-empty string")
     try:
         select = compile_path(path)
     except PathError as exc:

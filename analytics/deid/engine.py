@@ -58,7 +58,7 @@ class Anonymizer:
         """The rules that can match this type, in order (most rules name another resource type)."""
         if resource_type not in self._by_type:
             self._by_type[resource_type] = [
-                r for r in self.config.rules if getattr(r.select, "root_type", None) in (None, resource_type)]
+                r for r in self.config.rules if r.select.root_type in (None, resource_type)]
         return self._by_type[resource_type]
 
     def anonymize(self, resource: dict[str, Any], *, file_name: str = "", folder: str = "") -> dict[str, Any]:
@@ -93,7 +93,7 @@ class Anonymizer:
             codes = {s.get("code") for s in security}
             security.extend(self._label(k) for k in sorted(run.labels) if _LABELS[k][0] not in codes)
             meta["security"] = security
-        return _prune(doc)
+        return _prune_object(doc)
 
     def _label(self, kind: str) -> dict[str, str]:
         code, display = _LABELS[kind]
@@ -229,18 +229,22 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(to_json(value)).lower() if isinstance(value, bool) else str(value)
 
 
+def _prune_object(value: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if v is _REMOVED:
+            continue
+        v = _prune(v)
+        if v in ({}, []) or v is _REMOVED:
+            continue
+        out[k] = v
+    return out if set(out) - {"resourceType"} else ({} if "resourceType" not in out else out)
+
+
 def _prune(value: Any) -> Any:
     """Drop removed values and the objects and lists they leave empty (FHIR allows neither)."""
     if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if v is _REMOVED:
-                continue
-            v = _prune(v)
-            if v in ({}, []) or v is _REMOVED:
-                continue
-            out[k] = v
-        return out if set(out) - {"resourceType"} else ({} if "resourceType" not in out else out)
+        return _prune_object(value)
     if isinstance(value, list):
         items = [_prune(v) for v in value if v is not _REMOVED]
         return [v for v in items if v not in ({}, [])]

@@ -28,9 +28,9 @@ def load_or_create_keys(path: Path) -> dict[str, str]:
     if path.exists():
         if path.stat().st_mode & 0o077:
             raise PermissionError(f"{path} must be readable by its owner only (chmod 600)")
-        keys = json.loads(path.read_text(encoding="utf-8"))
-        if all(isinstance(keys.get(k), str) and keys[k] for k in _KEYS):
-            return keys
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(stored, dict) and all(isinstance(stored.get(k), str) and stored[k] for k in _KEYS):
+            return {k: str(stored[k]) for k in _KEYS}
         raise ValueError(f"{path} lacks {', '.join(_KEYS)}; remove it to generate new keys")
     path.parent.mkdir(parents=True, exist_ok=True)
     keys = {k: secrets.token_hex(32) for k in _KEYS}

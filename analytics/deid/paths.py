@@ -51,8 +51,28 @@ class Tree:
 Step = Callable[[Tree, list[Node] | None], list[Node]]
 
 
+@dataclass(frozen=True)
+class CompiledPath:
+    """A rule path, compiled: its steps run in order on a resource's tree. ``root_type`` is the resource type
+    the path starts from (``None`` for ``Resource.``, ``nodesByType(...)`` and the like), so the engine can
+    skip rules that cannot match a resource."""
+
+    steps: tuple[Step, ...]
+    root_type: str | None
+
+    def __call__(self, tree: Tree, _: list[Node] | None = None) -> list[Node]:
+        current: list[Node] | None = None
+        for step in self.steps:
+            current = step(tree, current)
+            if not current:
+                return []
+        return current or []
+
+
 def _split_top(text: str, sep: str = ".") -> list[str]:
-    parts, depth, quote, cur = [], 0, False, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth, quote = 0, False
     for ch in text:
         if ch == "'":
             quote = not quote
@@ -76,7 +96,7 @@ def _strip_as(text: str) -> tuple[str, str | None]:
     return text.strip(), None
 
 
-def compile_path(path: str) -> Step:
+def compile_path(path: str) -> CompiledPath:
     """A function from a resource's tree to the nodes ``path`` selects."""
     if not isinstance(path, str) or not path.strip():
         raise PathError("path must be a non-empty string")
@@ -101,17 +121,7 @@ def compile_path(path: str) -> Step:
         compiled.append(_step(raw.strip(), path))
     if as_type:
         compiled.append(_of_type(as_type))
-
-    def run(tree: Tree, _: list[Node] | None = None) -> list[Node]:
-        current: list[Node] | None = None
-        for step in compiled:
-            current = step(tree, current)
-            if not current:
-                return []
-        return current or []
-
-    run.root_type = root_type  # type: ignore[attr-defined]
-    return run
+    return CompiledPath(tuple(compiled), root_type)
 
 
 def _string_arg(arg: str, path: str) -> str:
@@ -121,7 +131,7 @@ def _string_arg(arg: str, path: str) -> str:
     return m.group(1)
 
 
-def _group(inner: Step) -> Step:
+def _group(inner: CompiledPath) -> Step:
     return lambda tree, _cur: inner(tree, None)
 
 
@@ -141,7 +151,7 @@ def _root(name: str) -> Step:
 
 
 def _children(tree: Tree, nodes: list[Node], name: str) -> list[Node]:
-    out = []
+    out: list[Node] = []
     for node in nodes:
         out.extend(c for c in tree.children.get(node.loc, []) if choice_match(c.name, name))
     return out
@@ -158,7 +168,7 @@ def _where(expr_text: str, path: str) -> Step:
         raise PathError(str(exc)) from exc
 
     def step(tree: Tree, cur: list[Node] | None) -> list[Node]:
-        out = []
+        out: list[Node] = []
         for node in cur or []:
             focus = ResourceNode.create_node(node.value, node.lookup or node.type) if node.value is not None else None
             if focus is None:

@@ -20,10 +20,11 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from analytics.export.http import FhirHttp, RemoteError, retry_after_s
+from analytics.export.http import FhirHttp, RemoteError
 from analytics.export.remote_source import iso_ms, micros_of
 from analytics.export.source import Change
 from common import jsonnum
+from common.retry_after import retry_after_s
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class BulkExportSource:
                 return manifest
             if time.monotonic() > deadline:
                 raise RemoteError(f"the $export job did not finish within {self.poll_timeout_s:.0f} s")
-            wait = retry_after_s(response.headers.get("Retry-After"))
+            wait = retry_after_s(response.headers)
             self._sleep(min(self.max_poll_wait_s, wait if wait is not None else 1.0))
 
 

@@ -220,8 +220,8 @@ def _export(source: Source, destination: Destination, *, formats: frozenset[str]
     resumed = state.pending is not None
     if state.pending is None:
         # The window ends on the clock the store stamps commits with (the system clock in production).
-        now = (clock or SystemClock()).now().timestamp()
-        end = upto if upto is not None else int((now - grace_s) * 1_000_000)
+        now_s = (clock or SystemClock()).now().timestamp()
+        end = upto if upto is not None else int((now_s - grace_s) * 1_000_000)
         end = max(end, state.watermark)
         state.pending = PendingRun(f"r{state.runs + 1:06d}", state.watermark, end)
         destination.write(STATE, state.to_bytes())

@@ -17,6 +17,7 @@ import io
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.json as pajson
@@ -87,7 +88,8 @@ class SchemaStore:
         return self._cache[resource_type]
 
     def put(self, resource_type: str, schema: pa.Schema) -> None:
-        if self._cache.get(resource_type) is not None and self._cache[resource_type].equals(schema):
+        cached = self._cache.get(resource_type)
+        if cached is not None and cached.equals(schema):
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self._path(resource_type)
@@ -122,7 +124,12 @@ def table_from_ndjson(data: bytes, resource_type: str, schemas: SchemaStore) -> 
 def strip_nulls(value: object) -> object:
     """A row read back from Parquet as the JSON it came from: absent fields are nulls in a struct schema."""
     if isinstance(value, dict):
-        return {k: strip_nulls(v) for k, v in value.items() if v is not None}
+        return strip_null_fields(value)
     if isinstance(value, list):
         return [strip_nulls(v) for v in value]
     return value
+
+
+def strip_null_fields(row: dict[str, Any]) -> dict[str, Any]:
+    """:func:`strip_nulls` of one row (a resource), which stays a dict."""
+    return {k: strip_nulls(v) for k, v in row.items() if v is not None}

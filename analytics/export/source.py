@@ -68,7 +68,7 @@ class SqliteSource:
 
     def newest(self) -> int:
         """The newest commit instant in the store (0 when empty)."""
-        return self._db.execute("SELECT coalesce(max(updated), 0) FROM resources").fetchone()[0]
+        return int(self._db.execute("SELECT coalesce(max(updated), 0) FROM resources").fetchone()[0])
 
 
 class EmbeddedSource:

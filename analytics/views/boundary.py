@@ -56,7 +56,10 @@ def _guess(text: str) -> str | None:
 
 def _decimal(value: Any, precision: int | None, high: bool) -> float | None:
     dec = value if isinstance(value, Decimal) else Decimal(str(value))
-    digits = -dec.as_tuple().exponent if dec.as_tuple().exponent < 0 else 0
+    exponent = dec.as_tuple().exponent
+    if not isinstance(exponent, int):
+        return None  # NaN or Infinity (exponent "n", "N" or "F"): no boundary, an empty result
+    digits = -exponent if exponent < 0 else 0
     half = Decimal(5) * Decimal(10) ** (-(digits + 1))
     bound = dec + half if high else dec - half
     if precision is not None:
@@ -98,7 +101,10 @@ def _boundary(item: Any, precision: int | None, high: bool) -> Any:
         return f"{date}T{time}{zone}"
     if kind == "time":
         m = _TIME.match(value)
-        return _time_parts(*m.groups(), high) if m else None
+        if not m:
+            return None
+        hour, minute, sec, frac = m.groups()
+        return _time_parts(hour, minute, sec, frac, high)
     return None
 
 

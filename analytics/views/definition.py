@@ -132,7 +132,7 @@ def _select(raw: Any, where: str) -> Select:
     return sel
 
 
-def _list(raw: dict, key: str, where: str) -> list:
+def _list(raw: dict[str, Any], key: str, where: str) -> list[Any]:
     value = raw.get(key, [])
     if not isinstance(value, list):
         raise _fail(f"{where}.{key}", f"must be a list, got {type(value).__name__}")

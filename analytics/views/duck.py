@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from analytics.export.schema import strip_nulls
+from analytics.export.schema import strip_null_fields
 from analytics.views.definition import CompiledView, compile_view
 from analytics.views.runner import iter_rows
 
@@ -62,7 +62,7 @@ def latest_resources(con: Any, lake: Path, resource_type: str) -> Iterator[dict[
     reader = con.sql(sql).to_arrow_reader(_BATCH)
     for batch in reader:
         for row in batch.to_pylist():
-            yield strip_nulls(row)  # type: ignore[misc]
+            yield strip_null_fields(row)
 
 
 def _table(view: CompiledView, rows: list[dict[str, Any]]) -> pa.Table:

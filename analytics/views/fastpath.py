@@ -34,7 +34,8 @@ class Unsupported(Exception):
 
 
 def _split(text: str, sep: str) -> list[str]:
-    parts, depth, quote, i, start = [], 0, False, 0, 0
+    parts: list[str] = []
+    depth, quote, i, start = 0, False, 0, 0
     while i < len(text):
         ch = text[i]
         if ch == "'":
@@ -83,7 +84,7 @@ def _of_type(type_name: str) -> Fn:
     wanted = type_name.lower()
 
     def step(items: list[Item], env: Mapping[str, Any]) -> list[Item]:
-        out = []
+        out: list[Item] = []
         for value, hint in items:
             if hint is None:
                 raise Unsupported("ofType on an element whose type the JSON does not say")
@@ -171,8 +172,7 @@ def _condition(text: str) -> Fn:
         left, right = sides[0].strip(), sides[1].strip()
         m = _STRING.match(right)
         if m:
-            literal = m.group(1)
-            compiled.append(_equals(_path(left), lambda env, v=literal: v))
+            compiled.append(_equals(_path(left), _constant(m.group(1))))
         elif right.startswith("%") and _IDENT.match(right[1:]):
             name = right[1:]
 
@@ -185,6 +185,10 @@ def _condition(text: str) -> Fn:
         else:
             raise Unsupported(right)
     return compiled[0] if len(compiled) == 1 else _and(compiled)
+
+
+def _constant(value: str) -> Callable[[Mapping[str, Any]], str]:
+    return lambda env: value
 
 
 def _per_item(cond: Fn) -> Callable[[Item, Mapping[str, Any]], bool | None]:

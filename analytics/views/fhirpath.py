@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from fhirpathpy.engine import do_eval
 from fhirpathpy.engine.invocations.constants import constants as _engine_constants
@@ -34,7 +34,7 @@ def _data(item: Any) -> Any:
     return item.data if isinstance(item, ResourceNode) else item
 
 
-def _resource_key(ctx: Any, inputs: list) -> list:
+def _resource_key(ctx: Any, inputs: list[Any]) -> list[Any]:
     out = []
     for item in inputs:
         data = _data(item)
@@ -44,7 +44,7 @@ def _resource_key(ctx: Any, inputs: list) -> list:
     return out
 
 
-def _reference_key(ctx: Any, inputs: list, type_spec: Any = None) -> list:
+def _reference_key(ctx: Any, inputs: list[Any], type_spec: Any = None) -> list[Any]:
     wanted = getattr(type_spec, "name", None) if type_spec is not None else None
     out = []
     for item in inputs:
@@ -63,8 +63,8 @@ def _reference_key(ctx: Any, inputs: list, type_spec: Any = None) -> list:
     return out
 
 
-def _boundary(fn: Callable[[Any, int | None], Any]) -> Callable[..., list]:
-    def invoke(ctx: Any, inputs: list, precision: Any = None) -> list:
+def _boundary(fn: Callable[[Any, int | None], Any]) -> Callable[..., list[Any]]:
+    def invoke(ctx: Any, inputs: list[Any], precision: Any = None) -> list[Any]:
         if isinstance(precision, list):
             precision = precision[0] if precision else None
         out = []
@@ -77,7 +77,7 @@ def _boundary(fn: Callable[[Any, int | None], Any]) -> Callable[..., list]:
     return invoke
 
 
-def _join(ctx: Any, coll: list, separator: Any = "") -> Any:
+def _join(ctx: Any, coll: list[Any], separator: Any = "") -> Any:
     # join() of an empty collection is the empty string (FHIRPath 3.0 join(); the suite's "string join").
     if not coll:
         return ""
@@ -108,7 +108,10 @@ def _install_extra_functions() -> None:
 
 
 _install_extra_functions()
-TypeInfo.model = TypeInfo.model or _MODEL
+# fhirpathpy ships inline types (py.typed) but declares `TypeInfo.model = None` unannotated, so mypy takes the
+# attribute to be None forever; the engine reads a model dict from it (`TypeInfo.model.get("type2Parent")`
+# in fhirpathpy/engine/nodes.py; its types.py assigns one). The cast is for that declaration only.
+cast(Any, TypeInfo).model = TypeInfo.model or _MODEL
 
 
 class Expression:
@@ -125,7 +128,7 @@ class Expression:
             raise FhirPathError(f"{where}: {text!r} is not valid FHIRPath ({exc})") from exc
         self._fast = compile_fast(text)
 
-    def values(self, focus: Any, variables: Mapping[str, Any]) -> list:
+    def values(self, focus: Any, variables: Mapping[str, Any]) -> list[Any]:
         """The result as plain JSON values: by the fast evaluator when it covers the expression."""
         if self._fast is not None:
             try:
@@ -134,7 +137,7 @@ class Expression:
                 pass
         return [to_json(v) for v in self.nodes(focus, variables)]
 
-    def nodes(self, focus: Any, variables: Mapping[str, Any]) -> list:
+    def nodes(self, focus: Any, variables: Mapping[str, Any]) -> list[Any]:
         """Evaluate on ``focus`` (a resource dict or a node from an earlier evaluation)."""
         # As fhirpathpy.apply_parsed_path, but with $this bound to the focus: a column path "$this" inside
         # a forEach names the iterated element itself (SQL-on-FHIR "forEach" examples).

@@ -11,17 +11,17 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from analytics.views.definition import Column, CompiledView, Select, ViewDefinitionError, compile_view
-from analytics.views.fhirpath import FhirPathError
+from analytics.views.fhirpath import Expression, FhirPathError
 
 
-def _evaluate(expr: Any, focus: Any, env: Mapping[str, Any]) -> list:
+def _evaluate(expr: Expression, focus: Any, env: Mapping[str, Any]) -> list[Any]:
     try:
         return expr.nodes(focus, env)
     except FhirPathError as exc:
         raise ViewDefinitionError(str(exc)) from exc
 
 
-def _values(expr: Any, focus: Any, env: Mapping[str, Any]) -> list:
+def _values(expr: Expression, focus: Any, env: Mapping[str, Any]) -> list[Any]:
     try:
         return expr.values(focus, env)
     except FhirPathError as exc:
@@ -53,10 +53,10 @@ def _null_row(sel: Select) -> dict[str, Any]:
     return row
 
 
-def _foci(sel: Select, node: Any, env: Mapping[str, Any]) -> list | None:
+def _foci(sel: Select, node: Any, env: Mapping[str, Any]) -> list[Any] | None:
     """The nodes this select iterates over, or None when it does not iterate (it reads ``node`` itself)."""
     if sel.repeat:
-        result: list = []
+        result: list[Any] = []
 
         def traverse(current: Any) -> None:
             for path in sel.repeat:
