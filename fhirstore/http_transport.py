@@ -4,7 +4,7 @@ Tokens come from an `azure-identity` credential. Retries run on tenacity
 (https://tenacity.readthedocs.io/en/latest/api.html) and are limited to what is safe to repeat: a
 plain create (POST without If-None-Exist) and a transaction may already have been applied when a
 gateway answers 502/503/504 or a read times out, so those only retry 429 and connection failures
-that happened before the request was sent. The policy is in `docs/decisions.md` ("Retries").
+that happened before the request was sent. The policy is in `docs/decisions.md` ("Retries on tenacity").
 Request values never reach logs or error messages: search values can identify a patient.
 """
 
@@ -185,9 +185,10 @@ class HttpTransport:
         """One attempt: a 2xx response, else `_Failed` with what the retry policy needs to decide."""
         response, token = self._send(call)
         if response.status_code == 401 and self._credential is not None and not call.refreshed:
-            # Not a retry in the backoff sense: a revoked token or a continuous-access-evaluation
-            # challenge is answered at once with a fresh token, once per request. Credentials cache
-            # tokens; only the challenge's claims make them skip their cache.
+            # Not a retry in the backoff sense, so not a tenacity predicate: a revoked token or a
+            # continuous-access-evaluation challenge is answered at once with a fresh token, once per
+            # request, with no wait and without using up an attempt (a tenacity retry would do both).
+            # Credentials cache tokens; only the challenge's claims make them skip their cache.
             call.refreshed = True
             self._bearer(force=True, claims=_challenge_claims(response.headers.get("WWW-Authenticate")))
             response, token = self._send(call)
