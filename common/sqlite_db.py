@@ -20,10 +20,12 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
+
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from common.sqlite_schema import Schema, migrate
 from common.storage import connect, tag_error
@@ -62,17 +64,23 @@ def open_database(
     return conn
 
 
-def enable_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
+def enable_wal(conn: sqlite3.Connection, attempts: int = 100,
+               sleep: Callable[[float], None] = time.sleep) -> None:
     """Switching a file to WAL needs a moment alone with it; SQLite answers "locked" at once
-    (without its busy timeout) when another connection opens it at the same instant, so try again."""
-    for attempt in range(attempts):
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or attempt == attempts - 1:
-                raise
-            time.sleep(0.02)
+    (without its busy timeout) when another connection opens it at the same instant, so try again,
+    every 20 ms, up to `attempts` times; any other error, or the last "locked", goes up as it came."""
+    retrying = Retrying(
+        retry=retry_if_exception(_locked),
+        stop=stop_after_attempt(attempts),
+        wait=wait_fixed(0.02),
+        sleep=sleep,
+        reraise=True,
+    )
+    retrying(conn.execute, "PRAGMA journal_mode = WAL")
+
+
+def _locked(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
 
 @contextmanager

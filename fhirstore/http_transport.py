@@ -1,8 +1,10 @@
 """HTTP for the FHIR adapter: auth, retries and error mapping (`fhirstore.http_store` on top).
 
-Tokens come from an `azure-identity` credential. Retries are limited to what is safe to repeat: a
+Tokens come from an `azure-identity` credential. Retries run on tenacity
+(https://tenacity.readthedocs.io/en/latest/api.html) and are limited to what is safe to repeat: a
 plain create (POST without If-None-Exist) and a transaction may already have been applied when a
-gateway answers 502/503/504 or a read times out, so those only retry 429 and connection failures.
+gateway answers 502/503/504 or a read times out, so those only retry 429 and connection failures
+that happened before the request was sent. The policy is in `docs/decisions.md` ("Retries on tenacity").
 Request values never reach logs or error messages: search values can identify a patient.
 """
 
@@ -11,16 +13,24 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import random
 import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 from azure.core.credentials import AccessToken, TokenCredential
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random_exponential,
+)
 
 from common import jsonnum
 from common.retry_after import retry_after_s
@@ -35,6 +45,59 @@ _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _TOKEN_REFRESH_MARGIN_S = 300
 # Exceptions raised before any byte of the request reached the server: always safe to retry.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+@dataclass
+class _Call:
+    """One request as every attempt sends it, and whether its one token refresh is spent."""
+
+    method: str
+    url: str
+    params: tuple[tuple[str, str], ...] | None
+    content: bytes | None
+    headers: dict[str, str]
+    interaction: str
+    label: str
+    idempotent: bool
+    refreshed: bool = False
+
+
+class _Failed(Exception):
+    """An attempt that got no 2xx: the answer (`response`, sent with `token`) or the transport error."""
+
+    def __init__(
+        self,
+        call: _Call,
+        *,
+        response: httpx.Response | None = None,
+        token: str | None = None,
+        cause: httpx.TransportError | None = None,
+    ) -> None:
+        super().__init__(call.label)
+        self.call = call
+        self.response = response
+        self.token = token
+        self.cause = cause
+
+    @property
+    def status(self) -> int | None:
+        return self.response.status_code if self.response is not None else None
+
+    @property
+    def reason(self) -> str:
+        """For logs: the status or the exception class (transport messages can carry the full URL)."""
+        return f"HTTP {self.status}" if self.response is not None else type(self.cause).__name__
+
+
+def _safe_to_repeat(exc: BaseException) -> bool:
+    """The retry predicate. 429 means the server did not act, so any request may repeat; a gateway
+    error or a timeout may come after the server applied the request, so only an idempotent one
+    repeats then; a connection that never opened sent nothing, so any request may repeat."""
+    if not isinstance(exc, _Failed):
+        return False
+    if exc.status is not None:
+        return exc.status == 429 or (exc.status in _RETRY_STATUSES and exc.call.idempotent)
+    return exc.call.idempotent or isinstance(exc.cause, _NOT_SENT)
 
 
 class HttpTransport:
@@ -62,14 +125,26 @@ class HttpTransport:
         self._credential = credential
         self._scope = scope or f"{parts.scheme}://{parts.netloc}/.default"
         self._max_retries = max_retries
-        self._backoff_base = backoff_base
         self._backoff_max = backoff_max
-        self._sleep = sleep
+        # Exponential with jitter in [cap/2, cap], cap = min(backoff_max, backoff_base * 2**retry):
+        # concurrent clients do not retry in lockstep, and a wait never collapses to zero (tenacity's
+        # full-jitter `wait_random_exponential` alone draws from [0, cap]).
+        half = {"multiplier": backoff_base / 2, "max": backoff_max / 2}
+        self._backoff = wait_exponential(**half) + wait_random_exponential(**half)
+        # One controller for every request: tenacity keeps a call's state (attempt number, statistics)
+        # thread-local, and everything a decision needs travels on the `_Failed` of the attempt.
+        self._retrying = Retrying(
+            stop=stop_after_attempt(max_retries + 1),
+            wait=self._wait,
+            retry=retry_if_exception(_safe_to_repeat),
+            before_sleep=self._log_retry,
+            sleep=sleep,
+            reraise=True,
+        )
         self._owns_client = client is None
         self._client = client or httpx.Client(timeout=httpx.Timeout(timeout))
         self._token: AccessToken | None = None
         self._token_lock = threading.Lock()
-        self._rng = random.Random()
         redact_httpx_request_log()
 
     def close(self) -> None:
@@ -89,65 +164,82 @@ class HttpTransport:
         idempotent: bool = True,
     ) -> httpx.Response:
         """Send with auth and retries; return a 2xx response or raise the typed error."""
-        url = f"{self.base_url}/{path}" if path else self.base_url
-        label = _label(path, params)
         content = jsonnum.dumps(json_body, separators=(",", ":")).encode() if json_body is not None else None
-        refreshed = False
-        attempt = 0
-        while True:
-            request_headers = {"Accept": FHIR_JSON, **(headers or {})}
-            if content is not None:
-                request_headers["Content-Type"] = FHIR_JSON
-            token = self._bearer(force=False)
-            if token is not None:
-                request_headers["Authorization"] = f"Bearer {token}"
-            try:
-                response = self._client.request(
-                    method, url, params=tuple(params) if params is not None else None, content=content,
-                    headers=request_headers
-                )
-            except httpx.TransportError as exc:
-                retryable = idempotent or isinstance(exc, _NOT_SENT)
-                if not retryable or attempt >= self._max_retries:
-                    raise _transport_error(exc, interaction, label, attempt + 1) from exc
-                delay = self._backoff(attempt)
-                logger.warning(
-                    "FHIR %s %s: %s, retry %d/%d in %.2fs",
-                    interaction,
-                    label,
-                    type(exc).__name__,
-                    attempt + 1,
-                    self._max_retries,
-                    delay,
-                )
-                self._sleep(delay)
-                attempt += 1
-                continue
-            status = response.status_code
-            if status < 300:
-                return response
-            if status == 401 and self._credential is not None and not refreshed:
-                # A revoked token or a continuous-access-evaluation challenge: fetch a fresh token once.
-                # Credentials cache tokens; only the challenge's claims make them skip their cache.
-                refreshed = True
-                self._bearer(force=True, claims=_challenge_claims(response.headers.get("WWW-Authenticate")))
-                continue
-            retryable = status == 429 or (status in _RETRY_STATUSES and idempotent)
-            if not retryable or attempt >= self._max_retries:
-                raise self._http_error(response, interaction, label, token)
-            hinted = self._retry_after(response) if status in (429, 503) else None
-            delay = self._backoff(attempt) if hinted is None else hinted
-            logger.warning(
-                "FHIR %s %s: HTTP %d, retry %d/%d in %.2fs",
-                interaction,
-                label,
-                status,
-                attempt + 1,
-                self._max_retries,
-                delay,
+        call = _Call(
+            method=method,
+            url=f"{self.base_url}/{path}" if path else self.base_url,
+            params=tuple(params) if params is not None else None,
+            content=content,
+            headers=headers or {},
+            interaction=interaction,
+            label=_label(path, params),
+            idempotent=idempotent,
+        )
+        try:
+            return self._retrying(self._attempt, call)
+        except _Failed as failed:
+            attempts = self._retrying.statistics.get("attempt_number", 1)
+            raise self._typed_error(failed, call, attempts) from failed.cause
+
+    def _attempt(self, call: _Call) -> httpx.Response:
+        """One attempt: a 2xx response, else `_Failed` with what the retry policy needs to decide."""
+        response, token = self._send(call)
+        if response.status_code == 401 and self._credential is not None and not call.refreshed:
+            # Not a retry in the backoff sense, so not a tenacity predicate: a revoked token or a
+            # continuous-access-evaluation challenge is answered at once with a fresh token, once per
+            # request, with no wait and without using up an attempt (a tenacity retry would do both).
+            # Credentials cache tokens; only the challenge's claims make them skip their cache.
+            call.refreshed = True
+            self._bearer(force=True, claims=_challenge_claims(response.headers.get("WWW-Authenticate")))
+            response, token = self._send(call)
+        if response.status_code < 300:
+            return response
+        raise _Failed(call, response=response, token=token)
+
+    def _send(self, call: _Call) -> tuple[httpx.Response, str | None]:
+        request_headers = {"Accept": FHIR_JSON, **call.headers}
+        if call.content is not None:
+            request_headers["Content-Type"] = FHIR_JSON
+        token = self._bearer(force=False)
+        if token is not None:
+            request_headers["Authorization"] = f"Bearer {token}"
+        try:
+            response = self._client.request(
+                call.method, call.url, params=call.params, content=call.content, headers=request_headers
             )
-            self._sleep(delay)
-            attempt += 1
+        except httpx.TransportError as exc:
+            raise _Failed(call, cause=exc) from exc
+        return response, token
+
+    def _wait(self, state: RetryCallState) -> float:
+        """The server's Retry-After on 429/503 (capped at `backoff_max`), else exponential backoff."""
+        failed = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(failed, _Failed) and failed.response is not None and failed.status in (429, 503):
+            hinted = retry_after_s(failed.response.headers)
+            if hinted is not None:
+                return min(hinted, self._backoff_max)
+        return float(self._backoff(state))
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        failed = state.outcome.exception() if state.outcome is not None else None
+        if not isinstance(failed, _Failed):
+            return
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        logger.warning(
+            "FHIR %s %s: %s, retry %d/%d in %.2fs",
+            failed.call.interaction,
+            failed.call.label,
+            failed.reason,
+            state.attempt_number,
+            self._max_retries,
+            delay,
+        )
+
+    def _typed_error(self, failed: _Failed, call: _Call, attempts: int) -> FhirError:
+        if failed.response is not None:
+            return self._http_error(failed.response, call.interaction, call.label, failed.token)
+        assert failed.cause is not None
+        return _transport_error(failed.cause, call.interaction, call.label, attempts)
 
     def _bearer(self, *, force: bool, claims: str | None = None) -> str | None:
         if self._credential is None:
@@ -168,15 +260,6 @@ class HttpTransport:
                     ) from exc
                 self._token = token
             return token.token
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential with jitter in [cap/2, cap] so concurrent clients do not retry in lockstep."""
-        cap = min(self._backoff_max, self._backoff_base * (2**attempt))
-        return self._rng.uniform(cap / 2, cap)
-
-    def _retry_after(self, response: httpx.Response) -> float | None:
-        hinted = retry_after_s(response.headers)
-        return None if hinted is None else min(hinted, self._backoff_max)
 
     def _http_error(
         self, response: httpx.Response, interaction: str, label: str, token: str | None

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from common.sqlite_db import ThreadConnections, open_database, transaction
+from common.sqlite_db import ThreadConnections, enable_wal, open_database, transaction
 from common.sqlite_schema import Schema, SchemaError, user_version
 
 SCHEMA = Schema("test", ["CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER NOT NULL)"])
@@ -112,3 +112,60 @@ def test_a_forked_child_opens_its_own_connection(tmp_path: Path) -> None:
     os.waitpid(pid, 0)
     assert parent.execute("SELECT k FROM t").fetchall() == [("child",)]
     files.close()
+
+
+# -- switching to WAL while another connection holds the file (retried with tenacity) ---------------
+
+
+def _held(path: Path) -> sqlite3.Connection:
+    """A connection holding an exclusive lock on a rollback-journal file: a switch to WAL answers "locked"."""
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (v)")
+    holder.execute("BEGIN EXCLUSIVE")
+    return holder
+
+
+def test_enable_wal_tries_again_every_20_ms_until_the_lock_is_released(tmp_path: Path) -> None:
+    holder = _held(tmp_path / "x.db")
+    conn = sqlite3.connect(tmp_path / "x.db", timeout=0, isolation_level=None)
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 3:
+            holder.execute("COMMIT")
+
+    try:
+        enable_wal(conn, sleep=sleep)
+        assert waits == [0.02] * 3
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+        holder.close()
+
+
+def test_enable_wal_gives_up_after_its_attempts_with_sqlites_error(tmp_path: Path) -> None:
+    holder = _held(tmp_path / "x.db")
+    conn = sqlite3.connect(tmp_path / "x.db", timeout=0, isolation_level=None)
+    waits: list[float] = []
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            enable_wal(conn, attempts=4, sleep=waits.append)
+        assert len(waits) == 3  # four attempts, three waits between them
+    finally:
+        conn.close()
+        holder.close()
+
+
+def test_enable_wal_does_not_retry_other_errors() -> None:
+    class Failing:
+        calls = 0
+
+        def execute(self, sql: str) -> None:
+            self.calls += 1
+            raise sqlite3.OperationalError("disk I/O error")
+
+    failing, waits = Failing(), list[float]()
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        enable_wal(failing, sleep=waits.append)  # only `execute` is called
+    assert (failing.calls, waits) == (1, [])
