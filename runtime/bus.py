@@ -51,7 +51,7 @@ PARTITIONS = 32
 def partition_of(key: str) -> int:
     """The partition of a partition key: CRC-32 (stable across processes and releases, unlike
     Python's salted `hash`) modulo `PARTITIONS`."""
-    return zlib.crc32(key.encode()) % PARTITIONS
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % PARTITIONS
 
 
 def _add_partitions(conn: sqlite3.Connection) -> None:

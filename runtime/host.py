@@ -71,14 +71,19 @@ def device_partition_key(body: bytes) -> str | None:
     (the bus then partitions by message id)."""
     try:
         message = json.loads(body)
-    except ValueError:
-        return None  # a malformed message is the ingest handler's to dead-letter, with the reason
+    except (ValueError, RecursionError):
+        return None  # a malformed (or absurdly nested) message is the ingest handler's to dead-letter, with the reason
     if not isinstance(message, dict):
         return None
     for name in ("deviceId", "device_id", "serial", "patientId"):
         value = message.get(name)
         if isinstance(value, str | int) and not isinstance(value, bool):
-            return str(value)
+            key = str(value)
+            try:
+                key.encode()
+            except UnicodeEncodeError:
+                return None  # a lone surrogate (valid JSON, not text SQLite can store): by message id
+            return key
     return None
 
 
