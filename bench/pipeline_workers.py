@@ -19,6 +19,7 @@ from typing import Any
 
 from bench.pipeline_measure import _effective_key
 from bench.pipeline_workload import pct
+from common.clock import Clock
 from common.sqlite_db import WRITE_LOCK
 from runtime.bootstrap import WORKFLOW_EVENTS
 from runtime.host import LocalHost
@@ -30,11 +31,10 @@ def _out_dir(settings: Settings) -> Path:
     return Path(settings.data_dir).parent / "bench-workers"
 
 
-def bench_worker(settings: Settings, index: int, count: int, catch_up: bool) -> None:
+def bench_worker(settings: Settings, index: int, count: int, clock: Clock | None) -> None:
     """A supervisor worker (runtime.supervisor.run_worker) with the probe described above."""
     from handlers import fhir_events
     from runtime.bootstrap import bootstrap
-    from runtime.cli import serve_clock
     from runtime.supervisor import worker_host
 
     out = _out_dir(settings)
@@ -59,7 +59,7 @@ def bench_worker(settings: Settings, index: int, count: int, catch_up: bool) -> 
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, snapshot)
-    services = bootstrap(settings, clock=serve_clock(settings, catch_up=catch_up))
+    services = bootstrap(settings, clock=clock)
     host = worker_host(services, index, count)
     host.release_leases()
     (out / f"ready-{index}").touch()

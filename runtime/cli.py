@@ -214,7 +214,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             # This process keeps the lock and the HTTP server; the workers pump (runtime.supervisor).
             from runtime.supervisor import Supervisor
 
-            supervisor = Supervisor(settings, settings.workers, catch_up=args.catch_up)
+            supervisor = Supervisor(settings, settings.workers, clock=clock)
             supervisor.start()
             print(f"  workers: {settings.workers} processes, pids {supervisor.pids}", flush=True)
             supervisor.run(stop)

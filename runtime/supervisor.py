@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING
 
+from common.clock import Clock
 from runtime.settings import Settings
 
 if TYPE_CHECKING:
@@ -38,18 +39,18 @@ log = logging.getLogger(__name__)
 # the relay only delivers what a failed or crashed evaluation left (and nothing is evaluated twice).
 RELAY_GRACE_S = 5.0
 
-WorkerTarget = Callable[[Settings, int, int, bool], None]
+WorkerTarget = Callable[[Settings, int, int, "Clock | None"], None]
 
 
-def run_worker(settings: Settings, index: int, count: int, catch_up: bool) -> None:
-    """One worker process: partitions `index` of `count`, until SIGTERM."""
+def run_worker(settings: Settings, index: int, count: int, clock: Clock | None) -> None:
+    """One worker process: partitions `index` of `count`, until SIGTERM, on the supervisor's clock
+    (pickled: a resumed demo clock keeps the supervisor's offset, also in a restarted worker)."""
     from runtime.bootstrap import bootstrap
-    from runtime.cli import serve_clock
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops us
-    services = bootstrap(settings, clock=serve_clock(settings, catch_up=catch_up))
+    services = bootstrap(settings, clock=clock)
     host = worker_host(services, index, count)
     host.release_leases()
     try:
@@ -73,7 +74,7 @@ class Supervisor:
 
     settings: Settings
     count: int
-    catch_up: bool = False
+    clock: Clock | None = None  # None: each worker's own default (bootstrap's)
     target: WorkerTarget = run_worker
     restart_delay_s: float = 1.0
     restarts: int = 0
@@ -88,7 +89,7 @@ class Supervisor:
 
     def _start(self, index: int) -> None:
         proc = self._ctx.Process(target=self.target, name=f"vigil-worker-{index}",
-                                 args=(self.settings, index, self.count, self.catch_up), daemon=False)
+                                 args=(self.settings, index, self.count, self.clock), daemon=False)
         proc.start()
         self._procs[index] = proc
 

@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from common.clock import FixedClock
+from common.clock import Clock, FixedClock
 from fhirstore.paging import search_all
 from runtime.bootstrap import WORKFLOW_EVENTS, Services, bootstrap
 from runtime.bus import partition_of
@@ -30,7 +30,7 @@ CRISIS = {"systolic": 190, "diastolic": 112}
 CALM = {"systolic": 124, "diastolic": 78}
 
 
-def counting_worker(settings: Settings, index: int, count: int, catch_up: bool) -> None:
+def counting_worker(settings: Settings, index: int, count: int, clock: Clock | None) -> None:
     """A worker that also writes down, line by line (a SIGKILL keeps what was written), what its
     outbox provider said of each message it was handed."""
     from notifications.channels.outbox import OutboxProvider
@@ -46,14 +46,14 @@ def counting_worker(settings: Settings, index: int, count: int, catch_up: bool) 
         return result
 
     OutboxProvider.send = counted  # type: ignore[method-assign]
-    run_worker(settings, index, count, catch_up)
+    run_worker(settings, index, count, clock)
 
 
 def settings_for(data_dir: Path) -> Settings:
     # A long visibility timeout: the test finishes only if a restarted worker releases the leases
     # its killed predecessor held (instead of waiting them out).
-    return Settings.from_env({}, data_dir=data_dir, contact_phone=CLINIC_PHONE, as_of=DAYTIME.isoformat(),
-                             workers=2, bus_visibility_timeout_s=600.0)
+    return Settings.from_env({}, data_dir=data_dir, contact_phone=CLINIC_PHONE, workers=2,
+                             bus_visibility_timeout_s=600.0)
 
 
 def second_device_on_the_other_worker(patient: str) -> str:
@@ -133,7 +133,7 @@ def start(tmp: Path, patients: list[str]) -> tuple[Services, LocalHost, str]:
 def test_two_worker_processes_on_one_data_dir_store_open_and_send_each_once(tmp_path: Path) -> None:
     patients = [f"w{i:02d}" for i in range(24)]
     services, host, second = start(tmp_path, patients)
-    supervisor = Supervisor(services.settings, 2, target=counting_worker)
+    supervisor = Supervisor(services.settings, 2, clock=FixedClock(DAYTIME), target=counting_worker)
     supervisor.start()
     try:
         msgs = feed(host, patients, second, per_patient=6)
@@ -153,7 +153,8 @@ def test_two_worker_processes_on_one_data_dir_store_open_and_send_each_once(tmp_
 def test_a_worker_killed_mid_run_is_restarted_and_everything_is_processed_exactly_once(tmp_path: Path) -> None:
     patients = [f"k{i:02d}" for i in range(30)]
     services, host, second = start(tmp_path, patients)
-    supervisor = Supervisor(services.settings, 2, target=counting_worker, restart_delay_s=0.1)
+    supervisor = Supervisor(services.settings, 2, clock=FixedClock(DAYTIME), target=counting_worker,
+                            restart_delay_s=0.1)
     supervisor.start()
     try:
         msgs = feed(host, patients, second, per_patient=12)
