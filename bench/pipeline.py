@@ -37,6 +37,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 # Run as a script, this file's folder comes first on sys.path, where bench/http.py would shadow the
@@ -85,7 +86,14 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
         with Pool(services.settings, args.workers) as pool:
             out.update(measure_throughput_workers(pool, host, msgs[:args.messages]))
             out.update(measure_latency_workers(pool, host, msgs[args.messages:], args.rate))
-    out["alert_messages"] = len(search_all(services.store, "Communication", {"_count": "1000"}))
+    comms = search_all(services.store, "Communication", {"_count": "1000"})
+    out["alert_messages"] = len(comms)
+    # A correctness check beside the figures: every message key recorded once, however many workers.
+    keys = Counter(c["identifier"][0]["value"] for c in comms if c.get("identifier"))
+    out["duplicate_message_keys"] = sum(1 for n in keys.values() if n > 1)
+    out["messages_by_category"] = dict(Counter(str((c.get("category") or [{}])[0].get("text")
+                                                   or (c.get("category") or [{}])[0].get("coding", [{}])[0].get("code"))
+                                               for c in comms))
     host.release()
     services.close()
     if args.http_readings:
