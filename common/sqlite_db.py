@@ -34,6 +34,18 @@ Synchronous = Literal["NORMAL", "FULL"]
 BUSY_TIMEOUT_S = 30.0
 
 
+class WriteLockWaits:
+    """This process's time in `BEGIN IMMEDIATE`, where a writer waits for SQLite's one write lock
+    (https://sqlite.org/lang_transaction.html): what several worker processes on one file pay for
+    sharing it (bench/pipeline.py prints it per reading). Two clock reads per write transaction."""
+
+    waited_s: float = 0.0
+    transactions: int = 0
+
+
+WRITE_LOCK = WriteLockWaits()
+
+
 def open_database(
     path: str | Path,
     *,
@@ -89,7 +101,10 @@ def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
 
     A failed COMMIT is rolled back too (SQLite may leave the transaction open after, e.g., a full
     disk) and re-raised. Some errors roll back by themselves, hence the `in_transaction` checks."""
+    started = time.perf_counter()
     conn.execute("BEGIN IMMEDIATE")
+    WRITE_LOCK.waited_s += time.perf_counter() - started
+    WRITE_LOCK.transactions += 1
     try:
         yield conn
     except BaseException:

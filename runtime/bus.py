@@ -5,6 +5,11 @@ visibility timeout; a message not acknowledged in time becomes visible again (th
 crashed). A failed message is retried with exponential backoff; after `max_attempts` it moves to
 the dead-letter store with the last error. Leases carry a token so a late acknowledgement from a
 receiver whose lease expired cannot delete a message someone else now holds.
+
+Like an Event Hub, every message falls in one of `PARTITIONS` partitions, a stable hash of its
+partition key (the device id for device messages; its msg id when it has none), fixed when it is
+published. A receiver may ask for "partitions k of N" only, so N worker processes share a topic
+and each key's messages go to one of them, in order (docs/decisions.md, "Worker processes").
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import sqlite3
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -37,6 +43,25 @@ class Lease:
     token: str
 
 
+# As many as an Event Hubs namespace gives a hub at most on the standard tier: enough for any
+# number of workers a machine runs, and N workers split them by `partition % N`.
+PARTITIONS = 32
+
+
+def partition_of(key: str) -> int:
+    """The partition of a partition key: CRC-32 (stable across processes and releases, unlike
+    Python's salted `hash`) modulo `PARTITIONS`."""
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % PARTITIONS
+
+
+def _add_partitions(conn: sqlite3.Connection) -> None:
+    """Version 2: each message's partition, computed for the messages a version-1 file holds."""
+    conn.execute("ALTER TABLE messages ADD COLUMN partition_no INTEGER NOT NULL DEFAULT 0")
+    rows = conn.execute("SELECT seq, coalesce(partition_key, msg_id) FROM messages").fetchall()
+    conn.executemany("UPDATE messages SET partition_no = ? WHERE seq = ?",
+                     [(partition_of(key), seq) for seq, key in rows])
+
+
 # Version 1 is the file of the first release (created with IF NOT EXISTS: unversioned files have it).
 BUS_SCHEMA = Schema("bus", [
     """CREATE TABLE IF NOT EXISTS messages (
@@ -47,7 +72,10 @@ BUS_SCHEMA = Schema("bus", [
         attempts INTEGER NOT NULL DEFAULT 0, lease_token TEXT, last_error TEXT,
         UNIQUE (topic, msg_id));
     CREATE INDEX IF NOT EXISTS messages_due ON messages (topic, visible_at, seq)""",
+    _add_partitions,
 ])
+
+Partitions = tuple[int, int]  # (k, N): the partitions p with p % N == k
 
 
 class LocalBus:
@@ -99,31 +127,33 @@ class LocalBus:
         items: Iterable[tuple[bytes, str | None, str | None, dict[str, Any] | None]],
     ) -> int:
         now = self._now()
-        rows = [
-            (topic, msg_id or uuid.uuid4().hex, body, json.dumps(props or {}), key, now, now)
-            for body, msg_id, key, props in items
-        ]
+        rows = []
+        for body, msg_id, key, props in items:
+            msg_id = msg_id or uuid.uuid4().hex
+            rows.append((topic, msg_id, body, json.dumps(props or {}), key, partition_of(key or msg_id), now, now))
         with self._tx() as conn:
             before = conn.total_changes
             conn.executemany(
                 "INSERT OR IGNORE INTO messages (topic, msg_id, body, properties, partition_key,"
-                " enqueued_at, visible_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " partition_no, enqueued_at, visible_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             return conn.total_changes - before
 
     # -- receiving ---------------------------------------------------------------------------
-    def receive(self, topic: str, *, max_messages: int = 100, visibility_timeout_s: float = 60.0) -> list[Lease]:
-        """Lease up to max_messages visible messages, oldest first."""
+    def receive(self, topic: str, *, max_messages: int = 100, visibility_timeout_s: float = 60.0,
+                partitions: Partitions | None = None) -> list[Lease]:
+        """Lease up to max_messages visible messages, oldest first; of `partitions` only, if given."""
         now = self._now()
         token = uuid.uuid4().hex
+        where, params = _partition_filter(partitions)
         with self._tx() as conn:
             rows = conn.execute(
                 "UPDATE messages SET visible_at = ?, attempts = attempts + 1, lease_token = ?"
-                " WHERE seq IN (SELECT seq FROM messages WHERE topic = ? AND visible_at <= ?"
+                " WHERE seq IN (SELECT seq FROM messages WHERE topic = ? AND visible_at <= ?" + where +
                 " ORDER BY seq LIMIT ?)"
                 " RETURNING seq, topic, msg_id, body, properties, partition_key, enqueued_at, attempts",
-                (now + visibility_timeout_s, token, topic, now, max_messages),
+                (now + visibility_timeout_s, token, topic, now, *params, max_messages),
             ).fetchall()
         rows.sort(key=lambda r: r[0])
         return [
@@ -173,14 +203,15 @@ class LocalBus:
             conn.execute("DELETE FROM messages WHERE seq = ?", (lease.seq,))
             return "dead-lettered"
 
-    def release_all_leases(self) -> int:
-        """Make every leased message visible now. Only for a host that owns the bus alone
-        (it holds the data-dir lock), after a predecessor died holding leases."""
+    def release_all_leases(self, partitions: Partitions | None = None) -> int:
+        """Make every leased message (of `partitions`, if given) visible now. Only for a host that
+        owns the bus (or those partitions) alone, after a predecessor died holding leases."""
+        where, params = _partition_filter(partitions)
         with self._tx() as conn:
             before = conn.total_changes
             conn.execute(
-                "UPDATE messages SET visible_at = ?, lease_token = NULL WHERE lease_token IS NOT NULL",
-                (self._now(),),
+                "UPDATE messages SET visible_at = ?, lease_token = NULL WHERE lease_token IS NOT NULL" + where,
+                (self._now(), *params),
             )
             return conn.total_changes - before
 
@@ -218,9 +249,12 @@ class LocalBus:
             return int(self._conn().execute("SELECT count(*) FROM messages").fetchone()[0])
         return int(self._conn().execute("SELECT count(*) FROM messages WHERE topic = ?", (topic,)).fetchone()[0])
 
-    def next_visible_in(self, topic: str) -> float | None:
-        """Seconds until the next message of topic becomes visible (0 if one is visible now)."""
-        row = self._conn().execute("SELECT min(visible_at) FROM messages WHERE topic = ?", (topic,)).fetchone()
+    def next_visible_in(self, topic: str, partitions: Partitions | None = None) -> float | None:
+        """Seconds until the next message of topic (and `partitions`) becomes visible (0 if one is
+        visible now)."""
+        where, params = _partition_filter(partitions)
+        row = self._conn().execute("SELECT min(visible_at) FROM messages WHERE topic = ?" + where,
+                                   (topic, *params)).fetchone()
         if row is None or row[0] is None:
             return None
         return max(0.0, row[0] - self._now())
@@ -233,3 +267,12 @@ class LocalBus:
     def topics(self) -> dict[str, int]:
         rows = self._conn().execute("SELECT topic, count(*) FROM messages GROUP BY topic")
         return {r[0]: int(r[1]) for r in rows}
+
+
+def _partition_filter(partitions: Partitions | None) -> tuple[str, tuple[int, ...]]:
+    if partitions is None:
+        return "", ()
+    k, n = partitions
+    if not 0 <= k < n <= PARTITIONS:
+        raise ValueError(f"partitions {k} of {n}: need 0 <= k < N <= {PARTITIONS}")
+    return " AND partition_no % ? = ?", (n, k)

@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--catch-up", action="store_true",
                        help="on a demo data directory, run on the wall clock and send everything that came "
                             "due since the demo's as-of time (default: resume from that time)")
+    serve.add_argument("--workers", type=int, default=None,
+                       help="worker processes pumping the data dir (default VIGIL_WORKERS, 1: this process)")
     serve.set_defaults(func=_serve)
 
     from console import cli as console_cli
@@ -146,7 +148,9 @@ def serve_clock(settings: Settings, *, catch_up: bool) -> Clock:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     # Acknowledgement links follow the address served on unless VIGIL_PUBLIC_BASE_URL says otherwise.
     settings = replace(settings, http_host=args.host or settings.http_host,
-                       http_port=args.port if args.port is not None else settings.http_port)
+                       http_port=args.port if args.port is not None else settings.http_port,
+                       workers=args.workers if args.workers is not None else settings.workers)
+    settings.validate()
     if not settings.contact_phone.strip() and settings.path(DEMO_AS_OF).is_file():
         # `make demo` then `vigil serve`: the demo's fictional clinic has its phone, as `vigil demo` gave it.
         settings = replace(settings, contact_phone=DEMO_CLINIC_PHONE)
@@ -206,7 +210,16 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     for warning in server_capability_warnings(services):
         print(f"  warning: {warning}", file=sys.stderr, flush=True)
     try:
-        host.serve_forever(stop)
+        if settings.workers > 1:
+            # This process keeps the lock and the HTTP server; the workers pump (runtime.supervisor).
+            from runtime.supervisor import Supervisor
+
+            supervisor = Supervisor(settings, settings.workers, clock=clock)
+            supervisor.start()
+            print(f"  workers: {settings.workers} processes, pids {supervisor.pids}", flush=True)
+            supervisor.run(stop)
+        else:
+            host.serve_forever(stop)
     finally:
         server.shutdown()
         host.release()

@@ -30,7 +30,7 @@ from azure.functions.timer import TimerRequest
 from common.storage import describe as storage_fault
 from handlers.fhir_events import HANDLED_TYPES
 from runtime.bootstrap import WORKFLOW_EVENTS, Services, install
-from runtime.bus import Lease
+from runtime.bus import Lease, Partitions
 from runtime.host_functions import (
     FunctionSpec,
     event_grid_event,
@@ -65,13 +65,45 @@ class HostAlreadyRunning(RuntimeError):
     pass
 
 
+def device_partition_key(body: bytes) -> str | None:
+    """The device id of a device message, read cheaply, so each device's readings share a
+    partition as on Event Hubs (docs/decisions.md, "Worker processes"); None if it names none
+    (the bus then partitions by message id)."""
+    try:
+        message = json.loads(body)
+    except (ValueError, RecursionError):
+        return None  # a malformed (or absurdly nested) message is the ingest handler's to dead-letter, with the reason
+    if not isinstance(message, dict):
+        return None
+    for name in ("deviceId", "device_id", "serial", "patientId"):
+        value = message.get(name)
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            key = str(value)
+            try:
+                key.encode()
+            except UnicodeEncodeError:
+                return None  # a lone surrogate (valid JSON, not text SQLite can store): by message id
+            return key
+    return None
+
+
 class LocalHost:
-    def __init__(self, services: Services, app: func.FunctionApp | None = None, *, batch_size: int = 100) -> None:
+    def __init__(self, services: Services, app: func.FunctionApp | None = None, *, batch_size: int = 100,
+                 partitions: Partitions | None = None, relay: bool = True, relay_grace_s: float = 0.0) -> None:
+        """`partitions` (k, N): this host takes only those partitions of every queue (a worker
+        process, runtime.supervisor); `relay`: it also relays the store's outbox and runs the
+        timers (exactly one host on a data dir does); `relay_grace_s`: an outbox event is relayed
+        only once it has been pending that long, leaving the worker that wrote it time to
+        evaluate it in process (handlers.in_process) instead of evaluating it twice."""
         if services.bus is None:
             raise ValueError("the local host needs the local bus (embedded settings)")
         self.services = services
         self.bus = services.bus
         self.batch_size = batch_size
+        self.partitions = partitions
+        self.relay = relay
+        self.relay_grace_s = relay_grace_s
+        self._first_pending: dict[int, float] = {}  # outbox seq -> when this host first saw it
         self.stats = HostStats()
         self._lock_file: Any = None
         self._last_error = ""
@@ -118,9 +150,16 @@ class LocalHost:
             raise HostAlreadyRunning(f"another Vigil host is running on {path.parent}") from None
         self._lock_file.write(str(os.getpid()))
         self._lock_file.flush()
-        released = self.bus.release_all_leases()
+        self.release_leases()
+
+    def release_leases(self) -> int:
+        """Make the leases of this host's partitions visible now: a predecessor on them died
+        holding them (the caller owns those partitions alone: the data-dir lock, or the supervisor
+        that starts one worker per partition set)."""
+        released = self.bus.release_all_leases(self.partitions)
         if released:
             log.info("released %d message leases left by a previous host", released)
+        return released
 
     def release(self) -> None:
         if self._lock_file is not None:
@@ -130,16 +169,20 @@ class LocalHost:
 
     # -- input -------------------------------------------------------------------------------
     def publish_device_messages(self, bodies: Iterable[bytes], *, partition_key: str | None = None) -> int:
-        return self.bus.publish_many(self.device_queue, ((b, None, partition_key, None) for b in bodies))
+        """Enqueue device messages, each partitioned by `partition_key` or else its own device id."""
+        return self.bus.publish_many(
+            self.device_queue, ((b, None, partition_key or device_partition_key(b), None) for b in bodies))
 
     # -- the pump ----------------------------------------------------------------------------
     def run_once(self) -> int:
         """One round over every source. Returns how many items were handled."""
-        done = self.relay_fhir_events()
+        done = self.relay_fhir_events() if self.relay else 0
         for spec in self.of_kind("eventHubTrigger"):
             done += self._run_event_hub(spec)
         for spec in self.of_kind("eventGridTrigger"):
             done += self._run_event_grid(spec)
+        if not self.relay:
+            return done
         done += self.run_due_timers()
         if time.monotonic() - self._last_trim > 60:
             self._last_trim = time.monotonic()
@@ -156,12 +199,13 @@ class LocalHost:
             if on_progress is not None:
                 on_progress()
             if handled == 0:
-                if self.pending_store_events() or any(
-                    self.bus.next_visible_in(s.source) == 0 for s in self.functions if s.source and not s.disabled
+                if (self.relay and self.pending_store_events()) or any(
+                    self.bus.next_visible_in(s.source, self.partitions) == 0
+                    for s in self.functions if s.source and not s.disabled
                 ):
                     continue
                 waits = [w for s in self.functions if s.source and not s.disabled
-                         and (w := self.bus.next_visible_in(s.source)) is not None]
+                         and (w := self.bus.next_visible_in(s.source, self.partitions)) is not None]
                 if not waits:
                     return True
                 time.sleep(min(min(waits), 0.5))
@@ -193,6 +237,8 @@ class LocalHost:
         if outbox is None:
             return 0
         rows = outbox.outbox_pending(limit)
+        if self.relay_grace_s > 0:
+            rows = self._past_grace(rows)
         if not rows:
             return 0
         relayed = 0
@@ -209,9 +255,20 @@ class LocalHost:
         self.stats.relayed_events += relayed
         return len(rows)
 
+    def _past_grace(self, rows: list[tuple[int, dict[str, Any]]]) -> list[tuple[int, dict[str, Any]]]:
+        """The rows pending for `relay_grace_s` since this host first saw them. A seq no longer
+        pending was settled by the worker that wrote it and is forgotten."""
+        now = time.monotonic()
+        seen = {seq: self._first_pending.get(seq, now) for seq, _ in rows}
+        self._first_pending = seen
+        return [(seq, event) for seq, event in rows if now - seen[seq] >= self.relay_grace_s]
+
+    def _receive(self, spec: FunctionSpec) -> list[Lease]:
+        return self.bus.receive(spec.source, max_messages=self.batch_size, partitions=self.partitions,
+                                visibility_timeout_s=self.services.settings.bus_visibility_timeout_s)
+
     def _run_event_grid(self, spec: FunctionSpec) -> int:
-        leases = self.bus.receive(spec.source, max_messages=self.batch_size,
-                                  visibility_timeout_s=self.services.settings.bus_visibility_timeout_s)
+        leases = self._receive(spec)
         done = []
         for lease in leases:
             try:
@@ -230,8 +287,7 @@ class LocalHost:
 
     # -- event hubs --------------------------------------------------------------------------
     def _run_event_hub(self, spec: FunctionSpec) -> int:
-        leases = self.bus.receive(spec.source, max_messages=self.batch_size,
-                                  visibility_timeout_s=self.services.settings.bus_visibility_timeout_s)
+        leases = self._receive(spec)
         if not leases:
             return 0
         many = str(getattr(spec.binding.get("cardinality"), "value", spec.binding.get("cardinality"))) == "many"

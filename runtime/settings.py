@@ -77,6 +77,9 @@ class Settings:
     local_token: str | None = field(default=None, repr=False)
     bus_max_attempts: int = 5
     bus_visibility_timeout_s: float = 60.0
+    # `vigil serve` worker processes (docs/operations.md, "Worker processes"): 1 pumps in the serving
+    # process; N > 1 starts N workers over the data dir, each taking its share of the bus partitions.
+    workers: int = 1
     program_contact: str = "your care team"
     staff_address: str = "care-team"
     # Notifications (docs/notifications.md). Without a channels file, "sms" and "email" are the
@@ -165,6 +168,8 @@ class Settings:
                                 "(the URL the FHIR server posts notifications to)")
         if not 1 <= self.fhir_transaction_size <= 10_000:
             raise SettingsError("VIGIL_FHIR_TRANSACTION_SIZE must be between 1 and 10000 entries")
+        if not 1 <= self.workers <= 32:
+            raise SettingsError(f"VIGIL_WORKERS must be between 1 and 32 (the bus's partitions), not {self.workers}")
         if self.max_message_bytes < 1024:
             raise SettingsError("VIGIL_MAX_MESSAGE_BYTES must be at least 1024")
         if self.http_idle_timeout_s <= 0 or self.http_body_timeout_s <= 0:
