@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from fhirstore.batch_reads import Read, read_together
 from fhirstore.errors import PreconditionFailed, ResourceGone, ResourceNotFound
 from fhirstore.port import FhirStore
 from handlers.compose import notify_patient
-from handlers.escalations import start_escalation
+from handlers.escalations import ready_to_escalate, start_escalation
 from handlers.messaging import OPENING, Messaging, publish, publish_opened
 from handlers.patient_file import PatientFile
 from handlers.snooze import active_snooze
@@ -78,9 +79,11 @@ def _open(m: Messaging, firing: Firing, patient: PatientFile, now: datetime, dec
     patient_ref = patient.ref
     res = open_episode(firing, patient_ref, now)
     key = res.detected_issue["identifier"][0]["value"]
-    task = put_if_absent(m.store, res.task)[0] if res.task is not None else None
-    if res.flag is not None:
-        put_if_absent(m.store, res.flag)
+    chain_id = firing.rule.actions.escalate
+    # The Task and Flag in one read and one transaction (one COMMIT; two requests on the HTTP adapter).
+    first = [] if res.task is None else [ready_to_escalate(m, res.task, severity=firing.severity, chain_id=chain_id)]
+    stored = put_all_if_absent(m.store, first + ([] if res.flag is None else [res.flag]))
+    task = stored[0] if res.task is not None else None
     sent = 0
     targets = firing.rule.actions.notify if decision.notify else []
     if "patient" in targets:
@@ -88,7 +91,7 @@ def _open(m: Messaging, firing: Firing, patient: PatientFile, now: datetime, dec
                                urgent=firing.rule.patient_message_now(firing.severity))
     if task is not None:
         # Staff are reached through the Task's escalation chain: level 1 now, then the sweep.
-        sent += start_escalation(m, task, severity=firing.severity, chain_id=firing.rule.actions.escalate)
+        sent += start_escalation(m, task, severity=firing.severity, chain_id=chain_id)
     elif "care-team" in targets:
         sent += _care_team_notice(m, firing.rule, firing.severity, key, patient_ref, phase=OPENING)
     put_if_absent(m.store, res.detected_issue)
@@ -160,6 +163,30 @@ def put_if_absent(store: FhirStore, resource: dict[str, Any]) -> tuple[dict[str,
         result = store.update(resource)
         assert result.resource is not None
         return result.resource, True
+
+
+def put_all_if_absent(store: FhirStore, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`put_if_absent` for several resources: read together (one batch request where the store
+    batches reads: fhirstore.batch_reads), the missing ones written in ONE transaction Bundle.
+    Returns each resource as stored, in order."""
+    if not resources:
+        return []
+    found = read_together(store, [Read(r["resourceType"], r["id"]) for r in resources])
+    missing = [r for r, f in zip(resources, found, strict=True) if f is None]
+    if not missing:
+        return [f for f in found if isinstance(f, dict)]
+    response = store.transaction({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}} for r in missing]})
+    written = iter(response.get("entry") or [])
+    out = []
+    for resource, existing in zip(resources, found, strict=True):
+        if isinstance(existing, dict):
+            out.append(existing)
+            continue
+        entry = next(written, None) or {}
+        answered = entry.get("resource")
+        out.append(answered if isinstance(answered, dict) else store.read(resource["resourceType"], resource["id"]))
+    return out
 
 
 def _care_team_notice(m: Messaging, rule: Rule, severity: str, key: str, patient_ref: str, *, phase: str) -> int:

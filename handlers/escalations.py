@@ -32,10 +32,28 @@ DEFAULT_CHAINS = {"high": "crisis", "moderate": "standard"}
 def start_escalation(m: Messaging, task: dict[str, Any], *, severity: str, chain_id: str | None) -> int:
     """Run the first step of the Task's escalation chain (level 1 is notified at once). `task` is
     the version the caller just read or wrote, so it is not read again."""
-    chain = m.chains.get(chain_id or DEFAULT_CHAINS.get(severity, ""))
+    chain = _chain(m, severity, chain_id)
     if chain is None:
         return 0
     return _step(m, task, chain)
+
+
+def ready_to_escalate(m: Messaging, task: dict[str, Any], *, severity: str, chain_id: str | None) -> dict[str, Any]:
+    """A Task about to be written for the first time, carrying what `_prepare_task` would store
+    before the first message (its chain and acknowledgement code): written so, the Task is stored
+    once instead of written and then updated. The same check `_step` makes decides."""
+    chain = _chain(m, severity, chain_id)
+    if chain is None:
+        return task
+    step = advance(task, chain, m.clock.now())
+    if step.action in ("wait", "done") or not ((step.roles and ack_code_of(task) is None) or chain_of(task) is None):
+        return task
+    updated, _ = with_ack_code(task, derive_ack_code(m, task["id"]))
+    return with_chain(updated, chain.id)[0]
+
+
+def _chain(m: Messaging, severity: str, chain_id: str | None) -> Chain | None:
+    return m.chains.get(chain_id or DEFAULT_CHAINS.get(severity, ""))
 
 
 def run_escalation_step(m: Messaging, task: dict[str, Any], chain: Chain) -> int:

@@ -19,56 +19,28 @@ mapped again without them, so an invalid later message never erases a valid earl
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
 from typing import Any
 
-from common import jsonnum
-from common.clock import Clock
 from fhirstore.errors import FhirError
-from fhirstore.port import FhirStore
+from handlers.ingest_messages import IngestDeps, RawMessage, decode_message, park_message
 from handlers.ingest_writes import StoredObservations, Write, write_all
-from ingest.deadletter import DeadLetterSink
-from ingest.identity import IdentityResolver
 from ingest.plausibility import check_observation
-from ingest.poison import INVALID_UNICODE, POISON, POISON_AT_STORE, lone_surrogate_path, poison_error
+from ingest.poison import POISON_AT_STORE, poison_error
 from ingest.report import DEAD_LETTERED, SUPERSEDED, WRITTEN, IngestReport, notify, reports_to
 from ingest.templates import group_measurements
-from ingest.templates.errors import INVALID_JSON, MappingFailure, MessageError
+from ingest.templates.errors import MappingFailure, MessageError
 from ingest.templates.fhir_model import ObservationChange
 from ingest.templates.grouping import MeasurementGroup
 from ingest.templates.measurement import Measurement
-from ingest.templates.reading_time import DEFAULT_MAX_FUTURE_SKEW, check_reading_times
-from ingest.templates.reload import TemplatePair
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DEAD_LETTERED", "SUPERSEDED", "WRITTEN", "IngestDeps", "IngestReport", "RawMessage",
            "handle_device_messages", "reports_to"]
-
-@dataclass(frozen=True)
-class RawMessage:
-    body: bytes
-    properties: dict[str, Any] = field(default_factory=dict)
-    system_properties: dict[str, Any] = field(default_factory=dict)
-    partition_key: str | None = None
-    sequence_number: int | None = None
-
-
-@dataclass(frozen=True)
-class IngestDeps:
-    store: FhirStore
-    dead_letters: DeadLetterSink
-    templates: Callable[[], TemplatePair]  # the current templates (reloaded when the files change)
-    identity: IdentityResolver
-    clock: Clock
-    topic: str = "device-messages"
-    max_bytes: int = 256 * 1024
-    max_future_skew: timedelta = DEFAULT_MAX_FUTURE_SKEW  # readings dated further ahead are dead-lettered
 
 
 def handle_device_messages(messages: list[RawMessage], deps: IngestDeps) -> IngestReport:
@@ -155,44 +127,16 @@ class _Batch:
         if self.dead(i):
             return
         self.outcome[i] = DEAD_LETTERED
-        _park(self.deps, self.messages[i], error, self.pair.version, self.report)
+        park_message(self.deps, self.messages[i], error, self.pair.version, self.report)
 
-    # -- one message at a time: nothing it holds may stop the batch --------------------------------
     def decode(self, i: int, message: RawMessage) -> None:
-        if len(message.body) > self.deps.max_bytes:
-            self.park(i, MessageError("oversized", f"message is {len(message.body)} bytes; "
-                                                   f"the limit is {self.deps.max_bytes}"))
+        """One message at a time (handlers.ingest_messages): nothing it holds may stop the batch."""
+        decoded = decode_message(message, self.deps, self.pair.devices, self.now)
+        if isinstance(decoded, MessageError):
+            self.park(i, decoded)
             return
-        try:
-            parsed = jsonnum.loads(message.body)  # numbers as written: a device's 22.40 stays 22.40
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-            self.park(i, MessageError(INVALID_JSON, f"not valid JSON{where}"))
-            return
-        except POISON as exc:
-            self.park(i, poison_error(exc, "decoding JSON"))
-            return
-        surrogate = lone_surrogate_path(message.body, parsed)
-        if surrogate is not None:
-            self.park(i, MessageError(INVALID_UNICODE, f"the string at {surrogate} holds a lone UTF-16 surrogate, "
-                                                       "which is not Unicode text (RFC 8259 §8.2, RFC 7493 §2.1)"))
-            return
-        try:
-            result = self.pair.devices.normalize(parsed, properties=message.properties,
-                                                 system_properties=message.system_properties, ingested_at=self.now)
-        except POISON as exc:  # the templates do no I/O: whatever they raise, this message caused
-            self.park(i, poison_error(exc, "applying the device templates"))
-            return
-        if not result.ok:
-            self.park(i, result.errors[0])
-            return
-        try:  # a device clock ahead of the arrival time (ingest/templates/reading_time.py)
-            check_reading_times(result.measurements, self.now, self.deps.max_future_skew)
-        except MappingFailure as failure:
-            self.park(i, failure.to_error())
-            return
-        self.readings[i] = list(result.measurements)
-        for m in self.readings[i]:
+        self.readings[i] = decoded
+        for m in decoded:
             self.owner[id(m)] = i
 
     # -- mapping ----------------------------------------------------------------------------------
@@ -383,22 +327,3 @@ def _combine(earlier: ObservationChange, later: ObservationChange) -> Observatio
     if earlier.action == "create":
         return replace(later, action="create")
     return later
-
-
-
-
-
-
-
-
-def _park(deps: IngestDeps, message: RawMessage, error: MessageError, version: int, report: IngestReport) -> None:
-    where = {k: v for k, v in {"template_index": error.template_index, "type_name": error.type_name,
-                               "field": error.field, "expression": error.expression}.items() if v is not None}
-    detail = error.detail + ("" if not where else " [" + ", ".join(f"{k}={v}" for k, v in where.items()) + "]")
-    deps.dead_letters.add(
-        topic=deps.topic, reason=error.reason, detail=detail, payload=message.body, source="ingest",
-        properties={"partition_key": message.partition_key, "sequence_number": message.sequence_number,
-                    "templates_version": version, **where, **message.properties},
-    )
-    report.dead_lettered += 1
-    report.reasons[error.reason] += 1
