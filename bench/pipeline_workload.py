@@ -9,7 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 from fhirstore.port import EventOutbox
 from handlers.ingest import RawMessage, handle_device_messages
-from runtime.bootstrap import Services, ingest_deps
+from handlers.in_process import ingest_and_evaluate
+from runtime.bootstrap import Services, in_process, ingest_deps
 from runtime.cohort import careplan, device
 
 
@@ -20,14 +21,17 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
-# The workload ends before now (readings from the future are refused) and follows the history.
-WORKLOAD_START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=12)
+# The workload follows the history and ends about an hour before now: readings from the future are
+# refused, and a workload ending days ago would have every patient's absence rule fire on the
+# first alert sweep, a burst of one message per patient that a running system does not see.
+WORKLOAD_DAYS = 5
+WORKLOAD_START = datetime.now(UTC).replace(microsecond=0) - timedelta(days=WORKLOAD_DAYS, hours=1)
 
 
 def messages(n: int, patients: int, seed: int = 1) -> list[bytes]:
-    """The demo's mix, round robin over the patients, each kind in turn; at most 10 days long."""
+    """The demo's mix, round robin over the patients, each kind in turn; at most WORKLOAD_DAYS long."""
     rng = random.Random(seed)
-    step = min(60.0, 10 * 86400 / max(n, 1))
+    step = min(60.0, WORKLOAD_DAYS * 86400 / max(n, 1))
     out = []
     for i in range(n):
         p = f"bench-{i % patients:04d}"
@@ -95,12 +99,20 @@ def drain_outbox(outbox: EventOutbox) -> None:
 
 def write_history(services: Services, patients: int, days: int, *, batch: int = 1000) -> int:
     """`days` of history for every patient, through the ingest handler (the store's own write path,
-    so every index it keeps is written) in transactions of `batch` readings, with no evaluation:
-    the history is there before the workload starts. Returns how many readings were written."""
+    so every index it keeps is written) in transactions of `batch` readings, evaluating only the
+    last day: the history is there before the workload starts. Returns how many readings were written."""
     deps = ingest_deps(services)
     history = history_messages(patients, days)
-    for i in range(0, len(history), batch):
-        handle_device_messages([RawMessage(body=m) for m in history[i:i + batch]], deps)
+    # The last day is evaluated (in process, as the host does), so the episodes the history implies
+    # are open when the clock starts, as in a running system: without it the workload's first
+    # reading of every patient whose history is above goal would open an episode.
+    last_day = len(history) - 4 * patients if days > 1 else len(history)
+    for i in range(0, last_day, batch):
+        handle_device_messages([RawMessage(body=m) for m in history[i:min(i + batch, last_day)]], deps)
     assert services.outbox is not None  # the embedded store
+    drain_outbox(services.outbox)
+    here = in_process(services)
+    for i in range(last_day, len(history), batch):
+        ingest_and_evaluate([RawMessage(body=m) for m in history[i:i + batch]], deps, here)
     drain_outbox(services.outbox)
     return len(history)
