@@ -50,13 +50,19 @@ from runtime.settings import Settings  # noqa: E402
 MB = 1024 * 1024
 
 
-def rss_mb() -> float:
-    """The resident set now (VmRSS), in MB; `ru_maxrss` would only give the peak."""
+def rss_mb() -> dict[str, float]:
+    """The resident set now (VmRSS), in MB, and its anonymous part (RssAnon: the heap, SQLite's page
+    caches) and file-backed part (RssFile: mapped libraries and files), proc(5); `ru_maxrss` would
+    only give the peak."""
+    found = {}
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                found[key] = round(int(value.split()[0]) / 1024, 1)
+    if "VmRSS" not in found:
+        raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
+    return found
 
 
 def stream(total: int, patients: int, chunk: int) -> Iterator[list[bytes]]:
@@ -119,7 +125,9 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
 
     def sample(done: int, elapsed: float) -> None:
         gc.collect()
-        s: dict[str, Any] = {"messages": done, "rss_mb": round(rss_mb(), 1), "gc_objects": len(gc.get_objects()),
+        rss = rss_mb()
+        s: dict[str, Any] = {"messages": done, "rss_mb": rss["VmRSS"], "rss_anon_mb": rss.get("RssAnon"),
+                             "rss_file_mb": rss.get("RssFile"), "gc_objects": len(gc.get_objects()),
                              "data_dir_mb": round(dir_mb(data_dir), 1), "elapsed_s": round(elapsed, 1)}
         if args.trace:
             s["traced_mb"] = round(tracemalloc.get_traced_memory()[0] / MB, 1)
@@ -130,7 +138,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         if not args.json:
             rows = " ".join(f"{k}={v}" for k, v in s["rows"].items() if v)
             traced = f" traced {s['traced_mb']:7.1f} MB" if args.trace else ""
-            print(f"{done:>9,} msgs {elapsed:8.0f} s  rss {s['rss_mb']:7.1f} MB{traced}  objects "
+            print(f"{done:>9,} msgs {elapsed:8.0f} s  rss {s['rss_mb']:7.1f} MB (anon {s['rss_anon_mb']:7.1f}){traced}  objects "
                   f"{s['gc_objects']:>9,}  disk {s['data_dir_mb']:8.1f} MB  {rows}", flush=True)
 
     t0 = time.perf_counter()
@@ -159,6 +167,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         "warmup_messages": after_warmup["messages"],
         "rss_mb_start": samples[0]["rss_mb"], "rss_mb_after_warmup": after_warmup["rss_mb"],
         "rss_mb_end": last["rss_mb"], "rss_growth_mb": round(last["rss_mb"] - after_warmup["rss_mb"], 1),
+        "rss_anon_mb_after_warmup": after_warmup["rss_anon_mb"], "rss_anon_mb_end": last["rss_anon_mb"],
         "rss_slope_mb_per_100k": None if slope is None else round(slope, 2),
         "gc_objects_after_warmup": after_warmup["gc_objects"], "gc_objects_end": last["gc_objects"],
         "data_dir_mb": last["data_dir_mb"], "rows_end": last["rows"],
