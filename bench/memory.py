@@ -27,7 +27,6 @@ import argparse
 import gc
 import json
 import logging
-import os
 import sqlite3
 import statistics
 import sys
@@ -138,8 +137,8 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         if not args.json:
             rows = " ".join(f"{k}={v}" for k, v in s["rows"].items() if v)
             traced = f" traced {s['traced_mb']:7.1f} MB" if args.trace else ""
-            print(f"{done:>9,} msgs {elapsed:8.0f} s  rss {s['rss_mb']:7.1f} MB (anon {s['rss_anon_mb']:7.1f}){traced}  objects "
-                  f"{s['gc_objects']:>9,}  disk {s['data_dir_mb']:8.1f} MB  {rows}", flush=True)
+            print(f"{done:>9,} msgs {elapsed:8.0f} s  rss {s['rss_mb']:7.1f} MB (anon {s['rss_anon_mb']:7.1f})"
+                  f"{traced}  objects {s['gc_objects']:>9,}  disk {s['data_dir_mb']:8.1f} MB  {rows}", flush=True)
 
     t0 = time.perf_counter()
     sample(0, 0.0)
