@@ -127,7 +127,9 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
         rss = rss_mb()
         s: dict[str, Any] = {"messages": done, "rss_mb": rss["VmRSS"], "rss_anon_mb": rss.get("RssAnon"),
                              "rss_file_mb": rss.get("RssFile"), "gc_objects": len(gc.get_objects()),
-                             "data_dir_mb": round(dir_mb(data_dir), 1), "elapsed_s": round(elapsed, 1)}
+                             "data_dir_mb": round(dir_mb(data_dir), 1),
+                             "wal_mb": round(sum(w.stat().st_size for w in data_dir.glob("*-wal")) / MB, 1),
+                             "elapsed_s": round(elapsed, 1)}
         if args.trace:
             s["traced_mb"] = round(tracemalloc.get_traced_memory()[0] / MB, 1)
             if done in (0, warmup) or done >= args.messages:
@@ -138,7 +140,8 @@ def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
             rows = " ".join(f"{k}={v}" for k, v in s["rows"].items() if v)
             traced = f" traced {s['traced_mb']:7.1f} MB" if args.trace else ""
             print(f"{done:>9,} msgs {elapsed:8.0f} s  rss {s['rss_mb']:7.1f} MB (anon {s['rss_anon_mb']:7.1f})"
-                  f"{traced}  objects {s['gc_objects']:>9,}  disk {s['data_dir_mb']:8.1f} MB  {rows}", flush=True)
+                  f"{traced}  objects {s['gc_objects']:>9,}  disk {s['data_dir_mb']:8.1f} MB"
+                  f" (wal {s['wal_mb']:.1f})  {rows}", flush=True)
 
     t0 = time.perf_counter()
     sample(0, 0.0)
