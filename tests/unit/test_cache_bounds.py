@@ -88,20 +88,23 @@ def test_window_start_memo_is_bounded() -> None:
     assert info.maxsize is not None and info.currsize <= info.maxsize <= 4096
 
 
-def test_rule_indexes_are_bounded() -> None:
+def test_rule_indexes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(evaluate, "_INDEXES", {})  # filled here, not left to later tests
     shipped = load_rulesets(Path(rules.__file__).parent / "library")[0]
     for _ in range(200):  # every reload of the rulesets is a new key
         evaluate.rule_index([shipped.model_copy()])
     assert len(evaluate._INDEXES) <= 64
 
 
-def test_triggered_needs_are_bounded() -> None:
+def test_triggered_needs_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(patient_data, "_NEEDS", {})
     for i in range(5000):
         patient_data._triggered_needs([], frozenset({f"metric-{i}"}))
     assert len(patient_data._NEEDS) <= 4097
 
 
-def test_fixed_thresholds_are_bounded() -> None:
+def test_fixed_thresholds_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(conditions, "_FIXED", {})
     for i in range(10_500):
         conditions._fixed(Quantity(40 + i, "/min"), "limit", "heart_rate", False)
     assert len(conditions._FIXED) <= 10_001
