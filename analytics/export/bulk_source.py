@@ -81,7 +81,7 @@ class BulkExportSource:
                 return manifest
             if time.monotonic() > deadline:
                 raise RemoteError(f"the $export job did not finish within {self.poll_timeout_s:.0f} s")
-            wait = retry_after_s(response.headers.get("Retry-After"))
+            wait = retry_after_s(response.headers)
             self._sleep(min(self.max_poll_wait_s, wait if wait is not None else 1.0))
 
 
