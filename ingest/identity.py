@@ -63,6 +63,11 @@ class ResolvedIdentity:
     encounter_id: str | None = None
 
 
+# Device lookups remembered per resolver: one per device in use; cleared whole when full (plain and
+# cheap; it refills with the devices that keep sending).
+KNOWN_MAX = 50_000
+
+
 class IdentityResolver:
     """Resolves identifiers against a `FhirStore`. Lookups are remembered only on a store with a
     change mark (the embedded store, `SqliteFhirStore.change_mark`): an answer is reused while no
@@ -134,7 +139,7 @@ class IdentityResolver:
         found = self._known.get(key)
         if found is None:
             found = self._lookup_now(device_identifier, patient_identifier)  # failures are not remembered
-            if len(self._known) > 50000:
+            if len(self._known) > KNOWN_MAX:
                 self._known.clear()
             self._known[key] = found
         return found
