@@ -16,9 +16,10 @@ SQLite page caches, the bounded caches filling), and `rss_slope_mb_per_100k` ove
 least-squares line through those samples). `--trace` turns on `tracemalloc` (slow: several times the
 run time) and prints the allocation sites that grew most between the warm-up sample and the end.
 
-Message times follow the pipeline bench: round robin over the patients, 10 days in all, ending two
-days before now (readings from the future are refused). At 1,000,000 messages over 1,000 patients
-that is one message a patient every ~14 minutes, each kind about hourly.
+Message times follow the pipeline bench (`bench/pipeline_workload.py`): round robin over the
+patients, `WORKLOAD_DAYS` (5) in all, ending an hour before now (readings from the future are
+refused). At 1,000,000 messages over 1,000 patients that is one message a patient every ~7 minutes,
+each kind about every half hour.
 """
 
 from __future__ import annotations

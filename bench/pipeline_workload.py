@@ -8,8 +8,8 @@ import random
 from datetime import UTC, datetime, timedelta
 
 from fhirstore.port import EventOutbox
-from handlers.ingest import RawMessage, handle_device_messages
 from handlers.in_process import ingest_and_evaluate
+from handlers.ingest import RawMessage, handle_device_messages
 from runtime.bootstrap import Services, in_process, ingest_deps
 from runtime.cohort import careplan, device
 
