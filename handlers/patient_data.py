@@ -69,7 +69,8 @@ def load_patient_rules(store: FhirStore, patient_ref: str, rulesets: list[Rulese
         key = (default_tz, tuple(careplan_active(cp, now, tz) for cp in enrollment.careplans))
         memo = enrollment.memo.get(key)
         if memo is None or memo[0] is not rulesets:
-            memo = enrollment.memo[key] = (rulesets, *_patient_rules(patient_ref, enrollment, rulesets, now, default_tz))
+            memo = enrollment.memo[key] = (rulesets,
+                                           *_patient_rules(patient_ref, enrollment, rulesets, now, default_tz))
         found, warnings = memo[1], memo[2]
     for warning in warnings:
         log.warning(*warning)
@@ -91,7 +92,8 @@ def _patient_rules(patient_ref: str, enrollment: Enrollment, rulesets: list[Rule
     context, problems = patient_context(patient_ref, now=now, rulesets=enrolled, patient=patient,
                                         careplans=careplans, goals=goals, default_tz=default_tz)
     # Problems name the rule and the override field, never values.
-    return PatientRules(enrolled, context, patient), [("care plan override ignored: %s", problem) for problem in problems]
+    warnings = [("care plan override ignored: %s", problem) for problem in problems]
+    return PatientRules(enrolled, context, patient), warnings
 
 
 def code_query(metric: str) -> str:
@@ -99,7 +101,8 @@ def code_query(metric: str) -> str:
     return ",".join(f"{LOINC}|{c}" for c in metric_codes(metric))
 
 
-def load_readings(store: FhirStore, patient_ref: str, metrics: frozenset[str] | set[str], since: datetime) -> list[Reading]:
+def load_readings(store: FhirStore, patient_ref: str, metrics: frozenset[str] | set[str],
+                  since: datetime) -> list[Reading]:
     """Readings of `metrics` for the patient with effective time from `since` on. The embedded
     store answers from its readings index (fhirstore.readings_index: the same readings, no JSON
     decoded); any other store by one search per code list."""
@@ -121,7 +124,8 @@ def newest_readings(store: FhirStore, patient_ref: str, metrics: set[str]) -> li
     """The newest reading of each metric, however old (absence rules anchor their gap on it)."""
     out: list[Reading] = []
     for metric in metrics:
-        found = store.search("Observation", {"subject": patient_ref, "code": code_query(metric), "_sort": "-date", "_count": "1"})
+        found = store.search("Observation", {"subject": patient_ref, "code": code_query(metric),
+                                             "_sort": "-date", "_count": "1"})
         for obs in found.resources:
             out.extend(r for r in _readings(obs) if r.metric == metric)
     return out
@@ -133,8 +137,8 @@ def first_readings_after(store: FhirStore, patient_ref: str, metrics: set[str] |
     gap in the data ended (an absence episode resolves from then, even once the window moved on)."""
     out: list[Reading] = []
     for metric in metrics:
-        found = store.search("Observation", {"subject": patient_ref, "code": code_query(metric), "date": f"gt{iso(after)}",
-                                             "_sort": "date", "_count": "1"})
+        found = store.search("Observation", {"subject": patient_ref, "code": code_query(metric),
+                                             "date": f"gt{iso(after)}", "_sort": "date", "_count": "1"})
         for obs in found.resources:
             out.extend(r for r in _readings(obs) if r.metric == metric)
     return out
@@ -161,7 +165,8 @@ _NEEDS: dict[tuple[Any, ...], tuple[tuple[Ruleset, ...], frozenset[str], timedel
 def _triggered_needs(rulesets: list[Ruleset], trigger_metrics: frozenset[str]) -> tuple[frozenset[str], timedelta]:
     key = (*map(id, rulesets), trigger_metrics)
     found = _NEEDS.get(key)
-    if found is not None and len(found[0]) == len(rulesets) and all(a is b for a, b in zip(found[0], rulesets, strict=True)):
+    if found is not None and len(found[0]) == len(rulesets) and all(
+            a is b for a, b in zip(found[0], rulesets, strict=True)):
         return found[1], found[2]
     rules = [r for rs in rulesets for r in rs.rules if r.trigger_metrics & trigger_metrics]
     metrics = frozenset(m for r in rules for m in r.metrics)

@@ -1,4 +1,4 @@
-"""Issue 5 acceptance, end to end through function_app.py on the local host, with the real ACS SMS
+"""The escalation chain end to end through function_app.py on the local host, with the real ACS SMS
 SDK talking to the local HTTPS stand-in: a crisis reading texts the patient and the nurse; with no
 acknowledgement in the wait the physician is texted; the physician's link acknowledges and the
 chain stops; replaying every event sends nothing new."""

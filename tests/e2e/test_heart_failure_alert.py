@@ -1,4 +1,4 @@
-"""Issue 4 acceptance, through function_app.py on the local host: a heart-failure patient's daily
+"""A heart-failure alert through function_app.py on the local host: a heart-failure patient's daily
 morning weights, then a 1.2 kg overnight gain, open exactly one explained alert episode; replaying
 every FHIR event afterwards opens nothing and records no new message."""
 
