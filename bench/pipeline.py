@@ -54,7 +54,7 @@ from bench.pipeline_measure import (  # noqa: E402
     measure_throughput,
 )
 from bench.pipeline_workers import Pool, measure_latency_workers, measure_throughput_workers  # noqa: E402
-from bench.pipeline_workload import enroll, messages, write_history  # noqa: E402
+from bench.pipeline_workload import enroll, hold_timers, messages, write_history  # noqa: E402
 from fhirstore.paging import search_all  # noqa: E402
 from runtime.bootstrap import Services, bootstrap  # noqa: E402
 from runtime.host import LocalHost  # noqa: E402
@@ -64,6 +64,7 @@ from runtime.settings import Settings  # noqa: E402
 def workload(tmp: Path, name: str, patients: int, history_days: int, workers: int) -> tuple[Services, LocalHost]:
     services = bootstrap(Settings.from_env({}, data_dir=tmp / name, workers=max(1, workers)))
     host = LocalHost(services)
+    hold_timers(host)
     host.acquire()
     enroll(services, patients)
     host.run_until_idle()  # the enrollment's own events

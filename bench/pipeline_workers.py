@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.pipeline_measure import _effective_key
-from bench.pipeline_workload import pct
+from bench.pipeline_workload import hold_timers, pct
 from common.clock import Clock
 from common.sqlite_db import WRITE_LOCK
 from runtime.bootstrap import WORKFLOW_EVENTS
@@ -61,6 +61,7 @@ def bench_worker(settings: Settings, index: int, count: int, clock: Clock | None
     signal.signal(signal.SIGUSR1, snapshot)
     services = bootstrap(settings, clock=clock)
     host = worker_host(services, index, count)
+    hold_timers(host)
     host.release_leases()
     (out / f"ready-{index}").touch()
     try:
