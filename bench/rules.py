@@ -11,6 +11,7 @@ heart rate, SpO2 and glucose. Target: under 1 ms per event.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import sys
@@ -87,7 +88,7 @@ def bp_observation(reading_sbp: Reading, reading_dbp: Reading) -> dict:
             "component": [comp("8480-6", reading_sbp.value), comp("8462-4", reading_dbp.value)]}
 
 
-def bench_events(events: int) -> None:
+def bench_events(events: int, *, quiet: bool = False) -> dict[str, float]:
     ruleset = parse_ruleset(hundred_rules(), "bench-100-rules.yaml")
     index = RuleIndex([ruleset])
     readings = patient_readings(random.Random(7), "bench")
@@ -112,41 +113,60 @@ def bench_events(events: int) -> None:
         pure.append(t2 - t1)
         explained.append(t3 - t1)
     per_metric = len(window) // 6
-    print(f"per event, 100 rules all triggered, 90-day window ({per_metric} readings per metric, "
-          f"{len(window)} in all), {events} BP events, {fired / events:.1f} rules fired per event:")
-    _print_times("  evaluate (rules only, History built)", pure)
-    _print_times("  evaluate + explanation text of every firing", explained)
-    _print_times("  parse trigger Observation + build History + evaluate", full)
+    figures: dict[str, float] = {"events": events, "window_readings": len(window),
+                                 "rules_fired_per_event": round(fired / events, 1)}
+    for name, seconds in (("evaluate", pure), ("evaluate_explained", explained), ("parse_build_evaluate", full)):
+        figures.update({f"{name}_{k}_ms": v for k, v in _times(seconds).items()})
+    if not quiet:
+        print(f"per event, 100 rules all triggered, 90-day window ({per_metric} readings per metric, "
+              f"{len(window)} in all), {events} BP events, {fired / events:.1f} rules fired per event:")
+        _print_times("  evaluate (rules only, History built)", pure)
+        _print_times("  evaluate + explanation text of every firing", explained)
+        _print_times("  parse trigger Observation + build History + evaluate", full)
+    return figures
+
+
+def _times(seconds: list[float]) -> dict[str, float]:
+    ms = sorted(s * 1000 for s in seconds)
+    return {"median": round(statistics.median(ms), 3), "p95": round(ms[int(0.95 * (len(ms) - 1))], 3),
+            "max": round(ms[-1], 3)}
 
 
 def _print_times(label: str, seconds: list[float]) -> None:
-    ms = sorted(s * 1000 for s in seconds)
-    p95 = ms[int(0.95 * (len(ms) - 1))]
-    print(f"{label}: median {statistics.median(ms):.3f} ms, p95 {p95:.3f} ms, max {ms[-1]:.3f} ms")
+    t = _times(seconds)
+    print(f"{label}: median {t['median']:.3f} ms, p95 {t['p95']:.3f} ms, max {t['max']:.3f} ms")
 
 
-def bench_backtest(patients: int) -> None:
+def bench_backtest(patients: int, *, quiet: bool = False) -> dict[str, float]:
     rng = random.Random(11)
     cohort = {f"Patient/{i}": PatientData(PatientContext(f"Patient/{i}", tz=TZ, enrolled_since=START),
                                          patient_readings(rng, str(i))) for i in range(patients)}
     until = START + timedelta(days=90)
-    for label, rulesets in (("default library (6 rulesets, 38 rules)", load_rulesets("rules/library")),
-                            ("100-rule bench ruleset", [parse_ruleset(hundred_rules(), "bench.yaml")])):
+    figures: dict[str, float] = {}
+    for key, label, rulesets in (("library", "default library (6 rulesets, 38 rules)", load_rulesets("rules/library")),
+                                 ("bench_100_rules", "100-rule bench ruleset",
+                                  [parse_ruleset(hundred_rules(), "bench.yaml")])):
         t0 = time.perf_counter()
         report = backtest(rulesets, cohort, START, until)
         elapsed = time.perf_counter() - t0
-        print(f"backtest, {label}: {report.readings} readings of {patients} patients in {elapsed:.2f} s "
-              f"= {report.readings / elapsed:,.0f} readings/s; "
-              f"{sum(report.alerts.values())} alerts, {report.patient_weeks:.0f} patient-weeks")
+        figures[f"backtest_{key}_readings_per_s"] = round(report.readings / elapsed)
+        if not quiet:
+            print(f"backtest, {label}: {report.readings} readings of {patients} patients in {elapsed:.2f} s "
+                  f"= {report.readings / elapsed:,.0f} readings/s; "
+                  f"{sum(report.alerts.values())} alerts, {report.patient_weeks:.0f} patient-weeks")
+    return figures
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=300)
     parser.add_argument("--patients", type=int, default=10)
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = parser.parse_args()
-    bench_events(args.events)
-    bench_backtest(args.patients)
+    figures = bench_events(args.events, quiet=args.json)
+    figures.update(bench_backtest(args.patients, quiet=args.json))
+    if args.json:
+        print(json.dumps(figures))
 
 
 if __name__ == "__main__":
