@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bench.notify import T0, bench_persisted_sweep, write_episodes
+from bench.notify_sweep import T0, bench_persisted_sweep, write_episodes
 from common.clock import FixedClock
 from fhirstore.paging import search_all
 from runtime.bootstrap import Services, bootstrap, messaging
