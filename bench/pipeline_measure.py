@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -68,23 +69,34 @@ def measure_throughput(host: LocalHost, msgs: list[bytes]) -> dict[str, float]:
             "write_lock_wait_ms_per_reading": round((WRITE_LOCK.waited_s - waited0) * 1000 / len(msgs), 3)}
 
 
+def publish_paced(host: LocalHost, msgs: list[bytes], rate: float, accepted: dict[float, float],
+                  *, between: Callable[[], None]) -> None:
+    """Publish `msgs` at `rate` per second, each as soon as it is due, noting in `accepted` when each
+    reading (by effective time) was accepted; `between` runs between rounds (pump, or just wait)."""
+    keys = [_effective_key({"effectiveDateTime": json.loads(m)["time"]}) for m in msgs]
+    start = time.time()
+    sent = 0
+    while sent < len(msgs):
+        due = min(len(msgs), int((time.time() - start) * rate) + 1)
+        if due > sent:
+            now = time.time()
+            for k in keys[sent:due]:
+                accepted[k] = now
+            host.publish_device_messages(msgs[sent:due])
+            sent = due
+        between()
+
+
 def measure_latency(host: LocalHost, msgs: list[bytes], rate: float) -> dict[str, float]:
     """A steady offered rate: every 10 ms the messages then due are published, and the host pumps
     in between (one process, as `vigil serve`). Latency counts the queueing an overloaded pipeline adds."""
-    keys = [_effective_key({"effectiveDateTime": json.loads(m)["time"]}) for m in msgs]
+    def pump() -> None:
+        if host.run_once() == 0:
+            time.sleep(0.002)
+
     with Probe() as probe:
         start = time.time()
-        sent = 0
-        while sent < len(msgs):
-            due = min(len(msgs), int((time.time() - start) * rate) + 1)
-            if due > sent:
-                now = time.time()
-                for k in keys[sent:due]:
-                    probe.accepted[k] = now
-                host.publish_device_messages(msgs[sent:due])
-                sent = due
-            if host.run_once() == 0:
-                time.sleep(0.002)
+        publish_paced(host, msgs, rate, probe.accepted, between=pump)
         assert host.run_until_idle(timeout_s=3600)
         offered_s = time.time() - start
     lat, alert = probe.latencies_ms(probe.evaluated), probe.latencies_ms(probe.alerted)

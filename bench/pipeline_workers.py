@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.pipeline_measure import _effective_key
+from bench.pipeline_measure import _effective_key, publish_paced
 from bench.pipeline_workload import hold_timers, pct
 from common.clock import Clock
 from common.sqlite_db import WRITE_LOCK
@@ -143,19 +143,9 @@ def measure_throughput_workers(pool: Pool, host: LocalHost, msgs: list[bytes]) -
 
 def measure_latency_workers(pool: Pool, host: LocalHost, msgs: list[bytes], rate: float) -> dict[str, float]:
     """A steady offered rate published by the bench; latency is accepted -> evaluated by a worker."""
-    keys = [_effective_key({"effectiveDateTime": json.loads(m)["time"]}) for m in msgs]
     accepted: dict[float, float] = {}
     start = time.time()
-    sent = 0
-    while sent < len(msgs):
-        due = min(len(msgs), int((time.time() - start) * rate) + 1)
-        if due > sent:
-            now = time.time()
-            for k in keys[sent:due]:
-                accepted[k] = now
-            host.publish_device_messages(msgs[sent:due])
-            sent = due
-        time.sleep(0.002)
+    publish_paced(host, msgs, rate, accepted, between=lambda: time.sleep(0.002))
     _wait_drained(host)
     offered_s = time.time() - start
     evaluated: dict[float, float] = {}
